@@ -1,0 +1,97 @@
+"""The API application (port 8600)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dispatchd import __version__
+from dispatchd.api import errors
+from dispatchd.api.guard import BodyGuard
+from dispatchd.api.routes import agents, tasks
+from dispatchd.config import Settings
+from dispatchd.metrics import Metrics
+from dispatchd.runtime import Runtime
+
+
+class RequestMetrics:
+    """Counts and times each request under its route template, not its raw path."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe_request(
+                template, scope["method"], status, time.perf_counter() - started
+            )
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+    """The API app. Given a runtime, it uses it; otherwise it opens its own at startup."""
+    if runtime is None and settings is None:
+        raise ValueError("create_app needs settings or a runtime")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if runtime is not None:
+            app.state.runtime = runtime
+            yield
+            return
+        assert settings is not None
+        async with Runtime.build(settings) as owned:
+            app.state.runtime = owned
+            yield
+
+    app = FastAPI(
+        title="dispatchd",
+        version=__version__,
+        summary="Task broker and work scheduler for fleets of AI agents",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(tasks.router)
+    app.include_router(agents.router)
+    limit = (runtime.settings if runtime else settings or Settings()).server.max_body_bytes
+    app.add_middleware(BodyGuard, max_body_bytes=limit)
+    if runtime is not None:
+        app.add_middleware(RequestMetrics, metrics=runtime.metrics)
+    else:
+        app.add_middleware(_LateMetrics)
+    return app
+
+
+class _LateMetrics:
+    """Request metrics for an app whose runtime opens at startup."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        app_state = scope.get("app")
+        runtime = getattr(getattr(app_state, "state", None), "runtime", None)
+        if scope["type"] != "http" or runtime is None:
+            await self.app(scope, receive, send)
+            return
+        await RequestMetrics(self.app, runtime.metrics)(scope, receive, send)

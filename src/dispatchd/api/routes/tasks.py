@@ -1,0 +1,253 @@
+"""Task routes of API v1 (SPEC §4 Tasks)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, TypeVar
+
+from fastapi import APIRouter, Header, Query, Response, status
+
+from dispatchd.api.auth import CallerDep, RuntimeDep
+from dispatchd.api.schemas import (
+    CommentBody,
+    CommentOut,
+    CompleteBody,
+    ErrorOut,
+    EventList,
+    EventOut,
+    FailBody,
+    InputBody,
+    InputRequestBody,
+    ProgressBody,
+    ReviewBody,
+    StartBody,
+    TaskBatch,
+    TaskBatchOut,
+    TaskCreate,
+    TaskDetailOut,
+    TaskList,
+    TaskOut,
+    TaskPatch,
+)
+from dispatchd.domain.models import Priority, TaskStatus
+from dispatchd.engine.tasks import TaskSpec
+from dispatchd.errors import ValidationFailed
+from dispatchd.store.base import TaskFilter
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 413, 422)
+}
+
+router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"], responses=ERRORS)
+
+IdempotencyKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", max_length=200, min_length=1)
+]
+
+
+def spec_of(body: TaskCreate, key: str | None = None) -> TaskSpec:
+    if key is not None and body.idempotency_key is not None and key != body.idempotency_key:
+        raise ValidationFailed(
+            "Idempotency-Key header and idempotency_key field disagree",
+            code="idempotency_key_mismatch",
+        )
+    prompt = body.prompt or body.description or ""
+    return TaskSpec(
+        title=body.title,
+        prompt=prompt,
+        capabilities=body.capabilities,
+        priority=body.priority,
+        owner=body.owner,
+        scope=body.scope,
+        assigned_to=body.assigned_to,
+        depends_on=body.depends_on,
+        run_at=body.run_at,
+        due_at=body.due_at,
+        timeout_s=body.timeout_s,
+        max_attempts=body.max_attempts,
+        review=body.review,
+        reviewer=body.reviewer,
+        escalate_to=body.escalate_to,
+        model=body.model,
+        labels=body.labels,
+        context=body.context,
+        idempotency_key=key or body.idempotency_key,
+    )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TaskOut,
+    responses={200: {"model": TaskOut, "description": "An Idempotency-Key repeat"}},
+)
+async def create_task(
+    body: TaskCreate,
+    caller: CallerDep,
+    rt: RuntimeDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> TaskOut:
+    created = await rt.tasks.create(spec_of(body, idempotency_key), caller)
+    if not created.created:
+        response.status_code = status.HTTP_200_OK
+    return TaskOut.of(created.task)
+
+
+@router.post("/batch", status_code=status.HTTP_201_CREATED, response_model=TaskBatchOut)
+async def create_batch(body: TaskBatch, caller: CallerDep, rt: RuntimeDep) -> TaskBatchOut:
+    tasks = await rt.tasks.create_batch([spec_of(t) for t in body.tasks], caller)
+    return TaskBatchOut(items=[TaskOut.of(t) for t in tasks])
+
+
+E = TypeVar("E", TaskStatus, Priority)
+
+
+def _split_enum(values: list[str] | None, kind: type[E], name: str) -> list[E]:
+    out: list[E] = []
+    for raw in values or []:
+        for part in raw.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                out.append(kind(part))
+            except ValueError:
+                allowed = ", ".join(v.value for v in kind)
+                raise ValidationFailed(
+                    f"{name}: {part!r} is not one of {allowed}", field=name, value=part
+                ) from None
+    return out
+
+
+Filter = Annotated[str | None, Query(max_length=128)]
+
+
+@router.get("", response_model=TaskList)
+async def list_tasks(
+    caller: CallerDep,
+    rt: RuntimeDep,
+    status_: Annotated[list[str] | None, Query(alias="status", max_length=20)] = None,
+    priority: Annotated[list[str] | None, Query(max_length=10)] = None,
+    requester: Filter = None,
+    assignee: Filter = None,
+    scope: Filter = None,
+    capability: Filter = None,
+    owner: Filter = None,
+    label: Filter = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    order: Literal["asc", "desc"] = "desc",
+) -> TaskList:
+    flt = TaskFilter(
+        status=_split_enum(status_, TaskStatus, "status"),
+        priority=_split_enum(priority, Priority, "priority"),
+        requester=requester,
+        assignee=assignee,
+        scope=scope,
+        capability=capability,
+        owner=owner,
+        label=label,
+    )
+    page = await rt.tasks.page(flt, limit=limit, cursor=cursor, descending=order == "desc")
+    return TaskList(items=[TaskOut.of(t) for t in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/{task_id}", response_model=TaskDetailOut)
+async def get_task(task_id: str, caller: CallerDep, rt: RuntimeDep) -> TaskDetailOut:
+    return TaskDetailOut.of_detail(await rt.tasks.detail(task_id))
+
+
+@router.get("/{task_id}/events", response_model=EventList)
+async def task_events(task_id: str, caller: CallerDep, rt: RuntimeDep) -> EventList:
+    events = await rt.tasks.events(task_id)
+    cursor = str(events[-1].id) if events else "0"
+    return EventList(events=[EventOut.of(e) for e in events], next_cursor=cursor)
+
+
+@router.patch("/{task_id}", response_model=TaskOut)
+async def patch_task(task_id: str, body: TaskPatch, caller: CallerDep, rt: RuntimeDep) -> TaskOut:
+    if body.status is None and body.context is None and body.priority is None:
+        raise ValidationFailed(
+            "nothing to change: give status, context or priority", code="empty_patch"
+        )
+    task = None
+    if body.context is not None or body.priority is not None:
+        task = await rt.tasks.update(task_id, caller, context=body.context, priority=body.priority)
+    if body.status == "cancelled":
+        task = await rt.tasks.cancel(task_id, caller, reason=body.reason)
+    assert task is not None
+    return TaskOut.of(task)
+
+
+@router.post("/{task_id}/start", response_model=TaskOut)
+async def start_task(
+    task_id: str, caller: CallerDep, rt: RuntimeDep, body: StartBody | None = None
+) -> TaskOut:
+    attempt = body.attempt if body else None
+    return TaskOut.of(await rt.tasks.start(task_id, caller, attempt=attempt))
+
+
+@router.post("/{task_id}/progress", response_model=TaskOut)
+async def report_progress(
+    task_id: str, body: ProgressBody, caller: CallerDep, rt: RuntimeDep
+) -> TaskOut:
+    task = await rt.tasks.progress(
+        task_id, caller, message=body.message, percent=body.percent, attempt=body.attempt
+    )
+    return TaskOut.of(task)
+
+
+@router.post("/{task_id}/complete", response_model=TaskOut)
+async def complete_task(
+    task_id: str, caller: CallerDep, rt: RuntimeDep, body: CompleteBody | None = None
+) -> TaskOut:
+    body = body or CompleteBody()
+    task = await rt.tasks.complete(
+        task_id, caller, result=body.result, summary=body.summary, attempt=body.attempt
+    )
+    return TaskOut.of(task)
+
+
+@router.post("/{task_id}/fail", response_model=TaskOut)
+async def fail_task(task_id: str, body: FailBody, caller: CallerDep, rt: RuntimeDep) -> TaskOut:
+    task = await rt.tasks.fail(
+        task_id, caller, error=body.error, retryable=body.retryable, attempt=body.attempt
+    )
+    return TaskOut.of(task)
+
+
+@router.post("/{task_id}/input-request", response_model=TaskOut)
+async def request_input(
+    task_id: str, body: InputRequestBody, caller: CallerDep, rt: RuntimeDep
+) -> TaskOut:
+    task = await rt.tasks.request_input(
+        task_id, caller, question=body.question, attempt=body.attempt
+    )
+    return TaskOut.of(task)
+
+
+@router.post("/{task_id}/input", response_model=TaskOut)
+async def provide_input(
+    task_id: str, body: InputBody, caller: CallerDep, rt: RuntimeDep
+) -> TaskOut:
+    return TaskOut.of(await rt.tasks.provide_input(task_id, caller, answer=body.answer))
+
+
+@router.post("/{task_id}/comments", status_code=status.HTTP_201_CREATED, response_model=CommentOut)
+async def add_comment(
+    task_id: str, body: CommentBody, caller: CallerDep, rt: RuntimeDep
+) -> CommentOut:
+    return CommentOut.of(await rt.tasks.comment(task_id, caller, body=body.body))
+
+
+@router.post("/{task_id}/review", response_model=TaskOut)
+async def review_task(task_id: str, body: ReviewBody, caller: CallerDep, rt: RuntimeDep) -> TaskOut:
+    task = await rt.tasks.review(
+        task_id, caller, approved=body.verdict == "approved", feedback=body.feedback
+    )
+    return TaskOut.of(task)
+
+
+@router.post("/{task_id}/retry", response_model=TaskOut)
+async def retry_task(task_id: str, caller: CallerDep, rt: RuntimeDep) -> TaskOut:
+    return TaskOut.of(await rt.tasks.retry(task_id, caller))

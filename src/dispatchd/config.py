@@ -1,0 +1,225 @@
+"""Configuration: a YAML file, then environment variables, validated in one model.
+
+Every value can be set in the file (`server.port: 8600`) or in the environment, either by
+the seed's names (`DISPATCH_PORT`) or by the generic form `DISPATCH_<SECTION>__<KEY>`
+(`DISPATCH_ASSIGNMENT__WAKE_TIMEOUT_MS`). An unknown key or a bad value stops the start
+with a `ConfigError` that names the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8600, ge=0, le=65535)
+    metrics_host: str | None = None
+    metrics_port: int = Field(8601, ge=0, le=65535)
+    admin_token: str | None = Field(None, min_length=16)
+    data_dir: Path = Path(".dispatchd")
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+
+
+class DatabaseConfig(Section):
+    url: str | None = None
+    pool_size: int = Field(10, ge=1, le=500)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(
+            ("sqlite:///", "postgresql://", "postgres://")
+        ):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return value
+
+
+class HermesConfig(Section):
+    url: str | None = None
+
+
+class WarrenConfig(Section):
+    url: str | None = None
+    token: str | None = None
+
+
+class PromptForgeConfig(Section):
+    url: str | None = None
+
+
+class AssignmentConfig(Section):
+    tick_interval_ms: int = Field(1000, ge=10)
+    wake_timeout_ms: int = Field(30_000, ge=1)
+    default_timeout_ms: int = Field(300_000, ge=1000)
+    lease_ms: int = Field(60_000, ge=1000)
+    max_concurrent_per_agent: int = Field(3, ge=1)
+    owner_filter_enabled: bool = True
+
+
+class LoggingConfig(Section):
+    level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    format: Literal["json", "text"] = "text"
+
+    @field_validator("level", "format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class AuthConfig(Section):
+    # optional: a token, when sent, must match its X-Agent-ID; required: it must be sent.
+    agent_tokens: Literal["optional", "required"] = "optional"
+
+
+class RetryConfig(Section):
+    max_attempts: int = Field(3, ge=1, le=100)
+    backoff_base_ms: int = Field(1000, ge=0)
+    backoff_cap_ms: int = Field(300_000, ge=0)
+    max_lost_requeues: int = Field(5, ge=1)
+
+
+class ReviewConfig(Section):
+    max_cycles: int = Field(3, ge=1)
+
+
+class RoutingConfig(Section):
+    tiers: dict[str, str] = Field(default_factory=lambda: {"complex": "opus", "routine": "haiku"})
+    default_model: str | None = None
+
+
+class NotificationsConfig(Section):
+    batch_window_s: float = Field(60, gt=0)
+
+
+class WebhooksConfig(Section):
+    timeout_s: float = Field(10, gt=0)
+    max_attempts: int = Field(8, ge=1)
+
+
+class Settings(Section):
+    server: ServerConfig = ServerConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    hermes: HermesConfig = HermesConfig()
+    warren: WarrenConfig = WarrenConfig()
+    promptforge: PromptForgeConfig = PromptForgeConfig()
+    assignment: AssignmentConfig = AssignmentConfig()
+    logging: LoggingConfig = LoggingConfig()
+    auth: AuthConfig = AuthConfig()
+    retry: RetryConfig = RetryConfig()
+    review: ReviewConfig = ReviewConfig()
+    routing: RoutingConfig = RoutingConfig()
+    notifications: NotificationsConfig = NotificationsConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or "sqlite:///dispatchd.db"
+
+
+# The seed's variable names, plus the product's own.
+ENV_ALIASES: Mapping[str, tuple[str, str]] = {
+    "DISPATCH_HOST": ("server", "host"),
+    "DISPATCH_PORT": ("server", "port"),
+    "DISPATCH_METRICS_PORT": ("server", "metrics_port"),
+    "DISPATCH_ADMIN_TOKEN": ("server", "admin_token"),
+    "DISPATCH_DATA_DIR": ("server", "data_dir"),
+    "DISPATCH_DATABASE_URL": ("database", "url"),
+    "DISPATCH_HERMES_URL": ("hermes", "url"),
+    "DISPATCH_WARREN_URL": ("warren", "url"),
+    "DISPATCH_WARREN_TOKEN": ("warren", "token"),
+    "DISPATCH_FORGE_URL": ("promptforge", "url"),
+    "DISPATCH_TICK_INTERVAL_MS": ("assignment", "tick_interval_ms"),
+    "DISPATCH_OWNER_FILTER_ENABLED": ("assignment", "owner_filter_enabled"),
+    "DISPATCH_LOG_LEVEL": ("logging", "level"),
+    "DISPATCH_LOG_FORMAT": ("logging", "format"),
+    "DISPATCH_AGENT_TOKENS": ("auth", "agent_tokens"),
+}
+
+DEFAULT_CONFIG_FILE = Path("dispatchd.yaml")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key and its source."""
+
+
+def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read `path` (or `dispatchd.yaml` if present), apply the environment, validate."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    sources: dict[tuple[str, str], str] = {}
+    file = (
+        path
+        if path is not None
+        else (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None)
+    )
+    if file is not None:
+        raw = _read_yaml(file)
+        for section, values in raw.items():
+            if isinstance(values, Mapping):
+                for key in values:
+                    sources[(section, str(key))] = f"{file}: {section}.{key}"
+    for name, value in env.items():
+        target = _env_target(name)
+        if target is None:
+            continue
+        section, key = target
+        existing = raw.setdefault(section, {})
+        if not isinstance(existing, dict):
+            raise ConfigError(f"{file}: {section} must be a mapping")
+        existing[key] = value
+        sources[(section, key)] = f"environment variable {name}"
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, sources)) from None
+
+
+def _read_yaml(file: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(file.read_text("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {file} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {file} must hold a mapping of sections")
+    return data
+
+
+def _env_target(name: str) -> tuple[str, str] | None:
+    if name in ENV_ALIASES:
+        return ENV_ALIASES[name]
+    if not name.startswith("DISPATCH_") or "__" not in name:
+        # Other DISPATCH_* variables belong to workers (DISPATCH_URL, DISPATCH_TASK_ID, …).
+        return None
+    section, _, key = name.removeprefix("DISPATCH_").partition("__")
+    if section.lower() not in Settings.model_fields:
+        raise ConfigError(f"environment variable {name}: unknown section {section.lower()!r}")
+    return section.lower(), key.lower()
+
+
+def _describe(exc: ValidationError, sources: Mapping[tuple[str, str], str]) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        key = ".".join(loc)
+        source = sources.get((loc[0], loc[1])) if len(loc) >= 2 else None
+        where = f" (from {source})" if source else ""
+        if error["type"] == "extra_forbidden":
+            lines.append(f"unknown configuration key {key}{where}")
+        else:
+            lines.append(f"bad value for {key}{where}: {error['msg']}")
+    return "; ".join(lines)

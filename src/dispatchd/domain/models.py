@@ -1,0 +1,199 @@
+"""Domain records: frozen dataclasses and string enums, free of I/O."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Self
+
+JSON = Any
+
+
+class TaskStatus(StrEnum):
+    PENDING = "pending"
+    BLOCKED = "blocked"
+    ASSIGNED = "assigned"
+    RUNNING = "running"
+    WAITING_INPUT = "waiting_input"
+    REVIEW = "review"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+    @property
+    def active(self) -> bool:
+        """Held by an agent: counts against its capacity and its lease."""
+        return self in ACTIVE_STATES
+
+
+TERMINAL_STATES = frozenset(
+    {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED}
+)
+ACTIVE_STATES = frozenset({TaskStatus.ASSIGNED, TaskStatus.RUNNING, TaskStatus.WAITING_INPUT})
+
+
+class Priority(StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        """Higher rank is served first."""
+        return _PRIORITY_RANK[self]
+
+    def raised(self) -> Priority:
+        order = list(Priority)
+        return order[min(order.index(self) + 1, len(order) - 1)]
+
+
+_PRIORITY_RANK = {Priority.LOW: 0, Priority.MEDIUM: 1, Priority.HIGH: 2, Priority.CRITICAL: 3}
+
+
+class AgentStatus(StrEnum):
+    READY = "ready"
+    SLEEPING = "sleeping"
+    BUSY = "busy"
+    DEGRADED = "degraded"
+    OFFLINE = "offline"
+
+
+class AttemptOutcome(StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    id: str
+    title: str
+    prompt: str
+    status: TaskStatus
+    priority: Priority
+    capabilities: tuple[str, ...]
+    requester: str
+    created_at: datetime
+    updated_at: datetime
+    assignee: str | None = None
+    assigned_to: str | None = None
+    owner: str | None = None
+    scope: str | None = None
+    attempt: int = 0
+    max_attempts: int = 3
+    context: Mapping[str, JSON] = field(default_factory=dict)
+    result: JSON = None
+    summary: str | None = None
+    error: str | None = None
+    depends_on: tuple[str, ...] = ()
+    run_at: datetime | None = None
+    due_at: datetime | None = None
+    timeout_s: int | None = None
+    review: bool = False
+    reviewer: str | None = None
+    escalate_to: str | None = None
+    escalated: bool = False
+    model: str | None = None
+    labels: tuple[str, ...] = ()
+    idempotency_key: str | None = None
+    question: str | None = None
+    progress_message: str | None = None
+    progress_percent: float | None = None
+    requeues: int = 0
+    review_cycles: int = 0
+    not_before: datetime | None = None
+    lease_expires_at: datetime | None = None
+    deadline_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    version: int = 1
+
+    def evolve(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    id: str
+    capabilities: Mapping[str, float]
+    status: AgentStatus
+    created_at: datetime
+    updated_at: datetime
+    owner: str | None = None
+    max_concurrent: int | None = None
+    room: str | None = None
+    wake_url: str | None = None
+    dispatch_model: str | None = None
+    description: str | None = None
+    drained: bool = False
+    token_hash: str | None = None
+    last_heartbeat_at: datetime | None = None
+    version: int = 1
+
+    def evolve(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    task_id: str
+    number: int
+    agent_id: str
+    assigned_at: datetime
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    outcome: AttemptOutcome | None = None
+    error: str | None = None
+
+    def evolve(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressEntry:
+    task_id: str
+    attempt: int
+    agent_id: str
+    message: str | None
+    percent: float | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Comment:
+    task_id: str
+    author: str
+    body: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A record of something that happened. `id` is the log position, given by the store."""
+
+    type: str
+    created_at: datetime
+    task_id: str | None = None
+    agent_id: str | None = None
+    data: Mapping[str, JSON] = field(default_factory=dict)
+    id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDetail:
+    task: Task
+    attempts: tuple[Attempt, ...]
+    progress: tuple[ProgressEntry, ...]
+    comments: tuple[Comment, ...]

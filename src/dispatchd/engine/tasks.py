@@ -1,0 +1,418 @@
+"""Task operations: creation, reads, and the actions requesters and workers take."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from dispatchd.domain import lifecycle
+from dispatchd.domain.access import (
+    Caller,
+    require_holder,
+    require_requester_or_admin,
+)
+from dispatchd.domain.ids import new_id, utcnow
+from dispatchd.domain.lifecycle import Change, Policy
+from dispatchd.domain.models import (
+    AgentStatus,
+    Comment,
+    Event,
+    Priority,
+    Task,
+    TaskDetail,
+    TaskStatus,
+)
+from dispatchd.engine.transitions import commit_changes, transact
+from dispatchd.errors import DuplicateKey, Forbidden, NotFound, ValidationFailed
+from dispatchd.store.base import AppendComment, AppendEvent, Page, Store, TaskFilter
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """What a requester asks for; see SPEC §4 for each field."""
+
+    title: str
+    prompt: str = ""
+    capabilities: Sequence[str] = ()
+    priority: Priority = Priority.MEDIUM
+    owner: str | None = None
+    scope: str | None = None
+    assigned_to: str | None = None
+    depends_on: Sequence[str] = ()
+    run_at: datetime | None = None
+    due_at: datetime | None = None
+    timeout_s: int | None = None
+    max_attempts: int | None = None
+    review: bool = False
+    reviewer: str | None = None
+    escalate_to: str | None = None
+    model: str | None = None
+    labels: Sequence[str] = ()
+    context: Mapping[str, Any] = field(default_factory=dict)
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    task: Task
+    created: bool
+
+
+class TaskService:
+    def __init__(
+        self,
+        store: Store,
+        policy: Policy,
+        *,
+        default_max_attempts: int = 3,
+        max_concurrent_per_agent: int = 3,
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.default_max_attempts = default_max_attempts
+        self.max_concurrent_per_agent = max_concurrent_per_agent
+        self._random = random.SystemRandom()
+
+    # --- creation -----------------------------------------------------------------------
+
+    async def create(self, spec: TaskSpec, caller: Caller) -> Created:
+        if spec.idempotency_key is not None:
+            existing = await self.store.find_by_idempotency_key(
+                caller.agent_id, spec.idempotency_key
+            )
+            if existing is not None:
+                return Created(existing, created=False)
+        steps = await self._births([spec], caller)
+        try:
+            await commit_changes(self.store, steps)
+        except DuplicateKey as exc:
+            if exc.details.get("field") != "idempotency_key" or spec.idempotency_key is None:
+                raise
+            existing = await self.store.find_by_idempotency_key(
+                caller.agent_id, spec.idempotency_key
+            )
+            if existing is None:  # pragma: no cover - the key exists, so the task does
+                raise
+            return Created(existing, created=False)
+        return Created(steps[-1][0].task, created=True)
+
+    async def create_batch(self, specs: Sequence[TaskSpec], caller: Caller) -> list[Task]:
+        """Create every task in one transaction: all of them or none."""
+        keys = [s.idempotency_key for s in specs if s.idempotency_key is not None]
+        if len(set(keys)) != len(keys):
+            raise ValidationFailed(
+                "idempotency keys repeat within the batch", code="duplicate_idempotency_key"
+            )
+        steps = await self._births(specs, caller)
+        await commit_changes(self.store, steps)
+        latest: dict[str, Task] = {}
+        for change, _ in steps:
+            latest[change.task.id] = change.task
+        return list(latest.values())
+
+    async def _births(
+        self, specs: Sequence[TaskSpec], caller: Caller
+    ) -> list[tuple[Change, Task | None]]:
+        now = utcnow()
+        parent_ids = {pid for spec in specs for pid in spec.depends_on}
+        parents = {t.id: t for t in await self.store.get_tasks(sorted(parent_ids))}
+        missing = sorted(parent_ids - parents.keys())
+        if missing:
+            raise ValidationFailed(
+                f"depends_on names unknown tasks: {', '.join(missing)}",
+                code="unknown_dependency",
+                missing=missing,
+            )
+        steps: list[tuple[Change, Task | None]] = []
+        for spec in specs:
+            task = self._new_task(spec, caller, now)
+            deps = [parents[pid] for pid in spec.depends_on]
+            waiting = any(p.status is not TaskStatus.COMPLETED for p in deps)
+            deferred = spec.run_at is not None and spec.run_at > now
+            born = lifecycle.create(task, now, blocked=waiting or deferred)
+            steps.append((born, None))
+            dead = next((p for p in deps if p.status in _DEAD), None)
+            if dead is not None:
+                steps.append(
+                    (
+                        lifecycle.dependency_failed(
+                            born.task, now, parent=dead.id, reason=dead.status.value
+                        ),
+                        born.task,
+                    )
+                )
+                continue
+            if deps and not waiting and not deferred:
+                # Parents done already: the task is pending from the start, with their results.
+                pending = born.task.evolve(context=_with_inputs(born.task.context, deps))
+                born = lifecycle.Change(pending, born.event)
+                steps[-1] = (born, None)
+            if (
+                spec.assigned_to is not None
+                and born.task.status is TaskStatus.PENDING
+                and await self._can_take(spec.assigned_to, planned=steps)
+            ):
+                steps.append((lifecycle.assign(born.task, spec.assigned_to, now), born.task))
+        return steps
+
+    async def _can_take(self, agent_id: str, planned: Sequence[tuple[Change, Task | None]]) -> bool:
+        """Manual assignment skips scoring, not drain or capacity (SPEC §3.6).
+
+        A task that cannot be handed over now stays pending with `assigned_to` kept.
+        """
+        agent = await self.store.get_agent(agent_id)
+        if agent is None or agent.drained or agent.status in _UNAVAILABLE:
+            return False
+        limit = agent.max_concurrent or self.max_concurrent_per_agent
+        held = len(await self.store.active_tasks_of(agent_id))
+        held += sum(1 for c, _ in planned if c.new_attempt and c.new_attempt.agent_id == agent_id)
+        return held < limit
+
+    def _new_task(self, spec: TaskSpec, caller: Caller, now: datetime) -> Task:
+        return Task(
+            id=new_id(),
+            title=spec.title,
+            prompt=spec.prompt,
+            status=TaskStatus.PENDING,
+            priority=spec.priority,
+            capabilities=tuple(dict.fromkeys(spec.capabilities)),
+            requester=caller.agent_id,
+            created_at=now,
+            updated_at=now,
+            owner=spec.owner,
+            scope=spec.scope,
+            assigned_to=spec.assigned_to,
+            max_attempts=spec.max_attempts or self.default_max_attempts,
+            context=dict(spec.context),
+            depends_on=tuple(dict.fromkeys(spec.depends_on)),
+            run_at=spec.run_at,
+            due_at=spec.due_at,
+            timeout_s=spec.timeout_s,
+            review=spec.review,
+            reviewer=spec.reviewer,
+            escalate_to=spec.escalate_to,
+            model=spec.model,
+            labels=tuple(dict.fromkeys(spec.labels)),
+            idempotency_key=spec.idempotency_key,
+        )
+
+    # --- reads --------------------------------------------------------------------------
+
+    async def get(self, task_id: str) -> Task:
+        task = await self.store.get_task(task_id)
+        if task is None:
+            raise NotFound(f"no task {task_id}", task_id=task_id)
+        return task
+
+    async def detail(self, task_id: str) -> TaskDetail:
+        detail = await self.store.task_detail(task_id)
+        if detail is None:
+            raise NotFound(f"no task {task_id}", task_id=task_id)
+        return detail
+
+    async def page(
+        self, flt: TaskFilter, *, limit: int, cursor: str | None, descending: bool = True
+    ) -> Page[Task]:
+        return await self.store.list_tasks(flt, limit=limit, cursor=cursor, descending=descending)
+
+    async def events(self, task_id: str) -> list[Event]:
+        await self.get(task_id)
+        return await self.store.events_for_task(task_id)
+
+    # --- worker actions -----------------------------------------------------------------
+
+    async def _as_holder(self, task: Task, caller: Caller, attempt: int | None) -> None:
+        if task.assignee == caller.agent_id and attempt is None:
+            return
+        past = await self.store.attempts(task.id)
+        require_holder(task, caller, past, attempt)
+
+    async def start(self, task_id: str, caller: Caller, *, attempt: int | None = None) -> Task:
+        async def compute(task: Task) -> list[tuple[Change, Task | None]]:
+            await self._as_holder(task, caller, attempt)
+            return [(lifecycle.start(task, utcnow(), self.policy), task)]
+
+        return await transact(self.store, task_id, compute)
+
+    async def progress(
+        self,
+        task_id: str,
+        caller: Caller,
+        *,
+        message: str | None,
+        percent: float | None,
+        attempt: int | None = None,
+    ) -> Task:
+        async def compute(task: Task) -> list[tuple[Change, Task | None]]:
+            await self._as_holder(task, caller, attempt)
+            now = utcnow()
+            if task.status is TaskStatus.ASSIGNED:
+                # Reporting progress is proof of work: an assigned task starts implicitly.
+                started = lifecycle.start(task, now, self.policy)
+                step = lifecycle.progress(
+                    started.task, now, self.policy, message=message, percent=percent
+                )
+                return [(started, task), (step, started.task)]
+            return [
+                (lifecycle.progress(task, now, self.policy, message=message, percent=percent), task)
+            ]
+
+        return await transact(self.store, task_id, compute)
+
+    async def complete(
+        self,
+        task_id: str,
+        caller: Caller,
+        *,
+        result: Any,
+        summary: str | None,
+        attempt: int | None = None,
+    ) -> Task:
+        async def compute(task: Task) -> list[tuple[Change, Task | None]]:
+            await self._as_holder(task, caller, attempt)
+            now = utcnow()
+            steps: list[tuple[Change, Task | None]] = []
+            if task.status is TaskStatus.ASSIGNED:
+                started = lifecycle.start(task, now, self.policy)
+                steps.append((started, task))
+                task = started.task
+            steps.append((lifecycle.complete(task, now, result=result, summary=summary), task))
+            return steps
+
+        return await transact(self.store, task_id, compute)
+
+    async def fail(
+        self,
+        task_id: str,
+        caller: Caller,
+        *,
+        error: str,
+        retryable: bool = True,
+        attempt: int | None = None,
+    ) -> Task:
+        async def compute(task: Task) -> list[tuple[Change, Task | None]]:
+            await self._as_holder(task, caller, attempt)
+            change = lifecycle.fail(
+                task,
+                utcnow(),
+                self.policy,
+                error=error,
+                retryable=retryable,
+                jitter=self._random.random(),
+            )
+            return [(change, task)]
+
+        return await transact(self.store, task_id, compute)
+
+    async def request_input(
+        self, task_id: str, caller: Caller, *, question: str, attempt: int | None = None
+    ) -> Task:
+        async def compute(task: Task) -> list[tuple[Change, Task | None]]:
+            await self._as_holder(task, caller, attempt)
+            return [(lifecycle.request_input(task, utcnow(), question=question), task)]
+
+        return await transact(self.store, task_id, compute)
+
+    async def provide_input(self, task_id: str, caller: Caller, *, answer: str) -> Task:
+        async def compute(task: Task) -> list[tuple[Change, Task | None]]:
+            require_requester_or_admin(task, caller, "answer")
+            change = lifecycle.provide_input(
+                task, utcnow(), self.policy, answer=answer, by=caller.agent_id
+            )
+            return [(change, task)]
+
+        return await transact(self.store, task_id, compute)
+
+    async def review(
+        self, task_id: str, caller: Caller, *, approved: bool, feedback: str | None
+    ) -> Task:
+        async def compute(task: Task) -> list[tuple[Change, Task | None]]:
+            if not caller.is_admin:
+                if task.assignee == caller.agent_id:
+                    raise Forbidden(
+                        "an agent may not review its own work", code="self_review", task_id=task.id
+                    )
+                if task.reviewer is not None and task.reviewer not in (
+                    caller.agent_id,
+                    *(await self._capabilities_of(caller.agent_id)),
+                ):
+                    raise Forbidden(
+                        f"task {task.id} is to be reviewed by {task.reviewer}",
+                        code="not_reviewer",
+                        task_id=task.id,
+                    )
+            now = utcnow()
+            if approved:
+                change = lifecycle.approve(task, now, reviewer=caller.agent_id, feedback=feedback)
+            else:
+                change = lifecycle.reject(
+                    task, now, self.policy, reviewer=caller.agent_id, feedback=feedback
+                )
+            return [(change, task)]
+
+        return await transact(self.store, task_id, compute)
+
+    async def _capabilities_of(self, agent_id: str) -> tuple[str, ...]:
+        agent = await self.store.get_agent(agent_id)
+        return tuple(agent.capabilities) if agent else ()
+
+    # --- requester actions --------------------------------------------------------------
+
+    async def cancel(self, task_id: str, caller: Caller, *, reason: str | None = None) -> Task:
+        async def compute(task: Task) -> list[tuple[Change, Task | None]]:
+            require_requester_or_admin(task, caller, "cancel")
+            return [(lifecycle.cancel(task, utcnow(), by=caller.agent_id, reason=reason), task)]
+
+        return await transact(self.store, task_id, compute)
+
+    async def retry(self, task_id: str, caller: Caller) -> Task:
+        async def compute(task: Task) -> list[tuple[Change, Task | None]]:
+            require_requester_or_admin(task, caller, "retry")
+            return [(lifecycle.retry(task, utcnow(), by=caller.agent_id), task)]
+
+        return await transact(self.store, task_id, compute)
+
+    async def update(
+        self,
+        task_id: str,
+        caller: Caller,
+        *,
+        context: Mapping[str, Any] | None = None,
+        priority: Priority | None = None,
+    ) -> Task:
+        async def compute(task: Task) -> list[tuple[Change, Task | None]]:
+            if not (context is not None and caller.agent_id == task.assignee):
+                require_requester_or_admin(task, caller, "change")
+            change = lifecycle.update(
+                task, utcnow(), by=caller.agent_id, context_patch=context, priority=priority
+            )
+            return [(change, task)]
+
+        return await transact(self.store, task_id, compute)
+
+    async def comment(self, task_id: str, caller: Caller, *, body: str) -> Comment:
+        task = await self.get(task_id)
+        now = utcnow()
+        comment = Comment(task_id=task.id, author=caller.agent_id, body=body, created_at=now)
+        event = Event(
+            type="task.commented",
+            created_at=now,
+            task_id=task.id,
+            agent_id=caller.agent_id,
+            data={"body": body[:500]},
+        )
+        await self.store.commit([AppendComment(comment), AppendEvent(event)])
+        return comment
+
+
+_UNAVAILABLE = frozenset({AgentStatus.OFFLINE, AgentStatus.DEGRADED})
+_DEAD = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMED_OUT})
+
+
+def _with_inputs(context: Mapping[str, Any], parents: Sequence[Task]) -> dict[str, Any]:
+    merged = dict(context)
+    merged["inputs"] = {p.id: p.result for p in parents}
+    return merged

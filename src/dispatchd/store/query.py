@@ -1,0 +1,77 @@
+"""SQL fragments shared by both dialects: filters and pagination of lists."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from dispatchd.store.base import AgentFilter, TaskFilter
+from dispatchd.store.rows import decode_cursor
+
+Placeholder = Callable[[str], str]
+
+
+def task_where(
+    flt: TaskFilter,
+    cursor: str | None,
+    descending: bool,
+    ph: Placeholder,
+    capability_clause: Callable[[str], str],
+) -> tuple[str, dict[str, Any]]:
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+
+    def add_in(column: str, values: list[str]) -> None:
+        names = []
+        for i, value in enumerate(values):
+            key = f"{column}_{i}"
+            params[key] = value
+            names.append(ph(key))
+        clauses.append(f"{column} IN ({', '.join(names)})")
+
+    if flt.status:
+        add_in("status", [s.value for s in flt.status])
+    if flt.priority:
+        add_in("priority", [p.value for p in flt.priority])
+    for column in ("requester", "assignee", "scope", "owner"):
+        value = getattr(flt, column)
+        if value is not None:
+            params[column] = value
+            clauses.append(f"{column} = {ph(column)}")
+    if flt.capability is not None:
+        params["capability"] = flt.capability
+        clauses.append(capability_clause(ph("capability")))
+    if flt.label is not None:
+        params["label"] = flt.label
+        clauses.append(capability_clause(ph("label")).replace("capabilities", "labels"))
+    if cursor is not None:
+        params["cursor"] = decode_cursor(cursor)
+        clauses.append(f"id {'<' if descending else '>'} {ph('cursor')}")
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    return where, params
+
+
+def agent_where(
+    flt: AgentFilter, cursor: str | None, ph: Placeholder, capability_clause: Callable[[str], str]
+) -> tuple[str, dict[str, Any]]:
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    if flt.status:
+        names = []
+        for i, status in enumerate(flt.status):
+            params[f"status_{i}"] = status.value
+            names.append(ph(f"status_{i}"))
+        clauses.append(f"a.status IN ({', '.join(names)})")
+    for column in ("owner", "room"):
+        value = getattr(flt, column)
+        if value is not None:
+            params[column] = value
+            clauses.append(f"a.{column} = {ph(column)}")
+    if flt.capability is not None:
+        params["capability"] = flt.capability
+        clauses.append(capability_clause(ph("capability")))
+    if cursor is not None:
+        params["cursor"] = decode_cursor(cursor)
+        clauses.append(f"a.id > {ph('cursor')}")
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    return where, params

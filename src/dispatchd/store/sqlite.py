@@ -1,0 +1,450 @@
+"""The embedded engine: SQLite in WAL mode.
+
+All writes go through one connection owned by one thread, so writers queue in the process
+instead of fighting over the database lock; readers use their own connections in a small
+pool of threads, which WAL lets run beside the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from dispatchd.domain.models import Agent, Attempt, Event, Task, TaskDetail
+from dispatchd.errors import ConcurrentUpdate, DuplicateKey, StoreError
+from dispatchd.store import migrations
+from dispatchd.store.base import (
+    AgentFilter,
+    AgentLoad,
+    AppendComment,
+    AppendEvent,
+    AppendProgress,
+    Counts,
+    DeleteAgent,
+    InsertAgent,
+    InsertTask,
+    Op,
+    Page,
+    PatchAttempt,
+    RenewLeases,
+    SaveAttempt,
+    TaskFilter,
+    UpdateAgent,
+    UpdateTask,
+)
+from dispatchd.store.query import agent_where, task_where
+from dispatchd.store.rows import (
+    AGENT_COLUMNS,
+    SQLITE,
+    TASK_COLUMNS,
+    agent_from_row,
+    agent_params,
+    attempt_from_row,
+    attempt_params,
+    comment_from_row,
+    comment_params,
+    counter_deltas,
+    encode_cursor,
+    event_from_row,
+    event_params,
+    patch_attempt_params,
+    progress_from_row,
+    progress_params,
+    task_from_row,
+    task_params,
+)
+
+T = TypeVar("T")
+
+ACTIVE = "('assigned', 'running', 'waiting_input')"
+
+INSERT_TASK = (
+    f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)}) "
+    f"VALUES ({', '.join(':' + c for c in TASK_COLUMNS)})"
+)
+UPDATE_TASK = (
+    "UPDATE tasks SET "
+    + ", ".join(f"{c} = :{c}" for c in TASK_COLUMNS if c != "id")
+    + " WHERE id = :id AND version = :version - 1"
+)
+INSERT_AGENT = (
+    f"INSERT INTO agents ({', '.join(AGENT_COLUMNS)}) "
+    f"VALUES ({', '.join(':' + c for c in AGENT_COLUMNS)})"
+)
+UPDATE_AGENT = (
+    "UPDATE agents SET "
+    + ", ".join(f"{c} = :{c}" for c in AGENT_COLUMNS if c != "id")
+    + " WHERE id = :id AND version = :version - 1"
+)
+INSERT_ATTEMPT = (
+    "INSERT INTO attempts (task_id, number, agent_id, assigned_at, started_at, ended_at, "
+    "outcome, error) VALUES (:task_id, :number, :agent_id, :assigned_at, :started_at, "
+    ":ended_at, :outcome, :error)"
+)
+PATCH_ATTEMPT = (
+    "UPDATE attempts SET started_at = COALESCE(:started_at, started_at), "
+    "ended_at = COALESCE(:ended_at, ended_at), outcome = COALESCE(:outcome, outcome), "
+    "error = COALESCE(:error, error) WHERE task_id = :task_id AND number = :number"
+)
+INSERT_PROGRESS = (
+    "INSERT INTO progress (task_id, attempt, agent_id, message, percent, created_at) "
+    "VALUES (:task_id, :attempt, :agent_id, :message, :percent, :created_at)"
+)
+INSERT_COMMENT = (
+    "INSERT INTO comments (task_id, author, body, created_at) "
+    "VALUES (:task_id, :author, :body, :created_at)"
+)
+INSERT_EVENT = (
+    "INSERT INTO events (type, task_id, agent_id, data, created_at) "
+    "VALUES (:type, :task_id, :agent_id, :data, :created_at) RETURNING id"
+)
+RENEW_LEASES = (
+    "UPDATE tasks SET lease_expires_at = :until WHERE assignee = :agent_id AND status = 'running'"
+)
+BUMP_COUNT = (
+    "INSERT INTO task_counts (status, n) VALUES (:status, :delta) "
+    "ON CONFLICT (status) DO UPDATE SET n = n + excluded.n"
+)
+SELECT_AGENT_LOAD = (
+    "SELECT a.*, (SELECT count(*) FROM tasks t WHERE t.assignee = a.id "
+    f"AND t.status IN {ACTIVE}) AS active FROM agents a"
+)
+
+
+def _capability_clause(param: str) -> str:
+    return f"EXISTS (SELECT 1 FROM json_each(capabilities) WHERE value = {param})"
+
+
+def _agent_capability_clause(param: str) -> str:
+    return f"EXISTS (SELECT 1 FROM json_each(a.capabilities) WHERE key = {param})"
+
+
+class SQLiteStore:
+    dialect = "sqlite"
+
+    def __init__(self, path: Path, *, readers: int = 4, synchronous: str = "NORMAL") -> None:
+        self.path = path
+        self._synchronous = synchronous
+        self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="dispatchd-sqlite-writer")
+        self._reader_pool = ThreadPoolExecutor(
+            readers, thread_name_prefix="dispatchd-sqlite-reader"
+        )
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    # --- connections ------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        # Another process on the same file (a second `serve`, `db upgrade`) may hold the lock.
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("PRAGMA foreign_keys = OFF")
+        with self._lock:
+            self._connections.append(conn)
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            try:
+                return fn(self._conn())
+            except sqlite3.OperationalError as exc:
+                raise StoreError(f"database error: {exc}") from exc
+
+        return await asyncio.get_running_loop().run_in_executor(pool, call)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._run(self._reader_pool, fn)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._run(self._writer_pool, fn)
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        await self._write(lambda conn: None)
+
+    async def close(self) -> None:
+        self._writer_pool.shutdown(wait=True)
+        self._reader_pool.shutdown(wait=True)
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+
+    async def ping(self) -> None:
+        await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def migrate(self) -> list[int]:
+        def run(conn: sqlite3.Connection) -> list[int]:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations "
+                    "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL "
+                    "DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))"
+                )
+                applied = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+                done = []
+                for migration in migrations.pending(self.dialect, applied):
+                    for statement in _split(migration.sql):
+                        conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES (?, ?)",
+                        (migration.version, migration.name),
+                    )
+                    done.append(migration.version)
+                conn.execute("COMMIT")
+                return done
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        return await self._write(run)
+
+    # --- writes -----------------------------------------------------------------------
+
+    async def commit(self, ops: Sequence[Op]) -> list[Event]:
+        return await self._write(lambda conn: self._commit(conn, ops))
+
+    def _commit(self, conn: sqlite3.Connection, ops: Sequence[Op]) -> list[Event]:
+        events: list[Event] = []
+        counts: dict[str, int] = defaultdict(int)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for op in ops:
+                self._apply(conn, op, events, counts)
+            for status, delta in counts.items():
+                if delta:
+                    conn.execute(BUMP_COUNT, {"status": status, "delta": delta})
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return events
+
+    def _apply(
+        self, conn: sqlite3.Connection, op: Op, events: list[Event], counts: dict[str, int]
+    ) -> None:
+        match op:
+            case InsertTask(task):
+                try:
+                    conn.execute(INSERT_TASK, task_params(task, SQLITE))
+                except sqlite3.IntegrityError as exc:
+                    field = "idempotency_key" if "idempotency_key" in str(exc) else "id"
+                    raise DuplicateKey(
+                        f"task {field} already exists", field=field, task_id=task.id
+                    ) from exc
+                counts[task.status.value] += 1
+            case UpdateTask(task, previous):
+                if conn.execute(UPDATE_TASK, task_params(task, SQLITE)).rowcount != 1:
+                    raise ConcurrentUpdate(f"task {task.id} changed meanwhile", task_id=task.id)
+                for status, delta in counter_deltas(previous.value, task.status.value):
+                    counts[status] += delta
+            case AppendEvent(event):
+                (event_id,) = conn.execute(INSERT_EVENT, event_params(event, SQLITE)).fetchone()
+                events.append(_with_id(event, event_id))
+            case SaveAttempt(attempt):
+                conn.execute(INSERT_ATTEMPT, attempt_params(attempt, SQLITE))
+            case PatchAttempt():
+                conn.execute(PATCH_ATTEMPT, patch_attempt_params(op, SQLITE))
+            case AppendProgress(entry):
+                conn.execute(INSERT_PROGRESS, progress_params(entry, SQLITE))
+            case AppendComment(comment):
+                conn.execute(INSERT_COMMENT, comment_params(comment, SQLITE))
+            case InsertAgent(agent):
+                try:
+                    conn.execute(INSERT_AGENT, agent_params(agent, SQLITE))
+                except sqlite3.IntegrityError as exc:
+                    raise DuplicateKey(
+                        f"agent {agent.id} already exists", field="id", agent_id=agent.id
+                    ) from exc
+            case UpdateAgent(agent):
+                if conn.execute(UPDATE_AGENT, agent_params(agent, SQLITE)).rowcount != 1:
+                    raise ConcurrentUpdate(f"agent {agent.id} changed meanwhile", agent_id=agent.id)
+            case DeleteAgent(agent_id, version):
+                cur = conn.execute(
+                    "DELETE FROM agents WHERE id = ? AND version = ?", (agent_id, version)
+                )
+                if cur.rowcount != 1:
+                    raise ConcurrentUpdate(f"agent {agent_id} changed meanwhile", agent_id=agent_id)
+            case RenewLeases(agent_id, until):
+                conn.execute(RENEW_LEASES, {"agent_id": agent_id, "until": SQLITE.dump_time(until)})
+
+    # --- reads --------------------------------------------------------------------------
+
+    async def get_task(self, task_id: str) -> Task | None:
+        def run(conn: sqlite3.Connection) -> Task | None:
+            row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            return task_from_row(row, SQLITE) if row else None
+
+        return await self._read(run)
+
+    async def get_tasks(self, task_ids: Sequence[str]) -> list[Task]:
+        ids = list(task_ids)
+
+        def run(conn: sqlite3.Connection) -> list[Task]:
+            marks = ", ".join("?" for _ in ids)
+            rows = conn.execute(f"SELECT * FROM tasks WHERE id IN ({marks})", ids).fetchall()
+            return [task_from_row(r, SQLITE) for r in rows]
+
+        return await self._read(run) if ids else []
+
+    async def find_by_idempotency_key(self, requester: str, key: str) -> Task | None:
+        def run(conn: sqlite3.Connection) -> Task | None:
+            row = conn.execute(
+                "SELECT * FROM tasks WHERE requester = ? AND idempotency_key = ?", (requester, key)
+            ).fetchone()
+            return task_from_row(row, SQLITE) if row else None
+
+        return await self._read(run)
+
+    async def list_tasks(
+        self, flt: TaskFilter, *, limit: int, cursor: str | None, descending: bool = True
+    ) -> Page[Task]:
+        where, params = task_where(flt, cursor, descending, lambda n: f":{n}", _capability_clause)
+        order = "DESC" if descending else "ASC"
+        sql = f"SELECT * FROM tasks {where} ORDER BY id {order} LIMIT {int(limit) + 1}"
+
+        def run(conn: sqlite3.Connection) -> Page[Task]:
+            rows = conn.execute(sql, params).fetchall()
+            tasks = [task_from_row(r, SQLITE) for r in rows[:limit]]
+            more = len(rows) > limit
+            return Page(tasks, encode_cursor(tasks[-1].id) if more and tasks else None)
+
+        return await self._read(run)
+
+    async def task_detail(self, task_id: str) -> TaskDetail | None:
+        def run(conn: sqlite3.Connection) -> TaskDetail | None:
+            row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            if row is None:
+                return None
+            attempts = conn.execute(
+                "SELECT * FROM attempts WHERE task_id = ? ORDER BY number", (task_id,)
+            ).fetchall()
+            progress = conn.execute(
+                "SELECT * FROM progress WHERE task_id = ? ORDER BY id", (task_id,)
+            ).fetchall()
+            comments = conn.execute(
+                "SELECT * FROM comments WHERE task_id = ? ORDER BY id", (task_id,)
+            ).fetchall()
+            return TaskDetail(
+                task=task_from_row(row, SQLITE),
+                attempts=tuple(attempt_from_row(r, SQLITE) for r in attempts),
+                progress=tuple(progress_from_row(r, SQLITE) for r in progress),
+                comments=tuple(comment_from_row(r, SQLITE) for r in comments),
+            )
+
+        return await self._read(run)
+
+    async def attempts(self, task_id: str) -> list[Attempt]:
+        def run(conn: sqlite3.Connection) -> list[Attempt]:
+            rows = conn.execute(
+                "SELECT * FROM attempts WHERE task_id = ? ORDER BY number", (task_id,)
+            ).fetchall()
+            return [attempt_from_row(r, SQLITE) for r in rows]
+
+        return await self._read(run)
+
+    async def active_tasks_of(self, agent_id: str) -> list[Task]:
+        def run(conn: sqlite3.Connection) -> list[Task]:
+            rows = conn.execute(
+                f"SELECT * FROM tasks WHERE assignee = ? AND status IN {ACTIVE} ORDER BY id",
+                (agent_id,),
+            ).fetchall()
+            return [task_from_row(r, SQLITE) for r in rows]
+
+        return await self._read(run)
+
+    async def get_agent(self, agent_id: str) -> Agent | None:
+        def run(conn: sqlite3.Connection) -> Agent | None:
+            row = conn.execute("SELECT * FROM agents WHERE id = ?", (agent_id,)).fetchone()
+            return agent_from_row(row, SQLITE) if row else None
+
+        return await self._read(run)
+
+    async def find_agent_by_token_hash(self, token_hash: str) -> Agent | None:
+        def run(conn: sqlite3.Connection) -> Agent | None:
+            row = conn.execute(
+                "SELECT * FROM agents WHERE token_hash = ?", (token_hash,)
+            ).fetchone()
+            return agent_from_row(row, SQLITE) if row else None
+
+        return await self._read(run)
+
+    async def list_agents(
+        self, flt: AgentFilter, *, limit: int, cursor: str | None
+    ) -> Page[AgentLoad]:
+        where, params = agent_where(flt, cursor, lambda n: f":{n}", _agent_capability_clause)
+        sql = f"{SELECT_AGENT_LOAD} {where} ORDER BY a.id LIMIT {int(limit) + 1}"
+
+        def run(conn: sqlite3.Connection) -> Page[AgentLoad]:
+            rows = conn.execute(sql, params).fetchall()
+            items = [AgentLoad(agent_from_row(r, SQLITE), r["active"]) for r in rows[:limit]]
+            more = len(rows) > limit
+            return Page(items, encode_cursor(items[-1].agent.id) if more and items else None)
+
+        return await self._read(run)
+
+    async def counts(self) -> Counts:
+        def run(conn: sqlite3.Connection) -> Counts:
+            tasks = dict(conn.execute("SELECT status, n FROM task_counts").fetchall())
+            agents = dict(
+                conn.execute("SELECT status, count(*) FROM agents GROUP BY status").fetchall()
+            )
+            drained = conn.execute("SELECT count(*) FROM agents WHERE drained = 1").fetchone()[0]
+            if drained:
+                agents["draining"] = drained
+            return Counts(tasks_by_status=tasks, agents_by_status=agents)
+
+        return await self._read(run)
+
+    async def events_for_task(self, task_id: str) -> list[Event]:
+        def run(conn: sqlite3.Connection) -> list[Event]:
+            rows = conn.execute(
+                "SELECT * FROM events WHERE task_id = ? ORDER BY id", (task_id,)
+            ).fetchall()
+            return [event_from_row(r, SQLITE) for r in rows]
+
+        return await self._read(run)
+
+    async def read_events(self, *, after: int, limit: int) -> list[Event]:
+        def run(conn: sqlite3.Connection) -> list[Event]:
+            rows = conn.execute(
+                "SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
+            ).fetchall()
+            return [event_from_row(r, SQLITE) for r in rows]
+
+        return await self._read(run)
+
+
+def _with_id(event: Event, event_id: int) -> Event:
+    return Event(
+        id=event_id,
+        type=event.type,
+        created_at=event.created_at,
+        task_id=event.task_id,
+        agent_id=event.agent_id,
+        data=event.data,
+    )
+
+
+def _split(sql: str) -> list[str]:
+    """Split a migration into statements (ours never put `;` inside literals)."""
+    code = "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
+    return [part.strip() for part in code.split(";") if part.strip()]
