@@ -70,6 +70,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         summary="Task broker and work scheduler for fleets of AI agents",
         lifespan=lifespan,
     )
+    if runtime is not None:
+        app.state.runtime = runtime
     errors.install(app)
     app.include_router(tasks.router)
     app.include_router(agents.router)

@@ -12,7 +12,7 @@ from dispatchd.engine.agents import tokens_equal
 from dispatchd.errors import Unauthorized
 from dispatchd.runtime import Runtime
 
-_AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@#/+-]{0,127}$")
+_AGENT_ID = re.compile(r"^[A-Za-z0-9#@][A-Za-z0-9._:@#/+-]{0,127}$")
 
 
 def runtime_of(request: Request) -> Runtime:

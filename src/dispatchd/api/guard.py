@@ -87,7 +87,13 @@ class BodyGuard:
             return
         headers = dict(scope["headers"])
         length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+        if length is not None and not length.isdigit():
+            response = error_response(
+                400, "invalid_content_length", "Content-Length must be a decimal byte count"
+            )
+            await response(scope, receive, send)
+            return
+        if length is not None and int(length) > self.max_body_bytes:
             await self._too_large(scope, receive, send)
             return
         chunks: list[bytes] = []
@@ -105,6 +111,18 @@ class BodyGuard:
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
+        if length is not None and int(length) != size:
+            # Servers enforce Content-Length on the wire; a body that disagrees with it was
+            # not framed by one, and which of the two to believe is a guess we refuse.
+            response = error_response(
+                400,
+                "content_length_mismatch",
+                f"the body has {size} bytes but Content-Length says {int(length)}",
+                content_length=int(length),
+                received=size,
+            )
+            await response(scope, receive, send)
+            return
         content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if body and not _is_json(content_type):
             response = error_response(

@@ -22,7 +22,7 @@ from dispatchd.domain.models import (
 )
 from dispatchd.store.base import AgentLoad
 
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@#/+-]*$"
+ID_PATTERN = r"^[A-Za-z0-9#@][A-Za-z0-9._:@#/+-]*$"
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^\s,]+$")]

@@ -155,8 +155,14 @@ def _move(task: Task, action: Action, target: TaskStatus, now: datetime, **chang
 
 def backoff(attempt: int, policy: Policy, jitter: float) -> timedelta:
     """Exponential backoff with equal jitter: half fixed, half random (`jitter` in [0, 1))."""
-    exp: timedelta = policy.backoff_base * (2 ** max(attempt - 1, 0))
-    ceiling = min(exp, policy.backoff_cap)
+    # Double step by step and stop at the cap: `base * 2**(attempt-1)` overflows timedelta
+    # from about the 48th attempt, and max_attempts may be 100.
+    ceiling: timedelta = policy.backoff_base
+    for _ in range(max(attempt - 1, 0)):
+        if ceiling >= policy.backoff_cap:
+            break
+        ceiling *= 2
+    ceiling = min(ceiling, policy.backoff_cap)
     half: timedelta = ceiling / 2
     return half + half * jitter
 

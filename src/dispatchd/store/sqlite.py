@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, assert_never
 
 from dispatchd.domain.models import Agent, Attempt, Event, Task, TaskDetail
 from dispatchd.errors import ConcurrentUpdate, DuplicateKey, StoreError
@@ -144,10 +144,11 @@ class SQLiteStore:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
+        # Another process on the same file (a second `serve`, `db upgrade`) may hold the lock;
+        # set the wait first, since switching to WAL itself takes the lock.
+        conn.execute("PRAGMA busy_timeout = 10000")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-        # Another process on the same file (a second `serve`, `db upgrade`) may hold the lock.
-        conn.execute("PRAGMA busy_timeout = 10000")
         conn.execute("PRAGMA foreign_keys = OFF")
         with self._lock:
             self._connections.append(conn)
@@ -166,6 +167,10 @@ class SQLiteStore:
                 return fn(self._conn())
             except sqlite3.OperationalError as exc:
                 raise StoreError(f"database error: {exc}") from exc
+            except sqlite3.IntegrityError as exc:
+                if "UNIQUE" not in str(exc):
+                    raise
+                raise DuplicateKey(f"duplicate key: {exc}") from exc
 
         return await asyncio.get_running_loop().run_in_executor(pool, call)
 
@@ -188,7 +193,14 @@ class SQLiteStore:
             self._connections.clear()
 
     async def ping(self) -> None:
-        await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+        def run(conn: sqlite3.Connection) -> None:
+            # An open connection keeps answering after its file is deleted or unmounted;
+            # the data is gone for every new connection, so the store is not reachable.
+            if not self.path.exists():
+                raise StoreError(f"database file {self.path} is missing")
+            conn.execute("SELECT 1").fetchone()
+
+        await self._read(run)
 
     async def migrate(self) -> list[int]:
         def run(conn: sqlite3.Connection) -> list[int]:
@@ -228,7 +240,10 @@ class SQLiteStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             for op in ops:
-                self._apply(conn, op, events, counts)
+                try:
+                    self._apply(conn, op, events, counts)
+                except sqlite3.IntegrityError as exc:
+                    raise DuplicateKey(f"duplicate key: {exc}", constraint=str(exc)) from exc
             for status, delta in counts.items():
                 if delta:
                     conn.execute(BUMP_COUNT, {"status": status, "delta": delta})
@@ -285,6 +300,8 @@ class SQLiteStore:
                     raise ConcurrentUpdate(f"agent {agent_id} changed meanwhile", agent_id=agent_id)
             case RenewLeases(agent_id, until):
                 conn.execute(RENEW_LEASES, {"agent_id": agent_id, "until": SQLITE.dump_time(until)})
+            case _:
+                assert_never(op)
 
     # --- reads --------------------------------------------------------------------------
 
