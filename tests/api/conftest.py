@@ -81,8 +81,13 @@ def as_agent(agent_id: str, token: str | None = None) -> dict[str, str]:
 def register(client: httpx.AsyncClient) -> Callable[..., Any]:
     """Register an agent; returns (agent json, token)."""
 
-    async def do(agent_id: str, capabilities: Any = ("code",), **fields: Any) -> tuple[dict[str, Any], str]:
-        body = {"capabilities": list(capabilities) if isinstance(capabilities, tuple) else capabilities, **fields}
+    async def do(
+        agent_id: str, capabilities: Any = ("code",), **fields: Any
+    ) -> tuple[dict[str, Any], str]:
+        body = {
+            "capabilities": list(capabilities) if isinstance(capabilities, tuple) else capabilities,
+            **fields,
+        }
         r = await client.post("/api/v1/agents", json=body, headers=as_agent(agent_id))
         assert r.status_code == 201, r.text
         return r.json()["agent"], r.json()["token"]

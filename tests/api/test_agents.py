@@ -14,8 +14,14 @@ pytestmark = pytest.mark.parametrize("engine", ["sqlite", "postgres"], indirect=
 
 
 async def test_register_returns_token_once_then_updates(client: httpx.AsyncClient) -> None:
-    body = {"capabilities": {"code": 1.0, "review": 0.5}, "owner": "team-a", "max_concurrent": 2,
-            "room": "#web", "dispatch_model": "opus", "description": "coder"}
+    body = {
+        "capabilities": {"code": 1.0, "review": 0.5},
+        "owner": "team-a",
+        "max_concurrent": 2,
+        "room": "#web",
+        "dispatch_model": "opus",
+        "description": "coder",
+    }
     r = await client.post("/api/v1/agents", json=body, headers=as_agent("w1"))
     assert r.status_code == 201
     assert r.json()["token"]
@@ -63,8 +69,11 @@ async def test_list_paginates(client: httpx.AsyncClient, register, admin: dict[s
 
 async def test_read_and_patch(client: httpx.AsyncClient, register) -> None:
     await register("w1")
-    r = await client.patch("/api/v1/agents/w1", json={"max_concurrent": 5, "capabilities": ["a", "b"]},
-                           headers=as_agent("w1"))
+    r = await client.patch(
+        "/api/v1/agents/w1",
+        json={"max_concurrent": 5, "capabilities": ["a", "b"]},
+        headers=as_agent("w1"),
+    )
     assert r.status_code == 200
     got = (await client.get("/api/v1/agents/w1")).json()
     assert got["max_concurrent"] == 5 and got["capabilities"] == {"a": 1.0, "b": 1.0}
@@ -77,8 +86,12 @@ async def test_heartbeat_sets_status_and_renews_leases(
 ) -> None:
     await register("w1")
     task = (await client.post("/api/v1/tasks", json={"title": "t", "assigned_to": "w1"})).json()
-    started = (await client.post(f"/api/v1/tasks/{task['id']}/start", headers=as_agent("w1"))).json()
-    r = await client.post("/api/v1/agents/w1/heartbeat", json={"status": "busy"}, headers=as_agent("w1"))
+    started = (
+        await client.post(f"/api/v1/tasks/{task['id']}/start", headers=as_agent("w1"))
+    ).json()
+    r = await client.post(
+        "/api/v1/agents/w1/heartbeat", json={"status": "busy"}, headers=as_agent("w1")
+    )
     assert r.status_code == 200 and r.json()["status"] == "busy"
     renewed = (await client.get(f"/api/v1/tasks/{task['id']}")).json()
     assert renewed["lease_expires_at"] > started["lease_expires_at"]
@@ -86,12 +99,16 @@ async def test_heartbeat_sets_status_and_renews_leases(
     changes = [e for e in events if e.type == "agent.status_changed"]
     assert [(e.data["previous"], e.data["status"]) for e in changes] == [("ready", "busy")]
     # A heartbeat with the same status writes no status event.
-    await client.post("/api/v1/agents/w1/heartbeat", json={"status": "busy"}, headers=as_agent("w1"))
+    await client.post(
+        "/api/v1/agents/w1/heartbeat", json={"status": "busy"}, headers=as_agent("w1")
+    )
     events = await runtime.store.read_events(after=0, limit=100)
     assert len([e for e in events if e.type == "agent.status_changed"]) == 1
 
 
-async def test_drain_and_undrain(client: httpx.AsyncClient, register, admin: dict[str, str]) -> None:
+async def test_drain_and_undrain(
+    client: httpx.AsyncClient, register, admin: dict[str, str]
+) -> None:
     await register("w1")
     r = await client.post("/api/v1/agents/w1/drain", headers=admin)
     assert r.status_code == 200 and r.json()["draining"] is True
@@ -109,7 +126,11 @@ async def test_delete_requeues_held_tasks(
     await register("w1")
     ids: list[str] = []
     for _ in range(2):
-        ids.append((await client.post("/api/v1/tasks", json={"title": "t", "assigned_to": "w1"})).json()["id"])
+        ids.append(
+            (await client.post("/api/v1/tasks", json={"title": "t", "assigned_to": "w1"})).json()[
+                "id"
+            ]
+        )
     await client.post(f"/api/v1/tasks/{ids[0]}/start", headers=as_agent("w1"))
     r = await client.delete("/api/v1/agents/w1", headers=as_agent("w1"))
     assert r.status_code == 200

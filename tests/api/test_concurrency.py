@@ -13,7 +13,9 @@ from tests.api.conftest import as_agent
 pytestmark = pytest.mark.parametrize("engine", ["sqlite", "postgres"], indirect=True)
 
 
-async def test_concurrent_writers_never_fail(client: httpx.AsyncClient, register, runtime: Runtime) -> None:
+async def test_concurrent_writers_never_fail(
+    client: httpx.AsyncClient, register, runtime: Runtime
+) -> None:
     workers = [f"w{i}" for i in range(8)]
     for w in workers:
         await register(w, max_concurrent=100)
@@ -23,16 +25,24 @@ async def test_concurrent_writers_never_fail(client: httpx.AsyncClient, register
         r = await client.post("/api/v1/tasks", json={"title": f"t{n}", "assigned_to": w})
         assert r.status_code == 201, r.text
         task_id = r.json()["id"]
-        for step, body in (("start", None), ("progress", {"percent": 50}), ("complete", {"result": n})):
+        for step, body in (
+            ("start", None),
+            ("progress", {"percent": 50}),
+            ("complete", {"result": n}),
+        ):
             r = await client.post(f"/api/v1/tasks/{task_id}/{step}", json=body, headers=as_agent(w))
             assert r.status_code == 200, r.text
 
     async def chatter(n: int) -> None:
         for _ in range(5):
-            r = await client.post(f"/api/v1/agents/{workers[n]}/heartbeat", json={}, headers=as_agent(workers[n]))
+            r = await client.post(
+                f"/api/v1/agents/{workers[n]}/heartbeat", json={}, headers=as_agent(workers[n])
+            )
             assert r.status_code == 200, r.text
 
-    await asyncio.gather(*(lifecycle(n) for n in range(120)), *(chatter(n) for n in range(len(workers))))
+    await asyncio.gather(
+        *(lifecycle(n) for n in range(120)), *(chatter(n) for n in range(len(workers)))
+    )
     counts = await runtime.store.counts()
     assert counts.tasks_by_status.get("completed") == 120
     assert sum(counts.tasks_by_status.values()) == 120

@@ -14,11 +14,18 @@ async def test_create_assign_start_complete(client: httpx.AsyncClient, register)
     r = await client.post(f"/api/v1/tasks/{task['id']}/start", headers=as_agent("worker-1"))
     assert r.json()["status"] == "running"
     r = await client.post(
-        f"/api/v1/tasks/{task['id']}/complete", json={"result": {"ok": 1}}, headers=as_agent("worker-1")
+        f"/api/v1/tasks/{task['id']}/complete",
+        json={"result": {"ok": 1}},
+        headers=as_agent("worker-1"),
     )
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "completed"
     detail = (await client.get(f"/api/v1/tasks/{task['id']}")).json()
     assert [a["outcome"] for a in detail["attempts"]] == ["completed"]
     events = (await client.get(f"/api/v1/tasks/{task['id']}/events")).json()["events"]
-    assert [e["type"] for e in events] == ["task.created", "task.assigned", "task.started", "task.completed"]
+    assert [e["type"] for e in events] == [
+        "task.created",
+        "task.assigned",
+        "task.started",
+        "task.completed",
+    ]

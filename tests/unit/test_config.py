@@ -54,7 +54,9 @@ def test_yaml_file_then_environment(tmp_path: Path) -> None:
         "assignment:\n  wake_timeout_ms: 5000\n  owner_filter_enabled: true\n"
         "logging:\n  level: warning\n  format: json\n"
     )
-    s = load_settings(file, env={"DISPATCH_PORT": "7001", "DISPATCH_ASSIGNMENT__WAKE_TIMEOUT_MS": "42"})
+    s = load_settings(
+        file, env={"DISPATCH_PORT": "7001", "DISPATCH_ASSIGNMENT__WAKE_TIMEOUT_MS": "42"}
+    )
     assert s.server.port == 7001  # the environment wins
     assert s.server.admin_token == "dispatch-admin-xxxxx"
     assert s.assignment.wake_timeout_ms == 42

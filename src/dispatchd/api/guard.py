@@ -3,7 +3,8 @@
 Python's json module accepts what our stores cannot keep (NaN, Infinity, NUL characters,
 lone surrogates) and fails with a RecursionError on deep nesting. The guard refuses all of
 these with a 4xx in the API's error form, and a body over the limit with 413, so that no
-input reaches a route that could turn it into a 5xx or a half-written record.
+input reaches a route that could turn it into a 5xx or a half-written record. A NUL in the
+URL (a path id or a query filter) is refused too, for the same reason.
 """
 
 from __future__ import annotations
@@ -76,12 +77,24 @@ def _is_json(content_type: bytes) -> bool:
     return content_type in (b"", b"application/json") or content_type.endswith(b"+json")
 
 
+def _url_has_nul(scope: Scope) -> bool:
+    query: bytes = scope.get("query_string", b"")
+    return "\x00" in scope["path"] or b"%00" in query or b"\x00" in query
+
+
 class BodyGuard:
     def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _url_has_nul(scope):
+            # PostgreSQL text cannot hold NUL: an id or filter with one would fail in the store.
+            response = error_response(
+                422, "invalid_string", "the URL must not contain NUL characters"
+            )
+            await response(scope, receive, send)
+            return
         if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
             await self.app(scope, receive, send)
             return

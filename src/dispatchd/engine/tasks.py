@@ -361,13 +361,6 @@ class TaskService:
 
     # --- requester actions --------------------------------------------------------------
 
-    async def cancel(self, task_id: str, caller: Caller, *, reason: str | None = None) -> Task:
-        async def compute(task: Task) -> list[tuple[Change, Task | None]]:
-            require_requester_or_admin(task, caller, "cancel")
-            return [(lifecycle.cancel(task, utcnow(), by=caller.agent_id, reason=reason), task)]
-
-        return await transact(self.store, task_id, compute)
-
     async def retry(self, task_id: str, caller: Caller) -> Task:
         async def compute(task: Task) -> list[tuple[Change, Task | None]]:
             require_requester_or_admin(task, caller, "retry")
@@ -375,23 +368,43 @@ class TaskService:
 
         return await transact(self.store, task_id, compute)
 
-    async def update(
+    async def patch(
         self,
         task_id: str,
         caller: Caller,
         *,
         context: Mapping[str, Any] | None = None,
         priority: Priority | None = None,
+        cancel: bool = False,
+        reason: str | None = None,
     ) -> Task:
+        """Edit context/priority and/or cancel, all in one transaction: all of it or nothing."""
+
         async def compute(task: Task) -> list[tuple[Change, Task | None]]:
-            if not (context is not None and caller.agent_id == task.assignee):
-                require_requester_or_admin(task, caller, "change")
-            change = lifecycle.update(
-                task, utcnow(), by=caller.agent_id, context_patch=context, priority=priority
+            assignee_context_only = (
+                context is not None
+                and priority is None
+                and not cancel
+                and caller.agent_id == task.assignee
             )
-            return [(change, task)]
+            if not assignee_context_only:
+                require_requester_or_admin(task, caller, "cancel" if cancel else "change")
+            steps: list[tuple[Change, Task | None]] = []
+            now = utcnow()
+            if context is not None or priority is not None:
+                edit = lifecycle.update(
+                    task, now, by=caller.agent_id, context_patch=context, priority=priority
+                )
+                steps.append((edit, task))
+                task = edit.task
+            if cancel:
+                steps.append((lifecycle.cancel(task, now, by=caller.agent_id, reason=reason), task))
+            return steps
 
         return await transact(self.store, task_id, compute)
+
+    async def cancel(self, task_id: str, caller: Caller, *, reason: str | None = None) -> Task:
+        return await self.patch(task_id, caller, cancel=True, reason=reason)
 
     async def comment(self, task_id: str, caller: Caller, *, body: str) -> Comment:
         task = await self.get(task_id)

@@ -22,7 +22,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from dispatchd.domain.models import Agent, Attempt, Event, Task, TaskDetail
-from dispatchd.errors import ConcurrentUpdate, DuplicateKey, StoreError
+from dispatchd.errors import ConcurrentUpdate, DuplicateKey, StoreError, ValidationFailed
 from dispatchd.store import migrations
 from dispatchd.store.base import (
     AgentFilter,
@@ -242,6 +242,10 @@ class PostgresStore:
         except psycopg.errors.UniqueViolation as exc:
             constraint = exc.diag.constraint_name
             raise DuplicateKey(f"duplicate key: {constraint}", constraint=constraint) from exc
+        except psycopg.DataError as exc:
+            # Input the API guard should have refused (NUL characters, out-of-range values);
+            # never a server error, and the transaction has rolled back.
+            raise ValidationFailed(f"value not storable: {exc}", code="invalid_value") from exc
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise StoreError(f"database error: {exc}") from exc
 

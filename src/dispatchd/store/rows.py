@@ -336,11 +336,14 @@ def encode_cursor(key: str) -> str:
 def decode_cursor(cursor: str) -> str:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        return base64.urlsafe_b64decode(padded.encode("ascii")).decode()
-    except (binascii.Error, UnicodeError, ValueError) as exc:
+        key = base64.b64decode(padded.encode("ascii"), altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeError, ValueError):
+        key = ""
+    if not key or "\x00" in key:
         raise ValidationFailed(
             "cursor is not one this server handed out", code="invalid_cursor", cursor=cursor
-        ) from exc
+        )
+    return key
 
 
 def counter_deltas(old: str | None, new: str | None) -> Sequence[tuple[str, int]]:

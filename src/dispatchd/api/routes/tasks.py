@@ -170,12 +170,14 @@ async def patch_task(task_id: str, body: TaskPatch, caller: CallerDep, rt: Runti
         raise ValidationFailed(
             "nothing to change: give status, context or priority", code="empty_patch"
         )
-    task = None
-    if body.context is not None or body.priority is not None:
-        task = await rt.tasks.update(task_id, caller, context=body.context, priority=body.priority)
-    if body.status == "cancelled":
-        task = await rt.tasks.cancel(task_id, caller, reason=body.reason)
-    assert task is not None
+    task = await rt.tasks.patch(
+        task_id,
+        caller,
+        context=body.context,
+        priority=body.priority,
+        cancel=body.status == "cancelled",
+        reason=body.reason,
+    )
     return TaskOut.of(task)
 
 

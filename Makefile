@@ -1,0 +1,73 @@
+# One entry point for chores. Every target sets up what it needs, and only once:
+# the virtualenv is created when missing, and the package is (re)installed only when
+# pyproject.toml is newer than the stamp file kept inside .venv.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
+PY_PATHS := src tests
+
+# Extra arguments: `make run ARGS='--config dispatchd.yaml'`, `make test PYTEST_ARGS='-m "not slow"'`.
+ARGS ?=
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help run test lint fmt bench clean install install-dev
+
+help:
+	@echo "make run    start dispatchd serve (API on 127.0.0.1:8600, operations on :8601)"
+	@echo "make test   install the dev dependencies and run every test"
+	@echo "make lint   ruff check, ruff format --check, mypy (strict) on src"
+	@echo "make fmt    format and auto-fix with ruff"
+	@echo "make bench  run the benchmark scripts in bench/"
+	@echo "make clean  remove the virtualenv, caches and build output (keeps .dispatchd/)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(PIP) install --quiet -e .
+	@touch $@
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(PIP) install --quiet -e '.[dev]'
+	@touch $@ $(RUN_STAMP)
+
+install: $(RUN_STAMP)
+
+install-dev: $(DEV_STAMP)
+
+run: $(RUN_STAMP)
+	$(BIN)/dispatchd serve $(ARGS)
+
+test: $(DEV_STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check $(PY_PATHS)
+	$(BIN)/ruff format --check $(PY_PATHS)
+	$(BIN)/mypy src
+
+fmt: $(DEV_STAMP)
+	$(BIN)/ruff check --fix $(PY_PATHS)
+	$(BIN)/ruff format $(PY_PATHS)
+
+# Each bench/*.py is a script of its own (files starting with `_` are helpers).
+bench: $(DEV_STAMP)
+	@found=0; \
+	for script in bench/*.py; do \
+		[ -f "$$script" ] || continue; \
+		case "$$(basename "$$script")" in _*) continue;; esac; \
+		found=1; \
+		echo "== $$script"; \
+		$(BIN)/python "$$script" || exit 1; \
+	done; \
+	if [ $$found = 0 ]; then echo "no benchmark scripts in bench/ yet"; fi
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find src tests bench -name __pycache__ -type d -prune -exec rm -rf {} + 2>/dev/null || true
+	find src -maxdepth 1 -name '*.egg-info' -type d -exec rm -rf {} + 2>/dev/null || true
