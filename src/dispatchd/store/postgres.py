@@ -43,7 +43,7 @@ from dispatchd.store.base import (
     UpdateAgent,
     UpdateTask,
 )
-from dispatchd.store.query import agent_where, task_where
+from dispatchd.store.query import ACTIVE, agent_where, insert_sql, task_where, update_versioned_sql
 from dispatchd.store.rows import (
     AGENT_COLUMNS,
     POSTGRES,
@@ -79,31 +79,15 @@ CHECKOUT_TIMEOUT_S = 10.0
 EVENT_ORDER_LOCK = int.from_bytes(b"dsp:evts", "big")
 MIGRATION_LOCK = int.from_bytes(b"dsp:migr", "big")
 
-ACTIVE = "('assigned', 'running', 'waiting_input')"
-
 
 def _ph(name: str) -> str:
     return f"%({name})s"
 
 
-INSERT_TASK = (
-    f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)}) "
-    f"VALUES ({', '.join(_ph(c) for c in TASK_COLUMNS)})"
-)
-UPDATE_TASK = (
-    "UPDATE tasks SET "
-    + ", ".join(f"{c} = {_ph(c)}" for c in TASK_COLUMNS if c != "id")
-    + " WHERE id = %(id)s AND version = %(version)s - 1"
-)
-INSERT_AGENT = (
-    f"INSERT INTO agents ({', '.join(AGENT_COLUMNS)}) "
-    f"VALUES ({', '.join(_ph(c) for c in AGENT_COLUMNS)})"
-)
-UPDATE_AGENT = (
-    "UPDATE agents SET "
-    + ", ".join(f"{c} = {_ph(c)}" for c in AGENT_COLUMNS if c != "id")
-    + " WHERE id = %(id)s AND version = %(version)s - 1"
-)
+INSERT_TASK = insert_sql("tasks", TASK_COLUMNS, _ph)
+UPDATE_TASK = update_versioned_sql("tasks", TASK_COLUMNS, _ph)
+INSERT_AGENT = insert_sql("agents", AGENT_COLUMNS, _ph)
+UPDATE_AGENT = update_versioned_sql("agents", AGENT_COLUMNS, _ph)
 DELETE_AGENT = "DELETE FROM agents WHERE id = %(id)s AND version = %(version)s"
 INSERT_ATTEMPT = (
     "INSERT INTO attempts (task_id, number, agent_id, assigned_at, started_at, ended_at, "

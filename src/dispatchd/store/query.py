@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from dispatchd.domain.models import ACTIVE_STATES
 from dispatchd.store.base import AgentFilter, TaskFilter
 from dispatchd.store.rows import decode_cursor
 
 Placeholder = Callable[[str], str]
+
+# The states in which a task is held by an agent, as an SQL list.
+ACTIVE = "(" + ", ".join(f"'{s.value}'" for s in sorted(ACTIVE_STATES)) + ")"
+
+
+def insert_sql(table: str, columns: Sequence[str], ph: Placeholder) -> str:
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(map(ph, columns))})"
+
+
+def update_versioned_sql(table: str, columns: Sequence[str], ph: Placeholder) -> str:
+    """Write every column if the row is still at the version before the new one."""
+    sets = ", ".join(f"{c} = {ph(c)}" for c in columns if c != "id")
+    return f"UPDATE {table} SET {sets} WHERE id = {ph('id')} AND version = {ph('version')} - 1"
 
 
 def task_where(

@@ -38,7 +38,7 @@ from dispatchd.store.base import (
     UpdateAgent,
     UpdateTask,
 )
-from dispatchd.store.query import agent_where, task_where
+from dispatchd.store.query import ACTIVE, agent_where, insert_sql, task_where, update_versioned_sql
 from dispatchd.store.rows import (
     AGENT_COLUMNS,
     SQLITE,
@@ -62,26 +62,15 @@ from dispatchd.store.rows import (
 
 T = TypeVar("T")
 
-ACTIVE = "('assigned', 'running', 'waiting_input')"
 
-INSERT_TASK = (
-    f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)}) "
-    f"VALUES ({', '.join(':' + c for c in TASK_COLUMNS)})"
-)
-UPDATE_TASK = (
-    "UPDATE tasks SET "
-    + ", ".join(f"{c} = :{c}" for c in TASK_COLUMNS if c != "id")
-    + " WHERE id = :id AND version = :version - 1"
-)
-INSERT_AGENT = (
-    f"INSERT INTO agents ({', '.join(AGENT_COLUMNS)}) "
-    f"VALUES ({', '.join(':' + c for c in AGENT_COLUMNS)})"
-)
-UPDATE_AGENT = (
-    "UPDATE agents SET "
-    + ", ".join(f"{c} = :{c}" for c in AGENT_COLUMNS if c != "id")
-    + " WHERE id = :id AND version = :version - 1"
-)
+def _ph(name: str) -> str:
+    return f":{name}"
+
+
+INSERT_TASK = insert_sql("tasks", TASK_COLUMNS, _ph)
+UPDATE_TASK = update_versioned_sql("tasks", TASK_COLUMNS, _ph)
+INSERT_AGENT = insert_sql("agents", AGENT_COLUMNS, _ph)
+UPDATE_AGENT = update_versioned_sql("agents", AGENT_COLUMNS, _ph)
 INSERT_ATTEMPT = (
     "INSERT INTO attempts (task_id, number, agent_id, assigned_at, started_at, ended_at, "
     "outcome, error) VALUES (:task_id, :number, :agent_id, :assigned_at, :started_at, "
@@ -334,7 +323,7 @@ class SQLiteStore:
     async def list_tasks(
         self, flt: TaskFilter, *, limit: int, cursor: str | None, descending: bool = True
     ) -> Page[Task]:
-        where, params = task_where(flt, cursor, descending, lambda n: f":{n}", _capability_clause)
+        where, params = task_where(flt, cursor, descending, _ph, _capability_clause)
         order = "DESC" if descending else "ASC"
         sql = f"SELECT * FROM tasks {where} ORDER BY id {order} LIMIT {int(limit) + 1}"
 
@@ -407,7 +396,7 @@ class SQLiteStore:
     async def list_agents(
         self, flt: AgentFilter, *, limit: int, cursor: str | None
     ) -> Page[AgentLoad]:
-        where, params = agent_where(flt, cursor, lambda n: f":{n}", _agent_capability_clause)
+        where, params = agent_where(flt, cursor, _ph, _agent_capability_clause)
         sql = f"{SELECT_AGENT_LOAD} {where} ORDER BY a.id LIMIT {int(limit) + 1}"
 
         def run(conn: sqlite3.Connection) -> Page[AgentLoad]:
