@@ -84,6 +84,12 @@ class ConcurrentUpdate(Conflict):
     code = "concurrent_update"
 
 
+class AgentUnavailable(Conflict):
+    """An agent cannot take a task now: at capacity, drained, offline, degraded or gone."""
+
+    code = "agent_unavailable"
+
+
 class PayloadTooLarge(DispatchError):
     status = 413
     code = "payload_too_large"

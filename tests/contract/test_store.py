@@ -562,7 +562,10 @@ async def test_list_agents_filters_load_and_pages(store: Store) -> None:
         "zed": 0,
     }
     by_id = {a.id: a for a in agents}
-    assert all(load.agent == by_id[load.agent.id] for load in everyone.items)
+    # The load is kept on the agent row, in step with the tasks it holds.
+    assert all(
+        load.agent == by_id[load.agent.id].evolve(active=load.active) for load in everyone.items
+    )
 
     async def ids(flt: AgentFilter) -> list[str]:
         page = await store.list_agents(flt, limit=100, cursor=None)
@@ -729,19 +732,21 @@ async def test_counts_agents_by_status(store: Store) -> None:
     assert dict(counts.agents_by_status) == {"ready": 2, "busy": 1, "offline": 1, "draining": 2}
 
 
-async def test_renew_leases_touches_only_that_agents_running_tasks(store: Store) -> None:
+async def test_renew_leases_touches_only_that_agents_held_tasks(store: Store) -> None:
     old = T0
     until = T0 + timedelta(minutes=10, microseconds=42)
     mine_running = make_task(status=S.RUNNING, assignee="me", lease_expires_at=old)
     mine_assigned = make_task(status=S.ASSIGNED, assignee="me")
     mine_waiting = make_task(status=S.WAITING_INPUT, assignee="me", lease_expires_at=old)
     theirs = make_task(status=S.RUNNING, assignee="them", lease_expires_at=old)
-    untouched = [mine_assigned, mine_waiting, theirs]
-    await insert(store, mine_running, *untouched)
+    untouched = [mine_assigned, theirs]
+    await insert(store, mine_running, mine_waiting, *untouched)
 
     await store.commit([RenewLeases("me", until)])
-    # A heartbeat is not a transition: the version stays, so it never races one.
-    assert await store.get_task(mine_running.id) == mine_running.evolve(lease_expires_at=until)
+    # The version moves, so that a lease sweep computed before the renewal cannot land.
+    for task in (mine_running, mine_waiting):
+        assert await store.get_task(task.id) == task.evolve(lease_expires_at=until, version=2)
+    # An assigned task's lease is its start deadline: heartbeats do not extend it.
     for task in untouched:
         assert await store.get_task(task.id) == task
 

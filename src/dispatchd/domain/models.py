@@ -141,6 +141,10 @@ class Agent:
     token_hash: str | None = None
     last_heartbeat_at: datetime | None = None
     version: int = 1
+    # Kept by the store, never written through UpdateAgent: the tasks it holds now and
+    # when it was last given one.
+    active: int = 0
+    last_assigned_at: datetime | None = None
 
     def evolve(self, **changes: Any) -> Self:
         return dataclasses.replace(self, **changes)

@@ -32,7 +32,9 @@ MAX_TRIES = 8
 def ops_for(change: Change, previous: Task | None) -> list[Op]:
     """The writes of one transition; `previous` is the task it was computed from (None: new)."""
     ops: list[Op] = [
-        InsertTask(change.task) if previous is None else UpdateTask(change.task, previous.status)
+        InsertTask(change.task)
+        if previous is None
+        else UpdateTask(change.task, previous.status, previous.assignee)
     ]
     if change.new_attempt is not None:
         ops.append(SaveAttempt(change.new_attempt))

@@ -8,7 +8,7 @@ is the ownership check on every write: a transition computed from a stale read n
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, Protocol, TypeVar
@@ -32,15 +32,46 @@ from dispatchd.domain.models import (
 
 @dataclass(frozen=True, slots=True)
 class InsertTask:
+    """Insert a new task, with an edge to each task it depends on."""
+
     task: Task
 
 
 @dataclass(frozen=True, slots=True)
 class UpdateTask:
-    """Write `task` if the stored row is still at `task.version - 1`, which was `previous`."""
+    """Write `task` if the stored row is still at `task.version - 1`, which was `previous`.
+
+    `previous_assignee` is who held it before: when the task leaves that agent's hands the
+    store lowers the agent's load in the same commit (and raises the new holder's).
+    """
 
     task: Task
     previous: TaskStatus
+    previous_assignee: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TouchTask:
+    """Bump a task's version if it is still at `version`: a write that conflicts with any
+    concurrent transition of it (a child being created against a parent that finishes)."""
+
+    task_id: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class TakeSlot:
+    """Reserve one of an agent's slots for a task being handed to it in this commit.
+
+    Fails the commit with `AgentUnavailable` unless the agent exists, is not drained, not
+    offline or degraded, and holds fewer than `limit` tasks counting those already given
+    to it in this commit. Stamps `last_assigned_at`. On PostgreSQL it locks the agent row,
+    so two replicas never fill the same slot.
+    """
+
+    agent_id: str
+    limit: int
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +129,10 @@ class DeleteAgent:
 
 @dataclass(frozen=True, slots=True)
 class RenewLeases:
-    """Extend the lease of every running task of an agent (heartbeat)."""
+    """Extend the lease of every running (or waiting_input) task of an agent (heartbeat).
+
+    Bumps each task's version, so that a lease sweep computed before the renewal cannot land.
+    """
 
     agent_id: str
     until: datetime
@@ -107,6 +141,8 @@ class RenewLeases:
 Op = (
     InsertTask
     | UpdateTask
+    | TouchTask
+    | TakeSlot
     | AppendEvent
     | SaveAttempt
     | PatchAttempt
@@ -161,6 +197,53 @@ class AgentLoad:
 class Counts:
     tasks_by_status: Mapping[str, int] = field(default_factory=dict)
     agents_by_status: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimQuery:
+    """The pending tasks an agent may take: capable, owner-compatible, ready, in queue order.
+
+    `capabilities` are the agent's tags (a task qualifies when it requires a subset of
+    them); with `owner_filter` a task with an owner qualifies only for an agent of the same
+    owner. `limit` bounds how many rows are read (and locked, for a claim).
+    """
+
+    agent_id: str
+    capabilities: Sequence[str]
+    owner: str | None
+    owner_filter: bool
+    now: datetime
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimView:
+    """What a claim sees inside its transaction: the agent (None if unknown), its tasks in
+    `assigned` waiting to start, and the pending tasks it qualifies for."""
+
+    agent: Agent | None
+    assigned: list[Task]
+    candidates: list[Task]
+
+
+ClaimPlan = Callable[[ClaimView], Sequence["Op"]]
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """Deadlines that have passed, by kind (see `Store.due`)."""
+
+    timed_out: list[Task] = field(default_factory=list)
+    lease_lost: list[Task] = field(default_factory=list)
+    not_started: list[Task] = field(default_factory=list)
+    ready: list[Task] = field(default_factory=list)
+    run_at: list[Task] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return sum(
+            len(x)
+            for x in (self.timed_out, self.lease_lost, self.not_started, self.ready, self.run_at)
+        )
 
 
 class Store(Protocol):
@@ -218,3 +301,34 @@ class Store(Protocol):
     async def events_for_task(self, task_id: str) -> list[Event]: ...
 
     async def read_events(self, *, after: int, limit: int) -> list[Event]: ...
+
+    async def last_event_id(self) -> int: ...
+
+    # --- assignment -----------------------------------------------------------------------
+
+    async def get_agents(self, agent_ids: Sequence[str]) -> list[Agent]: ...
+
+    async def all_agents(self) -> list[Agent]: ...
+
+    async def claimable(self, query: ClaimQuery) -> list[Task]:
+        """The pending tasks `query` qualifies for, in queue order, without locking them."""
+        ...
+
+    async def claim(self, query: ClaimQuery, plan: ClaimPlan) -> list[Event]:
+        """In one transaction: lock the agent and what it may take, let `plan` (pure, fast)
+        turn that view into writes, apply them. Rows another claim holds are skipped."""
+        ...
+
+    async def children(self, parent_id: str) -> list[Task]:
+        """The blocked tasks that depend on `parent_id`."""
+        ...
+
+    async def due(self, now: datetime, since: datetime, limit: int) -> Due:
+        """Tasks whose deadline has passed: running tasks past `deadline_at` (timed out) or
+        past their lease (lost), assigned tasks not started by their lease, pending tasks
+        whose backoff ended and blocked tasks whose `run_at` came, in `(since, now]`."""
+        ...
+
+    async def next_deadline(self, since: datetime) -> datetime | None:
+        """The earliest deadline `due` would act on, from the indexes."""
+        ...

@@ -13,6 +13,7 @@ import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any, assert_never
 
 import psycopg
@@ -22,7 +23,13 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from dispatchd.domain.models import Agent, Attempt, Event, Task, TaskDetail
-from dispatchd.errors import ConcurrentUpdate, DuplicateKey, StoreError, ValidationFailed
+from dispatchd.errors import (
+    AgentUnavailable,
+    ConcurrentUpdate,
+    DuplicateKey,
+    StoreError,
+    ValidationFailed,
+)
 from dispatchd.store import migrations
 from dispatchd.store.base import (
     AgentFilter,
@@ -30,8 +37,12 @@ from dispatchd.store.base import (
     AppendComment,
     AppendEvent,
     AppendProgress,
+    ClaimPlan,
+    ClaimQuery,
+    ClaimView,
     Counts,
     DeleteAgent,
+    Due,
     InsertAgent,
     InsertTask,
     Op,
@@ -39,11 +50,21 @@ from dispatchd.store.base import (
     PatchAttempt,
     RenewLeases,
     SaveAttempt,
+    TakeSlot,
     TaskFilter,
+    TouchTask,
     UpdateAgent,
     UpdateTask,
 )
-from dispatchd.store.query import ACTIVE, agent_where, insert_sql, task_where, update_versioned_sql
+from dispatchd.store.query import (
+    ACTIVE,
+    agent_where,
+    claimable_where,
+    insert_sql,
+    load_deltas,
+    task_where,
+    update_versioned_sql,
+)
 from dispatchd.store.rows import (
     AGENT_COLUMNS,
     POSTGRES,
@@ -113,9 +134,60 @@ INSERT_EVENT = (
 )
 LOCK_EVENT_ORDER = f"SELECT pg_advisory_xact_lock({EVENT_ORDER_LOCK})"
 RENEW_LEASES = (
-    "UPDATE tasks SET lease_expires_at = %(until)s "
-    "WHERE assignee = %(agent_id)s AND status = 'running'"
+    "UPDATE tasks SET lease_expires_at = %(until)s, version = version + 1 "
+    "WHERE assignee = %(agent_id)s AND status IN ('running', 'waiting_input')"
 )
+INSERT_DEP = (
+    "INSERT INTO task_deps (parent_id, child_id) VALUES (%(parent)s, %(child)s) "
+    "ON CONFLICT DO NOTHING"
+)
+TOUCH_TASK = "UPDATE tasks SET version = version + 1 WHERE id = %(id)s AND version = %(version)s"
+TAKE_SLOT = (
+    "UPDATE agents SET last_assigned_at = %(at)s WHERE id = %(id)s AND NOT drained "
+    "AND status NOT IN ('offline', 'degraded') AND active + %(planned)s < %(limit)s"
+)
+ADD_LOAD = "UPDATE agents SET active = greatest(active + %(delta)s, 0) WHERE id = %(id)s"
+QUEUE_ORDER = "priority_rank DESC, due_at NULLS LAST, created_at, id"
+CAPABLE = "tasks.capabilities <@ %(caps)s"
+LOCK_AGENT = "SELECT * FROM agents WHERE id = %(id)s FOR UPDATE"
+SELECT_ASSIGNED = (
+    "SELECT * FROM tasks WHERE assignee = %(agent_id)s AND status = 'assigned' "
+    "ORDER BY priority_rank DESC, created_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
+)
+SELECT_CHILDREN = (
+    "SELECT t.* FROM task_deps d JOIN tasks t ON t.id = d.child_id "
+    "WHERE d.parent_id = %(id)s AND t.status = 'blocked' ORDER BY t.id"
+)
+DUE_TIMED_OUT = (
+    "SELECT * FROM tasks WHERE deadline_at <= %(now)s "
+    "AND status IN ('running', 'waiting_input') LIMIT %(limit)s"
+)
+DUE_LEASE = (
+    "SELECT * FROM tasks WHERE lease_expires_at <= %(now)s "
+    "AND status IN ('running', 'waiting_input') LIMIT %(limit)s"
+)
+DUE_NOT_STARTED = (
+    "SELECT * FROM tasks WHERE lease_expires_at <= %(now)s AND status = 'assigned' LIMIT %(limit)s"
+)
+DUE_READY = (
+    "SELECT * FROM tasks WHERE not_before > %(since)s AND not_before <= %(now)s "
+    "AND status = 'pending' LIMIT %(limit)s"
+)
+DUE_RUN_AT = (
+    "SELECT * FROM tasks WHERE status = 'blocked' AND run_at IS NOT NULL "
+    "AND run_at > %(since)s AND run_at <= %(now)s LIMIT %(limit)s"
+)
+NEXT_DEADLINE = (
+    "SELECT least("
+    "(SELECT min(deadline_at) FROM tasks WHERE deadline_at IS NOT NULL), "
+    "(SELECT min(lease_expires_at) FROM tasks WHERE lease_expires_at IS NOT NULL), "
+    "(SELECT min(not_before) FROM tasks WHERE not_before > %(since)s AND status = 'pending'), "
+    "(SELECT min(run_at) FROM tasks WHERE status = 'blocked' AND run_at IS NOT NULL "
+    "AND run_at > %(since)s)) AS x"
+)
+SELECT_LAST_EVENT = "SELECT coalesce(max(id), 0) AS n FROM events"
+SELECT_AGENTS = "SELECT * FROM agents WHERE id = ANY(%(ids)s) ORDER BY id"
+SELECT_ALL_AGENTS = "SELECT * FROM agents ORDER BY id"
 BUMP_COUNT = (
     "INSERT INTO task_counts (status, n) VALUES (%(status)s, %(delta)s) "
     "ON CONFLICT (status) DO UPDATE SET n = task_counts.n + excluded.n"
@@ -143,10 +215,7 @@ SELECT_ACTIVE_TASKS = (
 )
 SELECT_AGENT = "SELECT * FROM agents WHERE id = %(id)s"
 SELECT_AGENT_BY_HASH = "SELECT * FROM agents WHERE token_hash = %(token_hash)s"
-SELECT_AGENT_LOAD = (
-    "SELECT a.*, (SELECT count(*) FROM tasks t WHERE t.assignee = a.id "
-    f"AND t.status IN {ACTIVE}) AS active FROM agents a"
-)
+SELECT_AGENT_LOAD = "SELECT a.* FROM agents a"
 SELECT_TASK_COUNTS = "SELECT status, n FROM task_counts"
 SELECT_AGENT_COUNTS = "SELECT status, count(*) AS n FROM agents GROUP BY status"
 SELECT_DRAINED_COUNT = "SELECT count(*) AS n FROM agents WHERE drained"
@@ -278,12 +347,16 @@ class PostgresStore:
 
     async def _commit(self, conn: Connection, ops: Sequence[Op]) -> list[Event]:
         counts: dict[str, int] = defaultdict(int)
+        loads: dict[str, int] = defaultdict(int)
         to_append: list[Event] = []
         for op in ops:
             if isinstance(op, AppendEvent):
                 to_append.append(op.event)
             else:
-                await self._apply(conn, op, counts)
+                await self._apply(conn, op, counts, loads)
+        for agent_id in sorted(loads):
+            if loads[agent_id]:
+                await conn.execute(ADD_LOAD, {"id": agent_id, "delta": loads[agent_id]})
         events: list[Event] = []
         if to_append:
             # Held until this transaction ends: the next writer's ids come after ours and
@@ -300,7 +373,9 @@ class PostgresStore:
                 await conn.execute(BUMP_COUNT, {"status": status, "delta": counts[status]})
         return events
 
-    async def _apply(self, conn: Connection, op: Op, counts: dict[str, int]) -> None:
+    async def _apply(
+        self, conn: Connection, op: Op, counts: dict[str, int], loads: dict[str, int]
+    ) -> None:
         match op:
             case InsertTask(task):
                 try:
@@ -312,12 +387,32 @@ class PostgresStore:
                         f"task {field} already exists", field=field, task_id=task.id
                     ) from exc
                 counts[task.status.value] += 1
-            case UpdateTask(task, previous):
+                if task.depends_on:
+                    async with conn.cursor() as cur:
+                        await cur.executemany(
+                            INSERT_DEP, [{"parent": p, "child": task.id} for p in task.depends_on]
+                        )
+                for agent_id, delta in load_deltas(None, None, task):
+                    loads[agent_id] += delta
+            case UpdateTask(task, previous, previous_assignee):
                 cur = await conn.execute(UPDATE_TASK, task_params(task, POSTGRES))
                 if cur.rowcount != 1:
                     raise ConcurrentUpdate(f"task {task.id} changed meanwhile", task_id=task.id)
                 for status, delta in counter_deltas(previous.value, task.status.value):
                     counts[status] += delta
+                for agent_id, delta in load_deltas(previous, previous_assignee, task):
+                    loads[agent_id] += delta
+            case TouchTask(task_id, version):
+                cur = await conn.execute(TOUCH_TASK, {"id": task_id, "version": version})
+                if cur.rowcount != 1:
+                    raise ConcurrentUpdate(f"task {task_id} changed meanwhile", task_id=task_id)
+            case TakeSlot(agent_id, limit, at):
+                params = {"id": agent_id, "limit": limit, "at": at, "planned": loads[agent_id]}
+                cur = await conn.execute(TAKE_SLOT, params)
+                if cur.rowcount != 1:
+                    raise AgentUnavailable(
+                        f"agent {agent_id} cannot take a task now", agent_id=agent_id
+                    )
             case SaveAttempt(attempt):
                 await conn.execute(INSERT_ATTEMPT, attempt_params(attempt, POSTGRES))
             case PatchAttempt():
@@ -442,6 +537,74 @@ class PostgresStore:
     async def read_events(self, *, after: int, limit: int) -> list[Event]:
         rows = await self._fetchall(SELECT_EVENTS_AFTER, {"after": after, "limit": limit})
         return [event_from_row(r, POSTGRES) for r in rows]
+
+    async def last_event_id(self) -> int:
+        row = await self._fetchone(SELECT_LAST_EVENT, {})
+        return int(row["n"]) if row else 0
+
+    # --- assignment -------------------------------------------------------------------
+
+    async def get_agents(self, agent_ids: Sequence[str]) -> list[Agent]:
+        ids = list(agent_ids)
+        if not ids:
+            return []
+        rows = await self._fetchall(SELECT_AGENTS, {"ids": ids})
+        return [agent_from_row(r, POSTGRES) for r in rows]
+
+    async def all_agents(self) -> list[Agent]:
+        rows = await self._fetchall(SELECT_ALL_AGENTS, {})
+        return [agent_from_row(r, POSTGRES) for r in rows]
+
+    async def claimable(self, query: ClaimQuery) -> list[Task]:
+        sql, params = _claimable_sql(query, lock=False)
+        rows = await self._fetchall(sql, params)
+        return [task_from_row(r, POSTGRES) for r in rows]
+
+    async def claim(self, query: ClaimQuery, plan: ClaimPlan) -> list[Event]:
+        sql, params = _claimable_sql(query, lock=True)
+        async with self._connection() as conn, conn.transaction():
+            # The agent row first: claims and pushes to one agent queue here, so its load
+            # is read and raised by one transaction at a time.
+            row = await (await conn.execute(LOCK_AGENT, {"id": query.agent_id})).fetchone()
+            agent = agent_from_row(row, POSTGRES) if row else None
+            assigned: list[Task] = []
+            candidates: list[Task] = []
+            if agent is not None:
+                cur = await conn.execute(
+                    SELECT_ASSIGNED, {"agent_id": query.agent_id, "limit": query.limit}
+                )
+                assigned = [task_from_row(r, POSTGRES) for r in await cur.fetchall()]
+                cur = await conn.execute(sql, params)
+                candidates = [task_from_row(r, POSTGRES) for r in await cur.fetchall()]
+            ops = plan(ClaimView(agent, assigned, candidates))
+            return await self._commit(conn, ops) if ops else []
+
+    async def children(self, parent_id: str) -> list[Task]:
+        rows = await self._fetchall(SELECT_CHILDREN, {"id": parent_id})
+        return [task_from_row(r, POSTGRES) for r in rows]
+
+    async def due(self, now: datetime, since: datetime, limit: int) -> Due:
+        params = {"now": now, "since": since, "limit": limit}
+        found: list[list[Task]] = []
+        async with self._connection() as conn:
+            for sql in (DUE_TIMED_OUT, DUE_LEASE, DUE_NOT_STARTED, DUE_READY, DUE_RUN_AT):
+                rows = await (await conn.execute(sql, params)).fetchall()
+                found.append([task_from_row(r, POSTGRES) for r in rows])
+        return Due(*found)
+
+    async def next_deadline(self, since: datetime) -> datetime | None:
+        row = await self._fetchone(NEXT_DEADLINE, {"since": since})
+        return POSTGRES.load_time(row["x"]) if row and row["x"] else None
+
+
+def _claimable_sql(query: ClaimQuery, *, lock: bool) -> tuple[str, dict[str, Any]]:
+    where, params = claimable_where(query, _ph, CAPABLE)
+    params["caps"] = POSTGRES.dump_json(list(query.capabilities))
+    params["limit"] = query.limit
+    # SKIP LOCKED: a row another claim is taking is passed over, never waited for.
+    tail = " FOR UPDATE SKIP LOCKED" if lock else ""
+    sql = f"SELECT * FROM tasks {where} ORDER BY {QUEUE_ORDER} LIMIT %(limit)s{tail}"
+    return sql, params
 
 
 def _with_id(event: Event, event_id: int) -> Event:

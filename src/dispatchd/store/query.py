@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dispatchd.domain.models import ACTIVE_STATES
-from dispatchd.store.base import AgentFilter, TaskFilter
+from dispatchd.domain.models import ACTIVE_STATES, Task, TaskStatus
+from dispatchd.store.base import AgentFilter, ClaimQuery, TaskFilter
 from dispatchd.store.rows import decode_cursor
 
 Placeholder = Callable[[str], str]
@@ -89,3 +89,41 @@ def agent_where(
         clauses.append(f"a.id > {ph('cursor')}")
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     return where, params
+
+
+def load_deltas(
+    previous: TaskStatus | None, previous_assignee: str | None, task: Task
+) -> list[tuple[str, int]]:
+    """How a task's write changes agents' loads: -1 for the agent it leaves, +1 for the one
+    it goes to; nothing while it stays held by the same agent."""
+    was = previous_assignee if previous is not None and previous.active else None
+    now = task.assignee if task.status.active else None
+    if was == now:
+        return []
+    deltas = []
+    if was is not None:
+        deltas.append((was, -1))
+    if now is not None:
+        deltas.append((now, 1))
+    return deltas
+
+
+def claimable_where(
+    query: ClaimQuery, ph: Placeholder, subset_clause: str
+) -> tuple[str, dict[str, Any]]:
+    """The WHERE of `Store.claimable`; `subset_clause` tests the task's required tags
+    against the agent's, which the caller binds as `caps`."""
+    params: dict[str, Any] = {"agent_id": query.agent_id, "now": query.now}
+    clauses = [
+        "status = 'pending'",
+        f"(not_before IS NULL OR not_before <= {ph('now')})",
+        f"(assigned_to IS NULL OR assigned_to = {ph('agent_id')})",
+        subset_clause,
+    ]
+    if query.owner_filter:
+        if query.owner is None:
+            clauses.append("owner IS NULL")
+        else:
+            params["owner"] = query.owner
+            clauses.append(f"(owner IS NULL OR owner = {ph('owner')})")
+    return "WHERE " + " AND ".join(clauses), params

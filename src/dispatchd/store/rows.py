@@ -188,6 +188,8 @@ def task_from_row(row: Row, codec: Codec) -> Task:
     return Task(**values)
 
 
+# The columns an agent's own writes set; `active` and `last_assigned_at` are kept by the
+# store as tasks are assigned and released.
 AGENT_COLUMNS = (
     "id",
     "capabilities",
@@ -224,6 +226,8 @@ def agent_from_row(row: Row, codec: Codec) -> Agent:
     values["drained"] = bool(values["drained"])
     for name in ("last_heartbeat_at", "created_at", "updated_at"):
         values[name] = _load_opt_time(codec, values[name])
+    values["active"] = int(row["active"])
+    values["last_assigned_at"] = _load_opt_time(codec, row["last_assigned_at"])
     return Agent(**values)
 
 

@@ -13,11 +13,12 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar, assert_never
 
 from dispatchd.domain.models import Agent, Attempt, Event, Task, TaskDetail
-from dispatchd.errors import ConcurrentUpdate, DuplicateKey, StoreError
+from dispatchd.errors import AgentUnavailable, ConcurrentUpdate, DuplicateKey, StoreError
 from dispatchd.store import migrations
 from dispatchd.store.base import (
     AgentFilter,
@@ -25,8 +26,12 @@ from dispatchd.store.base import (
     AppendComment,
     AppendEvent,
     AppendProgress,
+    ClaimPlan,
+    ClaimQuery,
+    ClaimView,
     Counts,
     DeleteAgent,
+    Due,
     InsertAgent,
     InsertTask,
     Op,
@@ -34,11 +39,21 @@ from dispatchd.store.base import (
     PatchAttempt,
     RenewLeases,
     SaveAttempt,
+    TakeSlot,
     TaskFilter,
+    TouchTask,
     UpdateAgent,
     UpdateTask,
 )
-from dispatchd.store.query import ACTIVE, agent_where, insert_sql, task_where, update_versioned_sql
+from dispatchd.store.query import (
+    ACTIVE,
+    agent_where,
+    claimable_where,
+    insert_sql,
+    load_deltas,
+    task_where,
+    update_versioned_sql,
+)
 from dispatchd.store.rows import (
     AGENT_COLUMNS,
     SQLITE,
@@ -94,16 +109,62 @@ INSERT_EVENT = (
     "VALUES (:type, :task_id, :agent_id, :data, :created_at) RETURNING id"
 )
 RENEW_LEASES = (
-    "UPDATE tasks SET lease_expires_at = :until WHERE assignee = :agent_id AND status = 'running'"
+    "UPDATE tasks SET lease_expires_at = :until, version = version + 1 "
+    "WHERE assignee = :agent_id AND status IN ('running', 'waiting_input')"
+)
+INSERT_DEP = "INSERT OR IGNORE INTO task_deps (parent_id, child_id) VALUES (?, ?)"
+TOUCH_TASK = "UPDATE tasks SET version = version + 1 WHERE id = :id AND version = :version"
+TAKE_SLOT = (
+    "UPDATE agents SET last_assigned_at = :at WHERE id = :id AND drained = 0 "
+    "AND status NOT IN ('offline', 'degraded') AND active + :planned < :limit"
+)
+ADD_LOAD = "UPDATE agents SET active = max(active + :delta, 0) WHERE id = :id"
+QUEUE_ORDER = "priority_rank DESC, due_at IS NULL, due_at, created_at, id"
+CAPABLE = (
+    "NOT EXISTS (SELECT 1 FROM json_each(tasks.capabilities) c "
+    "WHERE c.value NOT IN (SELECT value FROM json_each(:caps)))"
+)
+SELECT_ASSIGNED = (
+    "SELECT * FROM tasks WHERE assignee = :agent_id AND status = 'assigned' "
+    "ORDER BY priority_rank DESC, created_at LIMIT :limit"
+)
+SELECT_CHILDREN = (
+    "SELECT t.* FROM task_deps d JOIN tasks t ON t.id = d.child_id "
+    "WHERE d.parent_id = ? AND t.status = 'blocked' ORDER BY t.id"
+)
+DUE_TIMED_OUT = (
+    "SELECT * FROM tasks WHERE deadline_at <= :now "
+    "AND status IN ('running', 'waiting_input') LIMIT :limit"
+)
+DUE_LEASE = (
+    "SELECT * FROM tasks WHERE lease_expires_at <= :now "
+    "AND status IN ('running', 'waiting_input') LIMIT :limit"
+)
+DUE_NOT_STARTED = (
+    "SELECT * FROM tasks WHERE lease_expires_at <= :now AND status = 'assigned' LIMIT :limit"
+)
+DUE_READY = (
+    "SELECT * FROM tasks WHERE not_before > :since AND not_before <= :now "
+    "AND status = 'pending' LIMIT :limit"
+)
+DUE_RUN_AT = (
+    "SELECT * FROM tasks WHERE status = 'blocked' AND run_at IS NOT NULL "
+    "AND run_at > :since AND run_at <= :now LIMIT :limit"
+)
+NEXT_DEADLINE = (
+    "SELECT min(x) FROM ("
+    "SELECT min(deadline_at) AS x FROM tasks WHERE deadline_at IS NOT NULL "
+    "UNION ALL SELECT min(lease_expires_at) FROM tasks WHERE lease_expires_at IS NOT NULL "
+    "UNION ALL SELECT min(not_before) FROM tasks WHERE not_before > :since "
+    "AND status = 'pending' "
+    "UNION ALL SELECT min(run_at) FROM tasks WHERE status = 'blocked' AND run_at IS NOT NULL "
+    "AND run_at > :since)"
 )
 BUMP_COUNT = (
     "INSERT INTO task_counts (status, n) VALUES (:status, :delta) "
     "ON CONFLICT (status) DO UPDATE SET n = n + excluded.n"
 )
-SELECT_AGENT_LOAD = (
-    "SELECT a.*, (SELECT count(*) FROM tasks t WHERE t.assignee = a.id "
-    f"AND t.status IN {ACTIVE}) AS active FROM agents a"
-)
+SELECT_AGENT_LOAD = "SELECT a.* FROM agents a"
 
 
 def _capability_clause(param: str) -> str:
@@ -224,26 +285,39 @@ class SQLiteStore:
         return await self._write(lambda conn: self._commit(conn, ops))
 
     def _commit(self, conn: sqlite3.Connection, ops: Sequence[Op]) -> list[Event]:
-        events: list[Event] = []
-        counts: dict[str, int] = defaultdict(int)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for op in ops:
-                try:
-                    self._apply(conn, op, events, counts)
-                except sqlite3.IntegrityError as exc:
-                    raise DuplicateKey(f"duplicate key: {exc}", constraint=str(exc)) from exc
-            for status, delta in counts.items():
-                if delta:
-                    conn.execute(BUMP_COUNT, {"status": status, "delta": delta})
+            events = self._apply_all(conn, ops)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         return events
 
+    def _apply_all(self, conn: sqlite3.Connection, ops: Sequence[Op]) -> list[Event]:
+        events: list[Event] = []
+        counts: dict[str, int] = defaultdict(int)
+        loads: dict[str, int] = defaultdict(int)
+        for op in ops:
+            try:
+                self._apply(conn, op, events, counts, loads)
+            except sqlite3.IntegrityError as exc:
+                raise DuplicateKey(f"duplicate key: {exc}", constraint=str(exc)) from exc
+        for status, delta in counts.items():
+            if delta:
+                conn.execute(BUMP_COUNT, {"status": status, "delta": delta})
+        for agent_id in sorted(loads):
+            if loads[agent_id]:
+                conn.execute(ADD_LOAD, {"id": agent_id, "delta": loads[agent_id]})
+        return events
+
     def _apply(
-        self, conn: sqlite3.Connection, op: Op, events: list[Event], counts: dict[str, int]
+        self,
+        conn: sqlite3.Connection,
+        op: Op,
+        events: list[Event],
+        counts: dict[str, int],
+        loads: dict[str, int],
     ) -> None:
         match op:
             case InsertTask(task):
@@ -255,11 +329,30 @@ class SQLiteStore:
                         f"task {field} already exists", field=field, task_id=task.id
                     ) from exc
                 counts[task.status.value] += 1
-            case UpdateTask(task, previous):
+                conn.executemany(INSERT_DEP, [(parent, task.id) for parent in task.depends_on])
+                for agent_id, delta in load_deltas(None, None, task):
+                    loads[agent_id] += delta
+            case UpdateTask(task, previous, previous_assignee):
                 if conn.execute(UPDATE_TASK, task_params(task, SQLITE)).rowcount != 1:
                     raise ConcurrentUpdate(f"task {task.id} changed meanwhile", task_id=task.id)
                 for status, delta in counter_deltas(previous.value, task.status.value):
                     counts[status] += delta
+                for agent_id, delta in load_deltas(previous, previous_assignee, task):
+                    loads[agent_id] += delta
+            case TouchTask(task_id, version):
+                if conn.execute(TOUCH_TASK, {"id": task_id, "version": version}).rowcount != 1:
+                    raise ConcurrentUpdate(f"task {task_id} changed meanwhile", task_id=task_id)
+            case TakeSlot(agent_id, limit, at):
+                params = {
+                    "id": agent_id,
+                    "limit": limit,
+                    "at": SQLITE.dump_time(at),
+                    "planned": loads[agent_id],
+                }
+                if conn.execute(TAKE_SLOT, params).rowcount != 1:
+                    raise AgentUnavailable(
+                        f"agent {agent_id} cannot take a task now", agent_id=agent_id
+                    )
             case AppendEvent(event):
                 (event_id,) = conn.execute(INSERT_EVENT, event_params(event, SQLITE)).fetchone()
                 events.append(_with_id(event, event_id))
@@ -437,6 +530,114 @@ class SQLiteStore:
             return [event_from_row(r, SQLITE) for r in rows]
 
         return await self._read(run)
+
+    async def last_event_id(self) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT max(id) FROM events").fetchone()
+            return int(row[0] or 0)
+
+        return await self._read(run)
+
+    # --- assignment -------------------------------------------------------------------
+
+    async def get_agents(self, agent_ids: Sequence[str]) -> list[Agent]:
+        ids = list(agent_ids)
+
+        def run(conn: sqlite3.Connection) -> list[Agent]:
+            marks = ", ".join("?" for _ in ids)
+            rows = conn.execute(f"SELECT * FROM agents WHERE id IN ({marks})", ids).fetchall()
+            return [agent_from_row(r, SQLITE) for r in rows]
+
+        return await self._read(run) if ids else []
+
+    async def all_agents(self) -> list[Agent]:
+        def run(conn: sqlite3.Connection) -> list[Agent]:
+            rows = conn.execute("SELECT * FROM agents ORDER BY id").fetchall()
+            return [agent_from_row(r, SQLITE) for r in rows]
+
+        return await self._read(run)
+
+    async def claimable(self, query: ClaimQuery) -> list[Task]:
+        sql, params = _claimable_sql(query)
+
+        def run(conn: sqlite3.Connection) -> list[Task]:
+            return [task_from_row(r, SQLITE) for r in conn.execute(sql, params).fetchall()]
+
+        return await self._read(run)
+
+    async def claim(self, query: ClaimQuery, plan: ClaimPlan) -> list[Event]:
+        sql, params = _claimable_sql(query)
+
+        def run(conn: sqlite3.Connection) -> list[Event]:
+            # The writer thread is the only writer: what it reads here cannot change
+            # before the commit, which is what makes the claim atomic.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute(
+                    "SELECT * FROM agents WHERE id = ?", (query.agent_id,)
+                ).fetchone()
+                agent = agent_from_row(row, SQLITE) if row else None
+                assigned: list[Task] = []
+                candidates: list[Task] = []
+                if agent is not None:
+                    rows = conn.execute(
+                        SELECT_ASSIGNED, {"agent_id": query.agent_id, "limit": query.limit}
+                    ).fetchall()
+                    assigned = [task_from_row(r, SQLITE) for r in rows]
+                    rows = conn.execute(sql, params).fetchall()
+                    candidates = [task_from_row(r, SQLITE) for r in rows]
+                ops = plan(ClaimView(agent, assigned, candidates))
+                events = self._apply_all(conn, ops) if ops else []
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return events
+
+        return await self._write(run)
+
+    async def children(self, parent_id: str) -> list[Task]:
+        def run(conn: sqlite3.Connection) -> list[Task]:
+            rows = conn.execute(SELECT_CHILDREN, (parent_id,)).fetchall()
+            return [task_from_row(r, SQLITE) for r in rows]
+
+        return await self._read(run)
+
+    async def due(self, now: datetime, since: datetime, limit: int) -> Due:
+        params = {
+            "now": SQLITE.dump_time(now),
+            "since": SQLITE.dump_time(since),
+            "limit": limit,
+        }
+
+        def run(conn: sqlite3.Connection) -> Due:
+            def fetch(sql: str) -> list[Task]:
+                return [task_from_row(r, SQLITE) for r in conn.execute(sql, params).fetchall()]
+
+            return Due(
+                timed_out=fetch(DUE_TIMED_OUT),
+                lease_lost=fetch(DUE_LEASE),
+                not_started=fetch(DUE_NOT_STARTED),
+                ready=fetch(DUE_READY),
+                run_at=fetch(DUE_RUN_AT),
+            )
+
+        return await self._read(run)
+
+    async def next_deadline(self, since: datetime) -> datetime | None:
+        def run(conn: sqlite3.Connection) -> datetime | None:
+            row = conn.execute(NEXT_DEADLINE, {"since": SQLITE.dump_time(since)}).fetchone()
+            return SQLITE.load_time(row[0]) if row and row[0] else None
+
+        return await self._read(run)
+
+
+def _claimable_sql(query: ClaimQuery) -> tuple[str, dict[str, object]]:
+    where, params = claimable_where(query, _ph, CAPABLE)
+    params["caps"] = SQLITE.dump_json(list(query.capabilities))
+    params["now"] = SQLITE.dump_time(query.now)
+    params["limit"] = query.limit
+    return f"SELECT * FROM tasks {where} ORDER BY {QUEUE_ORDER} LIMIT :limit", params
 
 
 def _with_id(event: Event, event_id: int) -> Event:
