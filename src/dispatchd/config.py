@@ -87,6 +87,8 @@ class RetryConfig(Section):
     backoff_base_ms: int = Field(1000, ge=0)
     backoff_cap_ms: int = Field(300_000, ge=0)
     max_lost_requeues: int = Field(5, ge=1)
+    # The capability a task's last failure is escalated to when the task names none.
+    escalate_to: str | None = Field(None, min_length=1, max_length=200)
 
 
 class ReviewConfig(Section):

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from dispatchd.config import Settings
 from dispatchd.domain.lifecycle import Policy
 from dispatchd.engine.agents import AgentService
+from dispatchd.engine.assigner import Assigner
+from dispatchd.engine.claims import ClaimService
+from dispatchd.engine.deadlines import Sweeper
+from dispatchd.engine.directory import Directory
+from dispatchd.engine.feed import EventFeed
+from dispatchd.engine.rules import Rules
 from dispatchd.engine.tasks import TaskService
+from dispatchd.engine.waiters import Waiters
+from dispatchd.engine.wake import Waker
 from dispatchd.metrics import Metrics
 from dispatchd.store import Store, open_store
 
@@ -31,6 +41,17 @@ def policy_of(settings: Settings) -> Policy:
         backoff_cap=timedelta(milliseconds=settings.retry.backoff_cap_ms),
         max_lost_requeues=settings.retry.max_lost_requeues,
         max_review_cycles=settings.review.max_cycles,
+        wake_timeout=timedelta(milliseconds=settings.assignment.wake_timeout_ms),
+    )
+
+
+def rules_of(settings: Settings) -> Rules:
+    return Rules(
+        default_limit=settings.assignment.max_concurrent_per_agent,
+        owner_filter=settings.assignment.owner_filter_enabled,
+        tiers=dict(settings.routing.tiers),
+        default_model=settings.routing.default_model,
+        escalate_to=settings.retry.escalate_to,
     )
 
 
@@ -58,32 +79,69 @@ def admin_token(settings: Settings) -> AdminToken:
 
 @dataclass
 class Runtime:
+    """Services over one store, and the background work of one replica: the assigner
+    (push assignment), the deadline sweeper and, on PostgreSQL, the commit listener."""
+
     settings: Settings
     store: Store
     admin: AdminToken
+    background: bool = True
     tasks: TaskService = field(init=False)
     agents: AgentService = field(init=False)
+    claims: ClaimService = field(init=False)
     metrics: Metrics = field(init=False)
+    feed: EventFeed = field(init=False)
+    directory: Directory = field(init=False)
+    assigner: Assigner = field(init=False)
+    sweeper: Sweeper = field(init=False)
+    waker: Waker = field(init=False)
+    _jobs: list[asyncio.Task[None]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         policy = policy_of(self.settings)
+        rules = rules_of(self.settings)
         self.tasks = TaskService(
             self.store,
             policy,
+            rules=rules,
             default_max_attempts=self.settings.retry.max_attempts,
-            max_concurrent_per_agent=self.settings.assignment.max_concurrent_per_agent,
         )
         self.agents = AgentService(self.store, policy)
         self.metrics = Metrics()
+        self.feed = EventFeed(self.store)
+        self.store.on_commit(self.feed.committed)
+        self.directory = Directory(self.store)
+        waiters = Waiters()
+        self.waker = Waker()
+        self.claims = ClaimService(
+            self.store, rules, policy, waiters=waiters, directory=self.directory
+        )
+        self.assigner = Assigner(
+            self.store, self.feed, self.directory, rules, policy, waiters=waiters, waker=self.waker
+        )
+        self.sweeper = Sweeper(
+            self.store,
+            policy,
+            tick=timedelta(milliseconds=self.settings.assignment.tick_interval_ms),
+            kick=self.assigner.kick,
+            escalate_to=rules.escalate_to,
+        )
+        self.feed.listen(self.sweeper.poke)
 
     @classmethod
-    def build(cls, settings: Settings, store: Store | None = None) -> Runtime:
+    def build(
+        cls, settings: Settings, store: Store | None = None, *, background: bool = True
+    ) -> Runtime:
+        """A runtime over `settings`; without `background` no assigner or sweeper runs
+        (a tool that only reads or migrates, or a test of the API alone)."""
         store = store or open_store(
             settings.database_url,
             data_dir=settings.server.data_dir,
             pool_size=settings.database.pool_size,
         )
-        return cls(settings=settings, store=store, admin=admin_token(settings))
+        return cls(
+            settings=settings, store=store, admin=admin_token(settings), background=background
+        )
 
     async def __aenter__(self) -> Self:
         await self.store.open()
@@ -94,7 +152,30 @@ class Runtime:
             raise
         if applied:
             log.info("applied migrations %s", applied, extra={"action": "migrate"})
+        try:
+            await self.feed.start()
+            if self.background:
+                await self.assigner.start()
+                self._spawn(self.assigner.run(), "assigner")
+                self._spawn(self.sweeper.run(), "sweeper")
+                self._spawn(self.store.watch(self.feed.advanced), "commit listener")
+        except BaseException:
+            await self._stop()
+            raise
         return self
+
+    def _spawn(self, job: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(job, name=f"dispatchd {name}")
+        task.add_done_callback(_report_crash)
+        self._jobs.append(task)
+
+    async def _stop(self) -> None:
+        for job in self._jobs:
+            job.cancel()
+        await asyncio.gather(*self._jobs, return_exceptions=True)
+        self._jobs.clear()
+        await self.waker.close()
+        await self.store.close()
 
     async def __aexit__(
         self,
@@ -102,4 +183,12 @@ class Runtime:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.store.close()
+        await self._stop()
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.critical("%s stopped: %r", task.get_name(), exc, exc_info=exc)

@@ -6,6 +6,7 @@ as its detail route shows it, the agent as the store holds it, and the event log
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from collections.abc import AsyncIterator, Callable
@@ -15,10 +16,7 @@ import httpx
 import pytest
 
 from dispatchd.api.app import create_app
-from dispatchd.domain import lifecycle
-from dispatchd.domain.ids import utcnow
-from dispatchd.domain.models import Task
-from dispatchd.engine.transitions import transact
+from dispatchd.domain.models import Task, TaskStatus
 from dispatchd.runtime import Runtime
 from tests.api.conftest import ADMIN_TOKEN, as_agent
 
@@ -67,13 +65,14 @@ async def create_task(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
     return dict(r.json())
 
 
-async def reassign(runtime: Runtime, task_id: str, agent_id: str) -> Task:
-    """Hand a pending task to an agent under a new attempt, as the assigner would."""
-
-    async def compute(task: Task) -> list[tuple[lifecycle.Change, Task | None]]:
-        return [(lifecycle.assign(task, agent_id, utcnow()), task)]
-
-    return await transact(runtime.store, task_id, compute)
+async def settled(runtime: Runtime, task_id: str, done: Callable[[Task], bool]) -> Task:
+    """The task once `done` holds for it (the assigner works in the background)."""
+    for _ in range(500):
+        task = await runtime.store.get_task(task_id)
+        if task is not None and done(task):
+            return task
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"task {task_id} did not settle: {task}")
 
 
 # --- X-Agent-ID and the Authorization header ----------------------------------------
@@ -549,8 +548,8 @@ async def test_previous_assignee_gets_409_stale_attempt(
     r = await client.delete("/api/v1/agents/w1", headers=admin)
     assert r.status_code == 200, r.text
     assert r.json()["requeued"] == [task["id"]]
-    await register("w1")
 
+    # Named for w1, which is gone: the task waits for it, held by nobody.
     before = await snapshot(client, runtime, task["id"])
     assert before[0]["status"] == "pending" and before[0]["assignee"] is None
     for action, body in WORKER_ACTIONS:
@@ -573,10 +572,11 @@ async def test_stale_attempt_number_gets_409(
     r = await client.post(f"{url}/start", json={"attempt": 2}, headers=as_agent("w1"))
     assert_error(r, 409, "stale_attempt")
 
-    # The same worker gets the task again under attempt 2; its old loop still says 1.
+    # The same worker gets the task again under attempt 2 (pushed to it as soon as it
+    # is back); its old loop still says 1.
     assert (await client.delete("/api/v1/agents/w1", headers=admin)).status_code == 200
     await register("w1")
-    again = await reassign(runtime, task["id"], "w1")
+    again = await settled(runtime, task["id"], lambda t: t.status is TaskStatus.ASSIGNED)
     assert again.attempt == 2 and again.assignee == "w1"
 
     before = await snapshot(client, runtime, task["id"])

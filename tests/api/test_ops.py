@@ -77,7 +77,8 @@ async def test_metrics_count_requests_by_route_and_tasks_and_agents_by_state(
     await register("w1")
     await register("w2")
     for _ in range(3):
-        await client.post("/api/v1/tasks", json={"title": "t"})
+        # Nobody registered can do these: they stay pending.
+        await client.post("/api/v1/tasks", json={"title": "t", "capabilities": ["nobody"]})
     task = (await client.post("/api/v1/tasks", json={"title": "t", "assigned_to": "w1"})).json()
     await client.post(f"/api/v1/tasks/{task['id']}/start", headers=as_agent("w1"))
     await client.get(f"/api/v1/tasks/{task['id']}")

@@ -112,7 +112,11 @@ class SyncApi:
             raise
 
     async def _open(self, data_dir: Path) -> httpx.AsyncClient:
-        runtime = await self._stack.enter_async_context(Runtime.build(make_settings(data_dir)))
+        # Push assignment is off: the model hands tasks out only by `assigned_to`, so that
+        # each step's outcome is known. Push has its own tests.
+        runtime = await self._stack.enter_async_context(
+            Runtime.build(make_settings(data_dir), background=False)
+        )
         transport = httpx.ASGITransport(app=create_app(runtime=runtime))
         client = httpx.AsyncClient(transport=transport, base_url="http://dispatchd.test")
         return await self._stack.enter_async_context(client)
@@ -277,7 +281,8 @@ class TaskApiMachine(RuleBasedStateMachine):
             t.end_attempt("lost")
             if t.requeues >= MAX_LOST_REQUEUES:
                 t.status = "failed"
-                t.events.append("task.failed")
+                # The last failure with nowhere to escalate: the requester is told.
+                t.events += ["task.failed", "task.escalated"]
             else:
                 t.status, t.assignee = "pending", None
                 t.max_attempts += 1
@@ -368,6 +373,7 @@ class TaskApiMachine(RuleBasedStateMachine):
             t.events.append("task.rejected")
             if t.review_cycles >= MAX_REVIEW_CYCLES:
                 t.status = "failed"
+                t.events.append("task.escalated")
             else:
                 t.status, t.assignee = "pending", None
                 t.max_attempts += 1
@@ -418,7 +424,7 @@ class TaskApiMachine(RuleBasedStateMachine):
                 t.events.append("task.retrying")
             else:
                 t.status = "failed"
-                t.events.append("task.failed")
+                t.events += ["task.failed", "task.escalated"]
 
         code = self.holder_code(t, caller, fence, HELD)
         body = with_fence({"error": "boom", "retryable": retryable}, fence)

@@ -151,7 +151,11 @@ async def test_list_filters(client: httpx.AsyncClient, register) -> None:
     b = await create(client, capabilities=["research"], priority="low", owner="o2", scope="#b")
     c = await create(client, capabilities=["code"], assigned_to="w1")
     d = (
-        await client.post("/api/v1/tasks", json={"title": "bob's"}, headers={"X-Agent-ID": "bob"})
+        await client.post(
+            "/api/v1/tasks",
+            json={"title": "bob's", "capabilities": ["writing"]},
+            headers={"X-Agent-ID": "bob"},
+        )
     ).json()
 
     async def ids(query: str) -> set[str]:

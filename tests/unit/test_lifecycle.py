@@ -108,14 +108,17 @@ def test_table_matches_spec() -> None:
     assert EXPECTED_EDGES - edges == set(), "edges of the spec the table lacks"
 
 
-def test_terminal_states_leave_only_by_retry() -> None:
+def test_terminal_states_leave_only_by_retry_or_escalation() -> None:
     terminal = {S.COMPLETED, S.FAILED, S.TIMED_OUT, S.CANCELLED}
     assert {s for s in S if s.terminal} == terminal
     for action, rule in RULES.items():
-        if action in (Action.RETRY, Action.UPDATE):
+        if action in (Action.RETRY, Action.ESCALATE, Action.UPDATE):
             continue
         assert not rule.sources & terminal, action
     assert RULES[Action.RETRY].targets == {S.PENDING}
+    # Escalation gives a failure (never a completion or a cancellation) one more attempt.
+    assert RULES[Action.ESCALATE].sources == {S.FAILED, S.TIMED_OUT}
+    assert RULES[Action.ESCALATE].targets == {S.PENDING}
     assert not any(src is S.COMPLETED for src, _ in allowed_edges())
 
 
@@ -145,6 +148,7 @@ ACTIONS: dict[Action, Callable[[Task], Change]] = {
     Action.DEPENDENCY_FAILED: lambda t: lifecycle.dependency_failed(
         t, NOW, parent="p", reason="failed"
     ),
+    Action.ESCALATE: lambda t: lifecycle.escalate(t, NOW, capability="senior"),
     Action.UPDATE: lambda t: lifecycle.update(t, NOW, by="alice", context_patch={"k": 1}),
 }
 

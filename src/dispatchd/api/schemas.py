@@ -20,6 +20,7 @@ from dispatchd.domain.models import (
     TaskDetail,
     TaskStatus,
 )
+from dispatchd.engine.explain import Explanation
 from dispatchd.store.base import AgentLoad
 
 ID_PATTERN = r"^[A-Za-z0-9#@][A-Za-z0-9._:@#/+-]*$"
@@ -284,6 +285,96 @@ class TaskBatchOut(BaseModel):
 
 
 # --- agents -----------------------------------------------------------------------------
+
+
+class ClaimBody(Request):
+    max_tasks: int = Field(1, ge=1, le=100)
+    wait_s: float = Field(0, ge=0, le=60)
+    # Claim on behalf of another agent (admin only); by default the caller claims.
+    agent_id: Id | None = None
+
+
+class ClaimOut(BaseModel):
+    tasks: list[TaskOut]
+    reason: Literal["at_capacity", "no_tasks_available", "draining", "degraded"] | None
+
+
+class QueueOut(BaseModel):
+    task: TaskOut | None
+    reason: Literal["at_capacity", "no_tasks_available", "draining", "degraded"] | None
+
+
+class CandidateOut(BaseModel):
+    agent_id: str
+    score: float
+    capability_match: float
+    availability: float
+    load: int
+    limit: int
+    last_assigned_at: str | None
+
+
+class ExcludedOut(BaseModel):
+    agent_id: str
+    reason: str
+    detail: str
+
+
+class RouteOut(BaseModel):
+    model: str | None
+    tier: str | None
+    reason: str
+
+
+class ExplainOut(BaseModel):
+    """Every agent considered for the task now: candidates best first, then the excluded."""
+
+    task_id: str
+    status: TaskStatus
+    assignee: str | None
+    capabilities: list[str]
+    priority: Priority
+    owner: str | None
+    owner_filter: bool
+    waiting: str | None
+    best: str | None
+    candidates: list[CandidateOut]
+    excluded: list[ExcludedOut]
+    model: RouteOut
+    at: str
+
+    @classmethod
+    def of(cls, e: Explanation) -> ExplainOut:
+        t = e.task
+        return cls(
+            task_id=t.id,
+            status=t.status,
+            assignee=t.assignee,
+            capabilities=list(t.capabilities),
+            priority=t.priority,
+            owner=t.owner,
+            owner_filter=e.owner_filter,
+            waiting=e.waiting,
+            best=e.ranking.best.agent_id if e.ranking.best else None,
+            candidates=[
+                CandidateOut(
+                    agent_id=c.agent_id,
+                    score=round(c.score, 6),
+                    capability_match=round(c.capability_match, 6),
+                    availability=c.availability,
+                    load=c.load,
+                    limit=c.limit,
+                    last_assigned_at=_ts(c.last_assigned_at),
+                )
+                for c in e.ranking.candidates
+            ],
+            excluded=[
+                ExcludedOut(agent_id=x.agent_id, reason=x.reason.value, detail=x.detail)
+                for x in e.ranking.excluded
+            ],
+            model=RouteOut(model=e.route.model, tier=e.route.tier, reason=e.route.reason),
+            at=isoformat(e.at),
+        )
 
 
 class AgentRegister(Request):

@@ -45,6 +45,7 @@ class Action(StrEnum):
     CANCEL = "cancel"
     RETRY = "retry"
     DEPENDENCY_FAILED = "dependency_failed"
+    ESCALATE = "escalate"
     UPDATE = "update"
 
 
@@ -85,6 +86,8 @@ RULES: Mapping[Action, Rule] = {
     ),
     Action.RETRY: _rule({S.FAILED, S.TIMED_OUT, S.CANCELLED}, {S.PENDING}),
     Action.DEPENDENCY_FAILED: _rule({S.BLOCKED}, {S.FAILED}),
+    # The last failure of a task that names an escalation capability: one more attempt.
+    Action.ESCALATE: _rule({S.FAILED, S.TIMED_OUT}, {S.PENDING}),
     # Context and priority edits keep the state.
     Action.UPDATE: _rule(ALL_STATES, ALL_STATES),
 }
@@ -112,6 +115,8 @@ class Policy:
     backoff_cap: timedelta = timedelta(seconds=300)
     max_lost_requeues: int = 5
     max_review_cycles: int = 3
+    # How long an assigned task may wait to be started before it goes elsewhere.
+    wake_timeout: timedelta = timedelta(seconds=30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,13 +193,22 @@ def unblock(task: Task, now: datetime, *, inputs: Mapping[str, Any] | None = Non
 def dependency_failed(task: Task, now: datetime, *, parent: str, reason: str) -> Change:
     error = f"dependency {parent} {reason}"
     new = _move(task, Action.DEPENDENCY_FAILED, S.FAILED, now, error=error, finished_at=now)
-    return Change(new, _event("task.failed", new, now, None, error=error, final=True))
+    event = _event("task.failed", new, now, None, error=error, final=True, dependency=parent)
+    return Change(new, event)
 
 
 # --- assignment -----------------------------------------------------------------------
 
 
-def assign(task: Task, agent_id: str, now: datetime, *, model: str | None = None) -> Change:
+def assign(
+    task: Task,
+    agent_id: str,
+    now: datetime,
+    *,
+    model: str | None = None,
+    start_by: datetime | None = None,
+) -> Change:
+    """Hand the task to an agent; `start_by` is when it goes elsewhere if not started."""
     number = task.attempt + 1
     new = _move(
         task,
@@ -205,7 +219,8 @@ def assign(task: Task, agent_id: str, now: datetime, *, model: str | None = None
         attempt=number,
         model=model if model is not None else task.model,
         not_before=None,
-        lease_expires_at=None,
+        lease_expires_at=start_by,
+        deadline_at=None,
         started_at=None,
         question=None,
     )
@@ -459,8 +474,59 @@ def cancel(task: Task, now: datetime, *, by: str, reason: str | None) -> Change:
     new = _move(task, Action.CANCEL, S.CANCELLED, now, finished_at=now, **_RELEASE)
     held = task.status.active or task.status is S.REVIEW
     ended = _end(task, now, AttemptOutcome.CANCELLED, reason) if held and task.attempt else None
-    event = _event("task.cancelled", new, now, by, reason=reason, previous=task.status.value)
+    event = _event(
+        "task.cancelled",
+        new,
+        now,
+        by,
+        reason=reason,
+        previous=task.status.value,
+        assignee=task.assignee if held else None,
+    )
     return Change(new, event, attempt_patch=ended)
+
+
+def escalate(task: Task, now: datetime, *, capability: str) -> Change:
+    """After the last failure: one more attempt, routed to `capability`, one priority up."""
+    new = _move(
+        task,
+        Action.ESCALATE,
+        S.PENDING,
+        now,
+        capabilities=(capability,),
+        priority=task.priority.raised(),
+        escalated=True,
+        assignee=None,
+        assigned_to=None,
+        finished_at=None,
+        not_before=None,
+        max_attempts=task.attempt + 1,
+    )
+    event = _event(
+        "task.escalated",
+        new,
+        now,
+        None,
+        to=capability,
+        priority=new.priority.value,
+        previous=task.status.value,
+        error=task.error,
+    )
+    return Change(new, event)
+
+
+def escalation_notice(task: Task, now: datetime) -> Event:
+    """The last failure of a task with nowhere to escalate: its requester is told."""
+    return _event(
+        "task.escalated",
+        task,
+        now,
+        None,
+        to=None,
+        notify=task.requester,
+        status=task.status.value,
+        error=task.error,
+    )
 
 
 def retry(task: Task, now: datetime, *, by: str) -> Change:

@@ -129,7 +129,7 @@ class AgentService:
         changed = sorted(k for k in changes if getattr(agent, k) != getattr(new, k))
         ops.append(AppendEvent(_agent_event("agent.updated", new, caller, fields=changed)))
         if new.status != agent.status:
-            ops.append(AppendEvent(_status_event(agent, new, caller)))
+            ops.append(AppendEvent(status_event(agent, new, caller)))
         await self.store.commit(ops)
         return new
 
@@ -149,7 +149,7 @@ class AgentService:
             )
             ops: list[Op] = [UpdateAgent(new), RenewLeases(agent_id, now + self.policy.lease)]
             if new.status != agent.status:
-                ops.append(AppendEvent(_status_event(agent, new, caller)))
+                ops.append(AppendEvent(status_event(agent, new, caller)))
             try:
                 await self.store.commit(ops)
             except ConcurrentUpdate:
@@ -221,7 +221,7 @@ def _agent_event(kind: str, agent: Agent, caller: Caller, **data: Any) -> Event:
     return Event(type=kind, created_at=utcnow(), agent_id=agent.id, data=data)
 
 
-def _status_event(old: Agent, new: Agent, caller: Caller) -> Event:
+def status_event(old: Agent, new: Agent, caller: Caller) -> Event:
     return _agent_event(
         "agent.status_changed", new, caller, previous=old.status.value, status=new.status.value
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -17,7 +17,7 @@ from dispatchd.domain.access import (
 from dispatchd.domain.ids import new_id, utcnow
 from dispatchd.domain.lifecycle import Change, Policy
 from dispatchd.domain.models import (
-    AgentStatus,
+    Agent,
     Comment,
     Event,
     Priority,
@@ -25,9 +25,25 @@ from dispatchd.domain.models import (
     TaskDetail,
     TaskStatus,
 )
-from dispatchd.engine.transitions import commit_changes, transact
-from dispatchd.errors import DuplicateKey, Forbidden, NotFound, ValidationFailed
-from dispatchd.store.base import AppendComment, AppendEvent, Page, Store, TaskFilter
+from dispatchd.engine.rules import Rules, hand_over
+from dispatchd.engine.transitions import MAX_TRIES, commit_changes, transact
+from dispatchd.errors import (
+    AgentUnavailable,
+    ConcurrentUpdate,
+    DuplicateKey,
+    Forbidden,
+    NotFound,
+    ValidationFailed,
+)
+from dispatchd.store.base import (
+    AppendComment,
+    AppendEvent,
+    Op,
+    Page,
+    Store,
+    TaskFilter,
+    TouchTask,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +71,16 @@ class TaskSpec:
     idempotency_key: str | None = None
 
 
+Step = tuple[Change, Task | None]
+
+
+@dataclass(slots=True)
+class Births:
+    steps: list[Step] = field(default_factory=list)
+    touches: list[Op] = field(default_factory=list)
+    slots: list[Op] = field(default_factory=list)
+
+
 @dataclass(frozen=True, slots=True)
 class Created:
     task: Task
@@ -67,14 +93,19 @@ class TaskService:
         store: Store,
         policy: Policy,
         *,
+        rules: Rules | None = None,
         default_max_attempts: int = 3,
-        max_concurrent_per_agent: int = 3,
     ) -> None:
         self.store = store
         self.policy = policy
+        self.rules = rules or Rules()
         self.default_max_attempts = default_max_attempts
-        self.max_concurrent_per_agent = max_concurrent_per_agent
         self._random = random.SystemRandom()
+
+    async def _transact(
+        self, task_id: str, compute: Callable[[Task], Awaitable[list[Step]]]
+    ) -> Task:
+        return await transact(self.store, task_id, compute, escalate_to=self.rules.escalate_to)
 
     # --- creation -----------------------------------------------------------------------
 
@@ -85,9 +116,8 @@ class TaskService:
             )
             if existing is not None:
                 return Created(existing, created=False)
-        steps = await self._births([spec], caller)
         try:
-            await commit_changes(self.store, steps)
+            tasks = await self._commit_births([spec], caller)
         except DuplicateKey as exc:
             if exc.details.get("field") != "idempotency_key" or spec.idempotency_key is None:
                 raise
@@ -97,7 +127,7 @@ class TaskService:
             if existing is None:  # pragma: no cover - the key exists, so the task does
                 raise
             return Created(existing, created=False)
-        return Created(steps[-1][0].task, created=True)
+        return Created(tasks[0], created=True)
 
     async def create_batch(self, specs: Sequence[TaskSpec], caller: Caller) -> list[Task]:
         """Create every task in one transaction: all of them or none."""
@@ -106,16 +136,37 @@ class TaskService:
             raise ValidationFailed(
                 "idempotency keys repeat within the batch", code="duplicate_idempotency_key"
             )
-        steps = await self._births(specs, caller)
-        await commit_changes(self.store, steps)
-        latest: dict[str, Task] = {}
-        for change, _ in steps:
-            latest[change.task.id] = change.task
-        return list(latest.values())
+        return await self._commit_births(specs, caller)
+
+    async def _commit_births(self, specs: Sequence[TaskSpec], caller: Caller) -> list[Task]:
+        """Create the tasks; a parent that moved meanwhile makes the whole batch recompute.
+
+        Each unfinished parent is touched (its version bumped) in the same commit, so a
+        parent finishing at the same moment either sees the new child or makes this
+        commit fail and retry: no child is left blocked on a parent that already ended.
+        """
+        ids = [new_id() for _ in specs]
+        manual = True
+        for _ in range(MAX_TRIES):
+            births = await self._births(specs, ids, caller, manual=manual)
+            try:
+                await commit_changes(self.store, births.steps, births.touches, lead=births.slots)
+            except AgentUnavailable:
+                # The named agent filled up or went away meanwhile: the tasks stay
+                # pending with `assigned_to` kept, to start when it has room.
+                manual = False
+                continue
+            except ConcurrentUpdate:
+                continue
+            latest: dict[str, Task] = {}
+            for change, _ in births.steps:
+                latest[change.task.id] = change.task
+            return list(latest.values())
+        raise ConcurrentUpdate("the tasks' dependencies are changing too fast; try again")
 
     async def _births(
-        self, specs: Sequence[TaskSpec], caller: Caller
-    ) -> list[tuple[Change, Task | None]]:
+        self, specs: Sequence[TaskSpec], ids: Sequence[str], caller: Caller, *, manual: bool
+    ) -> Births:
         now = utcnow()
         parent_ids = {pid for spec in specs for pid in spec.depends_on}
         parents = {t.id: t for t in await self.store.get_tasks(sorted(parent_ids))}
@@ -126,9 +177,13 @@ class TaskService:
                 code="unknown_dependency",
                 missing=missing,
             )
-        steps: list[tuple[Change, Task | None]] = []
-        for spec in specs:
-            task = self._new_task(spec, caller, now)
+        births = Births(
+            touches=[TouchTask(p.id, p.version) for p in parents.values() if not p.status.terminal]
+        )
+        steps = births.steps
+        named: dict[str, Agent | None] = {}
+        for spec, task_id in zip(specs, ids, strict=True):
+            task = self._new_task(spec, task_id, caller, now)
             deps = [parents[pid] for pid in spec.depends_on]
             waiting = any(p.status is not TaskStatus.COMPLETED for p in deps)
             deferred = spec.run_at is not None and spec.run_at > now
@@ -150,30 +205,23 @@ class TaskService:
                 pending = born.task.evolve(context=_with_inputs(born.task.context, deps))
                 born = lifecycle.Change(pending, born.event)
                 steps[-1] = (born, None)
-            if (
-                spec.assigned_to is not None
-                and born.task.status is TaskStatus.PENDING
-                and await self._can_take(spec.assigned_to, planned=steps)
-            ):
-                steps.append((lifecycle.assign(born.task, spec.assigned_to, now), born.task))
-        return steps
+            if manual and spec.assigned_to is not None and born.task.status is TaskStatus.PENDING:
+                # Manual assignment skips scoring, not drain or capacity (SPEC §3.6): the
+                # slot is reserved in the commit, which fails if the agent has no room.
+                if spec.assigned_to not in named:
+                    named[spec.assigned_to] = await self.store.get_agent(spec.assigned_to)
+                agent = named[spec.assigned_to]
+                if agent is not None:
+                    handover = hand_over(
+                        born.task, agent, now, self.rules, self.policy, start=False
+                    )
+                    births.slots.append(handover.ops[0])
+                    steps.extend(handover.changes)
+        return births
 
-    async def _can_take(self, agent_id: str, planned: Sequence[tuple[Change, Task | None]]) -> bool:
-        """Manual assignment skips scoring, not drain or capacity (SPEC §3.6).
-
-        A task that cannot be handed over now stays pending with `assigned_to` kept.
-        """
-        agent = await self.store.get_agent(agent_id)
-        if agent is None or agent.drained or agent.status in _UNAVAILABLE:
-            return False
-        limit = agent.max_concurrent or self.max_concurrent_per_agent
-        held = len(await self.store.active_tasks_of(agent_id))
-        held += sum(1 for c, _ in planned if c.new_attempt and c.new_attempt.agent_id == agent_id)
-        return held < limit
-
-    def _new_task(self, spec: TaskSpec, caller: Caller, now: datetime) -> Task:
+    def _new_task(self, spec: TaskSpec, task_id: str, caller: Caller, now: datetime) -> Task:
         return Task(
-            id=new_id(),
+            id=task_id,
             title=spec.title,
             prompt=spec.prompt,
             status=TaskStatus.PENDING,
@@ -235,7 +283,7 @@ class TaskService:
             await self._as_holder(task, caller, attempt)
             return [(lifecycle.start(task, utcnow(), self.policy), task)]
 
-        return await transact(self.store, task_id, compute)
+        return await self._transact(task_id, compute)
 
     async def progress(
         self,
@@ -260,7 +308,7 @@ class TaskService:
                 (lifecycle.progress(task, now, self.policy, message=message, percent=percent), task)
             ]
 
-        return await transact(self.store, task_id, compute)
+        return await self._transact(task_id, compute)
 
     async def complete(
         self,
@@ -282,7 +330,7 @@ class TaskService:
             steps.append((lifecycle.complete(task, now, result=result, summary=summary), task))
             return steps
 
-        return await transact(self.store, task_id, compute)
+        return await self._transact(task_id, compute)
 
     async def fail(
         self,
@@ -305,7 +353,7 @@ class TaskService:
             )
             return [(change, task)]
 
-        return await transact(self.store, task_id, compute)
+        return await self._transact(task_id, compute)
 
     async def request_input(
         self, task_id: str, caller: Caller, *, question: str, attempt: int | None = None
@@ -314,7 +362,7 @@ class TaskService:
             await self._as_holder(task, caller, attempt)
             return [(lifecycle.request_input(task, utcnow(), question=question), task)]
 
-        return await transact(self.store, task_id, compute)
+        return await self._transact(task_id, compute)
 
     async def provide_input(self, task_id: str, caller: Caller, *, answer: str) -> Task:
         async def compute(task: Task) -> list[tuple[Change, Task | None]]:
@@ -324,7 +372,7 @@ class TaskService:
             )
             return [(change, task)]
 
-        return await transact(self.store, task_id, compute)
+        return await self._transact(task_id, compute)
 
     async def review(
         self, task_id: str, caller: Caller, *, approved: bool, feedback: str | None
@@ -353,7 +401,7 @@ class TaskService:
                 )
             return [(change, task)]
 
-        return await transact(self.store, task_id, compute)
+        return await self._transact(task_id, compute)
 
     async def _capabilities_of(self, agent_id: str) -> tuple[str, ...]:
         agent = await self.store.get_agent(agent_id)
@@ -366,7 +414,7 @@ class TaskService:
             require_requester_or_admin(task, caller, "retry")
             return [(lifecycle.retry(task, utcnow(), by=caller.agent_id), task)]
 
-        return await transact(self.store, task_id, compute)
+        return await self._transact(task_id, compute)
 
     async def patch(
         self,
@@ -401,7 +449,7 @@ class TaskService:
                 steps.append((lifecycle.cancel(task, now, by=caller.agent_id, reason=reason), task))
             return steps
 
-        return await transact(self.store, task_id, compute)
+        return await self._transact(task_id, compute)
 
     async def cancel(self, task_id: str, caller: Caller, *, reason: str | None = None) -> Task:
         return await self.patch(task_id, caller, cancel=True, reason=reason)
@@ -421,7 +469,6 @@ class TaskService:
         return comment
 
 
-_UNAVAILABLE = frozenset({AgentStatus.OFFLINE, AgentStatus.DEGRADED})
 _DEAD = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMED_OUT})
 
 

@@ -8,10 +8,13 @@ concurrent writer got there first, so a transition is never applied to a stale t
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
+from dispatchd.domain.ids import utcnow
 from dispatchd.domain.lifecycle import Change
 from dispatchd.domain.models import Event, Task
+from dispatchd.engine.followups import follow_ups
 from dispatchd.errors import ConcurrentUpdate, NotFound
 from dispatchd.store.base import (
     AppendEvent,
@@ -25,6 +28,15 @@ from dispatchd.store.base import (
 )
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """The events a commit appended and the last state of every task it wrote."""
+
+    events: list[Event]
+    tasks: dict[str, Task]
+
 
 MAX_TRIES = 8
 
@@ -57,14 +69,23 @@ def ops_for(change: Change, previous: Task | None) -> list[Op]:
 
 
 async def commit_changes(
-    store: Store, steps: Sequence[tuple[Change, Task | None]], extra: Sequence[Op] = ()
-) -> list[Event]:
-    """Commit several transitions (and any extra writes) in one transaction."""
-    ops: list[Op] = []
-    for change, previous in steps:
+    store: Store,
+    steps: Sequence[tuple[Change, Task | None]],
+    extra: Sequence[Op] = (),
+    *,
+    lead: Sequence[Op] = (),
+    escalate_to: str | None = None,
+) -> Committed:
+    """Commit several transitions (and any extra writes) in one transaction, with what
+    they set off: escalation of a last failure, unblocking or failing dependent tasks."""
+    more, notices = await follow_ups(store, steps, utcnow(), escalate_to=escalate_to)
+    ops: list[Op] = list(lead)
+    for change, previous in [*steps, *more]:
         ops.extend(ops_for(change, previous))
+    ops.extend(notices)
     ops.extend(extra)
-    return await store.commit(ops)
+    events = await store.commit(ops)
+    return Committed(events, {change.task.id: change.task for change, _ in [*steps, *more]})
 
 
 async def transact(
@@ -72,6 +93,8 @@ async def transact(
     task_id: str,
     compute: Callable[[Task], Awaitable[list[tuple[Change, Task | None]]]],
     extra: Callable[[Task], Sequence[Op]] | None = None,
+    *,
+    escalate_to: str | None = None,
 ) -> Task:
     """Load the task, compute its transitions, commit; retry from a fresh read on a race.
 
@@ -84,8 +107,12 @@ async def transact(
             raise NotFound(f"no task {task_id}", task_id=task_id)
         steps = await compute(task)
         try:
-            await commit_changes(store, steps, extra(task) if extra else ())
+            if not steps:
+                return task
+            done = await commit_changes(
+                store, steps, extra(task) if extra else (), escalate_to=escalate_to
+            )
         except ConcurrentUpdate:
             continue
-        return steps[-1][0].task
+        return done.tasks[task_id]
     raise ConcurrentUpdate(f"task {task_id} is changing too fast; try again", task_id=task_id)

@@ -227,6 +227,7 @@ class ClaimView:
 
 
 ClaimPlan = Callable[[ClaimView], Sequence["Op"]]
+CommitListener = Callable[[list[Event]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +262,15 @@ class Store(Protocol):
 
     async def ping(self) -> None:
         """Raise `StoreError` when the database cannot be reached."""
+        ...
+
+    def on_commit(self, listener: CommitListener) -> None:
+        """Call `listener` with the events of every commit made through this store."""
+        ...
+
+    async def watch(self, advanced: Callable[[int], None]) -> None:
+        """Call `advanced(last_event_id)` when another process commits; runs until
+        cancelled (a no-op wait where no other process writes)."""
         ...
 
     async def commit(self, ops: Sequence[Op]) -> list[Event]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, assert_never
@@ -40,6 +40,7 @@ from dispatchd.store.base import (
     ClaimPlan,
     ClaimQuery,
     ClaimView,
+    CommitListener,
     Counts,
     DeleteAgent,
     Due,
@@ -132,6 +133,8 @@ INSERT_EVENT = (
     "INSERT INTO events (type, task_id, agent_id, data, created_at) "
     "VALUES (%(type)s, %(task_id)s, %(agent_id)s, %(data)s, %(created_at)s) RETURNING id"
 )
+NOTIFY_CHANNEL = "dispatchd_events"
+NOTIFY = f"SELECT pg_notify('{NOTIFY_CHANNEL}', %(last)s)"
 LOCK_EVENT_ORDER = f"SELECT pg_advisory_xact_lock({EVENT_ORDER_LOCK})"
 RENEW_LEASES = (
     "UPDATE tasks SET lease_expires_at = %(until)s, version = version + 1 "
@@ -239,6 +242,44 @@ class PostgresStore:
         self.url = url
         self._pool_size = pool_size
         self._pool: AsyncConnectionPool[Connection] | None = None
+        self._listeners: list[CommitListener] = []
+
+    def on_commit(self, listener: CommitListener) -> None:
+        self._listeners.append(listener)
+
+    def _told(self, events: list[Event]) -> list[Event]:
+        if events:
+            for listener in self._listeners:
+                listener(events)
+        return events
+
+    async def watch(self, advanced: Callable[[int], None]) -> None:
+        """Report other replicas' commits: LISTEN on the channel every commit notifies,
+        reconnecting after a lost connection. Runs until cancelled."""
+        while True:
+            try:
+                conn = await AsyncConnection.connect(
+                    self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+                )
+            except psycopg.Error as exc:
+                logger.warning("cannot listen for commits: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            try:
+                await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                # Commits made while we were not listening: catch up on reconnect.
+                cur = await conn.execute(SELECT_LAST_EVENT)
+                row = await cur.fetchone()
+                if row is not None:
+                    advanced(int(row[0]))
+                async for note in conn.notifies():
+                    if note.payload.isdigit():
+                        advanced(int(note.payload))
+            except psycopg.Error as exc:
+                logger.warning("lost the commit listener: %s", exc)
+                await asyncio.sleep(0.2)
+            finally:
+                await conn.close()
 
     # --- connections ------------------------------------------------------------------
 
@@ -343,7 +384,8 @@ class PostgresStore:
 
     async def commit(self, ops: Sequence[Op]) -> list[Event]:
         async with self._connection() as conn, conn.transaction():
-            return await self._commit(conn, ops)
+            events = await self._commit(conn, ops)
+        return self._told(events)
 
     async def _commit(self, conn: Connection, ops: Sequence[Op]) -> list[Event]:
         counts: dict[str, int] = defaultdict(int)
@@ -367,6 +409,8 @@ class PostgresStore:
                 row = await cur.fetchone()
                 assert row is not None
                 events.append(_with_id(event, int(row["id"])))
+            # Delivered at commit, to every replica's listener.
+            await conn.execute(NOTIFY, {"last": str(events[-1].id)})
         # In a fixed order, so that two commits never wait on each other's counter rows.
         for status in sorted(counts):
             if counts[status]:
@@ -577,7 +621,8 @@ class PostgresStore:
                 cur = await conn.execute(sql, params)
                 candidates = [task_from_row(r, POSTGRES) for r in await cur.fetchall()]
             ops = plan(ClaimView(agent, assigned, candidates))
-            return await self._commit(conn, ops) if ops else []
+            events = await self._commit(conn, ops) if ops else []
+        return self._told(events)
 
     async def children(self, parent_id: str) -> list[Task]:
         rows = await self._fetchall(SELECT_CHILDREN, {"id": parent_id})

@@ -29,6 +29,7 @@ from dispatchd.store.base import (
     ClaimPlan,
     ClaimQuery,
     ClaimView,
+    CommitListener,
     Counts,
     DeleteAgent,
     Due,
@@ -188,6 +189,20 @@ class SQLiteStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._listeners: list[CommitListener] = []
+
+    def on_commit(self, listener: CommitListener) -> None:
+        self._listeners.append(listener)
+
+    def _told(self, events: list[Event]) -> list[Event]:
+        if events:
+            for listener in self._listeners:
+                listener(events)
+        return events
+
+    async def watch(self, advanced: Callable[[int], None]) -> None:
+        """Other processes do not write this file while we serve it: nothing to watch."""
+        await asyncio.Event().wait()
 
     # --- connections ------------------------------------------------------------------
 
@@ -282,7 +297,7 @@ class SQLiteStore:
     # --- writes -----------------------------------------------------------------------
 
     async def commit(self, ops: Sequence[Op]) -> list[Event]:
-        return await self._write(lambda conn: self._commit(conn, ops))
+        return self._told(await self._write(lambda conn: self._commit(conn, ops)))
 
     def _commit(self, conn: sqlite3.Connection, ops: Sequence[Op]) -> list[Event]:
         conn.execute("BEGIN IMMEDIATE")
@@ -594,7 +609,7 @@ class SQLiteStore:
                 raise
             return events
 
-        return await self._write(run)
+        return self._told(await self._write(run))
 
     async def children(self, parent_id: str) -> list[Task]:
         def run(conn: sqlite3.Connection) -> list[Task]:

@@ -8,16 +8,20 @@ from fastapi import APIRouter, Header, Query, Response, status
 
 from dispatchd.api.auth import CallerDep, RuntimeDep
 from dispatchd.api.schemas import (
+    ClaimBody,
+    ClaimOut,
     CommentBody,
     CommentOut,
     CompleteBody,
     ErrorOut,
     EventList,
     EventOut,
+    ExplainOut,
     FailBody,
     InputBody,
     InputRequestBody,
     ProgressBody,
+    QueueOut,
     ReviewBody,
     StartBody,
     TaskBatch,
@@ -29,6 +33,7 @@ from dispatchd.api.schemas import (
     TaskPatch,
 )
 from dispatchd.domain.models import Priority, TaskStatus
+from dispatchd.engine.explain import explain
 from dispatchd.engine.tasks import TaskSpec
 from dispatchd.errors import ValidationFailed
 from dispatchd.store.base import TaskFilter
@@ -150,6 +155,54 @@ async def list_tasks(
     )
     page = await rt.tasks.page(flt, limit=limit, cursor=cursor, descending=order == "desc")
     return TaskList(items=[TaskOut.of(t) for t in page.items], next_cursor=page.next_cursor)
+
+
+Reason = Literal["at_capacity", "no_tasks_available", "draining", "degraded"]
+
+
+@router.post("/claim", response_model=ClaimOut)
+async def claim_tasks(caller: CallerDep, rt: RuntimeDep, body: ClaimBody | None = None) -> ClaimOut:
+    """Atomically take the best tasks the agent can do: its own assigned ones first, then
+    pending ones in queue order, up to its free slots. With `wait_s`, an empty claim
+    waits for work (woken the moment some is assigned to it) before answering."""
+    body = body or ClaimBody()
+    claimed = await rt.claims.claim(
+        body.agent_id or caller.agent_id, caller, max_tasks=body.max_tasks, wait_s=body.wait_s
+    )
+    return ClaimOut(tasks=[TaskOut.of(t) for t in claimed.tasks], reason=_reason(claimed.reason))
+
+
+@router.get("/queue", response_model=QueueOut)
+async def queue_claim(
+    caller: CallerDep,
+    rt: RuntimeDep,
+    agent: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    max_capacity: Annotated[int | None, Query(ge=1, le=1000)] = None,
+) -> QueueOut:
+    """Mission Control's claim of one task: `reason` says why none came back."""
+    claimed = await rt.claims.claim(
+        agent or caller.agent_id, caller, max_tasks=1, max_capacity=max_capacity
+    )
+    task = TaskOut.of(claimed.tasks[0]) if claimed.tasks else None
+    return QueueOut(task=task, reason=_reason(claimed.reason))
+
+
+def _reason(value: str | None) -> Reason | None:
+    reasons: dict[str | None, Reason | None] = {
+        None: None,
+        "at_capacity": "at_capacity",
+        "no_tasks_available": "no_tasks_available",
+        "draining": "draining",
+        "degraded": "degraded",
+    }
+    return reasons[value]
+
+
+@router.get("/{task_id}/explain", response_model=ExplainOut)
+async def explain_task(task_id: str, caller: CallerDep, rt: RuntimeDep) -> ExplainOut:
+    """Why the task went where it went, or why it waits: every agent with its score or
+    the reason it was left out, and the model routing."""
+    return ExplainOut.of(await explain(rt.store, rt.directory, rt.tasks.rules, task_id))
 
 
 @router.get("/{task_id}", response_model=TaskDetailOut)

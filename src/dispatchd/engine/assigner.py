@@ -1,0 +1,262 @@
+"""Push assignment (SPEC §3): a task goes to the best agent the moment both exist.
+
+One assigner runs in each replica. It follows the event log by cursor, woken by the feed
+(a commit here, or a NOTIFY from another replica), and acts on what the events say:
+
+* a task became assignable (created pending, unblocked, requeued, rejected, escalated,
+  retried by hand, its priority changed) → choose its best agent;
+* an agent gained room or availability (a task it held ended, it registered, was
+  undrained, changed status or capabilities) → offer it the queue's best tasks it may take.
+
+Every choice is committed with the task's version and a slot reserved on the agent row, so
+replicas racing for the same task or the same slot cannot both win: the loser re-reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from dispatchd.domain.ids import utcnow
+from dispatchd.domain.lifecycle import Policy
+from dispatchd.domain.models import AgentStatus, Event, Task, TaskStatus
+from dispatchd.domain.scoring import limit_of
+from dispatchd.engine.directory import Directory
+from dispatchd.engine.feed import EventFeed
+from dispatchd.engine.rules import Rules, hand_over
+from dispatchd.engine.waiters import Waiters
+from dispatchd.engine.wake import Waker
+from dispatchd.errors import AgentUnavailable, ConcurrentUpdate, DispatchError
+from dispatchd.store.base import ClaimQuery, Store
+
+log = logging.getLogger(__name__)
+
+MAX_TRIES = 8
+BATCH = 1000
+
+# Events after which a task may be given to an agent.
+_ASSIGNABLE = frozenset(
+    {
+        "task.created",
+        "task.unblocked",
+        "task.requeued",
+        "task.rejected",
+        "task.escalated",
+        "task.retrying",
+        "task.updated",
+    }
+)
+# Events after which the acting agent (or the task's former assignee) may have room.
+_ROOM = frozenset(
+    {
+        "task.completed",
+        "task.failed",
+        "task.timed_out",
+        "task.retrying",
+        "task.requeued",
+        "task.cancelled",
+        "task.review_requested",
+        "agent.registered",
+        "agent.updated",
+        "agent.undrained",
+        "agent.status_changed",
+    }
+)
+
+
+def _queue_key(task: Task) -> tuple[int, int, datetime, datetime, str]:
+    due = task.due_at or task.created_at
+    return (-task.priority.rank, task.due_at is None, due, task.created_at, task.id)
+
+
+class Assigner:
+    def __init__(
+        self,
+        store: Store,
+        feed: EventFeed,
+        directory: Directory,
+        rules: Rules,
+        policy: Policy,
+        *,
+        waiters: Waiters,
+        waker: Waker,
+        refresh_s: float | None = None,
+    ) -> None:
+        self.store = store
+        self.feed = feed
+        self.directory = directory
+        self.rules = rules
+        self.policy = policy
+        self.waiters = waiters
+        self.waker = waker
+        # With an external capability/availability service, its answers change without
+        # events here: reload the directory this often.
+        self.refresh_s = refresh_s
+        self.cursor = 0
+        self._wake = asyncio.Event()
+        self._tasks_due: set[str] = set()
+        self.assigned = 0
+
+    # --- driving ----------------------------------------------------------------------
+
+    def kick(self, task_ids: Iterable[str] = ()) -> None:
+        """Look at these tasks soon (the sweeper calls this when a backoff ends)."""
+        self._tasks_due.update(task_ids)
+        self._wake.set()
+
+    def _advanced(self, _last: int) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        """Load the agents and serve what is already waiting (after a restart, say)."""
+        self.cursor = self.feed.latest
+        self.feed.listen(self._advanced)
+        await self.directory.load()
+        await self.fill(list(self.directory.agents))
+
+    async def run(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self.refresh_s):
+                    await self._wake.wait()
+            except TimeoutError:
+                await self.directory.load()
+                await self.fill(list(self.directory.agents))
+                continue
+            self._wake.clear()
+            try:
+                await self.step()
+            except DispatchError as exc:
+                log.warning("assignment pass failed: %s", exc, extra={"action": "assign"})
+                await asyncio.sleep(0.1)
+                self._wake.set()
+
+    async def step(self) -> None:
+        """Act on the events after the cursor and on the tasks kicked meanwhile."""
+        due, self._tasks_due = self._tasks_due, set()
+        if due:
+            await self.consider(due)
+        while self.feed.latest > self.cursor:
+            events = await self.feed.read(self.cursor, BATCH)
+            if not events:
+                break
+            self.cursor = events[-1].id or self.cursor
+            await self.handle(events)
+
+    # --- reacting to events -------------------------------------------------------------
+
+    async def handle(self, events: Sequence[Event]) -> None:
+        touched: set[str] = set()
+        tasks: list[str] = []
+        roomy: set[str] = set()
+        for event in events:
+            holder = event.data.get("assignee") if event.type == "task.cancelled" else None
+            for agent_id in (event.agent_id, holder):
+                if isinstance(agent_id, str):
+                    touched.add(agent_id)
+            if event.type == "task.assigned" and event.agent_id:
+                self.waiters.wake(event.agent_id)
+            if event.type in _ASSIGNABLE and event.task_id and _makes_assignable(event):
+                tasks.append(event.task_id)
+            if event.type in _ROOM:
+                agent_id = holder if isinstance(holder, str) else event.agent_id
+                if agent_id:
+                    roomy.add(agent_id)
+        if touched:
+            await self.directory.refresh(touched)
+        if tasks:
+            await self.consider(tasks)
+        if roomy:
+            await self.fill(sorted(roomy))
+
+    async def consider(self, task_ids: Iterable[str]) -> None:
+        """Give each of these tasks, if still waiting, to its best agent, in queue order."""
+        now = utcnow()
+        found = await self.store.get_tasks(sorted(set(task_ids)))
+        for task in sorted(found, key=_queue_key):
+            if _ready(task, now):
+                await self.assign(task)
+
+    async def fill(self, agent_ids: Sequence[str]) -> None:
+        """Offer each agent with room the best queued tasks it may take."""
+        for agent_id in agent_ids:
+            agent = self.directory.agents.get(agent_id)
+            if agent is None or agent.drained or agent.status in _OUT:
+                continue
+            room = limit_of(agent, self.rules.default_limit) - agent.active
+            if room <= 0:
+                continue
+            query = ClaimQuery(
+                agent_id=agent.id,
+                capabilities=sorted(agent.capabilities),
+                owner=agent.owner,
+                owner_filter=self.rules.owner_filter,
+                now=utcnow(),
+                limit=room,
+            )
+            for task in await self.store.claimable(query):
+                # The task goes to whoever is best for it, which may be another agent
+                # that gained room in the same moment.
+                await self.assign(task)
+
+    # --- one assignment -----------------------------------------------------------------
+
+    async def assign(self, task: Task) -> Task | None:
+        """Commit `task` to its best agent; None when nobody can take it now."""
+        skip: set[str] = set()
+        for _ in range(MAX_TRIES):
+            choice = self.directory.best(
+                task,
+                default_limit=self.rules.default_limit,
+                owner_filter=self.rules.owner_filter,
+                skip=skip,
+            )
+            if choice is None:
+                return None
+            agent = self.directory.agents[choice.agent_id]
+            now = utcnow()
+            handover = hand_over(task, agent, now, self.rules, self.policy, start=False)
+            try:
+                await self.store.commit(handover.ops)
+            except AgentUnavailable:
+                # Our copy of the agent was stale: re-read it and choose again.
+                skip.add(agent.id)
+                await self.directory.refresh([agent.id])
+                continue
+            except ConcurrentUpdate:
+                fresh = await self.store.get_task(task.id)
+                if fresh is None or not _ready(fresh, now):
+                    return None
+                task = fresh
+                continue
+            self.assigned += 1
+            self.directory.note_assigned(agent.id, now)
+            self.waiters.wake(agent.id)
+            if agent.status is AgentStatus.SLEEPING:
+                self.waker.wake(agent, handover.task)
+            return handover.task
+        return None
+
+
+_OUT = frozenset({AgentStatus.OFFLINE, AgentStatus.DEGRADED})
+
+
+def _ready(task: Task, now: datetime) -> bool:
+    return task.status is TaskStatus.PENDING and (task.not_before is None or task.not_before <= now)
+
+
+def _makes_assignable(event: Event) -> bool:
+    data = event.data
+    if event.type == "task.created":
+        return data.get("status") == TaskStatus.PENDING.value
+    if event.type == "task.rejected":
+        return not data.get("final")
+    if event.type == "task.escalated":
+        return data.get("to") is not None
+    # task.retrying: at once for a manual retry; after a backoff, `consider` finds the
+    # task not ready yet and the sweeper offers it when the backoff ends.
+    if event.type == "task.updated":
+        return "priority" in data
+    return True

@@ -1,0 +1,171 @@
+"""Pull mode (SPEC §3): an agent claims the best tasks it can take, atomically.
+
+A claim first starts the agent's own assigned tasks (pushed to it earlier), then takes
+pending tasks it is capable of, in queue order, up to its free slots; all in one
+transaction that locks what it reads (SKIP LOCKED on PostgreSQL, the single writer on
+SQLite), so no task goes to two claimers. With `wait_s` an empty claim waits, woken the
+moment something is assigned to the agent, and tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from dispatchd.domain import lifecycle
+from dispatchd.domain.access import Caller, require_self_or_admin
+from dispatchd.domain.ids import utcnow
+from dispatchd.domain.lifecycle import Policy
+from dispatchd.domain.models import Agent, AgentStatus, Task
+from dispatchd.domain.scoring import limit_of
+from dispatchd.engine.agents import status_event
+from dispatchd.engine.directory import Directory
+from dispatchd.engine.rules import Rules, hand_over
+from dispatchd.engine.transitions import ops_for
+from dispatchd.engine.waiters import Waiters
+from dispatchd.errors import NotFound
+from dispatchd.store.base import AppendEvent, ClaimQuery, ClaimView, Op, Store, UpdateAgent
+
+MAX_TASKS = 100
+
+
+@dataclass(slots=True)
+class Claimed:
+    tasks: list[Task] = field(default_factory=list)
+    reason: str | None = None
+
+
+class ClaimService:
+    def __init__(
+        self,
+        store: Store,
+        rules: Rules,
+        policy: Policy,
+        *,
+        waiters: Waiters,
+        directory: Directory | None = None,
+    ) -> None:
+        self.store = store
+        self.rules = rules
+        self.policy = policy
+        self.waiters = waiters
+        self.directory = directory
+
+    async def claim(
+        self,
+        agent_id: str,
+        caller: Caller,
+        *,
+        max_tasks: int = 1,
+        wait_s: float = 0.0,
+        max_capacity: int | None = None,
+    ) -> Claimed:
+        require_self_or_admin(agent_id, caller)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(wait_s, 0.0)
+        while True:
+            with self.waiters.armed(agent_id) as woken:
+                claimed = await self._once(agent_id, max_tasks, max_capacity)
+                remaining = deadline - loop.time()
+                if claimed.tasks or claimed.reason in _FINAL or remaining <= 0:
+                    return claimed
+                try:
+                    await asyncio.wait_for(woken, remaining)
+                except TimeoutError:
+                    return await self._once(agent_id, max_tasks, max_capacity)
+
+    async def _once(self, agent_id: str, max_tasks: int, max_capacity: int | None) -> Claimed:
+        agent = await self._agent(agent_id)
+        query = ClaimQuery(
+            agent_id=agent_id,
+            capabilities=sorted(agent.capabilities),
+            owner=agent.owner,
+            owner_filter=self.rules.owner_filter,
+            now=utcnow(),
+            limit=max_tasks,
+        )
+        claimed = Claimed()
+
+        def plan(view: ClaimView) -> Sequence[Op]:
+            if view.agent is None:
+                raise _not_registered(agent_id)
+            ops, claimed.tasks, claimed.reason = self._plan(
+                view, agent, max_tasks=max_tasks, max_capacity=max_capacity
+            )
+            return ops
+
+        await self.store.claim(query, plan)
+        return claimed
+
+    async def _agent(self, agent_id: str) -> Agent:
+        """The agent as assignment sees it (capabilities from the external service, if any)."""
+        known = self.directory.agents.get(agent_id) if self.directory else None
+        agent = known or await self.store.get_agent(agent_id)
+        if agent is None:
+            raise _not_registered(agent_id)
+        return agent
+
+    def _plan(
+        self, view: ClaimView, seen: Agent, *, max_tasks: int, max_capacity: int | None
+    ) -> tuple[list[Op], list[Task], str | None]:
+        assert view.agent is not None
+        row = view.agent
+        now = utcnow()
+        ops: list[Op] = []
+        taken: list[Task] = []
+        if row.status is AgentStatus.OFFLINE:
+            # Claiming is a sign of life, like a heartbeat.
+            back = row.evolve(
+                status=AgentStatus.READY,
+                last_heartbeat_at=now,
+                updated_at=now,
+                version=row.version + 1,
+            )
+            ops += [UpdateAgent(back), AppendEvent(status_event(row, back, Caller(row.id)))]
+            row = back
+        for task in view.assigned[:max_tasks]:
+            started = lifecycle.start(task, now, self.policy)
+            ops.extend(ops_for(started, task))
+            taken.append(started.task)
+        limit = limit_of(row, self.rules.default_limit)
+        if max_capacity is not None:
+            limit = min(limit, max_capacity)
+        free = limit - row.active
+        # Capabilities and status as assignment sees them, the rest from the locked row.
+        agent = row.evolve(capabilities=seen.capabilities)
+        if seen.status is AgentStatus.DEGRADED:
+            agent = agent.evolve(status=AgentStatus.DEGRADED)
+        if not agent.drained and agent.status is not AgentStatus.DEGRADED:
+            for task in view.candidates:
+                if len(taken) >= max_tasks or free <= 0:
+                    break
+                handover = hand_over(
+                    task, agent, now, self.rules, self.policy, start=True, limit=limit
+                )
+                ops.extend(handover.ops)
+                taken.append(handover.task)
+                free -= 1
+        reason = None
+        if not taken:
+            if agent.drained:
+                reason = "draining"
+            elif agent.status is AgentStatus.DEGRADED:
+                reason = "degraded"
+            elif free <= 0:
+                reason = "at_capacity"
+            else:
+                reason = "no_tasks_available"
+        return ops, taken, reason
+
+
+# An empty claim for these reasons will not change by waiting for work.
+_FINAL = frozenset({"draining", "degraded"})
+
+
+def _not_registered(agent_id: str) -> NotFound:
+    return NotFound(
+        f"agent {agent_id} is not registered; register it with POST /api/v1/agents first",
+        code="agent_not_registered",
+        agent_id=agent_id,
+    )

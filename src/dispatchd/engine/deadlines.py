@@ -1,0 +1,187 @@
+"""The deadline sweeper: the only timed work, and never between a request and its answer.
+
+Every deadline is a column behind an index (`deadline_at`, `lease_expires_at`,
+`not_before`, `run_at`), so a restart loses none. The sweeper asks the store for the
+earliest one, sleeps until then (at most `tick`, and less when new work may have brought
+an earlier deadline), and acts on what has passed:
+
+* a running task past its timeout → timed out (retried with backoff, or final);
+* a running task whose lease lapsed (no progress or heartbeat) → requeued as lost;
+* an assigned task not started in time (the wake timeout) → requeued, and its agent, if
+  it has not been heard from either, marked offline;
+* a pending task whose backoff ended → offered to the assigner;
+* a blocked task whose `run_at` came → pending, if its dependencies are done.
+
+Each action re-reads the task and re-checks the deadline before it writes, with the
+task's version: a heartbeat or a completion that lands first wins, and a task that
+finished is never touched. Several replicas may sweep at once; one write wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+from dispatchd.domain import lifecycle
+from dispatchd.domain.access import Caller
+from dispatchd.domain.ids import utcnow
+from dispatchd.domain.lifecycle import Change, Policy
+from dispatchd.domain.models import AgentStatus, Task, TaskStatus
+from dispatchd.engine.agents import status_event
+from dispatchd.engine.followups import unblock_due
+from dispatchd.engine.transitions import transact
+from dispatchd.errors import ConcurrentUpdate, DispatchError, NotFound
+from dispatchd.store.base import AppendEvent, Store, UpdateAgent
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+# After work arrives, look again for an earlier deadline no sooner than this.
+RECHECK_S = 0.05
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+Step = tuple[Change, Task | None]
+Kick = Callable[[list[str]], None]
+
+
+class Sweeper:
+    def __init__(
+        self,
+        store: Store,
+        policy: Policy,
+        *,
+        tick: timedelta,
+        kick: Kick,
+        escalate_to: str | None = None,
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.tick = tick
+        self.kick = kick
+        self.escalate_to = escalate_to
+        # Backoffs and run_at times up to here have been acted on. It starts at the epoch,
+        # so that after a restart every one that passed while down is acted on once.
+        self.since = EPOCH
+        self._poke = asyncio.Event()
+        self._random = random.SystemRandom()
+        self.actions = 0
+
+    def poke(self, _last: int = 0) -> None:
+        """New work may carry an earlier deadline than the one slept for."""
+        self._poke.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+                delay = await self._delay()
+            except DispatchError as exc:
+                log.warning("deadline sweep failed: %s", exc, extra={"action": "sweep"})
+                delay = self.tick.total_seconds()
+            self._poke.clear()
+            try:
+                async with asyncio.timeout(delay):
+                    await self._poke.wait()
+                # Woken by new work: let a burst settle before querying again.
+                await asyncio.sleep(RECHECK_S)
+            except TimeoutError:
+                pass
+
+    async def _delay(self) -> float:
+        upcoming = await self.store.next_deadline(self.since)
+        cap = self.tick.total_seconds()
+        if upcoming is None:
+            return cap
+        return min(max((upcoming - utcnow()).total_seconds(), 0.0), cap)
+
+    async def sweep(self) -> int:
+        """Act on every deadline that has passed; return how many tasks were acted on."""
+        total = 0
+        while True:
+            now = utcnow()
+            due = await self.store.due(now, self.since, BATCH)
+            for task in due.timed_out:
+                await self._act(task.id, self._time_out)
+            for task in due.lease_lost:
+                await self._act(task.id, self._lease_lost)
+            for task in due.not_started:
+                await self._act(task.id, self._not_started)
+                await self._maybe_offline(task)
+            for task in due.run_at:
+                await self._act(task.id, self._run_at)
+            if due.ready:
+                self.kick([t.id for t in due.ready])
+            total += len(due)
+            full = max(
+                len(due.timed_out),
+                len(due.lease_lost),
+                len(due.not_started),
+                len(due.ready),
+                len(due.run_at),
+            )
+            if full < BATCH:
+                self.since = now
+                self.actions += total
+                return total
+            # A full batch: the backoffs and run_at times seen are done; go on past them.
+            seen = [t.not_before for t in due.ready] + [t.run_at for t in due.run_at]
+            self.since = max([self.since, *[t for t in seen if t is not None]])
+
+    async def _act(self, task_id: str, compute: Callable[[Task], Awaitable[list[Step]]]) -> None:
+        # Gone, or racing a live writer: the next sweep looks again.
+        with contextlib.suppress(NotFound, ConcurrentUpdate):
+            await transact(self.store, task_id, compute, escalate_to=self.escalate_to)
+
+    async def _time_out(self, task: Task) -> list[Step]:
+        now = utcnow()
+        if not (_held_running(task) and task.deadline_at and task.deadline_at <= now):
+            return []
+        return [(lifecycle.time_out(task, now, self.policy, jitter=self._random.random()), task)]
+
+    async def _lease_lost(self, task: Task) -> list[Step]:
+        now = utcnow()
+        lease = task.lease_expires_at
+        if not (_held_running(task) and lease and lease <= now):
+            return []
+        reason = f"lease expired: no heartbeat or progress from {task.assignee}"
+        return [(lifecycle.requeue(task, now, self.policy, reason=reason), task)]
+
+    async def _not_started(self, task: Task) -> list[Step]:
+        now = utcnow()
+        lease = task.lease_expires_at
+        if not (task.status is TaskStatus.ASSIGNED and lease and lease <= now):
+            return []
+        wait_s = self.policy.wake_timeout.total_seconds()
+        reason = f"not started by {task.assignee} within the wake timeout ({wait_s:g}s)"
+        return [(lifecycle.requeue(task, now, self.policy, reason=reason), task)]
+
+    async def _run_at(self, task: Task) -> list[Step]:
+        change = await unblock_due(self.store, task, utcnow())
+        return [(change, task)] if change else []
+
+    async def _maybe_offline(self, task: Task) -> None:
+        """An agent that neither started its task nor sent a heartbeat since it was given
+        it is taken as gone: offline until it is heard from again."""
+        if task.assignee is None:
+            return
+        agent = await self.store.get_agent(task.assignee)
+        if agent is None or agent.status is AgentStatus.OFFLINE:
+            return
+        quiet_since = utcnow() - self.policy.wake_timeout
+        if agent.last_heartbeat_at is not None and agent.last_heartbeat_at > quiet_since:
+            return
+        now = utcnow()
+        gone = agent.evolve(status=AgentStatus.OFFLINE, updated_at=now, version=agent.version + 1)
+        # If it just sent a heartbeat or changed, the write fails and it is left be.
+        with contextlib.suppress(ConcurrentUpdate):
+            await self.store.commit(
+                [UpdateAgent(gone), AppendEvent(status_event(agent, gone, Caller("dispatchd")))]
+            )
+
+
+def _held_running(task: Task) -> bool:
+    return task.status in (TaskStatus.RUNNING, TaskStatus.WAITING_INPUT)

@@ -1,0 +1,87 @@
+"""The event log's growth, told to the readers inside this process.
+
+Every commit in this process reports its events here at once; on PostgreSQL a LISTEN
+connection reports other replicas' commits too. Readers keep their own cursor and wait for
+the log to pass it: no polling, no fixed tick. Recent local events are kept in memory so
+that a reader close behind the head does not go back to the database for them, but only
+while they are known to be the whole log (consecutive ids); otherwise it reads the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from dispatchd.domain.models import Event
+from dispatchd.store.base import Store
+
+RECENT = 4096
+
+
+class EventFeed:
+    def __init__(self, store: Store, *, recent: int = RECENT) -> None:
+        self.store = store
+        self.latest = 0
+        self._recent: deque[Event] = deque(maxlen=recent)
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._listeners: list[Callable[[int], None]] = []
+
+    def listen(self, listener: Callable[[int], None]) -> None:
+        """Call `listener(last_id)` each time the log grows."""
+        self._listeners.append(listener)
+
+    async def start(self) -> None:
+        self.latest = max(self.latest, await self.store.last_event_id())
+
+    # --- writers ----------------------------------------------------------------------
+
+    def committed(self, events: Sequence[Event]) -> None:
+        """A commit in this process appended `events` (ids ascending)."""
+        for event in events:
+            assert event.id is not None
+            last = self._recent[-1].id if self._recent else None
+            if last is not None and event.id != last + 1:
+                self._recent.clear()  # a gap: someone else's commit sits in between
+            self._recent.append(event)
+        if events and events[-1].id is not None:
+            self.advanced(events[-1].id)
+
+    def advanced(self, last_id: int) -> None:
+        """The log reaches at least `last_id` (a commit here or on another replica)."""
+        if last_id <= self.latest:
+            return
+        self.latest = last_id
+        for listener in self._listeners:
+            listener(last_id)
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # --- readers ----------------------------------------------------------------------
+
+    async def wait(self, after: int, wait_s: float | None = None) -> bool:
+        """Wait until the log holds an event after `after`; False on timeout."""
+        while self.latest <= after:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.add(waiter)
+            try:
+                await asyncio.wait_for(waiter, wait_s)
+            except TimeoutError:
+                return self.latest > after
+            finally:
+                self._waiters.discard(waiter)
+        return True
+
+    async def read(self, after: int, limit: int = 1000) -> list[Event]:
+        """The events after `after`, in order, from memory when it holds all of them."""
+        recent = self._recent
+        if recent and recent[0].id is not None and recent[-1].id == self.latest:
+            first = recent[0].id
+            if first <= after + 1 <= self.latest:
+                start = after + 1 - first
+                return [recent[i] for i in range(start, min(start + limit, len(recent)))]
+            if after >= self.latest:
+                return []
+        return await self.store.read_events(after=after, limit=limit)

@@ -1,0 +1,112 @@
+"""What a finished task sets off, in the same transaction as its finish (SPEC §2).
+
+* The last failure of a task escalates it: one more attempt routed to the escalation
+  capability at raised priority, or, with nowhere to go, a `task.escalated` notice for
+  the requester.
+* A completed task unblocks each child whose parents are now all completed (and whose
+  `run_at` has come), with the parents' results in `context.inputs`.
+* A task that fails, times out or is cancelled for good fails its blocked children, and
+  theirs in turn.
+
+Every follow-up is a versioned write: if a child moved meanwhile the whole commit is retried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from dispatchd.domain import lifecycle
+from dispatchd.domain.lifecycle import Change
+from dispatchd.domain.models import Task, TaskStatus
+from dispatchd.store.base import AppendEvent, Op, Store
+
+Step = tuple[Change, Task | None]
+
+_DEAD = frozenset({TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED})
+_FINAL_FAILURES = frozenset({"task.failed", "task.timed_out", "task.rejected"})
+
+
+def _escalates(change: Change, previous: Task | None) -> bool:
+    """A task's own last failure (not a dependency's, not a birth)."""
+    return (
+        previous is not None
+        and change.task.status in (TaskStatus.FAILED, TaskStatus.TIMED_OUT)
+        and change.event.type in _FINAL_FAILURES
+        and "dependency" not in change.event.data
+    )
+
+
+async def follow_ups(
+    store: Store, steps: Sequence[Step], now: datetime, *, escalate_to: str | None
+) -> tuple[list[Step], list[Op]]:
+    """The transitions and notices that `steps` set off, children included, recursively."""
+    latest: dict[str, Task] = {}
+    for change, _ in steps:
+        latest[change.task.id] = change.task
+    more: list[Step] = []
+    notices: list[Op] = []
+    finished: list[Task] = []
+    for change, previous in steps:
+        task = change.task
+        if _escalates(change, previous):
+            target = task.escalate_to or escalate_to
+            if target is not None and not task.escalated:
+                step = lifecycle.escalate(task, now, capability=target)
+                more.append((step, task))
+                latest[task.id] = step.task
+                continue
+            notices.append(AppendEvent(lifecycle.escalation_notice(task, now)))
+        ended = task.status is TaskStatus.COMPLETED or task.status in _DEAD
+        if ended and previous is not None and previous.status is not task.status:
+            finished.append(task)
+    # Children, breadth first; a child failed here fails its own children in turn.
+    while finished:
+        parent = latest.get(finished[0].id, finished[0])
+        finished = finished[1:]
+        for child in await store.children(parent.id):
+            child = latest.get(child.id, child)
+            if child.status is not TaskStatus.BLOCKED:
+                continue
+            if parent.status in _DEAD:
+                step = lifecycle.dependency_failed(
+                    child, now, parent=parent.id, reason=parent.status.value
+                )
+                more.append((step, child))
+                latest[child.id] = step.task
+                finished.append(step.task)
+                continue
+            unblocked = await _unblock_if_ready(store, child, now, latest)
+            if unblocked is not None:
+                more.append((unblocked, child))
+                latest[child.id] = unblocked.task
+    return more, notices
+
+
+async def _unblock_if_ready(
+    store: Store, child: Task, now: datetime, latest: dict[str, Task]
+) -> Change | None:
+    if child.run_at is not None and child.run_at > now:
+        return None
+    parents = await parents_of(store, child, latest)
+    if any(p.status is not TaskStatus.COMPLETED for p in parents):
+        return None
+    return lifecycle.unblock(child, now, inputs={p.id: p.result for p in parents})
+
+
+async def parents_of(
+    store: Store, child: Task, latest: dict[str, Task] | None = None
+) -> list[Task]:
+    """The tasks `child` depends on, as of this commit's pending writes when given."""
+    known = latest or {}
+    missing = [pid for pid in child.depends_on if pid not in known]
+    found = {t.id: t for t in await store.get_tasks(missing)} if missing else {}
+    found.update({pid: known[pid] for pid in child.depends_on if pid in known})
+    return [found[pid] for pid in child.depends_on if pid in found]
+
+
+async def unblock_due(store: Store, child: Task, now: datetime) -> Change | None:
+    """A blocked task whose `run_at` came: pending if its parents are all completed."""
+    if child.status is not TaskStatus.BLOCKED:
+        return None
+    return await _unblock_if_ready(store, child, now, {})
