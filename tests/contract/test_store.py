@@ -132,6 +132,7 @@ def full_task() -> Task:
         progress_percent=42.5,
         requeues=1,
         review_cycles=2,
+        dependents=2,
         not_before=T0 + 1 * US,
         lease_expires_at=T0 + timedelta(minutes=5, microseconds=3),
         deadline_at=T0 + timedelta(hours=1, microseconds=5),

@@ -97,6 +97,14 @@ class CompleteBody(AttemptFence):
     summary: Short | None = None
 
 
+class CompleteItem(CompleteBody):
+    task_id: Id
+
+
+class CompleteBatch(Request):
+    items: list[CompleteItem] = Field(min_length=1, max_length=500)
+
+
 class FailBody(AttemptFence):
     error: Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
     retryable: bool = True
@@ -285,6 +293,23 @@ class TaskBatchOut(BaseModel):
 
 
 # --- agents -----------------------------------------------------------------------------
+
+
+class ItemError(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any]
+
+
+class CompleteItemOut(BaseModel):
+    task_id: str
+    ok: bool
+    task: TaskOut | None = None
+    error: ItemError | None = None
+
+
+class CompleteBatchOut(BaseModel):
+    items: list[CompleteItemOut]
 
 
 class ClaimBody(Request):

@@ -113,6 +113,8 @@ class Task:
     progress_percent: float | None = None
     requeues: int = 0
     review_cycles: int = 0
+    # Tasks created depending on this one while it was unfinished (kept by the store).
+    dependents: int = 0
     not_before: datetime | None = None
     lease_expires_at: datetime | None = None
     deadline_at: datetime | None = None

@@ -75,7 +75,7 @@ class AgentService:
 
     async def load(self, agent_id: str) -> AgentLoad:
         agent = await self.get(agent_id)
-        return AgentLoad(agent, len(await self.store.active_tasks_of(agent_id)))
+        return AgentLoad(agent, agent.active)
 
     async def register(
         self, agent_id: str, fields: Mapping[str, Any], caller: Caller

@@ -21,7 +21,7 @@ from datetime import datetime
 
 from dispatchd.domain.ids import utcnow
 from dispatchd.domain.lifecycle import Policy
-from dispatchd.domain.models import AgentStatus, Event, Task, TaskStatus
+from dispatchd.domain.models import Agent, AgentStatus, Event, Task, TaskStatus
 from dispatchd.domain.scoring import limit_of
 from dispatchd.engine.directory import Directory
 from dispatchd.engine.feed import EventFeed
@@ -29,12 +29,14 @@ from dispatchd.engine.rules import Rules, hand_over
 from dispatchd.engine.waiters import Waiters
 from dispatchd.engine.wake import Waker
 from dispatchd.errors import AgentUnavailable, ConcurrentUpdate, DispatchError
-from dispatchd.store.base import ClaimQuery, Store
+from dispatchd.store.base import ClaimQuery, Op, Store
 
 log = logging.getLogger(__name__)
 
 MAX_TRIES = 8
 BATCH = 1000
+# Assignments committed together when many tasks arrive at once.
+CHUNK = 100
 
 # Events after which a task may be given to an agent.
 _ASSIGNABLE = frozenset(
@@ -49,6 +51,7 @@ _ASSIGNABLE = frozenset(
     }
 )
 # Events after which the acting agent (or the task's former assignee) may have room.
+# (Agent events are listed too: a registration or an undrain opens room.)
 _ROOM = frozenset(
     {
         "task.completed",
@@ -151,19 +154,21 @@ class Assigner:
         touched: set[str] = set()
         tasks: list[str] = []
         roomy: set[str] = set()
+        known = self.directory.agents
         for event in events:
             holder = event.data.get("assignee") if event.type == "task.cancelled" else None
-            for agent_id in (event.agent_id, holder):
-                if isinstance(agent_id, str):
-                    touched.add(agent_id)
+            agent_id = holder if isinstance(holder, str) else event.agent_id
+            if event.type.startswith("agent.") and event.agent_id:
+                touched.add(event.agent_id)
+            elif event.type in _LOAD and agent_id in known:
+                # The load on the agent row moved: re-read it (requesters are not agents).
+                touched.add(agent_id)
             if event.type == "task.assigned" and event.agent_id:
                 self.waiters.wake(event.agent_id)
             if event.type in _ASSIGNABLE and event.task_id and _makes_assignable(event):
                 tasks.append(event.task_id)
-            if event.type in _ROOM:
-                agent_id = holder if isinstance(holder, str) else event.agent_id
-                if agent_id:
-                    roomy.add(agent_id)
+            if event.type in _ROOM and agent_id:
+                roomy.add(agent_id)
         if touched:
             await self.directory.refresh(touched)
         if tasks:
@@ -175,9 +180,49 @@ class Assigner:
         """Give each of these tasks, if still waiting, to its best agent, in queue order."""
         now = utcnow()
         found = await self.store.get_tasks(sorted(set(task_ids)))
-        for task in sorted(found, key=_queue_key):
-            if _ready(task, now):
-                await self.assign(task)
+        ready = [t for t in sorted(found, key=_queue_key) if _ready(t, now)]
+        for start in range(0, len(ready), CHUNK):
+            await self.assign_many(ready[start : start + CHUNK])
+
+    async def assign_many(self, tasks: Sequence[Task]) -> None:
+        """Choose for every task first, then commit the choices together: one transaction
+        for a burst of new tasks instead of one each. If any choice no longer holds (a slot
+        taken, a task changed), the store refuses the whole commit and each task is
+        assigned on its own."""
+        if len(tasks) == 1:
+            await self.assign(tasks[0])
+            return
+        now = utcnow()
+        ops: list[Op] = []
+        chosen: list[tuple[Agent, Task]] = []
+        for task in tasks:
+            choice = self.directory.best(
+                task,
+                default_limit=self.rules.default_limit,
+                owner_filter=self.rules.owner_filter,
+                skip=set(),
+            )
+            if choice is None:
+                continue
+            agent = self.directory.agents[choice.agent_id]
+            handover = hand_over(task, agent, now, self.rules, self.policy, start=False)
+            ops.extend(handover.ops)
+            chosen.append((agent, handover.task))
+            self.directory.note_assigned(agent.id, now)
+        if not chosen:
+            return
+        try:
+            await self.store.commit(ops)
+        except (AgentUnavailable, ConcurrentUpdate):
+            await self.directory.refresh({agent.id for agent, _ in chosen})
+            for task in tasks:
+                fresh = await self.store.get_task(task.id)
+                if fresh is not None and _ready(fresh, utcnow()):
+                    await self.assign(fresh)
+            return
+        self.assigned += len(chosen)
+        for agent, task in chosen:
+            self._handed(agent, task)
 
     async def fill(self, agent_ids: Sequence[str]) -> None:
         """Offer each agent with room the best queued tasks it may take."""
@@ -196,10 +241,9 @@ class Assigner:
                 now=utcnow(),
                 limit=room,
             )
-            for task in await self.store.claimable(query):
-                # The task goes to whoever is best for it, which may be another agent
-                # that gained room in the same moment.
-                await self.assign(task)
+            # Each task goes to whoever is best for it, which may be another agent that
+            # gained room in the same moment.
+            await self.assign_many(await self.store.claimable(query))
 
     # --- one assignment -----------------------------------------------------------------
 
@@ -233,14 +277,19 @@ class Assigner:
                 continue
             self.assigned += 1
             self.directory.note_assigned(agent.id, now)
-            self.waiters.wake(agent.id)
-            if agent.status is AgentStatus.SLEEPING:
-                self.waker.wake(agent, handover.task)
+            self._handed(agent, handover.task)
             return handover.task
         return None
 
+    def _handed(self, agent: Agent, task: Task) -> None:
+        self.waiters.wake(agent.id)
+        if agent.status is AgentStatus.SLEEPING:
+            self.waker.wake(agent, task)
+
 
 _OUT = frozenset({AgentStatus.OFFLINE, AgentStatus.DEGRADED})
+# Task events that move an agent's load.
+_LOAD = frozenset({"task.assigned", *(t for t in _ROOM if t.startswith("task."))})
 
 
 def _ready(task: Task, now: datetime) -> bool:

@@ -64,6 +64,8 @@ async def follow_ups(
     while finished:
         parent = latest.get(finished[0].id, finished[0])
         finished = finished[1:]
+        if not parent.dependents:
+            continue  # nothing was ever created depending on it: no lookup
         for child in await store.children(parent.id):
             child = latest.get(child.id, child)
             if child.status is not TaskStatus.BLOCKED:

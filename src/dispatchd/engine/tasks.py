@@ -30,6 +30,7 @@ from dispatchd.engine.transitions import MAX_TRIES, commit_changes, transact
 from dispatchd.errors import (
     AgentUnavailable,
     ConcurrentUpdate,
+    DispatchError,
     DuplicateKey,
     Forbidden,
     NotFound,
@@ -79,6 +80,14 @@ class Births:
     steps: list[Step] = field(default_factory=list)
     touches: list[Op] = field(default_factory=list)
     slots: list[Op] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    task_id: str
+    result: Any = None
+    summary: str | None = None
+    attempt: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,16 +330,57 @@ class TaskService:
     ) -> Task:
         async def compute(task: Task) -> list[tuple[Change, Task | None]]:
             await self._as_holder(task, caller, attempt)
-            now = utcnow()
-            steps: list[tuple[Change, Task | None]] = []
-            if task.status is TaskStatus.ASSIGNED:
-                started = lifecycle.start(task, now, self.policy)
-                steps.append((started, task))
-                task = started.task
-            steps.append((lifecycle.complete(task, now, result=result, summary=summary), task))
-            return steps
+            return self._completion(task, utcnow(), result, summary)
 
         return await self._transact(task_id, compute)
+
+    async def complete_many(
+        self, items: Sequence[Completion], caller: Caller
+    ) -> list[Task | DispatchError]:
+        """Complete several held tasks in one transaction; an item the caller may not
+        complete (not its task, a stale attempt, a wrong state) gets its own error and the
+        others go ahead. The answer follows the order of `items`."""
+        ids = [item.task_id for item in items]
+        if len(set(ids)) != len(ids):
+            raise ValidationFailed("a task appears twice in the batch", code="duplicate_task")
+        for _ in range(MAX_TRIES):
+            found = {t.id: t for t in await self.store.get_tasks(ids)}
+            steps: list[Step] = []
+            answers: dict[str, Task | DispatchError] = {}
+            now = utcnow()
+            for item in items:
+                task = found.get(item.task_id)
+                if task is None:
+                    answers[item.task_id] = NotFound(
+                        f"no task {item.task_id}", task_id=item.task_id
+                    )
+                    continue
+                try:
+                    await self._as_holder(task, caller, item.attempt)
+                    mine = self._completion(task, now, item.result, item.summary)
+                except DispatchError as exc:
+                    answers[item.task_id] = exc
+                    continue
+                steps.extend(mine)
+            if not steps:
+                return [answers[i] for i in ids]
+            try:
+                done = await commit_changes(self.store, steps, escalate_to=self.rules.escalate_to)
+            except ConcurrentUpdate:
+                continue
+            return [answers[i] if i in answers else done.tasks[i] for i in ids]
+        raise ConcurrentUpdate("these tasks are changing too fast; try again")
+
+    def _completion(
+        self, task: Task, now: datetime, result: Any, summary: str | None
+    ) -> list[Step]:
+        steps: list[Step] = []
+        if task.status is TaskStatus.ASSIGNED:
+            started = lifecycle.start(task, now, self.policy)
+            steps.append((started, task))
+            task = started.task
+        steps.append((lifecycle.complete(task, now, result=result, summary=summary), task))
+        return steps
 
     async def fail(
         self,

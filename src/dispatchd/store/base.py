@@ -52,8 +52,9 @@ class UpdateTask:
 
 @dataclass(frozen=True, slots=True)
 class TouchTask:
-    """Bump a task's version if it is still at `version`: a write that conflicts with any
-    concurrent transition of it (a child being created against a parent that finishes)."""
+    """A child is being created against this unfinished task: count it in `dependents` and
+    bump the version if it is still at `version`, so the write conflicts with a concurrent
+    transition of the parent (which then re-reads and sees the child)."""
 
     task_id: str
     version: int

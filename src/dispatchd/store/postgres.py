@@ -144,7 +144,10 @@ INSERT_DEP = (
     "INSERT INTO task_deps (parent_id, child_id) VALUES (%(parent)s, %(child)s) "
     "ON CONFLICT DO NOTHING"
 )
-TOUCH_TASK = "UPDATE tasks SET version = version + 1 WHERE id = %(id)s AND version = %(version)s"
+TOUCH_TASK = (
+    "UPDATE tasks SET version = version + 1, dependents = dependents + 1 "
+    "WHERE id = %(id)s AND version = %(version)s"
+)
 TAKE_SLOT = (
     "UPDATE agents SET last_assigned_at = %(at)s WHERE id = %(id)s AND NOT drained "
     "AND status NOT IN ('offline', 'degraded') AND active + %(planned)s < %(limit)s"

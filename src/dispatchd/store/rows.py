@@ -131,6 +131,7 @@ TASK_COLUMNS = (
     "progress_percent",
     "requeues",
     "review_cycles",
+    "dependents",
     "not_before",
     "lease_expires_at",
     "deadline_at",

@@ -114,7 +114,10 @@ RENEW_LEASES = (
     "WHERE assignee = :agent_id AND status IN ('running', 'waiting_input')"
 )
 INSERT_DEP = "INSERT OR IGNORE INTO task_deps (parent_id, child_id) VALUES (?, ?)"
-TOUCH_TASK = "UPDATE tasks SET version = version + 1 WHERE id = :id AND version = :version"
+TOUCH_TASK = (
+    "UPDATE tasks SET version = version + 1, dependents = dependents + 1 "
+    "WHERE id = :id AND version = :version"
+)
 TAKE_SLOT = (
     "UPDATE agents SET last_assigned_at = :at WHERE id = :id AND drained = 0 "
     "AND status NOT IN ('offline', 'degraded') AND active + :planned < :limit"
@@ -207,7 +210,10 @@ class SQLiteStore:
     # --- connections ------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # mode=rw: a connection opened after the file was deleted fails instead of quietly
+        # creating an empty database (`open` creates the file once).
+        uri = f"{self.path.resolve().as_uri()}?mode=rw"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         # Another process on the same file (a second `serve`, `db upgrade`) may hold the lock;
         # set the wait first, since switching to WAL itself takes the lock.
@@ -247,6 +253,8 @@ class SQLiteStore:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            sqlite3.connect(self.path).close()
         await self._write(lambda conn: None)
 
     async def close(self) -> None:

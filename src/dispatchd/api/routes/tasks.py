@@ -12,7 +12,10 @@ from dispatchd.api.schemas import (
     ClaimOut,
     CommentBody,
     CommentOut,
+    CompleteBatch,
+    CompleteBatchOut,
     CompleteBody,
+    CompleteItemOut,
     ErrorOut,
     EventList,
     EventOut,
@@ -20,6 +23,7 @@ from dispatchd.api.schemas import (
     FailBody,
     InputBody,
     InputRequestBody,
+    ItemError,
     ProgressBody,
     QueueOut,
     ReviewBody,
@@ -34,8 +38,8 @@ from dispatchd.api.schemas import (
 )
 from dispatchd.domain.models import Priority, TaskStatus
 from dispatchd.engine.explain import explain
-from dispatchd.engine.tasks import TaskSpec
-from dispatchd.errors import ValidationFailed
+from dispatchd.engine.tasks import Completion, TaskSpec
+from dispatchd.errors import DispatchError, ValidationFailed
 from dispatchd.store.base import TaskFilter
 
 ERRORS: dict[int | str, dict[str, object]] = {
@@ -102,6 +106,27 @@ async def create_task(
 async def create_batch(body: TaskBatch, caller: CallerDep, rt: RuntimeDep) -> TaskBatchOut:
     tasks = await rt.tasks.create_batch([spec_of(t) for t in body.tasks], caller)
     return TaskBatchOut(items=[TaskOut.of(t) for t in tasks])
+
+
+@router.post("/batch/complete", response_model=CompleteBatchOut)
+async def complete_batch(
+    body: CompleteBatch, caller: CallerDep, rt: RuntimeDep
+) -> CompleteBatchOut:
+    """Complete many held tasks in one transaction. Each item answers for itself: a task
+    the caller may not complete gets its error (in the error form) and the rest go ahead."""
+    items = [
+        Completion(i.task_id, result=i.result, summary=i.summary, attempt=i.attempt)
+        for i in body.items
+    ]
+    answers = await rt.tasks.complete_many(items, caller)
+    out = []
+    for item, answer in zip(body.items, answers, strict=True):
+        if isinstance(answer, DispatchError):
+            error = ItemError(code=answer.code, message=answer.message, details=answer.details)
+            out.append(CompleteItemOut(task_id=item.task_id, ok=False, error=error))
+        else:
+            out.append(CompleteItemOut(task_id=item.task_id, ok=True, task=TaskOut.of(answer)))
+    return CompleteBatchOut(items=out)
 
 
 E = TypeVar("E", TaskStatus, Priority)
