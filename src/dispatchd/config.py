@@ -50,12 +50,40 @@ class HermesConfig(Section):
 
 
 class WarrenConfig(Section):
+    """The availability and wake service; see docs/providers.md for its HTTP contract."""
+
     url: str | None = None
     token: str | None = None
+    # How long an answer is used before it is asked again.
+    refresh_s: float = Field(5.0, gt=0, le=3600)
+    # How long one call may take.
+    timeout_s: float = Field(2.0, gt=0, le=60)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if not value:  # an empty variable means not configured
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
 
 
 class PromptForgeConfig(Section):
+    """The capability service; see docs/providers.md for its HTTP contract."""
+
     url: str | None = None
+    refresh_s: float = Field(5.0, gt=0, le=3600)
+    timeout_s: float = Field(2.0, gt=0, le=60)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if not value:  # an empty variable means not configured
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
 
 
 class AssignmentConfig(Section):

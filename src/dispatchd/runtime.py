@@ -21,6 +21,7 @@ from dispatchd.engine.claims import ClaimService
 from dispatchd.engine.deadlines import Sweeper
 from dispatchd.engine.directory import Directory
 from dispatchd.engine.feed import EventFeed
+from dispatchd.engine.providers import External, connect
 from dispatchd.engine.rules import Rules
 from dispatchd.engine.tasks import TaskService
 from dispatchd.engine.waiters import Waiters
@@ -95,6 +96,7 @@ class Runtime:
     assigner: Assigner = field(init=False)
     sweeper: Sweeper = field(init=False)
     waker: Waker = field(init=False)
+    external: External | None = field(init=False)
     _jobs: list[asyncio.Task[None]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -110,14 +112,23 @@ class Runtime:
         self.metrics = Metrics()
         self.feed = EventFeed(self.store)
         self.store.on_commit(self.feed.committed)
-        self.directory = Directory(self.store)
+        # PromptForge / Warren, when configured (docs/providers.md).
+        self.external = external = connect(self.settings)
+        self.directory = Directory(self.store, overlay=external.overlay if external else None)
         waiters = Waiters()
-        self.waker = Waker()
+        self.waker = Waker(service_wake=external.service_wake if external else None)
         self.claims = ClaimService(
             self.store, rules, policy, waiters=waiters, directory=self.directory
         )
         self.assigner = Assigner(
-            self.store, self.feed, self.directory, rules, policy, waiters=waiters, waker=self.waker
+            self.store,
+            self.feed,
+            self.directory,
+            rules,
+            policy,
+            waiters=waiters,
+            waker=self.waker,
+            refresh_s=external.refresh_s if external else None,
         )
         self.sweeper = Sweeper(
             self.store,
@@ -175,6 +186,8 @@ class Runtime:
         await asyncio.gather(*self._jobs, return_exceptions=True)
         self._jobs.clear()
         await self.waker.close()
+        if self.external is not None:
+            await self.external.close()
         await self.store.close()
 
     async def __aexit__(
