@@ -37,7 +37,7 @@ ADMIN_TOKEN_FILE = "admin_token"  # noqa: S105 - a file name, not a secret
 def policy_of(settings: Settings) -> Policy:
     return Policy(
         lease=timedelta(milliseconds=settings.assignment.lease_ms),
-        default_timeout_s=settings.assignment.default_timeout_ms // 1000,
+        default_timeout=timedelta(milliseconds=settings.assignment.default_timeout_ms),
         backoff_base=timedelta(milliseconds=settings.retry.backoff_base_ms),
         backoff_cap=timedelta(milliseconds=settings.retry.backoff_cap_ms),
         max_lost_requeues=settings.retry.max_lost_requeues,
@@ -53,6 +53,7 @@ def rules_of(settings: Settings) -> Rules:
         tiers=dict(settings.routing.tiers),
         default_model=settings.routing.default_model,
         escalate_to=settings.retry.escalate_to,
+        row_status=not settings.warren.url,
     )
 
 
@@ -108,7 +109,7 @@ class Runtime:
             rules=rules,
             default_max_attempts=self.settings.retry.max_attempts,
         )
-        self.agents = AgentService(self.store, policy)
+        self.agents = AgentService(self.store, policy, escalate_to=rules.escalate_to)
         self.metrics = Metrics()
         self.feed = EventFeed(self.store)
         self.store.on_commit(self.feed.committed)
@@ -130,6 +131,7 @@ class Runtime:
             waker=self.waker,
             refresh_s=external.refresh_s if external else None,
         )
+        self.tasks.handed = self.assigner.handed
         self.sweeper = Sweeper(
             self.store,
             policy,

@@ -549,7 +549,7 @@ async def test_previous_assignee_gets_409_stale_attempt(
     assert r.status_code == 200, r.text
     assert r.json()["requeued"] == [task["id"]]
 
-    # Named for w1, which is gone: the task waits for it, held by nobody.
+    # w1 is gone and no other agent is registered: the task waits, held by nobody.
     before = await snapshot(client, runtime, task["id"])
     assert before[0]["status"] == "pending" and before[0]["assignee"] is None
     for action, body in WORKER_ACTIONS:

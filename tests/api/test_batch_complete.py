@@ -46,7 +46,9 @@ async def test_completes_every_held_task_in_one_call(client: httpx.AsyncClient, 
 async def test_each_item_answers_for_itself(client: httpx.AsyncClient, register) -> None:
     await register("w1", ["solo"], max_concurrent=10)
     await register("w2", ["other"], max_concurrent=10)
-    mine = (await client.post("/api/v1/tasks", json={"title": "m", "capabilities": ["solo"]})).json()
+    mine = (
+        await client.post("/api/v1/tasks", json={"title": "m", "capabilities": ["solo"]})
+    ).json()
     theirs = (
         await client.post("/api/v1/tasks", json={"title": "o", "capabilities": ["other"]})
     ).json()

@@ -287,11 +287,6 @@ async def test_only_a_sleeping_agent_is_woken(
     assert [(w.agent_id, w.body["task_id"]) for w in warren.wakes] == [("a2", second["id"])]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TaskService.create hands a task named by assigned_to to a sleeping agent "
-    "without calling the Waker",
-)
 async def test_a_task_named_for_a_sleeping_agent_wakes_it(
     client: httpx.AsyncClient, register, runtime: Runtime, forge: PromptForge, warren: Warren
 ) -> None:
@@ -416,11 +411,6 @@ async def test_claim_refuses_an_agent_warren_reports_degraded(
     assert r.json() == {"tasks": [], "reason": "degraded"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TakeSlot checks the agent row's own status (here degraded by heartbeat), so an "
-    "agent Warren reports ready is skipped",
-)
 async def test_warren_ready_wins_over_a_degraded_heartbeat(
     client: httpx.AsyncClient, register, runtime: Runtime, forge: PromptForge, warren: Warren
 ) -> None:
@@ -442,11 +432,6 @@ async def test_warren_ready_wins_over_a_degraded_heartbeat(
 
 
 @pytest.mark.parametrize("refresh_s", [1.0])
-@pytest.mark.xfail(
-    strict=True,
-    reason="Assigner.run restarts its refresh_s timeout after every wake-up, so steady "
-    "traffic postpones the periodic directory reload indefinitely",
-)
 async def test_a_change_in_warren_is_seen_under_steady_traffic(
     client: httpx.AsyncClient, register, runtime: Runtime, forge: PromptForge, warren: Warren
 ) -> None:

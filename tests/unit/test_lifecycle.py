@@ -22,7 +22,7 @@ T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 NOW = T0 + timedelta(minutes=5)
 POLICY = Policy(
     lease=timedelta(seconds=60),
-    default_timeout_s=300,
+    default_timeout=timedelta(seconds=300),
     backoff_base=timedelta(seconds=2),
     backoff_cap=timedelta(seconds=100),
     max_lost_requeues=5,
@@ -232,7 +232,7 @@ def test_start_sets_lease_and_deadline() -> None:
     assert change.attempt_patch == lifecycle.AttemptPatch(1, started_at=NOW)
     assert change.event.type == "task.started"
     default = lifecycle.start(make_task(S.ASSIGNED), NOW, POLICY)
-    assert default.task.deadline_at == NOW + timedelta(seconds=POLICY.default_timeout_s)
+    assert default.task.deadline_at == NOW + POLICY.default_timeout
 
 
 def test_progress_renews_the_lease_and_logs() -> None:

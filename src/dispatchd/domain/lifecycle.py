@@ -110,7 +110,7 @@ class Policy:
     """The knobs of the lifecycle, taken from configuration."""
 
     lease: timedelta = timedelta(seconds=60)
-    default_timeout_s: int = 300
+    default_timeout: timedelta = timedelta(seconds=300)
     backoff_base: timedelta = timedelta(seconds=1)
     backoff_cap: timedelta = timedelta(seconds=300)
     max_lost_requeues: int = 5
@@ -156,6 +156,12 @@ def _move(task: Task, action: Action, target: TaskStatus, now: datetime, **chang
     rule = check(task, action)
     assert target in rule.targets, (action, target)
     return task.evolve(status=target, updated_at=now, version=task.version + 1, **changes)
+
+
+def _timeout(task: Task, policy: Policy) -> timedelta:
+    if task.timeout_s is not None:
+        return timedelta(seconds=task.timeout_s)
+    return policy.default_timeout
 
 
 def backoff(attempt: int, policy: Policy, jitter: float) -> timedelta:
@@ -230,7 +236,7 @@ def assign(
 
 
 def start(task: Task, now: datetime, policy: Policy) -> Change:
-    timeout = task.timeout_s if task.timeout_s is not None else policy.default_timeout_s
+    timeout = _timeout(task, policy)
     new = _move(
         task,
         Action.START,
@@ -238,7 +244,7 @@ def start(task: Task, now: datetime, policy: Policy) -> Change:
         now,
         started_at=now,
         lease_expires_at=now + policy.lease,
-        deadline_at=now + timedelta(seconds=timeout),
+        deadline_at=now + timeout,
     )
     event = _event("task.started", new, now, task.assignee, attempt=task.attempt)
     return Change(new, event, attempt_patch=AttemptPatch(task.attempt, started_at=now))
@@ -416,7 +422,7 @@ def fail(
 
 
 def time_out(task: Task, now: datetime, policy: Policy, *, jitter: float) -> Change:
-    error = f"timed out after {task.timeout_s or policy.default_timeout_s}s"
+    error = f"timed out after {_timeout(task, policy).total_seconds():g}s"
     new, retrying = _retry_or_final(
         task, Action.TIME_OUT, S.TIMED_OUT, now, policy, error=error, retryable=True, jitter=jitter
     )
@@ -462,11 +468,16 @@ def requeue(task: Task, now: datetime, policy: Policy, *, reason: str) -> Change
         now,
         requeues=requeues,
         assignee=None,
+        # The agent it was named for lost it: it goes to whoever can take it now.
+        assigned_to=None,
         # A lost attempt was not the task's fault: it does not spend the budget.
         max_attempts=task.max_attempts + 1,
         **_RELEASE,
     )
-    event = _event("task.requeued", new, now, task.assignee, reason=reason, requeues=requeues)
+    data: dict[str, Any] = {"reason": reason, "requeues": requeues}
+    if task.assigned_to is not None:
+        data["was_named_for"] = task.assigned_to
+    event = _event("task.requeued", new, now, task.assignee, **data)
     return Change(new, event, attempt_patch=ended)
 
 

@@ -14,7 +14,7 @@ from dispatchd.domain.access import Caller, require_admin, require_self_or_admin
 from dispatchd.domain.ids import utcnow
 from dispatchd.domain.lifecycle import Change, Policy
 from dispatchd.domain.models import Agent, AgentStatus, Event, Task
-from dispatchd.engine.transitions import ops_for
+from dispatchd.engine.transitions import commit_changes
 from dispatchd.errors import ConcurrentUpdate, DuplicateKey, NotFound, Unauthorized
 from dispatchd.store.base import (
     AgentFilter,
@@ -60,9 +60,10 @@ class Registered:
 
 
 class AgentService:
-    def __init__(self, store: Store, policy: Policy) -> None:
+    def __init__(self, store: Store, policy: Policy, *, escalate_to: str | None = None) -> None:
         self.store = store
         self.policy = policy
+        self.escalate_to = escalate_to
 
     async def get(self, agent_id: str) -> Agent:
         agent = await self.store.get_agent(agent_id)
@@ -181,27 +182,20 @@ class AgentService:
             agent = await self.get(agent_id)
             held = await self.store.active_tasks_of(agent_id)
             now = utcnow()
-            ops: list[Op] = []
-            requeued: list[Task] = []
+            steps: list[tuple[Change, Task | None]] = []
             for task in held:
-                change: Change = lifecycle.requeue(
+                change = lifecycle.requeue(
                     task, now, self.policy, reason=f"agent {agent_id} deregistered"
                 )
-                ops.extend(ops_for(change, task))
-                requeued.append(change.task)
-            ops.append(DeleteAgent(agent_id, agent.version))
-            ops.append(
-                AppendEvent(
-                    _agent_event(
-                        "agent.deregistered", agent, caller, requeued=[t.id for t in requeued]
-                    )
-                )
-            )
+                steps.append((change, task))
+            gone = _agent_event("agent.deregistered", agent, caller, requeued=[t.id for t in held])
+            extra: list[Op] = [DeleteAgent(agent_id, agent.version), AppendEvent(gone)]
             try:
-                await self.store.commit(ops)
+                # Through the one commit path: a fifth loss escalates and fails children.
+                done = await commit_changes(self.store, steps, extra, escalate_to=self.escalate_to)
             except ConcurrentUpdate:
                 continue
-            return requeued
+            return [done.tasks[t.id] for t in held]
         raise ConcurrentUpdate(f"agent {agent_id} is changing too fast; try again")
 
     async def authenticate(self, agent_id: str, token: str) -> Agent:

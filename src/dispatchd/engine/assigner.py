@@ -120,13 +120,20 @@ class Assigner:
         await self.fill(list(self.directory.agents))
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        reload_at = loop.time() + self.refresh_s if self.refresh_s else None
         while True:
+            if reload_at is not None and loop.time() >= reload_at:
+                # On a clock of its own: steady traffic must not postpone it.
+                assert self.refresh_s is not None
+                reload_at = loop.time() + self.refresh_s
+                await self._reload()
+                continue
             try:
-                async with asyncio.timeout(self.refresh_s):
+                wait = None if reload_at is None else max(reload_at - loop.time(), 0.0)
+                async with asyncio.timeout(wait):
                     await self._wake.wait()
             except TimeoutError:
-                await self.directory.load()
-                await self.fill(list(self.directory.agents))
                 continue
             self._wake.clear()
             try:
@@ -135,6 +142,13 @@ class Assigner:
                 log.warning("assignment pass failed: %s", exc, extra={"action": "assign"})
                 await asyncio.sleep(0.1)
                 self._wake.set()
+
+    async def _reload(self) -> None:
+        try:
+            await self.directory.load()
+            await self.fill(list(self.directory.agents))
+        except DispatchError as exc:
+            log.warning("reloading the agents failed: %s", exc, extra={"action": "assign"})
 
     async def step(self) -> None:
         """Act on the events after the cursor and on the tasks kicked meanwhile."""
@@ -280,6 +294,15 @@ class Assigner:
             self._handed(agent, handover.task)
             return handover.task
         return None
+
+    def handed(self, agent_id: str, task: Task) -> None:
+        """A task was given to `agent_id` outside the assigner (named at creation)."""
+        agent = self.directory.agents.get(agent_id)
+        if agent is None:
+            self.waiters.wake(agent_id)
+            return
+        self.directory.note_assigned(agent_id, task.updated_at)
+        self._handed(agent, task)
 
     def _handed(self, agent: Agent, task: Task) -> None:
         self.waiters.wake(agent.id)

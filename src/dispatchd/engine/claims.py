@@ -99,11 +99,13 @@ class ClaimService:
         return claimed
 
     async def _agent(self, agent_id: str) -> Agent:
-        """The agent as assignment sees it (capabilities from the external service, if any)."""
-        known = self.directory.agents.get(agent_id) if self.directory else None
-        agent = known or await self.store.get_agent(agent_id)
+        """The agent as assignment sees it: its row as stored now, with capabilities and
+        status from the external services when they are configured."""
+        agent = await self.store.get_agent(agent_id)
         if agent is None:
             raise _not_registered(agent_id)
+        if self.directory is not None:
+            agent = (await self.directory.overlay([agent]))[0]
         return agent
 
     def _plan(

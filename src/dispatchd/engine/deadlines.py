@@ -33,15 +33,16 @@ from dispatchd.domain.lifecycle import Change, Policy
 from dispatchd.domain.models import AgentStatus, Task, TaskStatus
 from dispatchd.engine.agents import status_event
 from dispatchd.engine.followups import unblock_due
-from dispatchd.engine.transitions import transact
+from dispatchd.engine.transitions import MAX_TRIES, commit_changes, transact
 from dispatchd.errors import ConcurrentUpdate, DispatchError, NotFound
-from dispatchd.store.base import AppendEvent, Store, UpdateAgent
+from dispatchd.store.base import AppendEvent, Op, Store, UpdateAgent
 
 log = logging.getLogger(__name__)
 
 BATCH = 500
 # After work arrives, look again for an earlier deadline no sooner than this.
 RECHECK_S = 0.05
+MIN_SLEEP_S = 0.01
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Step = tuple[Change, Task | None]
@@ -96,7 +97,9 @@ class Sweeper:
         cap = self.tick.total_seconds()
         if upcoming is None:
             return cap
-        return min(max((upcoming - utcnow()).total_seconds(), 0.0), cap)
+        # At least a little: a deadline that cannot be acted on yet (a racing writer) is
+        # looked at again shortly, not in a busy loop.
+        return min(max((upcoming - utcnow()).total_seconds(), MIN_SLEEP_S), cap)
 
     async def sweep(self) -> int:
         """Act on every deadline that has passed; return how many tasks were acted on."""
@@ -109,8 +112,7 @@ class Sweeper:
             for task in due.lease_lost:
                 await self._act(task.id, self._lease_lost)
             for task in due.not_started:
-                await self._act(task.id, self._not_started)
-                await self._maybe_offline(task)
+                await self._requeue_unstarted(task.id)
             for task in due.run_at:
                 await self._act(task.id, self._run_at)
             if due.ready:
@@ -150,37 +152,47 @@ class Sweeper:
         reason = f"lease expired: no heartbeat or progress from {task.assignee}"
         return [(lifecycle.requeue(task, now, self.policy, reason=reason), task)]
 
-    async def _not_started(self, task: Task) -> list[Step]:
-        now = utcnow()
-        lease = task.lease_expires_at
-        if not (task.status is TaskStatus.ASSIGNED and lease and lease <= now):
+    async def _requeue_unstarted(self, task_id: str) -> None:
+        """Requeue an assigned task its agent did not start in time; in the same commit,
+        mark the agent offline if it has not been heard from either, so the assigner,
+        seeing both at once, gives the task to someone else."""
+        for _ in range(MAX_TRIES):
+            task = await self.store.get_task(task_id)
+            now = utcnow()
+            lease = task.lease_expires_at if task else None
+            if task is None or task.status is not TaskStatus.ASSIGNED or not lease or lease > now:
+                return
+            wait_s = self.policy.wake_timeout.total_seconds()
+            reason = f"not started by {task.assignee} within the wake timeout ({wait_s:g}s)"
+            change = lifecycle.requeue(task, now, self.policy, reason=reason)
+            try:
+                await commit_changes(
+                    self.store,
+                    [(change, task)],
+                    await self._offline_ops(task.assignee, now),
+                    escalate_to=self.escalate_to,
+                )
+            except ConcurrentUpdate:
+                continue  # the task or the agent moved: look again
+            return
+
+    async def _offline_ops(self, agent_id: str | None, now: datetime) -> list[Op]:
+        """An agent neither started its task nor sent a heartbeat within the wake timeout:
+        it is taken as gone, offline until it is heard from again."""
+        if agent_id is None:
             return []
-        wait_s = self.policy.wake_timeout.total_seconds()
-        reason = f"not started by {task.assignee} within the wake timeout ({wait_s:g}s)"
-        return [(lifecycle.requeue(task, now, self.policy, reason=reason), task)]
+        agent = await self.store.get_agent(agent_id)
+        if agent is None or agent.status is AgentStatus.OFFLINE:
+            return []
+        quiet_since = now - self.policy.wake_timeout
+        if agent.last_heartbeat_at is not None and agent.last_heartbeat_at > quiet_since:
+            return []
+        gone = agent.evolve(status=AgentStatus.OFFLINE, updated_at=now, version=agent.version + 1)
+        return [UpdateAgent(gone), AppendEvent(status_event(agent, gone, Caller("dispatchd")))]
 
     async def _run_at(self, task: Task) -> list[Step]:
         change = await unblock_due(self.store, task, utcnow())
         return [(change, task)] if change else []
-
-    async def _maybe_offline(self, task: Task) -> None:
-        """An agent that neither started its task nor sent a heartbeat since it was given
-        it is taken as gone: offline until it is heard from again."""
-        if task.assignee is None:
-            return
-        agent = await self.store.get_agent(task.assignee)
-        if agent is None or agent.status is AgentStatus.OFFLINE:
-            return
-        quiet_since = utcnow() - self.policy.wake_timeout
-        if agent.last_heartbeat_at is not None and agent.last_heartbeat_at > quiet_since:
-            return
-        now = utcnow()
-        gone = agent.evolve(status=AgentStatus.OFFLINE, updated_at=now, version=agent.version + 1)
-        # If it just sent a heartbeat or changed, the write fails and it is left be.
-        with contextlib.suppress(ConcurrentUpdate):
-            await self.store.commit(
-                [UpdateAgent(gone), AppendEvent(status_event(agent, gone, Caller("dispatchd")))]
-            )
 
 
 def _held_running(task: Task) -> bool:

@@ -22,6 +22,9 @@ class Rules:
     tiers: Mapping[str, str] = field(default_factory=dict)
     default_model: str | None = None
     escalate_to: str | None = None
+    # Whether the agent row's status decides availability; False when an external
+    # availability service (Warren) does, through the directory.
+    row_status: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +62,7 @@ def hand_over(
     if start:
         changes.append((lifecycle.start(assigned.task, now, policy), assigned.task))
     slots = limit if limit is not None else limit_of(agent, rules.default_limit)
-    ops: list[Op] = [TakeSlot(agent.id, slots, now)]
+    ops: list[Op] = [TakeSlot(agent.id, slots, now, check_status=rules.row_status)]
     for change, previous in changes:
         ops.extend(ops_for(change, previous))
     return Handover(ops, changes)

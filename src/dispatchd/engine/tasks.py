@@ -110,6 +110,8 @@ class TaskService:
         self.rules = rules or Rules()
         self.default_max_attempts = default_max_attempts
         self._random = random.SystemRandom()
+        # Told of each task handed to an agent named at creation (to wake it).
+        self.handed: Callable[[str, Task], None] | None = None
 
     async def _transact(
         self, task_id: str, compute: Callable[[Task], Awaitable[list[Step]]]
@@ -170,6 +172,10 @@ class TaskService:
             latest: dict[str, Task] = {}
             for change, _ in births.steps:
                 latest[change.task.id] = change.task
+            if self.handed is not None:
+                for task in latest.values():
+                    if task.status is TaskStatus.ASSIGNED and task.assignee is not None:
+                        self.handed(task.assignee, task)
             return list(latest.values())
         raise ConcurrentUpdate("the tasks' dependencies are changing too fast; try again")
 

@@ -73,6 +73,8 @@ class TakeSlot:
     agent_id: str
     limit: int
     at: datetime
+    # False when availability comes from an external service rather than the agent row.
+    check_status: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -150,7 +150,8 @@ TOUCH_TASK = (
 )
 TAKE_SLOT = (
     "UPDATE agents SET last_assigned_at = %(at)s WHERE id = %(id)s AND NOT drained "
-    "AND status NOT IN ('offline', 'degraded') AND active + %(planned)s < %(limit)s"
+    "AND (NOT %(check)s OR status NOT IN ('offline', 'degraded')) "
+    "AND active + %(planned)s < %(limit)s"
 )
 ADD_LOAD = "UPDATE agents SET active = greatest(active + %(delta)s, 0) WHERE id = %(id)s"
 QUEUE_ORDER = "priority_rank DESC, due_at NULLS LAST, created_at, id"
@@ -179,9 +180,15 @@ DUE_READY = (
     "SELECT * FROM tasks WHERE not_before > %(since)s AND not_before <= %(now)s "
     "AND status = 'pending' LIMIT %(limit)s"
 )
+# A blocked task whose run_at came and whose parents are all completed; one still waiting
+# on a parent is left to the parent's completion.
+PARENTS_DONE = (
+    "NOT EXISTS (SELECT 1 FROM task_deps d JOIN tasks p ON p.id = d.parent_id "
+    "WHERE d.child_id = tasks.id AND p.status <> 'completed')"
+)
 DUE_RUN_AT = (
     "SELECT * FROM tasks WHERE status = 'blocked' AND run_at IS NOT NULL "
-    "AND run_at > %(since)s AND run_at <= %(now)s LIMIT %(limit)s"
+    f"AND run_at <= %(now)s AND {PARENTS_DONE} LIMIT %(limit)s"
 )
 NEXT_DEADLINE = (
     "SELECT least("
@@ -189,7 +196,7 @@ NEXT_DEADLINE = (
     "(SELECT min(lease_expires_at) FROM tasks WHERE lease_expires_at IS NOT NULL), "
     "(SELECT min(not_before) FROM tasks WHERE not_before > %(since)s AND status = 'pending'), "
     "(SELECT min(run_at) FROM tasks WHERE status = 'blocked' AND run_at IS NOT NULL "
-    "AND run_at > %(since)s)) AS x"
+    f"AND {PARENTS_DONE})) AS x"
 )
 SELECT_LAST_EVENT = "SELECT coalesce(max(id), 0) AS n FROM events"
 SELECT_AGENTS = "SELECT * FROM agents WHERE id = ANY(%(ids)s) ORDER BY id"
@@ -453,8 +460,14 @@ class PostgresStore:
                 cur = await conn.execute(TOUCH_TASK, {"id": task_id, "version": version})
                 if cur.rowcount != 1:
                     raise ConcurrentUpdate(f"task {task_id} changed meanwhile", task_id=task_id)
-            case TakeSlot(agent_id, limit, at):
-                params = {"id": agent_id, "limit": limit, "at": at, "planned": loads[agent_id]}
+            case TakeSlot(agent_id, limit, at, check_status):
+                params = {
+                    "id": agent_id,
+                    "limit": limit,
+                    "at": at,
+                    "planned": loads[agent_id],
+                    "check": check_status,
+                }
                 cur = await conn.execute(TAKE_SLOT, params)
                 if cur.rowcount != 1:
                     raise AgentUnavailable(

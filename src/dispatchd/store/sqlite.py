@@ -120,7 +120,7 @@ TOUCH_TASK = (
 )
 TAKE_SLOT = (
     "UPDATE agents SET last_assigned_at = :at WHERE id = :id AND drained = 0 "
-    "AND status NOT IN ('offline', 'degraded') AND active + :planned < :limit"
+    "AND (:check = 0 OR status NOT IN ('offline', 'degraded')) AND active + :planned < :limit"
 )
 ADD_LOAD = "UPDATE agents SET active = max(active + :delta, 0) WHERE id = :id"
 QUEUE_ORDER = "priority_rank DESC, due_at IS NULL, due_at, created_at, id"
@@ -151,9 +151,15 @@ DUE_READY = (
     "SELECT * FROM tasks WHERE not_before > :since AND not_before <= :now "
     "AND status = 'pending' LIMIT :limit"
 )
+# A blocked task whose run_at came and whose parents are all completed; one still waiting
+# on a parent is left to the parent's completion.
+PARENTS_DONE = (
+    "NOT EXISTS (SELECT 1 FROM task_deps d JOIN tasks p ON p.id = d.parent_id "
+    "WHERE d.child_id = tasks.id AND p.status <> 'completed')"
+)
 DUE_RUN_AT = (
     "SELECT * FROM tasks WHERE status = 'blocked' AND run_at IS NOT NULL "
-    "AND run_at > :since AND run_at <= :now LIMIT :limit"
+    f"AND run_at <= :now AND {PARENTS_DONE} LIMIT :limit"
 )
 NEXT_DEADLINE = (
     "SELECT min(x) FROM ("
@@ -162,7 +168,7 @@ NEXT_DEADLINE = (
     "UNION ALL SELECT min(not_before) FROM tasks WHERE not_before > :since "
     "AND status = 'pending' "
     "UNION ALL SELECT min(run_at) FROM tasks WHERE status = 'blocked' AND run_at IS NOT NULL "
-    "AND run_at > :since)"
+    f"AND {PARENTS_DONE})"
 )
 BUMP_COUNT = (
     "INSERT INTO task_counts (status, n) VALUES (:status, :delta) "
@@ -365,12 +371,13 @@ class SQLiteStore:
             case TouchTask(task_id, version):
                 if conn.execute(TOUCH_TASK, {"id": task_id, "version": version}).rowcount != 1:
                     raise ConcurrentUpdate(f"task {task_id} changed meanwhile", task_id=task_id)
-            case TakeSlot(agent_id, limit, at):
+            case TakeSlot(agent_id, limit, at, check_status):
                 params = {
                     "id": agent_id,
                     "limit": limit,
                     "at": SQLITE.dump_time(at),
                     "planned": loads[agent_id],
+                    "check": int(check_status),
                 }
                 if conn.execute(TAKE_SLOT, params).rowcount != 1:
                     raise AgentUnavailable(
