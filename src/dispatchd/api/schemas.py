@@ -211,6 +211,7 @@ class TaskOut(BaseModel):
     progress: dict[str, Any] | None
     requeues: int
     review_cycles: int
+    escalated: bool
     retry_at: str | None
     lease_expires_at: str | None
     deadline_at: str | None
@@ -257,6 +258,7 @@ class TaskOut(BaseModel):
             progress=progress,
             requeues=t.requeues,
             review_cycles=t.review_cycles,
+            escalated=t.escalated,
             retry_at=_ts(t.not_before),
             lease_expires_at=_ts(t.lease_expires_at),
             deadline_at=_ts(t.deadline_at),
