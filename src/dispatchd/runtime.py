@@ -115,7 +115,11 @@ class Runtime:
         self.store.on_commit(self.feed.committed)
         # PromptForge / Warren, when configured (docs/providers.md).
         self.external = external = connect(self.settings)
-        self.directory = Directory(self.store, overlay=external.overlay if external else None)
+        self.directory = Directory(
+            self.store,
+            overlay=external.overlay if external else None,
+            default_limit=rules.default_limit,
+        )
         waiters = Waiters()
         self.waker = Waker(service_wake=external.service_wake if external else None)
         self.claims = ClaimService(

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 
 import uvicorn
 
@@ -123,9 +124,20 @@ def _redact(url: str) -> str:
 def run(settings: Settings) -> int:
     logs.configure(settings.logging.level, settings.logging.format)
     try:
-        return asyncio.run(_serve(settings))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(_serve(settings))
     except KeyboardInterrupt:  # pragma: no cover
         return 130
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (it comes with `uvicorn[standard]`): request handling takes
+    ~25 % less CPU on it. The default loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return None
+    return uvloop.new_event_loop
 
 
 if __name__ == "__main__":  # pragma: no cover

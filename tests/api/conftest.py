@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from dispatchd.api.app import create_app
 from dispatchd.config import Settings
@@ -54,10 +55,25 @@ async def runtime(
         yield rt
 
 
+# FastAPI prepares an app's routes on its first request, which takes ~0.1 s for ours: the
+# tests share one app per body limit (the only setting the app itself reads) and point it
+# at each test's runtime, which is where every route finds the store and the engine.
+_apps: dict[int, FastAPI] = {}
+
+
+def app_for(runtime: Runtime) -> FastAPI:
+    limit = runtime.settings.server.max_body_bytes
+    app = _apps.get(limit)
+    if app is None:
+        app = _apps[limit] = create_app(settings=runtime.settings)
+    app.state.runtime = runtime
+    return app
+
+
 @pytest.fixture
 async def client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
     """A client speaking as agent `alice`, with no token."""
-    transport = httpx.ASGITransport(app=create_app(runtime=runtime))
+    transport = httpx.ASGITransport(app=app_for(runtime))
     async with httpx.AsyncClient(
         transport=transport, base_url="http://dispatchd.test", headers={"X-Agent-ID": "alice"}
     ) as c:

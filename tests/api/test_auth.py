@@ -15,10 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from dispatchd.api.app import create_app
 from dispatchd.domain.models import Task, TaskStatus
 from dispatchd.runtime import Runtime
-from tests.api.conftest import ADMIN_TOKEN, as_agent
+from tests.api.conftest import ADMIN_TOKEN, app_for, as_agent
 
 JSON = {"Content-Type": "application/json"}
 
@@ -53,7 +52,7 @@ async def snapshot(
 @pytest.fixture
 async def bare(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
     """A client that sends no X-Agent-ID of its own."""
-    transport = httpx.ASGITransport(app=create_app(runtime=runtime))
+    transport = httpx.ASGITransport(app=app_for(runtime))
     async with httpx.AsyncClient(transport=transport, base_url="http://dispatchd.test") as c:
         yield c
 

@@ -21,9 +21,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from dispatchd.api.app import create_app
 from dispatchd.runtime import Runtime
-from tests.api.conftest import as_agent, make_settings
+from tests.api.conftest import app_for, as_agent, make_settings
 
 pytestmark = pytest.mark.parametrize("engine", ["sqlite", "postgres"], indirect=True)
 
@@ -1093,7 +1092,7 @@ def test_random_json_bodies_never_5xx_and_context_round_trips(
         runtime = Runtime.build(make_settings(tmp_path, database_url))
         runner.run(runtime.__aenter__())
         client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=create_app(runtime=runtime)),
+            transport=httpx.ASGITransport(app=app_for(runtime)),
             base_url="http://dispatchd.test",
             headers={"X-Agent-ID": "fuzzer"},
         )

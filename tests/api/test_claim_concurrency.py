@@ -19,9 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from dispatchd.api.app import create_app
 from dispatchd.runtime import Runtime
-from tests.api.conftest import ADMIN_TOKEN, as_agent, make_settings
+from tests.api.conftest import ADMIN_TOKEN, app_for, as_agent, make_settings
 
 N_TASKS = 2000
 N_CLAIMERS = 24
@@ -32,7 +31,7 @@ ADMIN = {"X-Agent-ID": "admin", "Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def _client(runtime: Runtime) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=create_app(runtime=runtime))
+    transport = httpx.ASGITransport(app=app_for(runtime))
     return httpx.AsyncClient(
         transport=transport, base_url="http://dispatchd.test", headers={"X-Agent-ID": "alice"}
     )

@@ -268,8 +268,8 @@ async def test_a_heartbeat_landing_during_a_lease_sweep_wins(
     heard: list[int] = []
     renewed: list[datetime | None] = []
 
-    async def lease_lost_with_a_heartbeat_in_between(current: Task) -> list[Any]:
-        steps = await decide(current)
+    async def lease_lost_with_a_heartbeat_in_between(current: Task, now: datetime) -> Any:
+        steps = await decide(current, now)
         if steps and not heard:
             r = await client.post("/api/v1/agents/w1/heartbeat", json={}, headers=as_agent("w1"))
             heard.append(r.status_code)
@@ -294,7 +294,9 @@ async def test_a_heartbeat_landing_during_a_lease_sweep_wins(
 
 
 @BOTH
-async def test_silent_agent_loses_its_task(client: httpx.AsyncClient, register: Register) -> None:
+async def test_silent_agent_loses_its_task(
+    client: httpx.AsyncClient, register: Register, runtime: Runtime
+) -> None:
     await register("w1", ["code"])
     task = await create(client, max_attempts=3)
     await wait_assigned(client, task["id"], "w1")
@@ -304,7 +306,14 @@ async def test_silent_agent_loses_its_task(client: httpx.AsyncClient, register: 
     assert requeued["agent_id"] == "w1" and requeued["data"]["requeues"] == 1
     assert requeued["data"]["reason"] == "lease expired: no heartbeat or progress from w1"
     assert ts(requeued["created_at"]) >= ts(started["lease_expires_at"])
-    # Back in the queue and to the only capable agent; the lost attempt is not counted.
+    # Silent for a whole lease, w1 went offline in the same commit: the task waits for it.
+    log = await runtime.store.read_events(after=0, limit=1000)
+    (offline,) = [e for e in log if e.type == "agent.status_changed"]
+    assert offline.agent_id == "w1" and offline.data["status"] == "offline"
+    assert offline.id == int(requeued["id"]) + 1
+    assert (await detail(client, task["id"]))["status"] == "pending"
+    # Heard from again, w1 is the only capable agent; the lost attempt is not counted.
+    await heartbeat(client, "w1")
     again = await wait_assigned(client, task["id"], "w1", attempt=2)
     assert again["requeues"] == 1 and again["max_attempts"] == 4
     first = again["attempts"][0]
@@ -323,6 +332,7 @@ async def test_fifth_lost_lease_fails_the_task(
         await wait_task(
             client, task["id"], lambda t: t["status"] != "running", f"lease {attempt} to lapse"
         )
+        await heartbeat(client, "w1")  # back from offline for the next attempt
 
     done = await detail(client, task["id"])
     assert done["status"] == "failed" and done["requeues"] == LOST_REQUEUES

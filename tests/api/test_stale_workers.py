@@ -252,8 +252,16 @@ class TestLeaseLapsed:
         await held_by(client, task["id"], "w1", 1)
         r = await act(client, "w1", task["id"], "start", {"attempt": 1})
         assert r.status_code == 200, r.text
-        # No heartbeat, no progress: the lease lapses and, w1 being the only agent, the
-        # task comes back to it under attempt 2, while its old loop still says 1.
+
+        # No heartbeat, no progress: the lease lapses and w1, silent as long, goes offline.
+        async def requeued() -> bool:
+            return (await detail(client, task["id"]))["status"] == "pending"
+
+        await eventually(requeued, "the lapsed task to be requeued")
+        # Heard from again and the only agent, w1 gets the task back under attempt 2,
+        # while its old loop still says 1.
+        r = await client.post("/api/v1/agents/w1/heartbeat", json={}, headers=as_agent("w1"))
+        assert r.status_code == 200, r.text
         await held_by(client, task["id"], "w1", 2)
 
         details = await assert_refused(client, runtime, "w1", task["id"], attempt=1)

@@ -28,10 +28,9 @@ from hypothesis.stateful import (
     rule,
 )
 
-from dispatchd.api.app import create_app
 from dispatchd.domain.models import TaskStatus
 from dispatchd.runtime import Runtime
-from tests.api.conftest import ADMIN_TOKEN, make_settings
+from tests.api.conftest import ADMIN_TOKEN, app_for, make_settings
 
 WORKERS = ("w1", "w2", "w3")
 REQUESTERS = ("alice", "bob")
@@ -117,7 +116,7 @@ class SyncApi:
         runtime = await self._stack.enter_async_context(
             Runtime.build(make_settings(data_dir), background=False)
         )
-        transport = httpx.ASGITransport(app=create_app(runtime=runtime))
+        transport = httpx.ASGITransport(app=app_for(runtime))
         client = httpx.AsyncClient(transport=transport, base_url="http://dispatchd.test")
         return await self._stack.enter_async_context(client)
 

@@ -125,6 +125,7 @@ def full_task() -> Task:
         escalate_to="senior",
         escalated=True,
         model="model-x",
+        model_routed=True,
         labels=("urgent", "béta"),
         idempotency_key="idem-ключ",
         question="which one?",

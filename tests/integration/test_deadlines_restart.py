@@ -177,10 +177,13 @@ def test_deadlines_pending_at_a_kill_are_honoured_after_restart(
         assert after_kill(timed_out) and timed_out["data"]["final"] is True
         assert api.task(timeout["id"])["status"] == "timed_out"
 
-        # Running under a silent agent: requeued as lost, then handed out again.
+        # Running under a silent agent: requeued as lost, the agent taken as gone; handed
+        # out again once the agent is heard from.
         requeued = api.first_event(lease["id"], "task.requeued")
         assert after_kill(requeued)
         assert requeued["data"]["reason"] == "lease expired: no heartbeat or progress from silent"
+        assert api.call("GET", "/api/v1/agents/silent")["status"] == "offline"
+        api.call("POST", "/api/v1/agents/silent/heartbeat", "silent", json={})
         again = api.first_event(lease["id"], "task.assigned", lambda e: e["data"]["attempt"] == 2)
         assert again["agent_id"] == "silent" and ts(again["created_at"]) > killed_at
 

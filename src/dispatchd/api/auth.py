@@ -15,9 +15,15 @@ from dispatchd.runtime import Runtime
 _AGENT_ID = re.compile(r"^[A-Za-z0-9#@][A-Za-z0-9._:@#/+-]{0,127}$")
 
 
-def runtime_of(request: Request) -> Runtime:
+def _runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
+
+
+async def runtime_of(request: Request) -> Runtime:
+    # A coroutine, so that FastAPI runs it on the loop; a plain function dependency would
+    # cost every request a hop to the thread pool.
+    return _runtime(request)
 
 
 async def authenticate(request: Request) -> Caller:
@@ -29,7 +35,7 @@ async def authenticate(request: Request) -> Caller:
             "X-Agent-ID must be 1-128 characters: letters, digits and ._:@#/+-",
             code="invalid_agent_id",
         )
-    runtime = runtime_of(request)
+    runtime = _runtime(request)
     token = _bearer(request)
     if token is not None and tokens_equal(token, runtime.admin.value):
         return Caller(agent_id, is_admin=True)

@@ -206,6 +206,7 @@ class TaskOut(BaseModel):
     reviewer: str | None
     escalate_to: str | None
     model: str | None
+    model_routed: bool
     labels: list[str]
     question: str | None
     progress: dict[str, Any] | None
@@ -253,6 +254,7 @@ class TaskOut(BaseModel):
             reviewer=t.reviewer,
             escalate_to=t.escalate_to,
             model=t.model,
+            model_routed=t.model_routed,
             labels=list(t.labels),
             question=t.question,
             progress=progress,

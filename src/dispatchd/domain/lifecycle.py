@@ -155,6 +155,9 @@ def _event(kind: str, task: Task, now: datetime, agent: str | None, **data: Any)
 def _move(task: Task, action: Action, target: TaskStatus, now: datetime, **changes: Any) -> Task:
     rule = check(task, action)
     assert target in rule.targets, (action, target)
+    if target is S.PENDING and task.model_routed:
+        # Back in the queue: the next agent may route to another model.
+        changes = {"model": None, "model_routed": False, **changes}
     return task.evolve(status=target, updated_at=now, version=task.version + 1, **changes)
 
 
@@ -223,7 +226,8 @@ def assign(
         now,
         assignee=agent_id,
         attempt=number,
-        model=model if model is not None else task.model,
+        model=task.model if task.model is not None else model,
+        model_routed=task.model is None and model is not None,
         not_before=None,
         lease_expires_at=start_by,
         deadline_at=None,

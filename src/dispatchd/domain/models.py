@@ -106,6 +106,9 @@ class Task:
     escalate_to: str | None = None
     escalated: bool = False
     model: str | None = None
+    # The model was chosen by routing at assignment, not named by the requester: it is
+    # cleared when the task goes back to pending, so the next assignment routes again.
+    model_routed: bool = False
     labels: tuple[str, ...] = ()
     idempotency_key: str | None = None
     question: str | None = None

@@ -70,7 +70,7 @@ def route(
 ) -> Route:
     """The model for `task` on `agent`; a model the requester named is kept as it is."""
     if task.model is not None:
-        return Route(task.model, None, "set on the task (by its requester or an assignment)")
+        return Route(task.model, None, "named by the requester")
     if agent is not None and agent.dispatch_model:
         return Route(agent.dispatch_model, None, f"agent {agent.id} overrides with its own")
     tier, reason = tier_of(task)

@@ -99,9 +99,14 @@ def limit_of(agent: Agent, default_limit: int) -> int:
 def exclusion(
     task: Task, agent: Agent, *, default_limit: int, owner_filter: bool
 ) -> Excluded | None:
-    """Why `agent` may not take `task` now, or None when it may."""
-    if task.assigned_to is not None and task.assigned_to != agent.id:
-        return Excluded(agent.id, Exclusion.NOT_NAMED, f"the task names {task.assigned_to}")
+    """Why `agent` may not take `task` now, or None when it may.
+
+    A task named for an agent (`assigned_to`) skips the matching (capabilities, owner)
+    but not drain, availability or capacity, wherever it is assigned from."""
+    if task.assigned_to is not None:
+        if task.assigned_to != agent.id:
+            return Excluded(agent.id, Exclusion.NOT_NAMED, f"the task names {task.assigned_to}")
+        return _unavailable(agent, default_limit)
     missing = [tag for tag in task.capabilities if tag not in agent.capabilities]
     if missing:
         return Excluded(agent.id, Exclusion.MISSING_CAPABILITY, f"lacks {', '.join(missing)}")
@@ -111,6 +116,10 @@ def exclusion(
             Exclusion.OWNER_MISMATCH,
             f"owner {agent.owner or 'none'}, the task's is {task.owner}",
         )
+    return _unavailable(agent, default_limit)
+
+
+def _unavailable(agent: Agent, default_limit: int) -> Excluded | None:
     if agent.drained:
         return Excluded(agent.id, Exclusion.DRAINING, "drained")
     if agent.status is AgentStatus.OFFLINE:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime
 
 from dispatchd.domain.ids import utcnow
@@ -29,7 +30,7 @@ from dispatchd.engine.rules import Rules, hand_over
 from dispatchd.engine.waiters import Waiters
 from dispatchd.engine.wake import Waker
 from dispatchd.errors import AgentUnavailable, ConcurrentUpdate, DispatchError
-from dispatchd.store.base import ClaimQuery, Op, Store
+from dispatchd.store.base import ClaimQuery, Op, Store, TakeSlot
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,8 @@ class Assigner:
             await self.assign(tasks[0])
             return
         now = utcnow()
-        ops: list[Op] = []
+        writes: list[Op] = []
+        slots: dict[str, TakeSlot] = {}
         chosen: list[tuple[Agent, Task]] = []
         for task in tasks:
             choice = self.directory.best(
@@ -220,11 +222,19 @@ class Assigner:
                 continue
             agent = self.directory.agents[choice.agent_id]
             handover = hand_over(task, agent, now, self.rules, self.policy, start=False)
-            ops.extend(handover.ops)
+            for op in handover.ops:
+                if isinstance(op, TakeSlot):
+                    held = slots.get(op.agent_id)
+                    slots[op.agent_id] = op if held is None else replace(held, count=held.count + 1)
+                else:
+                    writes.append(op)
             chosen.append((agent, handover.task))
             self.directory.note_assigned(agent.id, now)
         if not chosen:
             return
+        # Every agent row first, in id order, then the tasks: two replicas' batches (and a
+        # claim, which locks its agent row first too) never hold rows the other waits for.
+        ops: list[Op] = [slots[agent_id] for agent_id in sorted(slots)] + writes
         try:
             await self.store.commit(ops)
         except (AgentUnavailable, ConcurrentUpdate):
@@ -241,12 +251,16 @@ class Assigner:
     async def fill(self, agent_ids: Sequence[str]) -> None:
         """Offer each agent with room the best queued tasks it may take."""
         for agent_id in agent_ids:
+            await self._fill_one(agent_id)
+
+    async def _fill_one(self, agent_id: str) -> None:
+        for _ in range(MAX_TRIES):
             agent = self.directory.agents.get(agent_id)
             if agent is None or agent.drained or agent.status in _OUT:
-                continue
+                return
             room = limit_of(agent, self.rules.default_limit) - agent.active
             if room <= 0:
-                continue
+                return
             query = ClaimQuery(
                 agent_id=agent.id,
                 capabilities=sorted(agent.capabilities),
@@ -255,9 +269,13 @@ class Assigner:
                 now=utcnow(),
                 limit=room,
             )
+            tasks = await self.store.claimable(query)
+            before = self.assigned
             # Each task goes to whoever is best for it, which may be another agent that
-            # gained room in the same moment.
-            await self.assign_many(await self.store.claimable(query))
+            # gained room in the same moment; then this one looks further down the queue.
+            await self.assign_many(tasks)
+            if len(tasks) < room or self.assigned == before:
+                return
 
     # --- one assignment -----------------------------------------------------------------
 

@@ -10,6 +10,7 @@ moment something is assigned to the agent, and tries again.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -24,10 +25,14 @@ from dispatchd.engine.directory import Directory
 from dispatchd.engine.rules import Rules, hand_over
 from dispatchd.engine.transitions import ops_for
 from dispatchd.engine.waiters import Waiters
-from dispatchd.errors import NotFound
+from dispatchd.errors import ConcurrentUpdate, NotFound
 from dispatchd.store.base import AppendEvent, ClaimQuery, ClaimView, Op, Store, UpdateAgent
 
 MAX_TASKS = 100
+MAX_TRIES = 8
+# A retried claim waits up to this much more on each try, at random, so that colliding
+# claimers do not collide again in step.
+RETRY_PAUSE_S = 0.005
 
 
 @dataclass(slots=True)
@@ -76,6 +81,20 @@ class ClaimService:
                     return await self._once(agent_id, max_tasks, max_capacity)
 
     async def _once(self, agent_id: str, max_tasks: int, max_capacity: int | None) -> Claimed:
+        """One claim transaction. A collision with another writer (on PostgreSQL, being
+        chosen as a deadlock victim) rolled it back whole, so it is simply tried again."""
+        for tries in range(1, MAX_TRIES + 1):
+            try:
+                return await self._transaction(agent_id, max_tasks, max_capacity)
+            except ConcurrentUpdate:
+                if tries == MAX_TRIES:
+                    raise
+                await asyncio.sleep(random.uniform(0, RETRY_PAUSE_S * tries))
+        raise AssertionError("unreachable")
+
+    async def _transaction(
+        self, agent_id: str, max_tasks: int, max_capacity: int | None
+    ) -> Claimed:
         agent = await self._agent(agent_id)
         query = ClaimQuery(
             agent_id=agent_id,

@@ -7,8 +7,9 @@ an earlier deadline), and acts on what has passed:
 
 * a running task past its timeout → timed out (retried with backoff, or final);
 * a running task whose lease lapsed (no progress or heartbeat) → requeued as lost;
-* an assigned task not started in time (the wake timeout) → requeued, and its agent, if
-  it has not been heard from either, marked offline;
+* an assigned task not started in time (the wake timeout) → requeued;
+  in both cases the agent, if it has not been heard from for as long, is marked offline
+  in the same commit, so the assigner never hands the task straight back to it;
 * a pending task whose backoff ended → offered to the assigner;
 * a blocked task whose `run_at` came → pending, if its dependencies are done.
 
@@ -110,9 +111,9 @@ class Sweeper:
             for task in due.timed_out:
                 await self._act(task.id, self._time_out)
             for task in due.lease_lost:
-                await self._act(task.id, self._lease_lost)
+                await self._requeue_silent(task.id, self._lease_lost, self.policy.lease)
             for task in due.not_started:
-                await self._requeue_unstarted(task.id)
+                await self._requeue_silent(task.id, self._not_started, self.policy.wake_timeout)
             for task in due.run_at:
                 await self._act(task.id, self._run_at)
             if due.ready:
@@ -129,9 +130,10 @@ class Sweeper:
                 self.since = now
                 self.actions += total
                 return total
-            # A full batch: the backoffs and run_at times seen are done; go on past them.
-            seen = [t.not_before for t in due.ready] + [t.run_at for t in due.run_at]
-            self.since = max([self.since, *[t for t in seen if t is not None]])
+            # A full batch: the backoffs seen are offered; go on past them. (`since` bounds
+            # backoffs only: a due run_at is found again until its task is unblocked.)
+            seen = [t.not_before for t in due.ready if t.not_before is not None]
+            self.since = max([self.since, *seen])
 
     async def _act(self, task_id: str, compute: Callable[[Task], Awaitable[list[Step]]]) -> None:
         # Gone, or racing a live writer: the next sweep looks again.
@@ -144,48 +146,58 @@ class Sweeper:
             return []
         return [(lifecycle.time_out(task, now, self.policy, jitter=self._random.random()), task)]
 
-    async def _lease_lost(self, task: Task) -> list[Step]:
-        now = utcnow()
+    async def _lease_lost(self, task: Task, now: datetime) -> Change | None:
         lease = task.lease_expires_at
         if not (_held_running(task) and lease and lease <= now):
-            return []
+            return None
         reason = f"lease expired: no heartbeat or progress from {task.assignee}"
-        return [(lifecycle.requeue(task, now, self.policy, reason=reason), task)]
+        return lifecycle.requeue(task, now, self.policy, reason=reason)
 
-    async def _requeue_unstarted(self, task_id: str) -> None:
-        """Requeue an assigned task its agent did not start in time; in the same commit,
-        mark the agent offline if it has not been heard from either, so the assigner,
+    async def _not_started(self, task: Task, now: datetime) -> Change | None:
+        lease = task.lease_expires_at
+        if task.status is not TaskStatus.ASSIGNED or not lease or lease > now:
+            return None
+        wait_s = self.policy.wake_timeout.total_seconds()
+        reason = f"not started by {task.assignee} within the wake timeout ({wait_s:g}s)"
+        return lifecycle.requeue(task, now, self.policy, reason=reason)
+
+    async def _requeue_silent(
+        self,
+        task_id: str,
+        decide: Callable[[Task, datetime], Awaitable[Change | None]],
+        quiet: timedelta,
+    ) -> None:
+        """Take a task from an agent that went silent on it; in the same commit, mark the
+        agent offline if it has not been heard from for `quiet` either, so the assigner,
         seeing both at once, gives the task to someone else."""
         for _ in range(MAX_TRIES):
             task = await self.store.get_task(task_id)
             now = utcnow()
-            lease = task.lease_expires_at if task else None
-            if task is None or task.status is not TaskStatus.ASSIGNED or not lease or lease > now:
-                return
-            wait_s = self.policy.wake_timeout.total_seconds()
-            reason = f"not started by {task.assignee} within the wake timeout ({wait_s:g}s)"
-            change = lifecycle.requeue(task, now, self.policy, reason=reason)
+            change = await decide(task, now) if task is not None else None
+            if task is None or change is None:
+                return  # finished, renewed or started meanwhile
             try:
                 await commit_changes(
                     self.store,
                     [(change, task)],
-                    await self._offline_ops(task.assignee, now),
+                    await self._offline_ops(task.assignee, now, quiet),
                     escalate_to=self.escalate_to,
                 )
             except ConcurrentUpdate:
                 continue  # the task or the agent moved: look again
+            except NotFound:
+                return
             return
 
-    async def _offline_ops(self, agent_id: str | None, now: datetime) -> list[Op]:
-        """An agent neither started its task nor sent a heartbeat within the wake timeout:
-        it is taken as gone, offline until it is heard from again."""
+    async def _offline_ops(self, agent_id: str | None, now: datetime, quiet: timedelta) -> list[Op]:
+        """An agent silent on its task has not sent a heartbeat for `quiet` either: it is
+        taken as gone, offline until it is heard from again."""
         if agent_id is None:
             return []
         agent = await self.store.get_agent(agent_id)
         if agent is None or agent.status is AgentStatus.OFFLINE:
             return []
-        quiet_since = now - self.policy.wake_timeout
-        if agent.last_heartbeat_at is not None and agent.last_heartbeat_at > quiet_since:
+        if agent.last_heartbeat_at is not None and agent.last_heartbeat_at > now - quiet:
             return []
         gone = agent.evolve(status=AgentStatus.OFFLINE, updated_at=now, version=agent.version + 1)
         return [UpdateAgent(gone), AppendEvent(status_event(agent, gone, Caller("dispatchd")))]

@@ -62,12 +62,14 @@ class TouchTask:
 
 @dataclass(frozen=True, slots=True)
 class TakeSlot:
-    """Reserve one of an agent's slots for a task being handed to it in this commit.
+    """Reserve `count` of an agent's slots for tasks being handed to it in this commit.
 
     Fails the commit with `AgentUnavailable` unless the agent exists, is not drained, not
-    offline or degraded, and holds fewer than `limit` tasks counting those already given
-    to it in this commit. Stamps `last_assigned_at`. On PostgreSQL it locks the agent row,
-    so two replicas never fill the same slot.
+    offline or degraded, and has room for `count` more tasks besides those it holds and
+    those already given to it earlier in this commit. Stamps `last_assigned_at`. On
+    PostgreSQL it locks the agent row, so two replicas never fill the same slot; a commit
+    that hands out several tasks takes its slots first, in agent id order, so that two
+    such commits never wait on each other's rows in opposite orders.
     """
 
     agent_id: str
@@ -75,6 +77,7 @@ class TakeSlot:
     at: datetime
     # False when availability comes from an external service rather than the agent row.
     check_status: bool = True
+    count: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,7 +342,8 @@ class Store(Protocol):
     async def due(self, now: datetime, since: datetime, limit: int) -> Due:
         """Tasks whose deadline has passed: running tasks past `deadline_at` (timed out) or
         past their lease (lost), assigned tasks not started by their lease, pending tasks
-        whose backoff ended and blocked tasks whose `run_at` came, in `(since, now]`."""
+        whose backoff ended in `(since, now]`, and blocked tasks whose `run_at` came (at
+        any time before `now`: they stay due until unblocked) and whose parents are done."""
         ...
 
     async def next_deadline(self, since: datetime) -> datetime | None:

@@ -151,7 +151,7 @@ TOUCH_TASK = (
 TAKE_SLOT = (
     "UPDATE agents SET last_assigned_at = %(at)s WHERE id = %(id)s AND NOT drained "
     "AND (NOT %(check)s OR status NOT IN ('offline', 'degraded')) "
-    "AND active + %(planned)s < %(limit)s"
+    "AND active + %(planned)s + %(count)s <= %(limit)s"
 )
 ADD_LOAD = "UPDATE agents SET active = greatest(active + %(delta)s, 0) WHERE id = %(id)s"
 QUEUE_ORDER = "priority_rank DESC, due_at NULLS LAST, created_at, id"
@@ -178,7 +178,7 @@ DUE_NOT_STARTED = (
 )
 DUE_READY = (
     "SELECT * FROM tasks WHERE not_before > %(since)s AND not_before <= %(now)s "
-    "AND status = 'pending' LIMIT %(limit)s"
+    "AND status = 'pending' ORDER BY not_before LIMIT %(limit)s"
 )
 # A blocked task whose run_at came and whose parents are all completed; one still waiting
 # on a parent is left to the parent's completion.
@@ -342,7 +342,9 @@ class PostgresStore:
             async with self._pool.connection(timeout=wait_s) as conn:
                 yield conn
         except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
-            raise ConcurrentUpdate(f"concurrent writes collided: {exc}") from exc
+            # The server's text names lock ids and backends: it goes to the log, not the caller.
+            logger.info("transaction aborted by a collision: %s", exc, extra={"action": "commit"})
+            raise ConcurrentUpdate("concurrent writes collided; try again") from exc
         except psycopg.errors.UniqueViolation as exc:
             constraint = exc.diag.constraint_name
             raise DuplicateKey(f"duplicate key: {constraint}", constraint=constraint) from exc
@@ -460,13 +462,14 @@ class PostgresStore:
                 cur = await conn.execute(TOUCH_TASK, {"id": task_id, "version": version})
                 if cur.rowcount != 1:
                     raise ConcurrentUpdate(f"task {task_id} changed meanwhile", task_id=task_id)
-            case TakeSlot(agent_id, limit, at, check_status):
+            case TakeSlot(agent_id, limit, at, check_status, count):
                 params = {
                     "id": agent_id,
                     "limit": limit,
                     "at": at,
                     "planned": loads[agent_id],
                     "check": check_status,
+                    "count": count,
                 }
                 cur = await conn.execute(TAKE_SLOT, params)
                 if cur.rowcount != 1:

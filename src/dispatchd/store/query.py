@@ -112,18 +112,19 @@ def claimable_where(
     query: ClaimQuery, ph: Placeholder, subset_clause: str
 ) -> tuple[str, dict[str, Any]]:
     """The WHERE of `Store.claimable`; `subset_clause` tests the task's required tags
-    against the agent's, which the caller binds as `caps`."""
+    against the agent's, which the caller binds as `caps`. A task named for the agent
+    skips the capability and owner match (SPEC §3: manual assignment skips scoring)."""
     params: dict[str, Any] = {"agent_id": query.agent_id, "now": query.now}
+    matching = ["assigned_to IS NULL", subset_clause]
+    if query.owner_filter:
+        if query.owner is None:
+            matching.append("owner IS NULL")
+        else:
+            params["owner"] = query.owner
+            matching.append(f"(owner IS NULL OR owner = {ph('owner')})")
     clauses = [
         "status = 'pending'",
         f"(not_before IS NULL OR not_before <= {ph('now')})",
-        f"(assigned_to IS NULL OR assigned_to = {ph('agent_id')})",
-        subset_clause,
+        f"(assigned_to = {ph('agent_id')} OR ({' AND '.join(matching)}))",
     ]
-    if query.owner_filter:
-        if query.owner is None:
-            clauses.append("owner IS NULL")
-        else:
-            params["owner"] = query.owner
-            clauses.append(f"(owner IS NULL OR owner = {ph('owner')})")
     return "WHERE " + " AND ".join(clauses), params

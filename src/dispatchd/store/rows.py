@@ -95,7 +95,7 @@ TASK_TIMES = (
     "updated_at",
 )
 TASK_JSON = ("capabilities", "context", "result", "depends_on", "labels")
-TASK_BOOLS = ("review", "escalated")
+TASK_BOOLS = ("review", "escalated", "model_routed")
 TASK_COLUMNS = (
     "id",
     "title",
@@ -124,6 +124,7 @@ TASK_COLUMNS = (
     "escalate_to",
     "escalated",
     "model",
+    "model_routed",
     "labels",
     "idempotency_key",
     "question",

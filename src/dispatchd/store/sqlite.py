@@ -120,7 +120,8 @@ TOUCH_TASK = (
 )
 TAKE_SLOT = (
     "UPDATE agents SET last_assigned_at = :at WHERE id = :id AND drained = 0 "
-    "AND (:check = 0 OR status NOT IN ('offline', 'degraded')) AND active + :planned < :limit"
+    "AND (:check = 0 OR status NOT IN ('offline', 'degraded')) "
+    "AND active + :planned + :count <= :limit"
 )
 ADD_LOAD = "UPDATE agents SET active = max(active + :delta, 0) WHERE id = :id"
 QUEUE_ORDER = "priority_rank DESC, due_at IS NULL, due_at, created_at, id"
@@ -149,7 +150,7 @@ DUE_NOT_STARTED = (
 )
 DUE_READY = (
     "SELECT * FROM tasks WHERE not_before > :since AND not_before <= :now "
-    "AND status = 'pending' LIMIT :limit"
+    "AND status = 'pending' ORDER BY not_before LIMIT :limit"
 )
 # A blocked task whose run_at came and whose parents are all completed; one still waiting
 # on a parent is left to the parent's completion.
@@ -371,13 +372,14 @@ class SQLiteStore:
             case TouchTask(task_id, version):
                 if conn.execute(TOUCH_TASK, {"id": task_id, "version": version}).rowcount != 1:
                     raise ConcurrentUpdate(f"task {task_id} changed meanwhile", task_id=task_id)
-            case TakeSlot(agent_id, limit, at, check_status):
+            case TakeSlot(agent_id, limit, at, check_status, count):
                 params = {
                     "id": agent_id,
                     "limit": limit,
                     "at": SQLITE.dump_time(at),
                     "planned": loads[agent_id],
                     "check": int(check_status),
+                    "count": count,
                 }
                 if conn.execute(TAKE_SLOT, params).rowcount != 1:
                     raise AgentUnavailable(
@@ -667,7 +669,11 @@ def _claimable_sql(query: ClaimQuery) -> tuple[str, dict[str, object]]:
     params["caps"] = SQLITE.dump_json(list(query.capabilities))
     params["now"] = SQLITE.dump_time(query.now)
     params["limit"] = query.limit
-    return f"SELECT * FROM tasks {where} ORDER BY {QUEUE_ORDER} LIMIT :limit", params
+    # Without statistics SQLite prefers the equality on `status` and sorts every pending
+    # task; the queue index already holds them in claim order, so the first rows that fit
+    # end the scan (a claim stays ~0.1 ms at a million pending tasks).
+    sql = f"SELECT * FROM tasks INDEXED BY tasks_queue {where} ORDER BY {QUEUE_ORDER} LIMIT :limit"
+    return sql, params
 
 
 def _with_id(event: Event, event_id: int) -> Event:
