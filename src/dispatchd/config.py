@@ -46,7 +46,40 @@ class DatabaseConfig(Section):
 
 
 class HermesConfig(Section):
+    """NATS ("Hermes"): every event is published to `<subject_prefix>.<type>`; see
+    docs/events.md."""
+
+    # One server or a comma-separated list: nats://host:4222 (or tls://, ws://, wss://);
+    # unset, nothing is published.
     url: str | None = None
+    subject_prefix: str = Field("dispatch", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+    connect_timeout_s: float = Field(2.0, gt=0, le=60)
+    # How long the server may take to confirm a published batch before the connection
+    # counts as lost.
+    flush_timeout_s: float = Field(5.0, gt=0, le=60)
+    # Events published per batch (one confirmation, one saved cursor).
+    batch_size: int = Field(500, ge=1, le=10_000)
+    # Waits between reconnection attempts: doubling from `retry_base_s` up to `retry_cap_s`.
+    retry_base_s: float = Field(0.5, gt=0, le=60)
+    retry_cap_s: float = Field(30.0, gt=0, le=3600)
+    # On PostgreSQL, how often a replica that does not publish checks whether it may.
+    lease_check_s: float = Field(5.0, gt=0, le=3600)
+
+    @field_validator("url")
+    @classmethod
+    def _nats(cls, value: str | None) -> str | None:
+        if not value:  # an empty variable means not configured
+            return None
+        for server in value.split(","):
+            server = server.strip()
+            if not server or (
+                "://" in server and not server.startswith(("nats://", "tls://", "ws://", "wss://"))
+            ):
+                raise ValueError(
+                    "must be nats://host:port (or tls://, ws://, wss://), "
+                    "several separated by commas"
+                )
+        return value
 
 
 class WarrenConfig(Section):
@@ -137,6 +170,21 @@ class WebhooksConfig(Section):
     max_attempts: int = Field(8, ge=1)
 
 
+class EventsConfig(Section):
+    """The event log's readers and how long it is kept."""
+
+    # Comment lines sent on an idle SSE stream, so that proxies keep it open.
+    keepalive_s: float = Field(15, gt=0, le=3600)
+    # Events older than this are deleted (0 keeps them for ever); a reader whose cursor
+    # falls in the deleted part gets 410 cursor_expired.
+    retention_days: float = Field(30, ge=0)
+    # Completed, failed, cancelled and timed-out tasks finished longer ago than this are
+    # deleted with their attempts, progress and comments (0 keeps them for ever).
+    finished_task_retention_days: float = Field(90, ge=0)
+    # How often retention runs.
+    prune_interval_s: float = Field(300, gt=0)
+
+
 class Settings(Section):
     server: ServerConfig = ServerConfig()
     database: DatabaseConfig = DatabaseConfig()
@@ -151,6 +199,7 @@ class Settings(Section):
     routing: RoutingConfig = RoutingConfig()
     notifications: NotificationsConfig = NotificationsConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
+    events: EventsConfig = EventsConfig()
 
     @property
     def database_url(self) -> str:

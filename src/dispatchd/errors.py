@@ -10,6 +10,7 @@ DispatchError
 │   ├── InvalidTransition  the task's state does not allow the action
 │   ├── StaleAttempt       the caller's attempt was taken away
 │   └── ConcurrentUpdate   the record changed under us (retried before surfacing)
+├── Gone                  410 what was asked for was deleted (an expired cursor)
 ├── PayloadTooLarge       413
 └── StoreError            503 the database cannot be reached
 """
@@ -74,6 +75,11 @@ class InvalidTransition(Conflict):
             current_state=str(current),
             action=action,
         )
+
+
+class Gone(DispatchError):
+    status = 410
+    code = "gone"
 
 
 class StaleAttempt(Conflict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from dispatchd.domain.models import AgentStatus, TaskStatus
+from dispatchd.events.metrics import EventMetrics
 from dispatchd.store.base import Counts
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -33,6 +34,8 @@ class Metrics:
         self.database_up = Gauge(
             "dispatchd_database_up", "1 when the database answers", registry=self.registry
         )
+        # What the event log says happened: fed by events/metrics.py.
+        self.events = EventMetrics(self.registry)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.http_requests.labels(route, method, str(status)).inc()

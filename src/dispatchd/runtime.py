@@ -26,6 +26,9 @@ from dispatchd.engine.rules import Rules
 from dispatchd.engine.tasks import TaskService
 from dispatchd.engine.waiters import Waiters
 from dispatchd.engine.wake import Waker
+from dispatchd.events.metrics import MetricsFollower
+from dispatchd.events.reader import EventReader
+from dispatchd.events.retention import Pruner
 from dispatchd.metrics import Metrics
 from dispatchd.store import Store, open_store
 
@@ -144,6 +147,8 @@ class Runtime:
             escalate_to=rules.escalate_to,
         )
         self.feed.listen(self.sweeper.poke)
+        self.events = EventReader(self.store, self.feed)
+        self.pruner = Pruner(self.store, self.settings.events)
 
     @classmethod
     def build(
@@ -176,6 +181,9 @@ class Runtime:
                 self._spawn(self.assigner.run(), "assigner")
                 self._spawn(self.sweeper.run(), "sweeper")
                 self._spawn(self.store.watch(self.feed.advanced), "commit listener")
+                self._spawn(self.pruner.run(), "retention")
+                follower = MetricsFollower(self.store, self.events, self.metrics.events)
+                self._spawn(follower.run(self.feed.latest), "metrics")
         except BaseException:
             await self._stop()
             raise

@@ -144,6 +144,16 @@ class RenewLeases:
     until: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class SaveCursor:
+    """Record that the reader `name` has handled the event log up to `last_event_id`;
+    committed with the reader's own writes, so that it resumes exactly there."""
+
+    name: str
+    last_event_id: int
+    at: datetime
+
+
 Op = (
     InsertTask
     | UpdateTask
@@ -158,7 +168,17 @@ Op = (
     | UpdateAgent
     | DeleteAgent
     | RenewLeases
+    | SaveCursor
 )
+
+# The cursor under which retention records the last event id it deleted.
+RETENTION_CURSOR = "retention"
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    events: int = 0
+    tasks: int = 0
 
 
 # --- queries ----------------------------------------------------------------------------
@@ -203,6 +223,18 @@ class AgentLoad:
 class Counts:
     tasks_by_status: Mapping[str, int] = field(default_factory=dict)
     agents_by_status: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """What `GET /api/v1/stats` is computed from."""
+
+    # Unfinished tasks by (state, priority).
+    open_by_state_priority: Mapping[tuple[str, str], int]
+    oldest_pending_at: datetime | None
+    # Tasks that finished since the window's start, newest first (bounded):
+    # (created_at, started_at, finished_at, status).
+    finished: Sequence[tuple[datetime, datetime | None, datetime, str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,11 +346,30 @@ class Store(Protocol):
 
     async def counts(self) -> Counts: ...
 
+    async def queue_stats(self, since: datetime, limit: int) -> QueueStats:
+        """Unfinished tasks by state and priority, the oldest pending task's creation, and
+        up to `limit` tasks finished since `since` (newest first)."""
+        ...
+
     async def events_for_task(self, task_id: str) -> list[Event]: ...
 
     async def read_events(self, *, after: int, limit: int) -> list[Event]: ...
 
     async def last_event_id(self) -> int: ...
+
+    async def get_cursor(self, name: str) -> int | None:
+        """Where the reader `name` has got to (`SaveCursor`); None if it never saved one."""
+        ...
+
+    async def prune(
+        self, *, events_before: datetime | None, tasks_before: datetime | None, limit: int
+    ) -> Pruned:
+        """Retention, one batch: delete up to `limit` of the oldest events created before
+        `events_before` (a prefix of the log: it stops at the first newer one) and record
+        the last deleted id under `RETENTION_CURSOR`; and up to `limit` finished tasks
+        (completed, failed, cancelled, timed out) that finished before `tasks_before`, with
+        their attempts, progress, comments and dependency edges. One transaction."""
+        ...
 
     # --- assignment -----------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from dispatchd.domain.ids import utcnow
 from dispatchd.domain.models import Agent, Attempt, Event, Task, TaskDetail
 from dispatchd.errors import (
     AgentUnavailable,
@@ -32,6 +33,7 @@ from dispatchd.errors import (
 )
 from dispatchd.store import migrations
 from dispatchd.store.base import (
+    RETENTION_CURSOR,
     AgentFilter,
     AgentLoad,
     AppendComment,
@@ -49,8 +51,11 @@ from dispatchd.store.base import (
     Op,
     Page,
     PatchAttempt,
+    Pruned,
+    QueueStats,
     RenewLeases,
     SaveAttempt,
+    SaveCursor,
     TakeSlot,
     TaskFilter,
     TouchTask,
@@ -59,10 +64,15 @@ from dispatchd.store.base import (
 )
 from dispatchd.store.query import (
     ACTIVE,
+    TASK_ROWS,
     agent_where,
     claimable_where,
     insert_sql,
     load_deltas,
+    log_prefix,
+    retention_sql,
+    save_cursor_sql,
+    stats_sql,
     task_where,
     update_versioned_sql,
 )
@@ -199,6 +209,11 @@ NEXT_DEADLINE = (
     f"AND {PARENTS_DONE})) AS x"
 )
 SELECT_LAST_EVENT = "SELECT coalesce(max(id), 0) AS n FROM events"
+SELECT_CURSOR = "SELECT last_event_id FROM cursors WHERE name = %(name)s"
+PRUNE_EVENTS, PRUNE_TASKS = retention_sql(_ph)
+STATS_OPEN, STATS_OLDEST, STATS_FINISHED = stats_sql(_ph)
+DROP_EVENTS = "DELETE FROM events WHERE id <= %(through)s"
+SAVE_CURSOR = save_cursor_sql(_ph)
 SELECT_AGENTS = "SELECT * FROM agents WHERE id = ANY(%(ids)s) ORDER BY id"
 SELECT_ALL_AGENTS = "SELECT * FROM agents ORDER BY id"
 BUMP_COUNT = (
@@ -503,6 +518,8 @@ class PostgresStore:
                 await conn.execute(
                     RENEW_LEASES, {"agent_id": agent_id, "until": POSTGRES.dump_time(until)}
                 )
+            case SaveCursor(name, last_event_id, at):
+                await conn.execute(SAVE_CURSOR, {"name": name, "last": last_event_id, "at": at})
             case AppendEvent():
                 raise AssertionError("events are appended by _commit, after the other writes")
             case _:
@@ -600,6 +617,54 @@ class PostgresStore:
     async def read_events(self, *, after: int, limit: int) -> list[Event]:
         rows = await self._fetchall(SELECT_EVENTS_AFTER, {"after": after, "limit": limit})
         return [event_from_row(r, POSTGRES) for r in rows]
+
+    async def queue_stats(self, since: datetime, limit: int) -> QueueStats:
+        async with self._connection() as conn:
+            rows = await (await conn.execute(STATS_OPEN)).fetchall()
+            open_tasks = {(r["status"], r["priority"]): int(r["n"]) for r in rows}
+            oldest = await (await conn.execute(STATS_OLDEST)).fetchone()
+            cur = await conn.execute(STATS_FINISHED, {"since": since, "limit": limit})
+            finished = [
+                (r["created_at"], r["started_at"], r["finished_at"], r["status"])
+                for r in await cur.fetchall()
+            ]
+        return QueueStats(open_tasks, oldest["at"] if oldest else None, finished)
+
+    async def get_cursor(self, name: str) -> int | None:
+        row = await self._fetchone(SELECT_CURSOR, {"name": name})
+        return int(row["last_event_id"]) if row else None
+
+    async def prune(
+        self, *, events_before: datetime | None, tasks_before: datetime | None, limit: int
+    ) -> Pruned:
+        events = tasks = 0
+        async with self._connection() as conn, conn.transaction():
+            if events_before is not None:
+                # Under the event-order lock: no commit appends while the prefix is cut.
+                await conn.execute(LOCK_EVENT_ORDER)
+                cur = await conn.execute(PRUNE_EVENTS, {"limit": limit})
+                rows = [(int(r["id"]), r["created_at"]) for r in await cur.fetchall()]
+                through = log_prefix(rows, events_before)
+                if through is not None:
+                    cur = await conn.execute(DROP_EVENTS, {"through": through})
+                    events = cur.rowcount
+                    params = {"name": RETENTION_CURSOR, "last": through, "at": utcnow()}
+                    await conn.execute(SAVE_CURSOR, params)
+            if tasks_before is not None:
+                params = {"before": tasks_before, "limit": limit}
+                found = await (await conn.execute(PRUNE_TASKS, params)).fetchall()
+                ids = [r["id"] for r in found]
+                for table, column in TASK_ROWS:
+                    await conn.execute(
+                        f"DELETE FROM {table} WHERE {column} = ANY(%(ids)s)", {"ids": ids}
+                    )
+                by_status: dict[str, int] = defaultdict(int)
+                for row in found:
+                    by_status[row["status"]] -= 1
+                for status in sorted(by_status):
+                    await conn.execute(BUMP_COUNT, {"status": status, "delta": by_status[status]})
+                tasks = len(found)
+        return Pruned(events=events, tasks=tasks)
 
     async def last_event_id(self) -> int:
         row = await self._fetchone(SELECT_LAST_EVENT, {})

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
-from dispatchd.domain.models import ACTIVE_STATES, Task, TaskStatus
+from dispatchd.domain.models import ACTIVE_STATES, TERMINAL_STATES, Task, TaskStatus
 from dispatchd.store.base import AgentFilter, ClaimQuery, TaskFilter
 from dispatchd.store.rows import decode_cursor
 
@@ -13,6 +14,65 @@ Placeholder = Callable[[str], str]
 
 # The states in which a task is held by an agent, as an SQL list.
 ACTIVE = "(" + ", ".join(f"'{s.value}'" for s in sorted(ACTIVE_STATES)) + ")"
+# The states a task ends in, as an SQL list.
+TERMINAL = "(" + ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATES)) + ")"
+
+
+def retention_sql(ph: Placeholder) -> tuple[str, str]:
+    """The reads of `Store.prune`: the log's oldest events, and finished tasks that ended
+    before a time, oldest first."""
+    events = f"SELECT id, created_at FROM events ORDER BY id LIMIT {ph('limit')}"
+    tasks = (
+        f"SELECT id, status FROM tasks WHERE finished_at < {ph('before')} "
+        f"AND status IN {TERMINAL} ORDER BY finished_at LIMIT {ph('limit')}"
+    )
+    return events, tasks
+
+
+# Where a pruned task's rows live: (table, column holding the task id).
+TASK_ROWS = (
+    ("attempts", "task_id"),
+    ("progress", "task_id"),
+    ("comments", "task_id"),
+    ("task_deps", "parent_id"),
+    ("task_deps", "child_id"),
+    ("tasks", "id"),
+)
+
+
+def log_prefix(rows: Sequence[tuple[int, datetime]], before: datetime) -> int | None:
+    """The last id of the leading run of events created before `before`: retention
+    deletes a prefix of the log, so that every cursor past it stays whole."""
+    through = None
+    for event_id, created_at in rows:
+        if created_at >= before:
+            break
+        through = event_id
+    return through
+
+
+def stats_sql(ph: Placeholder) -> tuple[str, str, str]:
+    """The reads of `Store.queue_stats`."""
+    open_tasks = (
+        f"SELECT status, priority, count(*) AS n FROM tasks WHERE status NOT IN {TERMINAL} "
+        "GROUP BY status, priority"
+    )
+    oldest = "SELECT min(created_at) AS at FROM tasks WHERE status = 'pending'"
+    finished = (
+        "SELECT created_at, started_at, finished_at, status FROM tasks "
+        f"WHERE finished_at >= {ph('since')} AND status IN {TERMINAL} "
+        f"ORDER BY finished_at DESC LIMIT {ph('limit')}"
+    )
+    return open_tasks, oldest, finished
+
+
+def save_cursor_sql(ph: Placeholder) -> str:
+    return (
+        f"INSERT INTO cursors (name, last_event_id, updated_at) "
+        f"VALUES ({ph('name')}, {ph('last')}, {ph('at')}) "
+        f"ON CONFLICT (name) DO UPDATE SET last_event_id = excluded.last_event_id, "
+        f"updated_at = excluded.updated_at"
+    )
 
 
 def insert_sql(table: str, columns: Sequence[str], ph: Placeholder) -> str:

@@ -17,10 +17,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypeVar, assert_never
 
+from dispatchd.domain.ids import utcnow
 from dispatchd.domain.models import Agent, Attempt, Event, Task, TaskDetail
 from dispatchd.errors import AgentUnavailable, ConcurrentUpdate, DuplicateKey, StoreError
 from dispatchd.store import migrations
 from dispatchd.store.base import (
+    RETENTION_CURSOR,
     AgentFilter,
     AgentLoad,
     AppendComment,
@@ -38,8 +40,11 @@ from dispatchd.store.base import (
     Op,
     Page,
     PatchAttempt,
+    Pruned,
+    QueueStats,
     RenewLeases,
     SaveAttempt,
+    SaveCursor,
     TakeSlot,
     TaskFilter,
     TouchTask,
@@ -48,10 +53,15 @@ from dispatchd.store.base import (
 )
 from dispatchd.store.query import (
     ACTIVE,
+    TASK_ROWS,
     agent_where,
     claimable_where,
     insert_sql,
     load_deltas,
+    log_prefix,
+    retention_sql,
+    save_cursor_sql,
+    stats_sql,
     task_where,
     update_versioned_sql,
 )
@@ -171,6 +181,9 @@ NEXT_DEADLINE = (
     "UNION ALL SELECT min(run_at) FROM tasks WHERE status = 'blocked' AND run_at IS NOT NULL "
     f"AND {PARENTS_DONE})"
 )
+PRUNE_EVENTS, PRUNE_TASKS = retention_sql(_ph)
+STATS_OPEN, STATS_OLDEST, STATS_FINISHED = stats_sql(_ph)
+SAVE_CURSOR = save_cursor_sql(_ph)
 BUMP_COUNT = (
     "INSERT INTO task_counts (status, n) VALUES (:status, :delta) "
     "ON CONFLICT (status) DO UPDATE SET n = n + excluded.n"
@@ -414,6 +427,9 @@ class SQLiteStore:
                     raise ConcurrentUpdate(f"agent {agent_id} changed meanwhile", agent_id=agent_id)
             case RenewLeases(agent_id, until):
                 conn.execute(RENEW_LEASES, {"agent_id": agent_id, "until": SQLITE.dump_time(until)})
+            case SaveCursor(name, last_event_id, at):
+                params = {"name": name, "last": last_event_id, "at": SQLITE.dump_time(at)}
+                conn.execute(SAVE_CURSOR, params)
             case _:
                 assert_never(op)
 
@@ -545,6 +561,24 @@ class SQLiteStore:
 
         return await self._read(run)
 
+    async def queue_stats(self, since: datetime, limit: int) -> QueueStats:
+        def run(conn: sqlite3.Connection) -> QueueStats:
+            open_tasks = {(r[0], r[1]): int(r[2]) for r in conn.execute(STATS_OPEN).fetchall()}
+            oldest = conn.execute(STATS_OLDEST).fetchone()[0]
+            params = {"since": SQLITE.dump_time(since), "limit": limit}
+            finished = [
+                (
+                    SQLITE.load_time(r[0]),
+                    SQLITE.load_time(r[1]) if r[1] else None,
+                    SQLITE.load_time(r[2]),
+                    r[3],
+                )
+                for r in conn.execute(STATS_FINISHED, params).fetchall()
+            ]
+            return QueueStats(open_tasks, SQLITE.load_time(oldest) if oldest else None, finished)
+
+        return await self._read(run)
+
     async def events_for_task(self, task_id: str) -> list[Event]:
         def run(conn: sqlite3.Connection) -> list[Event]:
             rows = conn.execute(
@@ -569,6 +603,61 @@ class SQLiteStore:
             return int(row[0] or 0)
 
         return await self._read(run)
+
+    async def get_cursor(self, name: str) -> int | None:
+        def run(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute("SELECT last_event_id FROM cursors WHERE name = ?", (name,))
+            found = row.fetchone()
+            return int(found[0]) if found else None
+
+        return await self._read(run)
+
+    async def prune(
+        self, *, events_before: datetime | None, tasks_before: datetime | None, limit: int
+    ) -> Pruned:
+        def run(conn: sqlite3.Connection) -> Pruned:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                pruned = self._prune(conn, events_before, tasks_before, limit)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return pruned
+
+        return await self._write(run)
+
+    def _prune(
+        self,
+        conn: sqlite3.Connection,
+        events_before: datetime | None,
+        tasks_before: datetime | None,
+        limit: int,
+    ) -> Pruned:
+        events = tasks = 0
+        if events_before is not None:
+            rows = conn.execute(PRUNE_EVENTS, {"limit": limit}).fetchall()
+            through = log_prefix([(r[0], SQLITE.load_time(r[1])) for r in rows], events_before)
+            if through is not None:
+                events = conn.execute("DELETE FROM events WHERE id <= ?", (through,)).rowcount
+                at = SQLITE.dump_time(utcnow())
+                conn.execute(SAVE_CURSOR, {"name": RETENTION_CURSOR, "last": through, "at": at})
+        if tasks_before is not None:
+            params = {"before": SQLITE.dump_time(tasks_before), "limit": limit}
+            found = conn.execute(PRUNE_TASKS, params).fetchall()
+            ids = SQLITE.dump_json([r[0] for r in found])
+            for table, column in TASK_ROWS:
+                conn.execute(
+                    f"DELETE FROM {table} WHERE {column} IN (SELECT value FROM json_each(?))",
+                    (ids,),
+                )
+            by_status: dict[str, int] = defaultdict(int)
+            for row in found:
+                by_status[row[1]] -= 1
+            for status, delta in by_status.items():
+                conn.execute(BUMP_COUNT, {"status": status, "delta": delta})
+            tasks = len(found)
+        return Pruned(events=events, tasks=tasks)
 
     # --- assignment -------------------------------------------------------------------
 

@@ -1,0 +1,93 @@
+"""`GET /api/v1/stats`: the queue and its flow at a glance (SPEC §4).
+
+Queue depth by state (from the per-state counters every commit keeps) and, for unfinished
+tasks, by priority; the oldest pending task's age; wait (creation to start) and run (start
+to finish) time percentiles and throughput over the last 1, 5 and 15 minutes, from the
+tasks that finished in the last 15 minutes (the most recent `SAMPLE` of them when more).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from dispatchd.domain.ids import utcnow
+from dispatchd.domain.models import AgentStatus, Priority, TaskStatus
+from dispatchd.store.base import Store
+
+WINDOWS = {"1m": 60, "5m": 300, "15m": 900}
+SAMPLE = 10_000
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    at = (len(ordered) - 1) * q
+    low = int(at)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (at - low)
+
+
+def _summary(values: list[float]) -> dict[str, Any]:
+    def rounded(x: float | None) -> float | None:
+        return None if x is None else round(x, 3)
+
+    return {
+        "n": len(values),
+        "p50": rounded(percentile(values, 0.5)),
+        "p95": rounded(percentile(values, 0.95)),
+    }
+
+
+async def stats(store: Store, now: datetime | None = None) -> dict[str, Any]:
+    now = now or utcnow()
+    counts = await store.counts()
+    longest = max(WINDOWS.values())
+    queue = await store.queue_stats(now - timedelta(seconds=longest), SAMPLE)
+
+    by_priority: dict[str, dict[str, int]] = defaultdict(dict)
+    for (state, priority), n in sorted(queue.open_by_state_priority.items()):
+        by_priority[state][priority] = n
+    states = {s.value: int(counts.tasks_by_status.get(s.value, 0)) for s in TaskStatus}
+
+    waits: list[float] = []
+    runs: list[float] = []
+    throughput: dict[str, dict[str, Any]] = {
+        name: {"completed": 0, "failed": 0, "timed_out": 0, "cancelled": 0} for name in WINDOWS
+    }
+    for created_at, started_at, finished_at, status in queue.finished:
+        if started_at is not None:
+            waits.append(max((started_at - created_at).total_seconds(), 0.0))
+            runs.append(max((finished_at - started_at).total_seconds(), 0.0))
+        age = (now - finished_at).total_seconds()
+        for name, seconds in WINDOWS.items():
+            if age <= seconds and status in throughput[name]:
+                throughput[name][status] += 1
+    for name, seconds in WINDOWS.items():
+        throughput[name]["completed_per_s"] = round(throughput[name]["completed"] / seconds, 4)
+
+    oldest = queue.oldest_pending_at
+    agents = {str(s): int(counts.agents_by_status.get(str(s), 0)) for s in AgentStatus}
+    agents["draining"] = int(counts.agents_by_status.get("draining", 0))
+    return {
+        "at": now,
+        "queue": {
+            "by_state": states,
+            "by_state_and_priority": {
+                state: {p.value: by_priority[state].get(p.value, 0) for p in Priority}
+                for state in sorted(by_priority)
+            },
+            "oldest_pending_age_s": (
+                round((now - oldest).total_seconds(), 3) if oldest is not None else None
+            ),
+        },
+        "wait_s": _summary(waits),
+        "run_s": _summary(runs),
+        "sample": {"window_s": longest, "tasks": len(queue.finished), "limit": SAMPLE},
+        "throughput": throughput,
+        "agents": {"by_state": agents},
+    }

@@ -1,0 +1,139 @@
+"""Prometheus counters and histograms fed by the event log.
+
+Each replica follows the log from where it stood when it started and counts what it reads,
+so its counters cover the whole cluster's activity since its start (Prometheus sums or
+compares replicas as usual). For the labels events do not carry (a task's priority) and
+the durations they imply (run time, time to assignment), the tasks of each batch are read
+from the store in one query; a task already deleted by retention counts as `unknown`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from dispatchd.domain.models import Event, Task
+from dispatchd.errors import DispatchError
+from dispatchd.events.reader import SCAN, CursorExpired, EventReader, TypeFilter
+from dispatchd.store.base import Store
+
+log = logging.getLogger(__name__)
+
+DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400)
+# Outcomes counted per priority, by event type.
+OUTCOMES = {
+    "task.created": "created",
+    "task.completed": "completed",
+    "task.failed": "failed",
+    "task.retrying": "retried",
+    "task.timed_out": "timed_out",
+    "task.requeued": "requeued",
+    "task.escalated": "escalated",
+    "task.cancelled": "cancelled",
+}
+# Events after which a task waits in the queue (the start of its wait for assignment).
+_QUEUED = frozenset({"task.requeued", "task.retrying", "task.rejected", "task.escalated"})
+# Tasks remembered as waiting, to time their assignment (oldest forgotten first).
+WAITING_MEMORY = 100_000
+RETRY_S = 1.0
+
+
+class EventMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.transitions = Counter(
+            "dispatchd_task_transitions",
+            "Tasks created, completed, failed (for good), retried, timed out (retried or "
+            "not), requeued, escalated and cancelled, by priority",
+            ["outcome", "priority"],
+            registry=registry,
+        )
+        self.assignment_latency = Histogram(
+            "dispatchd_assignment_latency_seconds",
+            "From a task becoming assignable (created, requeued, retried) to its assignment",
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.run_time = Histogram(
+            "dispatchd_task_run_seconds",
+            "From a task's start to its completion or failure, by outcome",
+            ["outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.events = Counter(
+            "dispatchd_events", "Events read from the log, by type", ["type"], registry=registry
+        )
+        self._waiting: OrderedDict[str, datetime] = OrderedDict()
+
+    def observe(self, events: Sequence[Event], tasks: dict[str, Task]) -> None:
+        for event in events:
+            self.events.labels(event.type).inc()
+            task = tasks.get(event.task_id) if event.task_id else None
+            priority = task.priority.value if task else "unknown"
+            outcome = OUTCOMES.get(event.type)
+            if outcome is not None:
+                self.transitions.labels(outcome, priority).inc()
+            if event.type == "task.retrying" and event.data.get("reason") == "timed_out":
+                # Every timeout counts, whether the task is retried or not.
+                self.transitions.labels("timed_out", priority).inc()
+            if event.type in ("task.completed", "task.failed") and task and task.started_at:
+                seconds = (event.created_at - task.started_at).total_seconds()
+                if seconds >= 0:
+                    self.run_time.labels(event.type.removeprefix("task.")).observe(seconds)
+            self._time_assignment(event, task)
+
+    def _time_assignment(self, event: Event, task: Task | None) -> None:
+        if event.task_id is None:
+            return
+        queued = event.type in _QUEUED or (
+            event.type in ("task.created", "task.unblocked")
+            and event.data.get("status", "pending") == "pending"
+        )
+        if queued:
+            self._waiting[event.task_id] = event.created_at
+            self._waiting.move_to_end(event.task_id)
+            while len(self._waiting) > WAITING_MEMORY:
+                self._waiting.popitem(last=False)
+        elif event.type == "task.assigned":
+            since = self._waiting.pop(event.task_id, None)
+            if since is None and task is not None and task.attempt == 1:
+                since = task.created_at  # created before this replica started
+            if since is not None:
+                self.assignment_latency.observe(
+                    max((event.created_at - since).total_seconds(), 0.0)
+                )
+
+
+class MetricsFollower:
+    """Follows the log from its head at start and feeds `EventMetrics`."""
+
+    def __init__(self, store: Store, reader: EventReader, metrics: EventMetrics) -> None:
+        self.store = store
+        self.reader = reader
+        self.metrics = metrics
+
+    async def run(self, start: int) -> None:
+        cursor = start
+        everything = TypeFilter()
+        while True:
+            try:
+                cursor = await self._step(cursor, everything)
+            except CursorExpired:
+                # Behind retention (a replica stalled for days): go on from the head.
+                cursor = self.reader.feed.latest
+            except DispatchError as exc:
+                log.warning("metrics could not read the event log: %s", exc)
+                await asyncio.sleep(RETRY_S)
+
+    async def _step(self, cursor: int, everything: TypeFilter) -> int:
+        batch = await self.reader.read(cursor, everything, limit=SCAN, wait_s=60)
+        if batch.events:
+            ids = sorted({e.task_id for e in batch.events if e.task_id})
+            tasks = {t.id: t for t in await self.store.get_tasks(ids)} if ids else {}
+            self.metrics.observe(batch.events, tasks)
+        return batch.cursor

@@ -1,0 +1,145 @@
+"""Reading the event log by cursor: what the long-poll route, the SSE stream and every
+in-server consumer (NATS, webhooks, notifications) share.
+
+A cursor is the id of the last event a reader has seen ("0" for the start of the log).
+A read returns the events after it that match the reader's type filter, in log order, and
+the cursor to continue from; events the filter skips still move the cursor, so a reader
+never scans them twice. An empty read may wait: it is woken by the feed the moment the
+log grows (a commit here, or a NOTIFY from another replica), never by polling.
+
+Retention deletes a prefix of the log (`Store.prune`); a cursor inside the deleted part
+would silently skip events, so it is refused with 410 and the reader must resynchronise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from dispatchd.domain.models import Event
+from dispatchd.engine.feed import EventFeed
+from dispatchd.errors import Gone, ValidationFailed
+from dispatchd.store.base import RETENTION_CURSOR, Store
+
+# Events scanned per store read while looking for ones that match.
+SCAN = 1000
+MAX_WAIT_S = 60.0
+_PATTERN = re.compile(r"^[a-z_*?]+(\.[a-z_*?]+)*$")
+
+
+class CursorExpired(Gone):
+    """The cursor points into the part of the log that retention deleted."""
+
+    code = "cursor_expired"
+
+
+class TypeFilter:
+    """Event types as a comma-separated list of names and globs: `task.completed`,
+    `task.*`, or a bare family name (`task`, `agent`) meaning every type in it."""
+
+    def __init__(self, patterns: Sequence[str] = ()) -> None:
+        self.patterns = tuple(patterns)
+        self._compiled = [re.compile(fnmatch.translate(p)) for p in self.patterns]
+
+    @classmethod
+    def parse(cls, raw: str | None) -> TypeFilter:
+        if raw is None or not raw.strip():
+            return cls()
+        patterns = []
+        for part in raw.split(","):
+            name = part.strip()
+            if not name:
+                continue
+            if len(name) > 100 or not _PATTERN.match(name):
+                raise ValidationFailed(
+                    f"bad event type filter {name!r}: use names such as task.completed, "
+                    "globs such as task.*, or a family such as agent",
+                    code="invalid_types",
+                    types=raw[:200],
+                )
+            patterns.append(name if "." in name or "*" in name else f"{name}.*")
+        return cls(patterns)
+
+    def __call__(self, event_type: str) -> bool:
+        return not self._compiled or any(p.match(event_type) for p in self._compiled)
+
+
+def parse_cursor(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return 0
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
+        raise ValidationFailed(
+            "a cursor is the id of the last event seen, e.g. 0 for the start of the log",
+            code="invalid_cursor",
+            cursor=raw[:50],
+        )
+    return int(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    events: list[Event]
+    cursor: int
+
+
+class EventReader:
+    def __init__(self, store: Store, feed: EventFeed) -> None:
+        self.store = store
+        self.feed = feed
+
+    async def check(self, after: int) -> None:
+        """Refuse a cursor retention has passed, or one ahead of the log."""
+        pruned = await self.store.get_cursor(RETENTION_CURSOR)
+        if pruned is not None and after < pruned:
+            raise CursorExpired(
+                f"events after {after} up to {pruned} were deleted by retention; "
+                f"resynchronise (read the current state) and continue from {pruned}",
+                after=str(after),
+                oldest_cursor=str(pruned),
+            )
+        if after > self.feed.latest and after > await self.store.last_event_id():
+            raise ValidationFailed(
+                f"cursor {after} is ahead of the event log; continue from the last cursor "
+                "this server returned",
+                code="invalid_cursor",
+                cursor=str(after),
+            )
+
+    async def read(
+        self, after: int, types: TypeFilter, *, limit: int, wait_s: float = 0.0
+    ) -> Batch:
+        """The events after `after` that match `types`, at most `limit`; when there are
+        none, wait up to `wait_s` for some."""
+        await self.check(after)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(max(wait_s, 0.0), MAX_WAIT_S)
+        cursor = after
+        while True:
+            scanned = await self.feed.read(cursor, SCAN)
+            matched: list[Event] = []
+            for event in scanned:
+                assert event.id is not None
+                if types(event.type):
+                    matched.append(event)
+                    if len(matched) == limit:
+                        return Batch(matched, event.id)
+                cursor = event.id
+            if matched:
+                return Batch(matched, cursor)
+            if len(scanned) == SCAN:
+                continue  # a long run of filtered-out events: read on
+            remaining = deadline - loop.time()
+            if remaining <= 0 or not await self.feed.wait(cursor, remaining):
+                return Batch([], cursor)
+
+    async def follow(self, after: int, types: TypeFilter, *, idle_s: float) -> AsyncIterator[Batch]:
+        """Every batch after `after`, as the log grows; an empty batch after `idle_s`
+        without any (for keep-alives). Runs until the caller stops iterating."""
+        cursor = after
+        while True:
+            batch = await self.read(cursor, types, limit=SCAN, wait_s=idle_s)
+            cursor = batch.cursor
+            yield batch

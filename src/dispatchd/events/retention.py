@@ -1,0 +1,69 @@
+"""Retention: the event log and finished tasks do not grow without bound.
+
+Every `events.prune_interval_s` the pruner deletes, in batches, the events older than
+`events.retention_days` (always a prefix of the log, recorded as the `retention` cursor so
+that readers behind it get 410 rather than a silent gap) and the tasks that finished longer
+ago than `events.finished_task_retention_days`. A value of 0 keeps that kind for ever.
+Several replicas may prune at once: each batch is one transaction over what is still there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta
+
+from dispatchd.config import EventsConfig
+from dispatchd.domain.ids import utcnow
+from dispatchd.errors import DispatchError
+from dispatchd.store.base import Pruned, Store
+
+log = logging.getLogger(__name__)
+
+BATCH = 1000
+
+
+class Pruner:
+    def __init__(self, store: Store, config: EventsConfig) -> None:
+        self.store = store
+        self.config = config
+
+    def cutoffs(self, now: datetime) -> tuple[datetime | None, datetime | None]:
+        events = self.config.retention_days
+        tasks = self.config.finished_task_retention_days
+        return (
+            now - timedelta(days=events) if events > 0 else None,
+            now - timedelta(days=tasks) if tasks > 0 else None,
+        )
+
+    async def prune(self, now: datetime | None = None) -> Pruned:
+        """Delete everything past retention now, batch by batch; return the totals."""
+        events_before, tasks_before = self.cutoffs(now or utcnow())
+        events = tasks = 0
+        while events_before is not None or tasks_before is not None:
+            batch = await self.store.prune(
+                events_before=events_before, tasks_before=tasks_before, limit=BATCH
+            )
+            events += batch.events
+            tasks += batch.tasks
+            # A kind whose batch was not full is done.
+            if batch.events < BATCH:
+                events_before = None
+            if batch.tasks < BATCH:
+                tasks_before = None
+        if events or tasks:
+            log.info(
+                "retention deleted %d events and %d finished tasks",
+                events,
+                tasks,
+                extra={"action": "prune"},
+            )
+        return Pruned(events=events, tasks=tasks)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.prune()
+            except DispatchError as exc:
+                log.warning("retention failed: %s", exc, extra={"action": "prune"})
+            await asyncio.sleep(self.config.prune_interval_s)
