@@ -35,6 +35,8 @@ from dispatchd.store import Store, open_store
 log = logging.getLogger(__name__)
 
 ADMIN_TOKEN_FILE = "admin_token"  # noqa: S105 - a file name, not a secret
+# How long a stop waits for the background jobs to end after cancelling them.
+STOP_TIMEOUT_S = 10.0
 
 
 def policy_of(settings: Settings) -> Policy:
@@ -197,7 +199,11 @@ class Runtime:
     async def _stop(self) -> None:
         for job in self._jobs:
             job.cancel()
-        await asyncio.gather(*self._jobs, return_exceptions=True)
+        if self._jobs:
+            # A job that ignores its cancellation must not hold the shutdown for ever.
+            _, stuck = await asyncio.wait(self._jobs, timeout=STOP_TIMEOUT_S)
+            for job in stuck:
+                log.error("%s did not stop within %gs", job.get_name(), STOP_TIMEOUT_S)
         self._jobs.clear()
         await self.waker.close()
         if self.external is not None:

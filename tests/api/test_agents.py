@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import pytest
 
 from dispatchd.runtime import Runtime
 from tests.api.conftest import as_agent
+from tests.api.helpers import BOTH
 
-pytestmark = pytest.mark.parametrize("engine", ["sqlite", "postgres"], indirect=True)
+pytestmark = BOTH
 
 
 async def test_register_returns_token_once_then_updates(client: httpx.AsyncClient) -> None:

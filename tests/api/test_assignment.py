@@ -4,12 +4,11 @@ task is assigned, to whom, in which order, and never to two agents."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -19,13 +18,20 @@ from dispatchd.api.app import create_app
 from dispatchd.config import load_settings
 from dispatchd.runtime import Runtime
 from tests.api.conftest import ADMIN_TOKEN, as_agent, make_settings
-
-BOTH = pytest.mark.parametrize("engine", ["sqlite", "postgres"], indirect=True)
-ADMIN = {"X-Agent-ID": "admin", "Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-T = TypeVar("T")
-Settle = Callable[[], Awaitable[None]]
-
+from tests.api.helpers import (
+    ADMIN,
+    BOTH,
+    Settle,
+    act,
+    agent_status,
+    create_task,
+    detail,
+    eventually,
+    heartbeat,
+    task_events,
+    track,
+    wait_assigned,
+)
 
 # --- helpers ----------------------------------------------------------------------------
 
@@ -42,106 +48,26 @@ def settings_overrides() -> dict[str, Any]:
     return overrides()
 
 
-async def eventually(check: Callable[[], Awaitable[T]], within: float = 10.0) -> T:
-    """Poll `check` until it stops raising AssertionError; the last failure if it never does."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            return await check()
-        except AssertionError:
-            if time.monotonic() >= deadline:
-                raise
-        await asyncio.sleep(0.01)
-
-
-def track(rt: Runtime) -> Settle:
-    """A barrier: wait until the assigner has acted on every event committed so far."""
-    handled = [rt.assigner.cursor]
-    original = rt.assigner.handle
-
-    async def handle(events: Any) -> None:
-        await original(events)
-        if events:
-            handled[0] = max(handled[0], events[-1].id)
-
-    rt.assigner.handle = handle  # type: ignore[method-assign]
-
-    async def settle() -> None:
-        target = rt.feed.latest
-
-        async def caught_up() -> None:
-            assert handled[0] >= target, f"assigner at {handled[0]}, log at {target}"
-
-        await eventually(caught_up)
-
-    return settle
-
-
 @pytest.fixture
 def settle(runtime: Runtime) -> Settle:
     return track(runtime)
 
 
-async def create(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
-    body.setdefault("title", "a task")
-    r = await client.post("/api/v1/tasks", json=body)
-    assert r.status_code == 201, r.text
-    return dict(r.json())
-
-
-async def get(client: httpx.AsyncClient, task_id: str) -> dict[str, Any]:
-    r = await client.get(f"/api/v1/tasks/{task_id}")
-    assert r.status_code == 200, r.text
-    return dict(r.json())
-
-
-async def assigned(client: httpx.AsyncClient, task_id: str, agent_id: str) -> dict[str, Any]:
-    """Wait until the task is assigned to `agent_id`."""
-
-    async def check() -> dict[str, Any]:
-        task = await get(client, task_id)
-        assert (task["status"], task["assignee"]) == ("assigned", agent_id), (
-            task["status"],
-            task["assignee"],
-        )
-        return task
-
-    return await eventually(check)
-
-
 async def pending(client: httpx.AsyncClient, task_id: str) -> dict[str, Any]:
-    task = await get(client, task_id)
+    task = await detail(client, task_id)
     assert (task["status"], task["assignee"]) == ("pending", None), task
     return task
 
 
 async def finish(client: httpx.AsyncClient, task_id: str, agent_id: str) -> None:
     for step in ("start", "complete"):
-        r = await client.post(
-            f"/api/v1/tasks/{task_id}/{step}", json={}, headers=as_agent(agent_id)
-        )
-        assert r.status_code == 200, r.text
+        await act(client, task_id, step, agent_id)
 
 
 async def assignments(client: httpx.AsyncClient, task_id: str) -> list[tuple[str, int]]:
     """(agent, attempt) of each assignment of the task so far, from its events."""
-    r = await client.get(f"/api/v1/tasks/{task_id}/events")
-    assert r.status_code == 200, r.text
-    return [
-        (e["agent_id"], e["data"]["attempt"])
-        for e in r.json()["events"]
-        if e["type"] == "task.assigned"
-    ]
-
-
-async def heartbeat(client: httpx.AsyncClient, agent_id: str, status: str | None) -> str:
-    """Send a heartbeat; the agent's status after it."""
-    body = {"status": status} if status else {}
-    r = await client.post(
-        f"/api/v1/agents/{agent_id}/heartbeat", json=body, headers=as_agent(agent_id)
-    )
-    assert r.status_code == 200, r.text
-    return str(r.json()["status"])
+    found = await task_events(client, task_id, "task.assigned")
+    return [(e["agent_id"], e["data"]["attempt"]) for e in found]
 
 
 async def set_drained(client: httpx.AsyncClient, agent_id: str, drained: bool) -> None:
@@ -152,7 +78,7 @@ async def set_drained(client: httpx.AsyncClient, agent_id: str, drained: bool) -
 
 
 async def statuses(client: httpx.AsyncClient, ids: list[str]) -> list[tuple[str, str | None]]:
-    return [((t := await get(client, i))["status"], t["assignee"]) for i in ids]
+    return [((t := await detail(client, i))["status"], t["assignee"]) for i in ids]
 
 
 # --- when: event-driven assignment ------------------------------------------------------
@@ -163,12 +89,11 @@ async def test_a_created_task_goes_at_once_to_a_capable_agent(
     client: httpx.AsyncClient, register: Any
 ) -> None:
     await register("w1", ["code"])
-    task = await create(client, capabilities=["code"])
-    got = await assigned(client, task["id"], "w1")
+    task = await create_task(client, capabilities=["code"])
+    got = await wait_assigned(client, task["id"], "w1")
     assert got["attempt"] == 1
     assert [(a["number"], a["agent_id"]) for a in got["attempts"]] == [(1, "w1")]
-    r = await client.get(f"/api/v1/tasks/{task['id']}/events")
-    types = [e["type"] for e in r.json()["events"]]
+    types = [e["type"] for e in await task_events(client, task["id"])]
     assert types == ["task.created", "task.assigned"]
 
 
@@ -201,24 +126,24 @@ async def test_a_freed_slot_takes_the_next_pending_task(
     free: Callable[[httpx.AsyncClient, str], Awaitable[None]],
 ) -> None:
     await register("w1", ["code"], max_concurrent=1)
-    first = await create(client, capabilities=["code"])
-    await assigned(client, first["id"], "w1")
-    second = await create(client, capabilities=["code"])
+    first = await create_task(client, capabilities=["code"])
+    await wait_assigned(client, first["id"], "w1")
+    second = await create_task(client, capabilities=["code"])
     await settle()
     await pending(client, second["id"])
     await free(client, first["id"])
-    await assigned(client, second["id"], "w1")
+    await wait_assigned(client, second["id"], "w1")
 
 
 @BOTH
 async def test_registering_an_agent_takes_the_waiting_work(
     client: httpx.AsyncClient, register: Any, settle: Settle
 ) -> None:
-    task = await create(client, capabilities=["code"])
+    task = await create_task(client, capabilities=["code"])
     await settle()
     await pending(client, task["id"])
     await register("w1", ["code"])
-    await assigned(client, task["id"], "w1")
+    await wait_assigned(client, task["id"], "w1")
 
 
 @BOTH
@@ -226,14 +151,14 @@ async def test_an_agent_gaining_a_capability_takes_the_waiting_work(
     client: httpx.AsyncClient, register: Any, settle: Settle
 ) -> None:
     await register("w1", ["code"])
-    task = await create(client, capabilities=["rust"])
+    task = await create_task(client, capabilities=["rust"])
     await settle()
     await pending(client, task["id"])
     r = await client.patch(
         "/api/v1/agents/w1", json={"capabilities": ["code", "rust"]}, headers=as_agent("w1")
     )
     assert r.status_code == 200, r.text
-    await assigned(client, task["id"], "w1")
+    await wait_assigned(client, task["id"], "w1")
 
 
 @BOTH
@@ -241,11 +166,11 @@ async def test_a_degraded_agent_back_to_ready_takes_the_waiting_work(
     client: httpx.AsyncClient, register: Any, settle: Settle
 ) -> None:
     await register("w1", ["code"], status="degraded")
-    task = await create(client, capabilities=["code"])
+    task = await create_task(client, capabilities=["code"])
     await settle()
     await pending(client, task["id"])
     assert await heartbeat(client, "w1", "ready") == "ready"
-    await assigned(client, task["id"], "w1")
+    await wait_assigned(client, task["id"], "w1")
 
 
 @BOTH
@@ -256,25 +181,26 @@ async def test_an_offline_agent_heartbeating_again_takes_the_waiting_work(
 ) -> None:
     # The only way to go offline: be given a task, neither start it nor heartbeat.
     await register("w1", ["code"], status="sleeping")
-    task = await create(client, capabilities=["code"])
+    task = await create_task(client, capabilities=["code"])
 
-    async def gone() -> None:
-        r = await client.get("/api/v1/agents/w1")
-        assert r.json()["status"] == "offline"
-        await pending(client, task["id"])
+    async def gone() -> bool:
+        if await agent_status(client, "w1") != "offline":
+            return False
+        now = await detail(client, task["id"])
+        return (now["status"], now["assignee"]) == ("pending", None)
 
-    await eventually(gone)
+    await eventually(gone, "w1 to go offline and its task back to pending")
     await settle()
     await pending(client, task["id"])
     before = await assignments(client, task["id"])
     assert before and all(agent == "w1" for agent, _ in before)
     assert await heartbeat(client, "w1", status) == "ready"
 
-    async def back() -> None:
+    async def back() -> bool:
         after = await assignments(client, task["id"])
-        assert after[: len(before) + 1] == [*before, ("w1", len(before) + 1)], after
+        return after[: len(before) + 1] == [*before, ("w1", len(before) + 1)]
 
-    await eventually(back)
+    await eventually(back, "w1 to be given the task again")
 
 
 @BOTH
@@ -282,8 +208,8 @@ async def test_a_sleeping_agent_gets_work_without_waking_first(
     client: httpx.AsyncClient, register: Any
 ) -> None:
     await register("w1", ["code"], status="sleeping")
-    task = await create(client, capabilities=["code"])
-    await assigned(client, task["id"], "w1")
+    task = await create_task(client, capabilities=["code"])
+    await wait_assigned(client, task["id"], "w1")
 
 
 @BOTH
@@ -291,10 +217,10 @@ async def test_drain_stops_new_work_and_undrain_resumes_it(
     client: httpx.AsyncClient, register: Any, settle: Settle
 ) -> None:
     await register("w1", ["code"])
-    held = await create(client, capabilities=["code"])
-    await assigned(client, held["id"], "w1")
+    held = await create_task(client, capabilities=["code"])
+    await wait_assigned(client, held["id"], "w1")
     await set_drained(client, "w1", True)
-    waiting = await create(client, capabilities=["code"])
+    waiting = await create_task(client, capabilities=["code"])
     await settle()
     await pending(client, waiting["id"])
     # Work it already holds goes on, and finishing it does not bring new work.
@@ -302,7 +228,7 @@ async def test_drain_stops_new_work_and_undrain_resumes_it(
     await settle()
     await pending(client, waiting["id"])
     await set_drained(client, "w1", False)
-    await assigned(client, waiting["id"], "w1")
+    await wait_assigned(client, waiting["id"], "w1")
 
 
 # --- to whom ----------------------------------------------------------------------------
@@ -314,12 +240,12 @@ async def test_every_required_capability_is_a_hard_filter(
 ) -> None:
     await register("a-code", {"code": 1.0})
     await register("b-rust", {"rust": 1.0})
-    task = await create(client, capabilities=["code", "rust"])
+    task = await create_task(client, capabilities=["code", "rust"])
     await settle()
     await pending(client, task["id"])
     # A weak match holding both tags still beats strong agents that hold one.
     await register("c-both", {"code": 0.1, "rust": 0.1})
-    await assigned(client, task["id"], "c-both")
+    await wait_assigned(client, task["id"], "c-both")
 
 
 @BOTH
@@ -327,11 +253,11 @@ async def test_the_better_weighted_match_wins(client: httpx.AsyncClient, registe
     # The smaller id, registered first, is the weaker match: neither tie-break decides.
     await register("a-weak", {"code": 0.4, "rust": 1.0})
     await register("b-strong", {"code": 0.9, "rust": 0.9})
-    task = await create(client, capabilities=["code", "rust"])
-    await assigned(client, task["id"], "b-strong")
+    task = await create_task(client, capabilities=["code", "rust"])
+    await wait_assigned(client, task["id"], "b-strong")
     # For rust alone a-weak is the better match (1.0 against 0.9).
-    other = await create(client, capabilities=["rust"])
-    await assigned(client, other["id"], "a-weak")
+    other = await create_task(client, capabilities=["rust"])
+    await wait_assigned(client, other["id"], "a-weak")
 
 
 @BOTH
@@ -345,10 +271,10 @@ async def test_availability_decides_ready_then_sleeping_then_busy_never_degraded
     await register("d-ready", caps, status="ready", max_concurrent=1)
     order = []
     for expected in ("d-ready", "c-sleeping", "b-busy"):
-        task = await create(client, capabilities=["avail"])
-        await assigned(client, task["id"], expected)
+        task = await create_task(client, capabilities=["avail"])
+        await wait_assigned(client, task["id"], expected)
         order.append(expected)
-    last = await create(client, capabilities=["avail"])
+    last = await create_task(client, capabilities=["avail"])
     await settle()
     await pending(client, last["id"])
     r = await client.get("/api/v1/agents/a-degraded")
@@ -362,11 +288,11 @@ async def test_availability_outweighs_a_small_capability_edge(
     # 0.9 x 0.5 (busy) = 0.45 < 0.6 x 1.0 (ready) < 1.0 x 0.8 (sleeping).
     await register("a-busy", {"x": 0.9}, status="busy")
     await register("b-ready", {"x": 0.6})
-    task = await create(client, capabilities=["x"])
-    await assigned(client, task["id"], "b-ready")
+    task = await create_task(client, capabilities=["x"])
+    await wait_assigned(client, task["id"], "b-ready")
     await register("c-sleeping", {"x": 1.0}, status="sleeping")
-    task = await create(client, capabilities=["x"])
-    await assigned(client, task["id"], "c-sleeping")
+    task = await create_task(client, capabilities=["x"])
+    await wait_assigned(client, task["id"], "c-sleeping")
 
 
 @BOTH
@@ -375,16 +301,16 @@ async def test_owner_filtering_keeps_tasks_with_their_owners_agents(
 ) -> None:
     await register("bob-1", ["code"], owner="bob", max_concurrent=1)
     await register("anyone", ["code"])
-    carols = await create(client, capabilities=["code"], owner="carol")
-    bobs = await create(client, capabilities=["code"], owner="bob")
-    await assigned(client, bobs["id"], "bob-1")
+    carols = await create_task(client, capabilities=["code"], owner="carol")
+    bobs = await create_task(client, capabilities=["code"], owner="bob")
+    await wait_assigned(client, bobs["id"], "bob-1")
     await settle()
     await pending(client, carols["id"])
     # An ownerless task may go to an agent without an owner.
-    free = await create(client, capabilities=["code"])
-    await assigned(client, free["id"], "anyone")
+    free = await create_task(client, capabilities=["code"])
+    await wait_assigned(client, free["id"], "anyone")
     await register("carol-1", ["code"], owner="carol")
-    await assigned(client, carols["id"], "carol-1")
+    await wait_assigned(client, carols["id"], "carol-1")
 
 
 @pytest.mark.parametrize("settings_overrides", [overrides(owner_filter_enabled=False)])
@@ -392,8 +318,8 @@ async def test_with_owner_filtering_off_any_capable_agent_takes_an_owned_task(
     client: httpx.AsyncClient, register: Any
 ) -> None:
     await register("bob-1", ["code"], owner="bob")
-    task = await create(client, capabilities=["code"], owner="carol")
-    await assigned(client, task["id"], "bob-1")
+    task = await create_task(client, capabilities=["code"], owner="carol")
+    await wait_assigned(client, task["id"], "bob-1")
     r = await client.get(f"/api/v1/tasks/{task['id']}/explain")
     assert r.json()["owner_filter"] is False
 
@@ -421,12 +347,12 @@ async def test_owner_filtering_follows_the_environment_variable(
                 headers=as_agent("bob-1"),
             )
             assert r.status_code == 201, r.text
-            task = await create(client, capabilities=["code"], owner="carol")
+            task = await create_task(client, capabilities=["code"], owner="carol")
             if enabled:
                 await settle()
                 await pending(client, task["id"])
             else:
-                await assigned(client, task["id"], "bob-1")
+                await wait_assigned(client, task["id"], "bob-1")
 
 
 # --- in which order ---------------------------------------------------------------------
@@ -451,19 +377,20 @@ async def test_tasks_are_served_by_priority_then_due_at_then_creation(
     ]
     ids = {}
     for title, fields in specs:
-        ids[(await create(client, title=title, capabilities=["queue"], **fields))["id"]] = title
+        task = await create_task(client, title=title, capabilities=["queue"], **fields)
+        ids[task["id"]] = title
     await settle()
     await register("w1", ["queue"], max_concurrent=1)
     served = []
     for _ in specs:
 
-        async def one() -> str:
+        async def one() -> str | None:
             r = await client.get("/api/v1/tasks?status=assigned&assignee=w1")
+            assert r.status_code == 200, r.text
             items = r.json()["items"]
-            assert len(items) == 1, items
-            return str(items[0]["id"])
+            return str(items[0]["id"]) if len(items) == 1 else None
 
-        task_id = await eventually(one)
+        task_id = await eventually(one, "w1 to hold exactly one task")
         served.append(ids[task_id])
         await finish(client, task_id, "w1")
     assert served == [
@@ -497,7 +424,7 @@ async def test_tasks_arriving_together_go_out_in_queue_order(
     )
     assert r.status_code == 201, r.text
     by_title = {t["title"]: t["id"] for t in r.json()["items"]}
-    await assigned(client, by_title["critical"], "w1")
+    await wait_assigned(client, by_title["critical"], "w1")
     await settle()
     for title in ("low", "medium", "high"):
         await pending(client, by_title[title])
@@ -521,12 +448,12 @@ async def test_an_agent_holds_at_most_its_limit(
     expected: int,
 ) -> None:
     await register("w1", ["code"], **limit)
-    ids = [(await create(client, capabilities=["code"]))["id"] for _ in range(expected + 2)]
+    ids = [(await create_task(client, capabilities=["code"]))["id"] for _ in range(expected + 2)]
 
-    async def filled() -> None:
-        assert [s for s, _ in await statuses(client, ids)].count("assigned") == expected
+    async def filled() -> bool:
+        return [s for s, _ in await statuses(client, ids)].count("assigned") == expected
 
-    await eventually(filled)
+    await eventually(filled, f"{expected} of the tasks to be assigned")
     await settle()
     got = await statuses(client, ids)
     assert got.count(("assigned", "w1")) == expected
@@ -540,13 +467,13 @@ async def test_the_configured_default_limit_applies_to_agents_without_their_own(
 ) -> None:
     await register("w1", ["code"])
     await register("w2", ["code"], max_concurrent=2)
-    ids = [(await create(client, capabilities=["code"]))["id"] for _ in range(4)]
+    ids = [(await create_task(client, capabilities=["code"]))["id"] for _ in range(4)]
     await settle()
 
-    async def filled() -> None:
-        assert Counter(a for _, a in await statuses(client, ids)) == {"w1": 1, "w2": 2, None: 1}
+    async def filled() -> bool:
+        return Counter(a for _, a in await statuses(client, ids)) == {"w1": 1, "w2": 2, None: 1}
 
-    await eventually(filled)
+    await eventually(filled, "w1 to hold one task and w2 two")
 
 
 # --- ties -------------------------------------------------------------------------------
@@ -556,10 +483,10 @@ async def test_the_configured_default_limit_applies_to_agents_without_their_own(
 async def test_equal_scores_go_to_the_lower_load(client: httpx.AsyncClient, register: Any) -> None:
     await register("a", ["tie"])
     await register("b", ["tie"])
-    held = await create(client, capabilities=["other"], assigned_to="a")
-    await assigned(client, held["id"], "a")
-    task = await create(client, capabilities=["tie"])
-    await assigned(client, task["id"], "b")
+    held = await create_task(client, capabilities=["other"], assigned_to="a")
+    await wait_assigned(client, held["id"], "a")
+    task = await create_task(client, capabilities=["tie"])
+    await wait_assigned(client, task["id"], "b")
 
 
 @BOTH
@@ -569,16 +496,16 @@ async def test_equal_scores_and_loads_go_by_idle_time_then_id(
     await register("b", ["tie"])
     await register("a", ["tie"])
     # Both never assigned: the smaller id.
-    first = await create(client, capabilities=["tie"])
-    await assigned(client, first["id"], "a")
+    first = await create_task(client, capabilities=["tie"])
+    await wait_assigned(client, first["id"], "a")
     await finish(client, first["id"], "a")
     # a has been given work, b never: b is idle longest.
-    second = await create(client, capabilities=["tie"])
-    await assigned(client, second["id"], "b")
+    second = await create_task(client, capabilities=["tie"])
+    await wait_assigned(client, second["id"], "b")
     await finish(client, second["id"], "b")
     # a was given work before b: a is idle longest now.
-    third = await create(client, capabilities=["tie"])
-    await assigned(client, third["id"], "a")
+    third = await create_task(client, capabilities=["tie"])
+    await wait_assigned(client, third["id"], "a")
 
 
 # --- manual assignment ------------------------------------------------------------------
@@ -588,9 +515,9 @@ async def test_equal_scores_and_loads_go_by_idle_time_then_id(
 async def test_assigned_to_skips_scoring(client: httpx.AsyncClient, register: Any) -> None:
     await register("a-strong", {"code": 1.0})
     await register("b-weak", {"code": 0.1}, status="busy")
-    task = await create(client, capabilities=["code"], assigned_to="b-weak")
+    task = await create_task(client, capabilities=["code"], assigned_to="b-weak")
     assert task["assigned_to"] == "b-weak"
-    await assigned(client, task["id"], "b-weak")
+    await wait_assigned(client, task["id"], "b-weak")
 
 
 @BOTH
@@ -600,12 +527,12 @@ async def test_assigned_to_respects_drain(
     await register("a-strong", {"code": 1.0})
     await register("b-named", {"code": 0.5})
     await set_drained(client, "b-named", True)
-    task = await create(client, capabilities=["code"], assigned_to="b-named")
+    task = await create_task(client, capabilities=["code"], assigned_to="b-named")
     await settle()
     got = await pending(client, task["id"])
     assert got["assigned_to"] == "b-named"
     await set_drained(client, "b-named", False)
-    await assigned(client, task["id"], "b-named")
+    await wait_assigned(client, task["id"], "b-named")
 
 
 @BOTH
@@ -614,15 +541,15 @@ async def test_assigned_to_respects_capacity(
 ) -> None:
     await register("a-strong", {"code": 1.0})
     await register("b-named", {"code": 0.5}, max_concurrent=1)
-    held = await create(client, capabilities=["code"], assigned_to="b-named")
-    await assigned(client, held["id"], "b-named")
-    task = await create(client, capabilities=["code"], assigned_to="b-named")
+    held = await create_task(client, capabilities=["code"], assigned_to="b-named")
+    await wait_assigned(client, held["id"], "b-named")
+    task = await create_task(client, capabilities=["code"], assigned_to="b-named")
     await settle()
     got = await pending(client, task["id"])
     assert got["assigned_to"] == "b-named"
     assert await _load(client, "a-strong") == 0
     await finish(client, held["id"], "b-named")
-    await assigned(client, task["id"], "b-named")
+    await wait_assigned(client, task["id"], "b-named")
 
 
 @BOTH
@@ -630,11 +557,11 @@ async def test_a_task_named_for_an_unknown_agent_waits_for_it_to_register(
     client: httpx.AsyncClient, register: Any, settle: Settle
 ) -> None:
     await register("a-strong", {"code": 1.0})
-    task = await create(client, capabilities=["code"], assigned_to="later")
+    task = await create_task(client, capabilities=["code"], assigned_to="later")
     await settle()
     await pending(client, task["id"])
     await register("later", ["code"])
-    await assigned(client, task["id"], "later")
+    await wait_assigned(client, task["id"], "later")
 
 
 # --- model routing ----------------------------------------------------------------------
@@ -655,8 +582,8 @@ async def test_a_task_gets_its_model_at_assignment(
     client: httpx.AsyncClient, register: Any, fields: dict[str, Any], model: str | None
 ) -> None:
     await register("w1", ["code"])
-    task = await create(client, capabilities=["code"], **fields)
-    got = await assigned(client, task["id"], "w1")
+    task = await create_task(client, capabilities=["code"], **fields)
+    got = await wait_assigned(client, task["id"], "w1")
     assert got["model"] == model
     given = await client.get(f"/api/v1/tasks/{task['id']}/events")
     event = next(e for e in given.json()["events"] if e["type"] == "task.assigned")
@@ -668,8 +595,8 @@ async def test_an_agents_own_model_overrides_the_tier(
     client: httpx.AsyncClient, register: Any
 ) -> None:
     await register("w1", ["code"], dispatch_model="local-llama")
-    task = await create(client, title="Diagnose the outage", capabilities=["code"])
-    got = await assigned(client, task["id"], "w1")
+    task = await create_task(client, title="Diagnose the outage", capabilities=["code"])
+    got = await wait_assigned(client, task["id"], "w1")
     assert got["model"] == "local-llama"
 
 
@@ -678,13 +605,13 @@ async def test_a_requeued_task_is_routed_again_for_its_new_agent(
     client: httpx.AsyncClient, register: Any
 ) -> None:
     await register("a-first", {"code": 1.0}, dispatch_model="model-a")
-    task = await create(client, title="Write the report", capabilities=["code"])
-    got = await assigned(client, task["id"], "a-first")
+    task = await create_task(client, title="Write the report", capabilities=["code"])
+    got = await wait_assigned(client, task["id"], "a-first")
     assert got["model"] == "model-a"
     await register("b-second", {"code": 0.5}, dispatch_model="model-b")
     r = await client.delete("/api/v1/agents/a-first", headers=as_agent("a-first"))
     assert r.status_code == 200, r.text
-    got = await assigned(client, task["id"], "b-second")
+    got = await wait_assigned(client, task["id"], "b-second")
     assert got["model"] == "model-b"
 
 
@@ -700,15 +627,14 @@ async def work_off(
     turn = 0
     while len(done) < len(ids):
 
-        async def some_held() -> dict[str, list[dict[str, Any]]]:
+        async def some_held() -> dict[str, list[dict[str, Any]]] | None:
             held = {}
             for w in limits:
                 r = await clients[0].get(f"/api/v1/tasks?assignee={w}&status=assigned,running")
                 held[w] = r.json()["items"]
-            assert any(held.values()), "tasks wait, yet no agent holds one"
-            return held
+            return held if any(held.values()) else None
 
-        held = await eventually(some_held)
+        held = await eventually(some_held, "an agent to hold one of the waiting tasks")
         for w, items in held.items():
             assert len(items) <= limits[w], (w, [t["id"] for t in items])
             for task in items:
@@ -725,9 +651,9 @@ async def work_off(
 
 async def each_given_once(client: httpx.AsyncClient, runtime: Runtime, ids: list[str]) -> None:
     for task_id in ids:
-        detail = await get(client, task_id)
-        assert detail["status"] == "completed"
-        assert len(detail["attempts"]) == 1, detail["attempts"]
+        done = await detail(client, task_id)
+        assert done["status"] == "completed"
+        assert len(done["attempts"]) == 1, done["attempts"]
     events = await runtime.store.read_events(after=0, limit=10_000)
     given = Counter(e.task_id for e in events if e.type == "task.assigned")
     assert given == dict.fromkeys(ids, 1)
@@ -742,7 +668,7 @@ async def test_no_task_is_given_to_two_agents(
         await register(w, ["code"], max_concurrent=limit)
 
     async def make(n: int) -> str:
-        return str((await create(client, title=f"t{n}", capabilities=["code"]))["id"])
+        return str((await create_task(client, title=f"t{n}", capabilities=["code"]))["id"])
 
     # Pull claims race the push assigner for the same tasks.
     async def claim(w: str) -> None:
@@ -774,7 +700,10 @@ async def test_two_replicas_never_give_a_task_twice(
                 await register(w, ["code"], max_concurrent=2)
             clients = [client, client2]
             tasks = await asyncio.gather(
-                *(create(clients[n % 2], title=f"t{n}", capabilities=["code"]) for n in range(30))
+                *(
+                    create_task(clients[n % 2], title=f"t{n}", capabilities=["code"])
+                    for n in range(30)
+                )
             )
             ids = [t["id"] for t in tasks]
             await work_off(clients, limits, ids)
@@ -792,16 +721,16 @@ async def test_a_named_task_goes_to_its_agent_whether_or_not_it_had_to_wait(
 ) -> None:
     await register("b-named", ["code"], owner="bob", max_concurrent=1)
     # With room at creation, the named agent gets the task though a filter would refuse it.
-    at_once = await create(client, assigned_to="b-named", **mismatch)
-    await assigned(client, at_once["id"], "b-named")
+    at_once = await create_task(client, assigned_to="b-named", **mismatch)
+    await wait_assigned(client, at_once["id"], "b-named")
     # The same task created while the agent is full waits; when a slot frees it should
     # follow the same rule.
-    waits = await create(client, assigned_to="b-named", **mismatch)
+    waits = await create_task(client, assigned_to="b-named", **mismatch)
     await settle()
     await pending(client, waits["id"])
     await finish(client, at_once["id"], "b-named")
     await settle()
-    got = await get(client, waits["id"])
+    got = await detail(client, waits["id"])
     assert (got["status"], got["assignee"]) == ("assigned", "b-named")
 
 
@@ -810,13 +739,13 @@ async def test_raising_an_agents_limit_takes_waiting_work(
     client: httpx.AsyncClient, register: Any, settle: Settle
 ) -> None:
     await register("w1", ["code"], max_concurrent=1)
-    ids = [(await create(client, capabilities=["code"]))["id"] for _ in range(3)]
-    await assigned(client, ids[0], "w1")
+    ids = [(await create_task(client, capabilities=["code"]))["id"] for _ in range(3)]
+    await wait_assigned(client, ids[0], "w1")
     await settle()
     r = await client.patch("/api/v1/agents/w1", json={"max_concurrent": 3}, headers=as_agent("w1"))
     assert r.status_code == 200, r.text
     for task_id in ids:
-        await assigned(client, task_id, "w1")
+        await wait_assigned(client, task_id, "w1")
 
 
 @BOTH
@@ -824,15 +753,15 @@ async def test_raising_a_waiting_tasks_priority_serves_it_first(
     client: httpx.AsyncClient, register: Any, settle: Settle
 ) -> None:
     await register("w1", ["code"], max_concurrent=1)
-    held = await create(client, capabilities=["code"])
-    await assigned(client, held["id"], "w1")
-    older = await create(client, capabilities=["code"])
-    newer = await create(client, capabilities=["code"])
+    held = await create_task(client, capabilities=["code"])
+    await wait_assigned(client, held["id"], "w1")
+    older = await create_task(client, capabilities=["code"])
+    newer = await create_task(client, capabilities=["code"])
     r = await client.patch(f"/api/v1/tasks/{newer['id']}", json={"priority": "high"})
     assert r.status_code == 200, r.text
     await settle()
     await finish(client, held["id"], "w1")
-    await assigned(client, newer["id"], "w1")
+    await wait_assigned(client, newer["id"], "w1")
     await pending(client, older["id"])
 
 
@@ -841,12 +770,12 @@ async def test_a_deregistered_agents_tasks_go_to_another(
     client: httpx.AsyncClient, register: Any
 ) -> None:
     await register("a-first", {"code": 1.0})
-    task = await create(client, capabilities=["code"])
-    await assigned(client, task["id"], "a-first")
+    task = await create_task(client, capabilities=["code"])
+    await wait_assigned(client, task["id"], "a-first")
     await register("b-second", {"code": 0.5})
     r = await client.delete("/api/v1/agents/a-first", headers=as_agent("a-first"))
     assert r.status_code == 200 and r.json()["requeued"] == [task["id"]], r.text
-    await assigned(client, task["id"], "b-second")
+    await wait_assigned(client, task["id"], "b-second")
 
 
 @BOTH
@@ -855,11 +784,11 @@ async def test_two_agents_freed_in_one_pass_both_take_waiting_work(
 ) -> None:
     await register("a-weak", {"x": 0.5}, max_concurrent=1)
     await register("b-strong", {"x": 1.0}, max_concurrent=1)
-    first = await create(client, capabilities=["x"])
-    await assigned(client, first["id"], "b-strong")
-    second = await create(client, capabilities=["x"])
-    await assigned(client, second["id"], "a-weak")
-    waiting = [(await create(client, capabilities=["x"]))["id"] for _ in range(2)]
+    first = await create_task(client, capabilities=["x"])
+    await wait_assigned(client, first["id"], "b-strong")
+    second = await create_task(client, capabilities=["x"])
+    await wait_assigned(client, second["id"], "a-weak")
+    waiting = [(await create_task(client, capabilities=["x"]))["id"] for _ in range(2)]
     await settle()
     # Both agents finish before the assigner's next pass, as happens under load: hold the
     # assigner until both completions are in the log.

@@ -6,7 +6,6 @@ as its detail route shows it, the agent as the store holds it, and the event log
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 from collections.abc import AsyncIterator, Callable
@@ -18,20 +17,9 @@ import pytest
 from dispatchd.domain.models import Task, TaskStatus
 from dispatchd.runtime import Runtime
 from tests.api.conftest import ADMIN_TOKEN, app_for, as_agent
+from tests.api.helpers import assert_error, create_task, detail, eventually
 
 JSON = {"Content-Type": "application/json"}
-
-
-def assert_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"error"}, body
-    err = body["error"]
-    assert set(err) == {"code", "message", "details"}, err
-    assert err["code"] == code, err
-    assert isinstance(err["message"], str) and err["message"].strip(), err
-    assert isinstance(err["details"], dict), err
-    return dict(err)
 
 
 async def events(runtime: Runtime) -> list[tuple[int, str]]:
@@ -41,11 +29,7 @@ async def events(runtime: Runtime) -> list[tuple[int, str]]:
 async def snapshot(
     client: httpx.AsyncClient, runtime: Runtime, task_id: str | None = None
 ) -> tuple[Any, ...]:
-    task = None
-    if task_id is not None:
-        r = await client.get(f"/api/v1/tasks/{task_id}")
-        assert r.status_code == 200, r.text
-        task = r.json()
+    task = None if task_id is None else await detail(client, task_id)
     return task, await events(runtime)
 
 
@@ -57,21 +41,14 @@ async def bare(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def create_task(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
-    body.setdefault("title", "a task")
-    r = await client.post("/api/v1/tasks", json=body)
-    assert r.status_code == 201, r.text
-    return dict(r.json())
-
-
 async def settled(runtime: Runtime, task_id: str, done: Callable[[Task], bool]) -> Task:
     """The task once `done` holds for it (the assigner works in the background)."""
-    for _ in range(500):
+
+    async def probe() -> Task | None:
         task = await runtime.store.get_task(task_id)
-        if task is not None and done(task):
-            return task
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"task {task_id} did not settle: {task}")
+        return task if task is not None and done(task) else None
+
+    return await eventually(probe, f"task {task_id} to settle", limit_s=5.0)
 
 
 # --- X-Agent-ID and the Authorization header ----------------------------------------

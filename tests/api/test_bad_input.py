@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from decimal import Decimal
@@ -23,30 +22,14 @@ from hypothesis import strategies as st
 
 from dispatchd.runtime import Runtime
 from tests.api.conftest import app_for, as_agent, make_settings
+from tests.api.helpers import BOTH, assert_error
 
-pytestmark = pytest.mark.parametrize("engine", ["sqlite", "postgres"], indirect=True)
+pytestmark = BOTH
 
 JSON = {"Content-Type": "application/json"}
-SNAKE = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$")
 MiB = 1024 * 1024
 
 Unchanged = Callable[[], AbstractAsyncContextManager[None]]
-
-
-def assert_error(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
-    """The response is `status` in the API's error form; returns the `error` object."""
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/json"), r.headers
-    body = r.json()
-    assert isinstance(body, dict) and set(body) == {"error"}, body
-    err = body["error"]
-    assert set(err) == {"code", "message", "details"}, err
-    assert isinstance(err["code"], str) and SNAKE.match(err["code"]), err
-    assert isinstance(err["message"], str) and err["message"].strip(), err
-    assert isinstance(err["details"], dict), err
-    if code is not None:
-        assert err["code"] == code, err
-    return dict(err)
 
 
 def error_locs(err: dict[str, Any]) -> list[list[str]]:
@@ -634,7 +617,7 @@ async def test_utf8_encoded_surrogate(client: httpx.AsyncClient, unchanged: Unch
     async with unchanged():
         r = await post_raw(client, b'{"title": "\xed\xa0\x80"}')
         assert r.status_code in (400, 422), r.text
-        err = assert_error(r, r.status_code)
+        err = assert_error(r, r.status_code, None)
         assert err["code"] in ("invalid_json", "invalid_string")
 
 
@@ -856,7 +839,7 @@ async def test_bad_agent_list_query_is_422(
     client: httpx.AsyncClient, admin: dict[str, str], query: str
 ) -> None:
     r = await client.get(f"/api/v1/agents?{query}", headers=admin)
-    assert_error(r, 422)
+    assert_error(r, 422, None)
 
 
 # --- batches are all or nothing -----------------------------------------------------
@@ -1065,7 +1048,7 @@ async def check_body(client: httpx.AsyncClient, runtime: Runtime, body: Any) -> 
     r = await client.post("/api/v1/tasks", content=encode(body), headers=JSON)
     assert r.status_code < 500, r.text
     if r.status_code >= 400:
-        assert_error(r, r.status_code)
+        assert_error(r, r.status_code, None)
         assert len(await runtime.store.read_events(after=0, limit=10_000)) == before
         return False
     assert isinstance(body, dict)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.api.conftest import as_agent
+from tests.api.helpers import BOTH
 
-pytestmark = pytest.mark.parametrize("engine", ["sqlite", "postgres"], indirect=True)
+pytestmark = BOTH
 
 
 async def claim(client: httpx.AsyncClient, agent: str, n: int) -> list[dict[str, Any]]:

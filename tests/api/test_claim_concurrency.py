@@ -20,14 +20,14 @@ import httpx
 import pytest
 
 from dispatchd.runtime import Runtime
-from tests.api.conftest import ADMIN_TOKEN, app_for, as_agent, make_settings
+from tests.api.conftest import app_for, as_agent, make_settings
+from tests.api.helpers import ADMIN, BOTH
 
 N_TASKS = 2000
 N_CLAIMERS = 24
 CHUNK = 500
 PRIORITIES = ("low", "medium", "high", "critical")
 RANK = {p: i for i, p in enumerate(PRIORITIES)}
-ADMIN = {"X-Agent-ID": "admin", "Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def _client(runtime: Runtime) -> httpx.AsyncClient:
@@ -178,7 +178,7 @@ async def check_outcome(
     assert r.json() == {"tasks": [], "reason": "no_tasks_available"}
 
 
-@pytest.mark.parametrize("engine", ["sqlite", "postgres"], indirect=True)
+@BOTH
 async def test_concurrent_claimers_take_each_task_exactly_once(runtime: Runtime) -> None:
     async with _client(runtime) as client:
         by_task = await run_claimers([client])

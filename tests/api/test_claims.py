@@ -8,11 +8,10 @@ since a waiting claim is woken by what the assigner pushes.
 from __future__ import annotations
 
 import asyncio
-import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -21,12 +20,10 @@ from dispatchd.domain import ids
 from dispatchd.engine import claims as claims_module
 from dispatchd.runtime import Runtime
 from tests.api.conftest import as_agent, make_settings
+from tests.api.helpers import BOTH, assert_error, create_code_task, detail, eventually, task_events
 
-BOTH = pytest.mark.parametrize("engine", ["sqlite", "postgres"], indirect=True)
 CLAIM = "/api/v1/tasks/claim"
 QUEUE = "/api/v1/tasks/queue"
-
-T = TypeVar("T")
 
 
 @pytest.fixture
@@ -50,40 +47,8 @@ async def runtime(
 # --- helpers ----------------------------------------------------------------------------
 
 
-async def eventually(
-    probe: Callable[[], T | Awaitable[T]], what: str, *, limit_s: float = 10.0
-) -> T:
-    """Poll `probe` every 10 ms until it answers something truthy."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit_s
-    while True:
-        value = probe()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-def assert_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"error"}, body
-    err = body["error"]
-    assert set(err) == {"code", "message", "details"}, err
-    assert err["code"] == code, err
-    assert isinstance(err["message"], str) and err["message"].strip(), err
-    assert isinstance(err["details"], dict), err
-    return dict(err)
-
-
 async def create(client: httpx.AsyncClient, title: str, **fields: Any) -> dict[str, Any]:
-    body = {"title": title, "capabilities": ["code"], **fields}
-    r = await client.post("/api/v1/tasks", json=body)
-    assert r.status_code == 201, r.text
-    return dict(r.json())
+    return await create_code_task(client, title=title, **fields)
 
 
 async def claim(
@@ -104,12 +69,6 @@ async def queue(client: httpx.AsyncClient, agent_id: str, **params: Any) -> dict
     return dict(out)
 
 
-async def task(client: httpx.AsyncClient, task_id: str) -> dict[str, Any]:
-    r = await client.get(f"/api/v1/tasks/{task_id}")
-    assert r.status_code == 200, r.text
-    return dict(r.json())
-
-
 async def agent(client: httpx.AsyncClient, agent_id: str) -> dict[str, Any]:
     r = await client.get(f"/api/v1/agents/{agent_id}", headers=as_agent(agent_id))
     assert r.status_code == 200, r.text
@@ -122,9 +81,7 @@ async def event_log(runtime: Runtime) -> list[tuple[Any, ...]]:
 
 
 async def task_event_types(client: httpx.AsyncClient, task_id: str) -> list[str]:
-    r = await client.get(f"/api/v1/tasks/{task_id}/events")
-    assert r.status_code == 200, r.text
-    return [e["type"] for e in r.json()["events"]]
+    return [e["type"] for e in await task_events(client, task_id)]
 
 
 def titles(tasks: list[dict[str, Any]]) -> list[str]:
@@ -187,7 +144,7 @@ class TestClaimOrder:
 
         empty = await claim(client, "w", max_tasks=100)
         assert empty == {"tasks": [], "reason": "no_tasks_available"}
-        left = await task(client, ops["id"])
+        left = await detail(client, ops["id"])
         assert left["status"] == "pending" and left["assignee"] is None
 
         # A claimed task is assigned and started in one go; its own task was assigned before.
@@ -215,7 +172,7 @@ class TestClaimOrder:
         assert [t["id"] for t in out["tasks"]] == [own["id"]]
         assert_taken_by(out["tasks"], "w")
         assert await claim(client, "w", max_tasks=5) == {"tasks": [], "reason": "at_capacity"}
-        assert (await task(client, pending["id"]))["status"] == "pending"
+        assert (await detail(client, pending["id"]))["status"] == "pending"
 
 
 @BOTH
@@ -275,7 +232,7 @@ class TestClaimReasons:
         # Work it is not capable of is no work for it.
         ops = await create(client, "ops", capabilities=["ops"])
         assert await claim(client, "w") == {"tasks": [], "reason": "no_tasks_available"}
-        assert (await task(client, ops["id"]))["status"] == "pending"
+        assert (await detail(client, ops["id"]))["status"] == "pending"
 
     async def test_drained_agent_gets_no_new_task(
         self,
@@ -292,7 +249,7 @@ class TestClaimReasons:
         # Waiting cannot bring it work, so a long-poll answers at once.
         out = await asyncio.wait_for(claim(client, "w", wait_s=60), timeout=10)
         assert out == {"tasks": [], "reason": "draining"}
-        assert (await task(client, t["id"]))["status"] == "pending"
+        assert (await detail(client, t["id"]))["status"] == "pending"
 
         r = await client.post("/api/v1/agents/w/undrain", headers=admin)
         assert r.status_code == 200, r.text
@@ -311,7 +268,7 @@ class TestClaimReasons:
         assert await claim(client, "w") == {"tasks": [], "reason": "degraded"}
         out = await asyncio.wait_for(claim(client, "w", wait_s=60), timeout=10)
         assert out == {"tasks": [], "reason": "degraded"}
-        assert (await task(client, t["id"]))["status"] == "pending"
+        assert (await detail(client, t["id"]))["status"] == "pending"
 
         r = await client.post(
             "/api/v1/agents/w/heartbeat", json={"status": "ready"}, headers=as_agent("w")
@@ -335,7 +292,7 @@ class TestClaimReasons:
         r = await client.post(CLAIM, json={"agent_id": "ghost"}, headers=admin)
         assert_error(r, 404, "agent_not_registered")
         assert await event_log(runtime) == before
-        assert (await task(client, t["id"]))["status"] == "pending"
+        assert (await detail(client, t["id"]))["status"] == "pending"
 
 
 @BOTH
@@ -352,16 +309,16 @@ class TestOfflineAgentClaims:
         # Pushed to w, which neither starts it nor heartbeats: the task comes back and w
         # is taken as gone. Once w is offline, nothing can be pushed to it any more.
         await eventually(lambda: _offline(client, "w"), "the silent agent to be marked offline")
-        detail = await eventually(
+        requeued = await eventually(
             lambda: _pending(client, t["id"]), "the unstarted task to be requeued"
         )
-        assert detail["assignee"] is None and detail["requeues"] >= 1
+        assert requeued["assignee"] is None and requeued["requeues"] >= 1
         seen = len(await event_log(runtime))
 
         out = await claim(client, "w")
         assert [x["id"] for x in out["tasks"]] == [t["id"]] and out["reason"] is None
         assert_taken_by(out["tasks"], "w")
-        assert out["tasks"][0]["attempt"] == detail["attempt"] + 1
+        assert out["tasks"][0]["attempt"] == requeued["attempt"] + 1
         assert (await agent(client, "w"))["status"] == "ready"
         changes = [e for e in (await event_log(runtime))[seen:] if e[1] == "agent.status_changed"]
         assert len(changes) == 1, changes
@@ -371,7 +328,7 @@ class TestOfflineAgentClaims:
 
 
 async def _pending(client: httpx.AsyncClient, task_id: str) -> dict[str, Any] | None:
-    t = await task(client, task_id)
+    t = await detail(client, task_id)
     return t if t["status"] == "pending" else None
 
 
@@ -394,14 +351,14 @@ class TestClaimWho:
     ) -> None:
         await register("w", ["code"])
         t = await create(client, "t")
-        before = (await task(client, t["id"]), await event_log(runtime))
+        before = (await detail(client, t["id"]), await event_log(runtime))
 
         r = await client.post(CLAIM, json={"agent_id": "w"}, headers=as_agent("alice"))
         err = assert_error(r, 403, "not_self")
         assert err["details"]["agent_id"] == "w"
         r = await client.get(QUEUE, params={"agent": "w"}, headers=as_agent("alice"))
         assert_error(r, 403, "not_self")
-        assert (await task(client, t["id"]), await event_log(runtime)) == before
+        assert (await detail(client, t["id"]), await event_log(runtime)) == before
 
         r = await client.post(CLAIM, json={"agent_id": "w"}, headers=admin)
         assert r.status_code == 200, r.text
@@ -433,7 +390,7 @@ class TestClaimWho:
             "tasks": [],
             "reason": "no_tasks_available",
         }
-        assert (await task(client, named["id"]))["status"] == "pending"
+        assert (await detail(client, named["id"]))["status"] == "pending"
 
         assert (await client.post("/api/v1/agents/w2/undrain", headers=admin)).status_code == 200
         out = await claim(client, "w2")
@@ -460,7 +417,7 @@ class TestClaimOwnerFilter:
         assert [x["id"] for x in out["tasks"]] == [t_none["id"]]
         out = await claim(client, "acme-w", max_tasks=10)
         assert [x["id"] for x in out["tasks"]] == [t_acme["id"]]
-        assert (await task(client, t_globex["id"]))["status"] == "pending"
+        assert (await detail(client, t_globex["id"]))["status"] == "pending"
 
     async def test_owned_and_unowned_tasks_both_go_to_an_owned_agent(
         self, client: httpx.AsyncClient, register: Callable[..., Any]
@@ -532,7 +489,7 @@ class TestClaimBackoff:
             "tasks": [],
             "reason": "no_tasks_available",
         }
-        assert (await task(client, failing["id"]))["status"] == "pending"
+        assert (await detail(client, failing["id"]))["status"] == "pending"
 
         # Once its retry time has come, it is claimable again, as a new attempt.
         retry_at = ids.parse_iso(backing_off["retry_at"])
@@ -567,7 +524,7 @@ class TestQueueRoute:
         assert_taken_by([first["task"], second["task"]], "w")
 
         assert await queue(client, "w", max_capacity=2) == {"task": None, "reason": "at_capacity"}
-        assert (await task(client, made[2]["id"]))["status"] == "pending"
+        assert (await detail(client, made[2]["id"]))["status"] == "pending"
         # Its own limit (5) still has room.
         third = await queue(client, "w")
         assert third["task"]["id"] == made[2]["id"]
@@ -629,7 +586,7 @@ class TestLongPoll:
         held = await claim(client, "w")
         assert [x["id"] for x in held["tasks"]] == [first["id"]]
         second = await create(client, "second")
-        assert (await task(client, second["id"]))["status"] == "pending"
+        assert (await detail(client, second["id"]))["status"] == "pending"
 
         waiting = asyncio.create_task(claim(client, "w", wait_s=30))
         await eventually(
@@ -667,8 +624,8 @@ class TestLongPoll:
         assert [o for o in outs if not o["tasks"]] == [
             {"tasks": [], "reason": "no_tasks_available"}
         ]
-        detail = await task(client, t["id"])
-        assert detail["status"] == "running" and len(detail["attempts"]) == 1
+        taken = await detail(client, t["id"])
+        assert taken["status"] == "running" and len(taken["attempts"]) == 1
 
 
 # --- bad input ----------------------------------------------------------------------------
@@ -699,7 +656,7 @@ async def test_bad_claim_body_is_422(
     err = assert_error(r, 422, "validation_error")
     assert any(e["loc"][-1] == field for e in err["details"]["errors"]), err
     assert await event_log(runtime) == before
-    assert (await task(client, t["id"]))["status"] == "assigned"
+    assert (await detail(client, t["id"]))["status"] == "assigned"
 
 
 @pytest.mark.parametrize("params", [{"max_capacity": 0}, {"max_capacity": "x"}, {"agent": ""}])

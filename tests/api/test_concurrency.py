@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-import pytest
 
 from dispatchd.runtime import Runtime
 from tests.api.conftest import as_agent
+from tests.api.helpers import BOTH
 
-pytestmark = pytest.mark.parametrize("engine", ["sqlite", "postgres"], indirect=True)
+pytestmark = BOTH
 
 
 async def test_concurrent_writers_never_fail(

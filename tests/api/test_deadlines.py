@@ -8,10 +8,9 @@ is checked on the event timestamps, written by the same clock as the deadlines.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -21,15 +20,25 @@ from dispatchd.domain.models import Task
 from dispatchd.runtime import Runtime
 from dispatchd.store.base import InsertTask
 from tests.api.conftest import as_agent, make_settings
+from tests.api.helpers import (
+    BOTH,
+    LOST_REQUEUES,
+    Register,
+    act,
+    agent_status,
+    create_code_task,
+    detail,
+    eventually,
+    heartbeat,
+    iso,
+    task_events,
+    ts,
+    wait_assigned,
+    wait_task,
+)
 
-T = TypeVar("T")
-Register = Callable[..., Awaitable[tuple[dict[str, Any], str]]]
-
-BOTH = pytest.mark.parametrize("engine", ["sqlite", "postgres"], indirect=True)
-WAIT_S = 10.0
 BACKOFF_BASE_MS = 50
 BACKOFF_CAP_MS = 200
-LOST_REQUEUES = 5  # retry.max_lost_requeues, default
 
 
 def config(
@@ -58,86 +67,12 @@ def settings_overrides() -> dict[str, Any]:
 # --- helpers ----------------------------------------------------------------------------
 
 
-def ts(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
-
-
-def iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-async def wait_for(probe: Callable[[], Awaitable[T | None]], what: str) -> T:
-    """Poll `probe` until it returns something truthy, failing after WAIT_S."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_S
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {WAIT_S}s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-async def create(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
-    body.setdefault("title", "deadline task")
-    body.setdefault("capabilities", ["code"])
-    r = await client.post("/api/v1/tasks", json=body)
-    assert r.status_code == 201, r.text
-    return dict(r.json())
-
-
-async def detail(client: httpx.AsyncClient, task_id: str) -> dict[str, Any]:
-    r = await client.get(f"/api/v1/tasks/{task_id}")
-    assert r.status_code == 200, r.text
-    return dict(r.json())
-
-
-async def events(client: httpx.AsyncClient, task_id: str, kind: str | None = None) -> list[Any]:
-    r = await client.get(f"/api/v1/tasks/{task_id}/events")
-    assert r.status_code == 200, r.text
-    found = r.json()["events"]
-    return [e for e in found if kind is None or e["type"] == kind]
-
-
-async def wait_task(
-    client: httpx.AsyncClient, task_id: str, check: Callable[[dict[str, Any]], bool], what: str
-) -> dict[str, Any]:
-    async def probe() -> dict[str, Any] | None:
-        task = await detail(client, task_id)
-        return task if check(task) else None
-
-    return await wait_for(probe, f"task {task_id}: {what}")
-
-
 async def wait_event(client: httpx.AsyncClient, task_id: str, kind: str) -> dict[str, Any]:
     async def probe() -> dict[str, Any] | None:
-        found = await events(client, task_id, kind)
+        found = await task_events(client, task_id, kind)
         return found[0] if found else None
 
-    return await wait_for(probe, f"{kind} of task {task_id}")
-
-
-async def wait_assigned(
-    client: httpx.AsyncClient, task_id: str, agent: str, attempt: int = 1
-) -> dict[str, Any]:
-    return await wait_task(
-        client,
-        task_id,
-        lambda t: t["status"] == "assigned" and t["assignee"] == agent and t["attempt"] == attempt,
-        f"assigned to {agent} (attempt {attempt})",
-    )
-
-
-async def act(client: httpx.AsyncClient, task_id: str, action: str, agent: str, **body: Any) -> Any:
-    r = await client.post(f"/api/v1/tasks/{task_id}/{action}", json=body, headers=as_agent(agent))
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-async def heartbeat(client: httpx.AsyncClient, agent: str) -> None:
-    r = await client.post(f"/api/v1/agents/{agent}/heartbeat", json={}, headers=as_agent(agent))
-    assert r.status_code == 200, r.text
+    return await eventually(probe, f"{kind} of task {task_id}")
 
 
 # --- timeouts ---------------------------------------------------------------------------
@@ -149,8 +84,8 @@ async def test_running_task_past_its_timeout_times_out_for_good(
     client: httpx.AsyncClient, register: Register
 ) -> None:
     await register("w1", ["code"])
-    task = await create(client, timeout_s=1, max_attempts=1)
-    await wait_assigned(client, task["id"], "w1")
+    task = await create_code_task(client, timeout_s=1, max_attempts=1)
+    await wait_assigned(client, task["id"], "w1", attempt=1)
     started = await act(client, task["id"], "start", "w1")
     assert ts(started["deadline_at"]) - ts(started["started_at"]) == timedelta(seconds=1)
 
@@ -159,10 +94,10 @@ async def test_running_task_past_its_timeout_times_out_for_good(
     assert done["error"] == "timed out after 1s"
     assert done["finished_at"] is not None and done["deadline_at"] is None
     assert [a["outcome"] for a in done["attempts"]] == ["timed_out"]
-    (final,) = await events(client, task["id"], "task.timed_out")
+    (final,) = await task_events(client, task["id"], "task.timed_out")
     assert final["data"]["final"] is True
     assert ts(final["created_at"]) >= ts(started["deadline_at"])
-    assert await events(client, task["id"], "task.retrying") == []
+    assert await task_events(client, task["id"], "task.retrying") == []
 
 
 @BOTH
@@ -171,20 +106,20 @@ async def test_timeout_with_attempts_left_retries_and_reassigns(
     client: httpx.AsyncClient, register: Register
 ) -> None:
     await register("w1", ["code"])
-    task = await create(client, timeout_s=1, max_attempts=2)
-    await wait_assigned(client, task["id"], "w1")
+    task = await create_code_task(client, timeout_s=1, max_attempts=2)
+    await wait_assigned(client, task["id"], "w1", attempt=1)
     started = await act(client, task["id"], "start", "w1")
 
     again = await wait_assigned(client, task["id"], "w1", attempt=2)
     assert [a["outcome"] for a in again["attempts"]] == ["timed_out", None]
     assert again["attempts"][0]["error"] == "timed out after 1s"
-    (retrying,) = await events(client, task["id"], "task.retrying")
+    (retrying,) = await task_events(client, task["id"], "task.retrying")
     assert retrying["data"]["reason"] == "timed_out" and retrying["data"]["attempt"] == 1
     assert ts(retrying["created_at"]) >= ts(started["deadline_at"])
-    assigned = await events(client, task["id"], "task.assigned")
+    assigned = await task_events(client, task["id"], "task.assigned")
     assert [e["data"]["attempt"] for e in assigned] == [1, 2]
     assert ts(assigned[1]["created_at"]) >= ts(retrying["data"]["retry_at"])
-    assert await events(client, task["id"], "task.timed_out") == []
+    assert await task_events(client, task["id"], "task.timed_out") == []
 
 
 @pytest.mark.parametrize(
@@ -195,8 +130,8 @@ async def test_default_timeout_comes_from_config(
 ) -> None:
     """The deadline the sweeper acts on (see above) is set from the configured default."""
     await register("w1", ["code"], max_concurrent=2)
-    default = await create(client, assigned_to="w1")
-    own = await create(client, assigned_to="w1", timeout_s=7)
+    default = await create_code_task(client, assigned_to="w1")
+    own = await create_code_task(client, assigned_to="w1", timeout_s=7)
     assert default["timeout_s"] is None
     for task, seconds in ((default, 3), (own, 7)):
         started = await act(client, task["id"], "start", "w1")
@@ -216,7 +151,7 @@ async def test_default_timeout_keeps_its_milliseconds(
     client: httpx.AsyncClient, register: Register
 ) -> None:
     await register("w1", ["code"])
-    task = await create(client, assigned_to="w1")
+    task = await create_code_task(client, assigned_to="w1")
     started = await act(client, task["id"], "start", "w1")
     assert ts(started["deadline_at"]) - ts(started["started_at"]) == timedelta(milliseconds=1500)
 
@@ -229,8 +164,8 @@ async def test_progress_and_heartbeats_keep_a_task_past_its_lease(
 ) -> None:
     """lease_ms is 1000: progress for 1.2 s, then heartbeats for 1.2 s, every 300 ms."""
     await register("w1", ["code"])
-    task = await create(client)
-    await wait_assigned(client, task["id"], "w1")
+    task = await create_code_task(client)
+    await wait_assigned(client, task["id"], "w1", attempt=1)
     started = await act(client, task["id"], "start", "w1")
     loop = asyncio.get_running_loop()
 
@@ -247,7 +182,7 @@ async def test_progress_and_heartbeats_keep_a_task_past_its_lease(
     alive = await detail(client, task["id"])
     assert alive["status"] == "running" and alive["attempt"] == 1 and alive["requeues"] == 0
     assert ts(alive["lease_expires_at"]) > ts(started["started_at"]) + timedelta(seconds=2.3)
-    assert await events(client, task["id"], "task.requeued") == []
+    assert await task_events(client, task["id"], "task.requeued") == []
 
 
 @BOTH
@@ -259,8 +194,8 @@ async def test_a_heartbeat_landing_during_a_lease_sweep_wins(
 ) -> None:
     """The sweep reads the lapsed task, the agent is heard from, then the sweep writes."""
     await register("w1", ["code"])
-    task = await create(client)
-    await wait_assigned(client, task["id"], "w1")
+    task = await create_code_task(client)
+    await wait_assigned(client, task["id"], "w1", attempt=1)
     started = await act(client, task["id"], "start", "w1")
 
     sweeper = runtime.sweeper
@@ -279,16 +214,13 @@ async def test_a_heartbeat_landing_during_a_lease_sweep_wins(
 
     monkeypatch.setattr(sweeper, "_lease_lost", lease_lost_with_a_heartbeat_in_between)
 
-    async def probe() -> list[datetime | None]:
-        return renewed
-
-    (lease,) = await wait_for(probe, "a lease sweep of the silent agent's task")
+    (lease,) = await eventually(lambda: renewed, "a lease sweep of the silent agent's task")
     assert heard == [200]
     assert lease is not None and lease > ts(started["lease_expires_at"])
     # The sweep that read the lapsed lease wrote nothing: a requeue, if any by now, is
     # one of the renewed lease lapsing in turn.
     alive = await detail(client, task["id"])
-    requeued = await events(client, task["id"], "task.requeued")
+    requeued = await task_events(client, task["id"], "task.requeued")
     assert all(ts(e["created_at"]) >= lease for e in requeued), requeued
     assert alive["status"] == "running" or requeued, alive
 
@@ -298,8 +230,8 @@ async def test_silent_agent_loses_its_task(
     client: httpx.AsyncClient, register: Register, runtime: Runtime
 ) -> None:
     await register("w1", ["code"])
-    task = await create(client, max_attempts=3)
-    await wait_assigned(client, task["id"], "w1")
+    task = await create_code_task(client, max_attempts=3)
+    await wait_assigned(client, task["id"], "w1", attempt=1)
     started = await act(client, task["id"], "start", "w1")
 
     requeued = await wait_event(client, task["id"], "task.requeued")
@@ -325,7 +257,7 @@ async def test_fifth_lost_lease_fails_the_task(
     client: httpx.AsyncClient, register: Register
 ) -> None:
     await register("w1", ["code"])
-    task = await create(client, max_attempts=1)
+    task = await create_code_task(client, max_attempts=1)
     for attempt in range(1, LOST_REQUEUES + 1):
         await wait_assigned(client, task["id"], "w1", attempt=attempt)
         await act(client, task["id"], "start", "w1")
@@ -342,8 +274,8 @@ async def test_fifth_lost_lease_fails_the_task(
     assert [a["outcome"] for a in done["attempts"]] == ["lost"] * LOST_REQUEUES
     # Lost attempts do not spend the budget: one is granted back for each requeue.
     assert done["max_attempts"] == 1 + LOST_REQUEUES - 1
-    assert len(await events(client, task["id"], "task.requeued")) == LOST_REQUEUES - 1
-    (failed,) = await events(client, task["id"], "task.failed")
+    assert len(await task_events(client, task["id"], "task.requeued")) == LOST_REQUEUES - 1
+    (failed,) = await task_events(client, task["id"], "task.failed")
     assert failed["data"]["final"] is True
 
 
@@ -356,7 +288,7 @@ async def test_retries_back_off_exponentially_with_jitter(
 ) -> None:
     attempts = 5
     await register("w1", ["code"])
-    task = await create(client, max_attempts=attempts)
+    task = await create_code_task(client, max_attempts=attempts)
     for attempt in range(1, attempts + 1):
         await wait_assigned(client, task["id"], "w1", attempt=attempt)
         failed = await act(client, task["id"], "fail", "w1", error=f"flaky {attempt}")
@@ -364,8 +296,8 @@ async def test_retries_back_off_exponentially_with_jitter(
             assert failed["status"] == "pending" and failed["retry_at"] is not None
     assert failed["status"] == "failed" and failed["error"] == f"flaky {attempts}"
 
-    retrying = await events(client, task["id"], "task.retrying")
-    assigned = await events(client, task["id"], "task.assigned")
+    retrying = await task_events(client, task["id"], "task.retrying")
+    assigned = await task_events(client, task["id"], "task.assigned")
     assert len(retrying) == attempts - 1 and len(assigned) == attempts
     fractions = []
     for number, (retry, next_assignment) in enumerate(
@@ -379,7 +311,7 @@ async def test_retries_back_off_exponentially_with_jitter(
         # Not handed out again before the backoff ended, and handed out after it.
         assert ts(next_assignment["created_at"]) >= ts(retry["data"]["retry_at"]), number
     assert len(set(fractions)) > 1, f"no jitter: {fractions}"
-    (final,) = await events(client, task["id"], "task.failed")
+    (final,) = await task_events(client, task["id"], "task.failed")
     assert final["data"]["final"] is True
 
 
@@ -388,14 +320,14 @@ async def test_a_non_retryable_failure_is_final_at_once(
     client: httpx.AsyncClient, register: Register
 ) -> None:
     await register("w1", ["code"])
-    task = await create(client, max_attempts=3)
-    await wait_assigned(client, task["id"], "w1")
+    task = await create_code_task(client, max_attempts=3)
+    await wait_assigned(client, task["id"], "w1", attempt=1)
     await act(client, task["id"], "start", "w1")
     failed = await act(client, task["id"], "fail", "w1", error="bad input", retryable=False)
     assert failed["status"] == "failed" and failed["retry_at"] is None
     assert failed["attempt"] == 1 and failed["finished_at"] is not None
-    assert await events(client, task["id"], "task.retrying") == []
-    (final,) = await events(client, task["id"], "task.failed")
+    assert await task_events(client, task["id"], "task.retrying") == []
+    (final,) = await task_events(client, task["id"], "task.failed")
     assert final["data"] == {"error": "bad input", "final": True}
 
 
@@ -408,12 +340,12 @@ async def test_run_at_in_the_future_keeps_the_task_blocked_until_then(
 ) -> None:
     await register("w1", ["code"])
     run_at = datetime.now(UTC) + timedelta(seconds=0.4)
-    task = await create(client, run_at=iso(run_at))
+    task = await create_code_task(client, run_at=iso(run_at))
     assert task["status"] == "blocked" and task["assignee"] is None
 
-    await wait_assigned(client, task["id"], "w1")
-    (unblocked,) = await events(client, task["id"], "task.unblocked")
-    (assigned,) = await events(client, task["id"], "task.assigned")
+    await wait_assigned(client, task["id"], "w1", attempt=1)
+    (unblocked,) = await task_events(client, task["id"], "task.unblocked")
+    (assigned,) = await task_events(client, task["id"], "task.assigned")
     assert ts(unblocked["created_at"]) >= run_at
     assert ts(assigned["created_at"]) >= ts(unblocked["created_at"])
 
@@ -426,13 +358,13 @@ async def test_a_task_not_started_within_the_wake_timeout_goes_elsewhere(
     # Equal candidates: the task goes to a1 first (ties go by id among the never assigned).
     await register("a1", ["code"])
     await register("a2", ["code"])
-    task = await create(client)
+    task = await create_code_task(client)
 
     moved = await wait_task(client, task["id"], lambda t: len(t["attempts"]) >= 2, "attempt 2")
     lost, second = moved["attempts"][:2]
     assert lost["agent_id"] == "a1" and lost["outcome"] == "lost" and lost["started_at"] is None
     assert second["agent_id"] == "a2"
-    requeued = (await events(client, task["id"], "task.requeued"))[0]
+    requeued = (await task_events(client, task["id"], "task.requeued"))[0]
     assert requeued["agent_id"] == "a1"
     assert requeued["data"]["reason"] == "not started by a1 within the wake timeout (0.5s)"
     waited = ts(requeued["created_at"]) - ts(lost["assigned_at"])
@@ -440,11 +372,9 @@ async def test_a_task_not_started_within_the_wake_timeout_goes_elsewhere(
 
     # a1 was not heard from either: it is taken as gone (in a write after the requeue).
     async def a1_offline() -> bool:
-        r = await client.get("/api/v1/agents/a1")
-        assert r.status_code == 200, r.text
-        return bool(r.json()["status"] == "offline")
+        return await agent_status(client, "a1") == "offline"
 
-    await wait_for(a1_offline, "a1 to be marked offline")
+    await eventually(a1_offline, "a1 to be marked offline")
 
 
 async def test_a_run_at_passing_while_the_task_is_being_created_still_unblocks_it(
@@ -468,7 +398,7 @@ async def test_a_run_at_passing_while_the_task_is_being_created_still_unblocks_i
         return await commit(ops)
 
     monkeypatch.setattr(store, "commit", commit_after_a_sweep)
-    task = await create(client, run_at=iso(run_at))
+    task = await create_code_task(client, run_at=iso(run_at))
     assert task["status"] == "blocked"
     # A sweep after the task is stored, with its run_at long past, must release it.
     await runtime.sweeper.sweep()

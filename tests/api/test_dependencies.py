@@ -5,23 +5,30 @@ out or is cancelled for good fails the child with the reason, and the child's ch
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 
 from dispatchd.runtime import Runtime
 from tests.api.conftest import as_agent
+from tests.api.helpers import (
+    BOTH,
+    LOST_REQUEUES,
+    Register,
+    act,
+    assert_error,
+    create_task,
+    detail,
+    eventually,
+    iso,
+    task_events,
+    ts,
+    wait_task,
+)
 
-T = TypeVar("T")
-Register = Callable[..., Awaitable[tuple[dict[str, Any], str]]]
-
-BOTH = pytest.mark.parametrize("engine", ["sqlite", "postgres"], indirect=True)
-WAIT_S = 10.0
 RACE_ROUNDS = 25
-LOST_REQUEUES = 5
 
 
 @pytest.fixture
@@ -35,71 +42,16 @@ def settings_overrides() -> dict[str, Any]:
 # --- helpers ----------------------------------------------------------------------------
 
 
-def ts(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
-
-
-def iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-async def wait_for(probe: Callable[[], Awaitable[T | None]], what: str) -> T:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_S
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {WAIT_S}s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-async def create(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
-    body.setdefault("title", "dependency task")
-    r = await client.post("/api/v1/tasks", json=body)
-    assert r.status_code == 201, r.text
-    return dict(r.json())
-
-
-async def get(client: httpx.AsyncClient, task_id: str) -> dict[str, Any]:
-    r = await client.get(f"/api/v1/tasks/{task_id}")
-    assert r.status_code == 200, r.text
-    return dict(r.json())
-
-
-async def events(client: httpx.AsyncClient, task_id: str, kind: str) -> list[dict[str, Any]]:
-    r = await client.get(f"/api/v1/tasks/{task_id}/events")
-    assert r.status_code == 200, r.text
-    return [e for e in r.json()["events"] if e["type"] == kind]
-
-
-async def wait_task(
-    client: httpx.AsyncClient, task_id: str, check: Callable[[dict[str, Any]], bool], what: str
-) -> dict[str, Any]:
-    async def probe() -> dict[str, Any] | None:
-        task = await get(client, task_id)
-        return task if check(task) else None
-
-    return await wait_for(probe, f"task {task_id}: {what}")
-
-
-async def act(client: httpx.AsyncClient, task_id: str, action: str, agent: str, **body: Any) -> Any:
-    r = await client.post(f"/api/v1/tasks/{task_id}/{action}", json=body, headers=as_agent(agent))
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
 async def running_parent(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
     """A task held by w1 (named at creation, so assigned in the same commit)."""
-    task = await create(client, assigned_to="w1", capabilities=["code"], **body)
+    task = await create_task(client, assigned_to="w1", capabilities=["code"], **body)
     assert task["status"] == "assigned", task
     return task
 
 
 async def chain(client: httpx.AsyncClient, parent: dict[str, Any]) -> tuple[str, str]:
-    child = await create(client, depends_on=[parent["id"]], capabilities=["docs"])
-    grandchild = await create(client, depends_on=[child["id"]], capabilities=["docs"])
+    child = await create_task(client, depends_on=[parent["id"]], capabilities=["docs"])
+    grandchild = await create_task(client, depends_on=[child["id"]], capabilities=["docs"])
     assert child["status"] == grandchild["status"] == "blocked"
     return child["id"], grandchild["id"]
 
@@ -107,13 +59,13 @@ async def chain(client: httpx.AsyncClient, parent: dict[str, Any]) -> tuple[str,
 async def assert_chain_failed(
     client: httpx.AsyncClient, parent_id: str, child_id: str, grandchild_id: str, reason: str
 ) -> None:
-    child, grandchild = await get(client, child_id), await get(client, grandchild_id)
+    child, grandchild = await detail(client, child_id), await detail(client, grandchild_id)
     assert child["status"] == "failed" and child["error"] == f"dependency {parent_id} {reason}"
     assert grandchild["status"] == "failed"
     assert grandchild["error"] == f"dependency {child_id} failed"
     assert child["attempts"] == [] and grandchild["attempts"] == []
     for task_id, parent in ((child_id, parent_id), (grandchild_id, child_id)):
-        (failed,) = await events(client, task_id, "task.failed")
+        (failed,) = await task_events(client, task_id, "task.failed")
         assert failed["data"]["dependency"] == parent and failed["data"]["final"] is True
 
 
@@ -132,20 +84,20 @@ async def test_child_waits_for_every_parent_then_gets_their_results(
 ) -> None:
     await register("writer", ["docs"])
     first, second = await running_parent(client), await running_parent(client)
-    child = await create(client, depends_on=[first["id"], second["id"]], capabilities=["docs"])
+    child = await create_task(client, depends_on=[first["id"], second["id"]], capabilities=["docs"])
     assert child["status"] == "blocked" and child["assignee"] is None
 
     await act(client, first["id"], "complete", w1, result={"part": 1})
-    assert (await get(client, child["id"]))["status"] == "blocked"
+    assert (await detail(client, child["id"]))["status"] == "blocked"
     await act(client, second["id"], "complete", w1, result=[2, "two"])
     # Unblocked in the same commit as the last parent's completion.
-    ready = await get(client, child["id"])
+    ready = await detail(client, child["id"])
     assert ready["status"] in ("pending", "assigned")
     assert ready["context"]["inputs"] == {first["id"]: {"part": 1}, second["id"]: [2, "two"]}
     await wait_task(
         client, child["id"], lambda t: t["assignee"] == "writer", "assignment to writer"
     )
-    assert len(await events(client, child["id"], "task.unblocked")) == 1
+    assert len(await task_events(client, child["id"], "task.unblocked")) == 1
 
 
 @BOTH
@@ -153,16 +105,16 @@ async def test_a_parent_in_review_is_not_yet_completed(
     client: httpx.AsyncClient, w1: str, admin: dict[str, str]
 ) -> None:
     parent = await running_parent(client, review=True)
-    child = await create(client, depends_on=[parent["id"]], capabilities=["docs"])
+    child = await create_task(client, depends_on=[parent["id"]], capabilities=["docs"])
     reviewed = await act(client, parent["id"], "complete", w1, result="draft")
     assert reviewed["status"] == "review"
-    assert (await get(client, child["id"]))["status"] == "blocked"
+    assert (await detail(client, child["id"]))["status"] == "blocked"
 
     r = await client.post(
         f"/api/v1/tasks/{parent['id']}/review", json={"verdict": "approved"}, headers=admin
     )
     assert r.status_code == 200 and r.json()["status"] == "completed"
-    ready = await get(client, child["id"])
+    ready = await detail(client, child["id"])
     assert ready["status"] == "pending" and ready["context"]["inputs"] == {parent["id"]: "draft"}
 
 
@@ -171,16 +123,16 @@ async def test_a_parent_failing_with_retries_left_keeps_the_child_blocked(
     client: httpx.AsyncClient, w1: str
 ) -> None:
     parent = await running_parent(client, max_attempts=2)
-    child = await create(client, depends_on=[parent["id"]], capabilities=["docs"])
+    child = await create_task(client, depends_on=[parent["id"]], capabilities=["docs"])
     retrying = await act(client, parent["id"], "fail", w1, error="flaky")
     assert retrying["status"] == "pending"
-    assert (await get(client, child["id"]))["status"] == "blocked"
+    assert (await detail(client, child["id"]))["status"] == "blocked"
 
     await wait_task(
         client, parent["id"], lambda t: t["status"] == "assigned" and t["attempt"] == 2, "retry"
     )
     await act(client, parent["id"], "complete", w1, result="second time")
-    ready = await get(client, child["id"])
+    ready = await detail(client, child["id"])
     assert ready["status"] == "pending"
     assert ready["context"]["inputs"] == {parent["id"]: "second time"}
 
@@ -223,20 +175,20 @@ async def test_one_dead_parent_fails_the_child_while_others_still_run(
     client: httpx.AsyncClient, w1: str
 ) -> None:
     alive, doomed = await running_parent(client), await running_parent(client, max_attempts=1)
-    child = await create(client, depends_on=[alive["id"], doomed["id"]], capabilities=["docs"])
+    child = await create_task(client, depends_on=[alive["id"], doomed["id"]], capabilities=["docs"])
     await act(client, doomed["id"], "fail", w1, error="broken", retryable=False)
-    failed = await get(client, child["id"])
+    failed = await detail(client, child["id"])
     assert failed["status"] == "failed" and failed["error"] == f"dependency {doomed['id']} failed"
     # The other parent finishing later changes nothing.
     await act(client, alive["id"], "complete", w1, result="late")
-    assert (await get(client, child["id"]))["status"] == "failed"
+    assert (await detail(client, child["id"]))["status"] == "failed"
 
 
 async def test_a_parent_lost_for_the_fifth_time_fails_its_child(
     client: httpx.AsyncClient, register: Register, w1: str
 ) -> None:
     parent = await running_parent(client)
-    child = await create(client, depends_on=[parent["id"]], capabilities=["docs"])
+    child = await create_task(client, depends_on=[parent["id"]], capabilities=["docs"])
     # Its agent leaves (the task is requeued) and comes back (it is handed the task again).
     for attempt in range(1, LOST_REQUEUES):
         r = await client.delete(f"/api/v1/agents/{w1}", headers=as_agent(w1))
@@ -250,9 +202,9 @@ async def test_a_parent_lost_for_the_fifth_time_fails_its_child(
         )
     r = await client.delete(f"/api/v1/agents/{w1}", headers=as_agent(w1))
     assert r.status_code == 200 and r.json()["requeued"] == [parent["id"]]
-    lost = await get(client, parent["id"])
+    lost = await detail(client, parent["id"])
     assert lost["status"] == "failed" and lost["requeues"] == LOST_REQUEUES
-    failed = await get(client, child["id"])
+    failed = await detail(client, child["id"])
     assert failed["status"] == "failed" and failed["error"] == f"dependency {parent['id']} failed"
 
 
@@ -266,7 +218,7 @@ async def test_a_child_of_a_completed_parent_is_pending_at_once(
     parent = await running_parent(client)
     await act(client, parent["id"], "complete", w1, result={"n": 42})
     await register("writer", ["docs"])
-    child = await create(client, depends_on=[parent["id"]], capabilities=["docs"])
+    child = await create_task(client, depends_on=[parent["id"]], capabilities=["docs"])
     assert child["status"] in ("pending", "assigned")
     assert child["context"]["inputs"] == {parent["id"]: {"n": 42}}
     await wait_task(client, child["id"], lambda t: t["assignee"] == "writer", "assignment")
@@ -283,7 +235,7 @@ async def test_a_child_of_a_dead_parent_is_failed_at_once(
     else:
         r = await client.patch(f"/api/v1/tasks/{parent['id']}", json={"status": "cancelled"})
         assert r.status_code == 200
-    child = await create(client, depends_on=[parent["id"]], capabilities=["docs"])
+    child = await create_task(client, depends_on=[parent["id"]], capabilities=["docs"])
     assert child["status"] == "failed"
     assert child["error"] == f"dependency {parent['id']} {ending}"
     assert child["finished_at"] is not None
@@ -295,9 +247,8 @@ async def test_an_unknown_dependency_is_refused(client: httpx.AsyncClient, w1: s
     r = await client.post(
         "/api/v1/tasks", json={"title": "orphan", "depends_on": [known["id"], "no-such-task"]}
     )
-    assert r.status_code == 422, r.text
-    error = r.json()["error"]
-    assert error["code"] == "unknown_dependency" and "no-such-task" in error["message"]
+    error = assert_error(r, 422, "unknown_dependency")
+    assert "no-such-task" in error["message"]
     assert error["details"]["missing"] == ["no-such-task"]
     listed = await client.get("/api/v1/tasks")
     assert [t["id"] for t in listed.json()["items"]] == [known["id"]]
@@ -318,7 +269,7 @@ async def test_a_child_created_as_its_parent_completes_is_never_left_blocked(
             await act(client, parent_id, "complete", w1, result=n)
 
         async def spawn(parent_id: str = parent["id"]) -> None:
-            child = await create(client, depends_on=[parent_id], capabilities=["docs"])
+            child = await create_task(client, depends_on=[parent_id], capabilities=["docs"])
             children.append((child["id"], parent_id))
 
         # Alternate which request is sent first.
@@ -327,8 +278,8 @@ async def test_a_child_created_as_its_parent_completes_is_never_left_blocked(
 
     results = {}
     for child_id, parent_id in children:
-        results.setdefault(parent_id, (await get(client, parent_id))["result"])
-        child = await get(client, child_id)
+        results.setdefault(parent_id, (await detail(client, parent_id))["result"])
+        child = await detail(client, child_id)
         assert child["status"] in ("pending", "assigned"), child
         assert child["context"]["inputs"] == {parent_id: results[parent_id]}
     assert len(children) == 2 * RACE_ROUNDS
@@ -342,12 +293,12 @@ async def test_run_at_and_depends_on_wait_for_both(
     now = datetime.now(UTC)
     # `deferred` waits for its run_at after its parent is done ...
     deferred_at = now + timedelta(seconds=1)
-    deferred = await create(
+    deferred = await create_task(
         client, depends_on=[early["id"]], run_at=iso(deferred_at), capabilities=["docs"]
     )
     # ... `waiting` for its parent after its run_at has come.
     waiting_at = now + timedelta(seconds=0.3)
-    waiting = await create(
+    waiting = await create_task(
         client, depends_on=[late["id"]], run_at=iso(waiting_at), capabilities=["docs"]
     )
     assert deferred["status"] == waiting["status"] == "blocked"
@@ -355,15 +306,14 @@ async def test_run_at_and_depends_on_wait_for_both(
     await act(client, early["id"], "complete", w1, result="early")
     ready = await wait_task(client, deferred["id"], lambda t: t["status"] == "pending", "run_at")
     assert ready["context"]["inputs"] == {early["id"]: "early"}
-    (unblocked,) = await events(client, deferred["id"], "task.unblocked")
+    (unblocked,) = await task_events(client, deferred["id"], "task.unblocked")
     assert ts(unblocked["created_at"]) >= deferred_at
 
     # The sweeper has looked at `waiting` since its run_at came, and left it blocked.
-    async def swept() -> bool:
-        return runtime.sweeper.since > waiting_at
-
-    await wait_for(swept, "a sweep after the run_at of the waiting task")
-    assert (await get(client, waiting["id"]))["status"] == "blocked"
+    await eventually(
+        lambda: runtime.sweeper.since > waiting_at, "a sweep after the run_at of the waiting task"
+    )
+    assert (await detail(client, waiting["id"]))["status"] == "blocked"
     await act(client, late["id"], "complete", w1, result="late")
-    ready = await get(client, waiting["id"])
+    ready = await detail(client, waiting["id"])
     assert ready["status"] == "pending" and ready["context"]["inputs"] == {late["id"]: "late"}

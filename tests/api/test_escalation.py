@@ -6,21 +6,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
 
 from dispatchd.runtime import Runtime
 from tests.api.conftest import as_agent
-
-T = TypeVar("T")
-Register = Callable[..., Awaitable[tuple[dict[str, Any], str]]]
-
-BOTH = pytest.mark.parametrize("engine", ["sqlite", "postgres"], indirect=True)
-WAIT_S = 10.0
-LOST_REQUEUES = 5
+from tests.api.helpers import (
+    BOTH,
+    LOST_REQUEUES,
+    Register,
+    act,
+    create_code_task,
+    detail,
+    eventually,
+    heartbeat,
+    task_events,
+    wait_assigned,
+)
 
 
 def config(*, wake_timeout_ms: int = 5000, escalate_to: str | None = None) -> dict[str, Any]:
@@ -45,73 +50,14 @@ def settings_overrides() -> dict[str, Any]:
 # --- helpers ----------------------------------------------------------------------------
 
 
-async def wait_for(probe: Callable[[], Awaitable[T | None]], what: str) -> T:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_S
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {WAIT_S}s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-async def create(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
-    body.setdefault("title", "escalation task")
-    body.setdefault("capabilities", ["code"])
-    r = await client.post("/api/v1/tasks", json=body)
-    assert r.status_code == 201, r.text
-    return dict(r.json())
-
-
-async def detail(client: httpx.AsyncClient, task_id: str) -> dict[str, Any]:
-    r = await client.get(f"/api/v1/tasks/{task_id}")
-    assert r.status_code == 200, r.text
-    return dict(r.json())
-
-
-async def events(client: httpx.AsyncClient, task_id: str) -> list[dict[str, Any]]:
-    r = await client.get(f"/api/v1/tasks/{task_id}/events")
-    assert r.status_code == 200, r.text
-    return list(r.json()["events"])
-
-
 def of_type(found: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [e for e in found if e["type"] == kind]
-
-
-async def wait_task(
-    client: httpx.AsyncClient, task_id: str, check: Callable[[dict[str, Any]], bool], what: str
-) -> dict[str, Any]:
-    async def probe() -> dict[str, Any] | None:
-        task = await detail(client, task_id)
-        return task if check(task) else None
-
-    return await wait_for(probe, f"task {task_id}: {what}")
-
-
-async def wait_assigned(
-    client: httpx.AsyncClient, task_id: str, agent: str, attempt: int = 1
-) -> dict[str, Any]:
-    return await wait_task(
-        client,
-        task_id,
-        lambda t: t["status"] == "assigned" and t["assignee"] == agent and t["attempt"] == attempt,
-        f"assigned to {agent} (attempt {attempt})",
-    )
-
-
-async def act(client: httpx.AsyncClient, task_id: str, action: str, agent: str, **body: Any) -> Any:
-    r = await client.post(f"/api/v1/tasks/{task_id}/{action}", json=body, headers=as_agent(agent))
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 async def first_assignment_to(
     client: httpx.AsyncClient, task_id: str, agent: str
 ) -> dict[str, Any] | None:
-    found = of_type(await events(client, task_id), "task.assigned")
+    found = await task_events(client, task_id, "task.assigned")
     return next((e for e in found if e["agent_id"] == agent), None)
 
 
@@ -128,10 +74,7 @@ async def heartbeating(client: httpx.AsyncClient, agent: str) -> AsyncIterator[N
 
     async def beat() -> None:
         while True:
-            r = await client.post(
-                f"/api/v1/agents/{agent}/heartbeat", json={}, headers=as_agent(agent)
-            )
-            assert r.status_code == 200, r.text
+            await heartbeat(client, agent)
             await asyncio.sleep(0.1)
 
     job = asyncio.create_task(beat())
@@ -152,15 +95,15 @@ async def test_last_failure_escalates_once_to_the_named_capability(
 ) -> None:
     await register("junior", ["code"])
     await register("senior", ["senior"])
-    task = await create(client, priority="high", max_attempts=1, escalate_to="senior")
-    await wait_assigned(client, task["id"], "junior")
+    task = await create_code_task(client, priority="high", max_attempts=1, escalate_to="senior")
+    await wait_assigned(client, task["id"], "junior", attempt=1)
 
     escalated = await act(client, task["id"], "fail", "junior", error="stuck")
     assert escalated["status"] == "pending" and escalated["assignee"] is None
     assert escalated["capabilities"] == ["senior"] and escalated["priority"] == "critical"
     assert escalated["max_attempts"] == 2 and escalated["error"] == "stuck"
     assert await escalated_flag(runtime, task["id"])
-    log = await events(client, task["id"])
+    log = await task_events(client, task["id"])
     failed, notice = of_type(log, "task.failed"), of_type(log, "task.escalated")
     assert [e["data"]["final"] for e in failed] == [True]
     assert len(notice) == 1 and int(notice[0]["id"]) > int(failed[0]["id"])
@@ -173,7 +116,7 @@ async def test_last_failure_escalates_once_to_the_named_capability(
     # The escalated attempt fails too: final, with a notice, and no second escalation.
     done = await act(client, task["id"], "fail", "senior", error="still stuck")
     assert done["status"] == "failed" and done["attempt"] == 2 and done["retry_at"] is None
-    log = await events(client, task["id"])
+    log = await task_events(client, task["id"])
     notices = of_type(log, "task.escalated")
     assert len(notices) == 2
     assert notices[1]["data"]["to"] is None and notices[1]["data"]["notify"] == "alice"
@@ -187,7 +130,7 @@ async def test_escalation_goes_back_to_the_original_agent_only_if_it_has_the_cap
 ) -> None:
     await register("both", ["code", "senior"])
     await register("other", ["code"])
-    task = await create(client, max_attempts=1, escalate_to="senior", assigned_to="both")
+    task = await create_code_task(client, max_attempts=1, escalate_to="senior", assigned_to="both")
     assert task["status"] == "assigned"
     await act(client, task["id"], "fail", "both", error="stuck")
     again = await wait_assigned(client, task["id"], "both", attempt=2)
@@ -199,11 +142,11 @@ async def test_critical_priority_stays_critical(
     client: httpx.AsyncClient, register: Register
 ) -> None:
     await register("junior", ["code"])
-    task = await create(client, priority="critical", max_attempts=1, escalate_to="senior")
-    await wait_assigned(client, task["id"], "junior")
+    task = await create_code_task(client, priority="critical", max_attempts=1, escalate_to="senior")
+    await wait_assigned(client, task["id"], "junior", attempt=1)
     escalated = await act(client, task["id"], "fail", "junior", error="stuck")
     assert escalated["priority"] == "critical" and escalated["status"] == "pending"
-    (notice,) = of_type(await events(client, task["id"]), "task.escalated")
+    (notice,) = await task_events(client, task["id"], "task.escalated")
     assert notice["data"]["priority"] == "critical"
 
 
@@ -214,16 +157,16 @@ async def test_config_escalation_applies_when_the_task_names_none(
     await register("junior", ["code"])
     await register("oncall", ["oncall"])
     await register("senior", ["senior"])
-    task = await create(client, max_attempts=1)
-    await wait_assigned(client, task["id"], "junior")
+    task = await create_code_task(client, max_attempts=1)
+    await wait_assigned(client, task["id"], "junior", attempt=1)
     escalated = await act(client, task["id"], "fail", "junior", error="stuck")
     assert escalated["capabilities"] == ["oncall"] and escalated["priority"] == "high"
     assert await escalated_flag(runtime, task["id"])
     await wait_assigned(client, task["id"], "oncall", attempt=2)
 
     # The task's own escalate_to wins over the configured one.
-    own = await create(client, max_attempts=1, escalate_to="senior")
-    await wait_assigned(client, own["id"], "junior")
+    own = await create_code_task(client, max_attempts=1, escalate_to="senior")
+    await wait_assigned(client, own["id"], "junior", attempt=1)
     escalated = await act(client, own["id"], "fail", "junior", error="stuck")
     assert escalated["capabilities"] == ["senior"]
     await wait_assigned(client, own["id"], "senior", attempt=2)
@@ -234,13 +177,13 @@ async def test_without_escalation_target_the_requester_is_notified(
     client: httpx.AsyncClient, register: Register, runtime: Runtime
 ) -> None:
     await register("junior", ["code"])
-    task = await create(client, max_attempts=1)
-    await wait_assigned(client, task["id"], "junior")
+    task = await create_code_task(client, max_attempts=1)
+    await wait_assigned(client, task["id"], "junior", attempt=1)
     done = await act(client, task["id"], "fail", "junior", error="broken")
     assert done["status"] == "failed" and done["capabilities"] == ["code"]
     assert done["priority"] == "medium" and done["max_attempts"] == 1
     assert not await escalated_flag(runtime, task["id"])
-    (notice,) = of_type(await events(client, task["id"]), "task.escalated")
+    (notice,) = await task_events(client, task["id"], "task.escalated")
     assert notice["data"] == {
         "to": None,
         "notify": "alice",
@@ -254,12 +197,12 @@ async def test_a_retryable_failure_with_attempts_left_does_not_escalate(
     client: httpx.AsyncClient, register: Register
 ) -> None:
     await register("junior", ["code"])
-    task = await create(client, max_attempts=2, escalate_to="senior")
-    await wait_assigned(client, task["id"], "junior")
+    task = await create_code_task(client, max_attempts=2, escalate_to="senior")
+    await wait_assigned(client, task["id"], "junior", attempt=1)
     retrying = await act(client, task["id"], "fail", "junior", error="flaky")
     assert retrying["status"] == "pending" and retrying["capabilities"] == ["code"]
     await wait_assigned(client, task["id"], "junior", attempt=2)
-    assert of_type(await events(client, task["id"]), "task.escalated") == []
+    assert await task_events(client, task["id"], "task.escalated") == []
 
 
 # --- other final failures -----------------------------------------------------------------
@@ -269,14 +212,14 @@ async def test_a_retryable_failure_with_attempts_left_does_not_escalate(
 async def test_final_timeout_escalates(client: httpx.AsyncClient, register: Register) -> None:
     await register("junior", ["code"])
     await register("senior", ["senior"])
-    task = await create(client, timeout_s=1, max_attempts=1, escalate_to="senior")
-    await wait_assigned(client, task["id"], "junior")
+    task = await create_code_task(client, timeout_s=1, max_attempts=1, escalate_to="senior")
+    await wait_assigned(client, task["id"], "junior", attempt=1)
     await act(client, task["id"], "start", "junior")
 
     again = await wait_assigned(client, task["id"], "senior", attempt=2)
     assert again["priority"] == "high" and again["capabilities"] == ["senior"]
     assert again["attempts"][0]["outcome"] == "timed_out"
-    log = await events(client, task["id"])
+    log = await task_events(client, task["id"])
     (timed_out,) = of_type(log, "task.timed_out")
     (notice,) = of_type(log, "task.escalated")
     assert timed_out["data"]["final"] is True and int(notice["id"]) > int(timed_out["id"])
@@ -288,13 +231,13 @@ async def test_fifth_lost_requeue_escalates(client: httpx.AsyncClient, register:
     """An agent that stays alive but never starts its task loses it five times."""
     await register("junior", ["code"])
     await register("senior", ["senior"])
-    task = await create(client, max_attempts=1, escalate_to="senior")
+    task = await create_code_task(client, max_attempts=1, escalate_to="senior")
     async with heartbeating(client, "junior"):
-        handed = await wait_for(
+        handed = await eventually(
             lambda: first_assignment_to(client, task["id"], "senior"), "the escalated attempt"
         )
     # Read in order: senior, which never starts either, may lose the task later on.
-    log = await events(client, task["id"])
+    log = await task_events(client, task["id"])
     failed = of_type(log, "task.failed")[0]
     before = [e for e in log if int(e["id"]) < int(failed["id"])]
     assert len(of_type(before, "task.requeued")) == LOST_REQUEUES - 1
@@ -311,7 +254,9 @@ async def test_fifth_loss_by_deregistration_escalates(
 ) -> None:
     await register("junior", ["code"])
     await register("senior", ["senior"])
-    task = await create(client, max_attempts=1, escalate_to="senior", assigned_to="junior")
+    task = await create_code_task(
+        client, max_attempts=1, escalate_to="senior", assigned_to="junior"
+    )
     # Its agent leaves (the task is requeued) and comes back (it is handed the task again).
     for attempt in range(1, LOST_REQUEUES):
         r = await client.delete("/api/v1/agents/junior", headers=as_agent("junior"))
@@ -320,7 +265,7 @@ async def test_fifth_loss_by_deregistration_escalates(
         await wait_assigned(client, task["id"], "junior", attempt=attempt + 1)
     r = await client.delete("/api/v1/agents/junior", headers=as_agent("junior"))
     assert r.status_code == 200 and r.json()["requeued"] == [task["id"]]
-    log = await events(client, task["id"])
+    log = await task_events(client, task["id"])
     assert of_type(log, "task.failed")[0]["data"]["error"].startswith("requeued 5 times")
     assert [e["data"]["to"] for e in of_type(log, "task.escalated")] == ["senior"]
     await wait_assigned(client, task["id"], "senior", attempt=LOST_REQUEUES + 1)
@@ -335,20 +280,20 @@ async def test_a_dependency_failure_does_not_escalate_the_child(
 ) -> None:
     await register("junior", ["code"])
     await register("senior", ["senior"])
-    parent = await create(client, max_attempts=1)
-    child = await create(
+    parent = await create_code_task(client, max_attempts=1)
+    child = await create_code_task(
         client, depends_on=[parent["id"]], escalate_to="senior", capabilities=["docs"]
     )
     assert child["status"] == "blocked"
-    await wait_assigned(client, parent["id"], "junior")
+    await wait_assigned(client, parent["id"], "junior", attempt=1)
     await act(client, parent["id"], "fail", "junior", error="broken")
 
     failed = await detail(client, child["id"])
     assert failed["status"] == "failed" and failed["capabilities"] == ["docs"]
     assert failed["error"] == f"dependency {parent['id']} failed" and failed["attempts"] == []
-    assert of_type(await events(client, child["id"]), "task.escalated") == []
+    assert await task_events(client, child["id"], "task.escalated") == []
     # The parent's own last failure is what its requester hears about.
-    (notice,) = of_type(await events(client, parent["id"]), "task.escalated")
+    (notice,) = await task_events(client, parent["id"], "task.escalated")
     assert notice["data"]["notify"] == "alice"
 
 
@@ -357,9 +302,9 @@ async def test_an_escalated_parent_keeps_its_child_blocked_until_it_ends(
 ) -> None:
     await register("junior", ["code"])
     await register("senior", ["senior"])
-    parent = await create(client, max_attempts=1, escalate_to="senior")
-    child = await create(client, depends_on=[parent["id"]], capabilities=["docs"])
-    await wait_assigned(client, parent["id"], "junior")
+    parent = await create_code_task(client, max_attempts=1, escalate_to="senior")
+    child = await create_code_task(client, depends_on=[parent["id"]], capabilities=["docs"])
+    await wait_assigned(client, parent["id"], "junior", attempt=1)
     await act(client, parent["id"], "fail", "junior", error="stuck")
     assert (await detail(client, child["id"]))["status"] == "blocked"
 

@@ -3,59 +3,27 @@ out, why a task waits, and which model it runs on."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.api.conftest import ADMIN_TOKEN, as_agent
-
-BOTH = pytest.mark.parametrize("engine", ["sqlite", "postgres"], indirect=True)
-ADMIN = {"X-Agent-ID": "admin", "Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-T = TypeVar("T")
-
+from tests.api.conftest import as_agent
+from tests.api.helpers import (
+    ADMIN,
+    BOTH,
+    agent_status,
+    assert_error,
+    create_task,
+    eventually,
+    explain,
+    heartbeat,
+    ts,
+    wait_assigned,
+)
 
 # --- helpers ----------------------------------------------------------------------------
-
-
-async def eventually(check: Callable[[], Awaitable[T]], within: float = 10.0) -> T:
-    """Poll `check` until it stops raising AssertionError; the last failure if it never does."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            return await check()
-        except AssertionError:
-            if time.monotonic() >= deadline:
-                raise
-        await asyncio.sleep(0.01)
-
-
-async def create(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
-    body.setdefault("title", "a task")
-    r = await client.post("/api/v1/tasks", json=body)
-    assert r.status_code == 201, r.text
-    return dict(r.json())
-
-
-async def assigned(client: httpx.AsyncClient, task_id: str, agent_id: str) -> dict[str, Any]:
-    async def check() -> dict[str, Any]:
-        r = await client.get(f"/api/v1/tasks/{task_id}")
-        task = r.json()
-        assert (task["status"], task["assignee"]) == ("assigned", agent_id), task["status"]
-        return dict(task)
-
-    return await eventually(check)
-
-
-async def explain(client: httpx.AsyncClient, task_id: str) -> dict[str, Any]:
-    r = await client.get(f"/api/v1/tasks/{task_id}/explain")
-    assert r.status_code == 200, r.text
-    return dict(r.json())
 
 
 def excluded(report: dict[str, Any]) -> list[tuple[str, str]]:
@@ -65,10 +33,6 @@ def excluded(report: dict[str, Any]) -> list[tuple[str, str]]:
 async def drain(client: httpx.AsyncClient, agent_id: str) -> None:
     r = await client.post(f"/api/v1/agents/{agent_id}/drain", headers=ADMIN)
     assert r.status_code == 200, r.text
-
-
-def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 # --- candidates -------------------------------------------------------------------------
@@ -83,8 +47,8 @@ async def test_candidates_are_scored_in_order_with_the_best_first(
     await register("c-weak", {"code": 0.5, "docs": 1.0})
     await register("d-busy", {"code": 0.9}, status="busy")
     await register("e-docs", {"docs": 1.0})
-    task = await create(client, capabilities=["code"], priority="high")
-    await assigned(client, task["id"], "a-ready")
+    task = await create_task(client, capabilities=["code"], priority="high")
+    await wait_assigned(client, task["id"], "a-ready")
 
     report = await explain(client, task["id"])
     assert report["task_id"] == task["id"]
@@ -111,7 +75,7 @@ async def test_candidates_are_scored_in_order_with_the_best_first(
     assert all(c["last_assigned_at"] is None for c in report["candidates"][1:])
     assert excluded(report) == [("e-docs", "missing_capability")]
     assert "code" in report["excluded"][0]["detail"]
-    assert abs(parse_time(report["at"]) - datetime.now(UTC)) < timedelta(minutes=1)
+    assert abs(ts(report["at"]) - datetime.now(UTC)) < timedelta(minutes=1)
 
 
 @BOTH
@@ -119,12 +83,12 @@ async def test_tie_breaks_show_in_the_order(client: httpx.AsyncClient, register:
     await register("a", ["tie"])
     await register("b", ["tie"])
     await register("c", ["tie"])
-    held = await create(client, capabilities=["tie"], assigned_to="a")
-    await assigned(client, held["id"], "a")
+    held = await create_task(client, capabilities=["tie"], assigned_to="a")
+    await wait_assigned(client, held["id"], "a")
     # a holds one; b and c hold none and were never given one: the smaller id of those.
-    task = await create(client, capabilities=["nobody-has-it"])
-    probe = await create(client, capabilities=["tie"])
-    await assigned(client, probe["id"], "b")
+    task = await create_task(client, capabilities=["nobody-has-it"])
+    probe = await create_task(client, capabilities=["tie"])
+    await wait_assigned(client, probe["id"], "b")
     # Now c holds none; a and b one each, and a has waited longer since.
     report = await explain(client, probe["id"])
     assert [(c["agent_id"], c["load"]) for c in report["candidates"]] == [
@@ -149,11 +113,11 @@ async def test_every_agent_left_out_is_listed_with_its_reason(
     await drain(client, "c-drained")
     await register("d-degraded", ["code"], owner="carol", status="degraded")
     await register("e-full", ["code", "solo"], owner="carol", max_concurrent=1)
-    held = await create(client, capabilities=["solo"], owner="carol")
-    await assigned(client, held["id"], "e-full")
+    held = await create_task(client, capabilities=["solo"], owner="carol")
+    await wait_assigned(client, held["id"], "e-full")
     await register("f-nobody", ["code"])
 
-    task = await create(client, capabilities=["code"], owner="carol")
+    task = await create_task(client, capabilities=["code"], owner="carol")
     report = await explain(client, task["id"])
     assert report["status"] == "pending"
     assert report["owner"] == "carol"
@@ -178,7 +142,7 @@ async def test_without_the_owner_filter_no_agent_is_left_out_for_its_owner(
     client: httpx.AsyncClient, register: Any
 ) -> None:
     await register("b-bob", ["code"], owner="bob", status="degraded")
-    task = await create(client, capabilities=["code"], owner="carol")
+    task = await create_task(client, capabilities=["code"], owner="carol")
     report = await explain(client, task["id"])
     assert report["owner_filter"] is False
     assert excluded(report) == [("b-bob", "degraded")]
@@ -191,13 +155,12 @@ async def test_an_offline_agent_is_left_out_as_offline(
 ) -> None:
     # Given a task it neither starts nor heartbeats for, the agent is taken as gone.
     await register("w1", ["code"], status="sleeping")
-    task = await create(client, capabilities=["code"])
+    task = await create_task(client, capabilities=["code"])
 
-    async def offline() -> None:
-        r = await client.get("/api/v1/agents/w1")
-        assert r.json()["status"] == "offline"
+    async def offline() -> bool:
+        return await agent_status(client, "w1") == "offline"
 
-    await eventually(offline)
+    await eventually(offline, "w1 to be marked offline")
     report = await explain(client, task["id"])
     assert excluded(report) == [("w1", "offline")]
     assert report["candidates"] == []
@@ -211,7 +174,7 @@ async def test_a_named_task_lists_the_others_as_not_named(
     await register("b-named", {"code": 0.2})
     await register("c-other", {"docs": 1.0})
     await drain(client, "b-named")
-    task = await create(client, capabilities=["code"], assigned_to="b-named")
+    task = await create_task(client, capabilities=["code"], assigned_to="b-named")
     report = await explain(client, task["id"])
     assert report["status"] == "pending"
     assert excluded(report) == [
@@ -230,9 +193,9 @@ async def test_a_named_task_lists_the_others_as_not_named(
 async def test_a_task_blocked_on_dependencies_says_which(
     client: httpx.AsyncClient,
 ) -> None:
-    first = await create(client, capabilities=["nobody-has-it"])
-    second = await create(client, capabilities=["nobody-has-it"])
-    child = await create(client, depends_on=[second["id"], first["id"]])
+    first = await create_task(client, capabilities=["nobody-has-it"])
+    second = await create_task(client, capabilities=["nobody-has-it"])
+    child = await create_task(client, depends_on=[second["id"], first["id"]])
     report = await explain(client, child["id"])
     assert report["status"] == "blocked"
     assert report["waiting"] == f"blocked on {', '.join(sorted([first['id'], second['id']]))}"
@@ -241,19 +204,19 @@ async def test_a_task_blocked_on_dependencies_says_which(
 @BOTH
 async def test_a_deferred_task_says_until_when(client: httpx.AsyncClient) -> None:
     run_at = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
-    task = await create(client, run_at=run_at.isoformat())
+    task = await create_task(client, run_at=run_at.isoformat())
     report = await explain(client, task["id"])
     assert report["status"] == "blocked"
     assert report["waiting"].startswith("deferred until run_at ")
-    assert parse_time(report["waiting"].removeprefix("deferred until run_at ")) == run_at
+    assert ts(report["waiting"].removeprefix("deferred until run_at ")) == run_at
 
 
 @BOTH
 @pytest.mark.parametrize("settings_overrides", [{"retry": {"backoff_base_ms": 600_000}}])
 async def test_a_task_backing_off_says_until_when(client: httpx.AsyncClient, register: Any) -> None:
     await register("w1", ["code"])
-    task = await create(client, capabilities=["code"])
-    await assigned(client, task["id"], "w1")
+    task = await create_task(client, capabilities=["code"])
+    await wait_assigned(client, task["id"], "w1")
     r = await client.post(
         f"/api/v1/tasks/{task['id']}/fail",
         json={"error": "flaky", "retryable": True},
@@ -265,15 +228,15 @@ async def test_a_task_backing_off_says_until_when(client: httpx.AsyncClient, reg
     report = await explain(client, task["id"])
     assert report["status"] == "pending"
     assert report["waiting"].startswith("backing off until ")
-    until = parse_time(report["waiting"].removeprefix("backing off until "))
-    assert until == parse_time(retry_at)
+    until = ts(report["waiting"].removeprefix("backing off until "))
+    assert until == ts(retry_at)
     # The agent is free and able: only the backoff holds the task.
     assert [c["agent_id"] for c in report["candidates"]] == ["w1"]
 
 
 @BOTH
 async def test_a_task_nobody_can_take_says_so(client: httpx.AsyncClient, register: Any) -> None:
-    task = await create(client, capabilities=["nobody-has-it"])
+    task = await create_task(client, capabilities=["nobody-has-it"])
     report = await explain(client, task["id"])
     assert report["candidates"] == [] and report["excluded"] == []
     assert report["waiting"] == "no agent can take it now: see excluded"
@@ -296,7 +259,7 @@ async def test_a_task_nobody_can_take_says_so(client: httpx.AsyncClient, registe
 async def test_the_model_routing_of_a_waiting_task_is_shown(
     client: httpx.AsyncClient, fields: dict[str, Any], model: tuple[str | None, str | None]
 ) -> None:
-    task = await create(client, capabilities=["nobody-has-it"], **fields)
+    task = await create_task(client, capabilities=["nobody-has-it"], **fields)
     report = await explain(client, task["id"])
     assert (report["model"]["model"], report["model"]["tier"]) == model
     assert report["model"]["reason"]
@@ -305,15 +268,12 @@ async def test_the_model_routing_of_a_waiting_task_is_shown(
 @BOTH
 async def test_the_best_agents_own_model_is_shown(client: httpx.AsyncClient, register: Any) -> None:
     await register("w1", ["code"], dispatch_model="local-llama", status="degraded")
-    task = await create(client, title="Debug it", capabilities=["code"])
+    task = await create_task(client, title="Debug it", capabilities=["code"])
     # Nobody can take it: the routing is the tier's.
     report = await explain(client, task["id"])
     assert (report["model"]["model"], report["model"]["tier"]) == ("opus", "complex")
-    r = await client.post(
-        "/api/v1/agents/w1/heartbeat", json={"status": "ready"}, headers=as_agent("w1")
-    )
-    assert r.status_code == 200, r.text
-    got = await assigned(client, task["id"], "w1")
+    await heartbeat(client, "w1", "ready")
+    got = await wait_assigned(client, task["id"], "w1")
     assert got["model"] == "local-llama"
     report = await explain(client, task["id"])
     assert report["model"]["model"] == "local-llama"
@@ -324,8 +284,8 @@ async def test_an_assigned_task_shows_the_model_it_was_given(
     client: httpx.AsyncClient, register: Any
 ) -> None:
     await register("w1", ["code"])
-    task = await create(client, title="Refactor the store", capabilities=["code"])
-    got = await assigned(client, task["id"], "w1")
+    task = await create_task(client, title="Refactor the store", capabilities=["code"])
+    got = await wait_assigned(client, task["id"], "w1")
     assert got["model"] == "opus"
     report = await explain(client, task["id"])
     assert report["model"]["model"] == "opus"
@@ -337,9 +297,4 @@ async def test_an_assigned_task_shows_the_model_it_was_given(
 @BOTH
 async def test_an_unknown_task_is_a_404_in_the_error_form(client: httpx.AsyncClient) -> None:
     r = await client.get("/api/v1/tasks/no-such-task/explain")
-    assert r.status_code == 404
-    body = r.json()
-    assert set(body) == {"error"}
-    assert body["error"]["code"] == "not_found"
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    assert isinstance(body["error"]["details"], dict)
+    assert_error(r, 404, "not_found")

@@ -13,6 +13,7 @@ from dispatchd.api.app import create_app
 from dispatchd.api.ops import create_ops_app
 from dispatchd.runtime import Runtime
 from tests.api.conftest import as_agent, make_settings
+from tests.api.helpers import BOTH
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
-@pytest.mark.parametrize("engine", ["sqlite", "postgres"], indirect=True)
+@BOTH
 async def test_health_reports_the_database(ops: httpx.AsyncClient, engine: str) -> None:
     r = await ops.get("/health")
     assert r.status_code == 200
@@ -70,7 +71,7 @@ async def test_health_is_503_when_the_sqlite_file_is_gone(tmp_path: Path) -> Non
             assert r.json()["database"]["status"] == "unreachable"
 
 
-@pytest.mark.parametrize("engine", ["sqlite", "postgres"], indirect=True)
+@BOTH
 async def test_metrics_count_requests_by_route_and_tasks_and_agents_by_state(
     client: httpx.AsyncClient, ops: httpx.AsyncClient, register, engine: str
 ) -> None:

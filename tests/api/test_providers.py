@@ -14,11 +14,23 @@ import pytest
 from dispatchd.engine.providers import External
 from dispatchd.runtime import Runtime
 from tests.api.conftest import as_agent
-from tests.support.standins import PromptForge, StandIn, Warren
+from tests.api.helpers import (
+    BOTH,
+    Register,
+    create_task,
+    detail,
+    eventually,
+    explain,
+    heartbeat,
+)
+from tests.support.standins import PromptForge, StandIn, Wake, Warren
 
 WARREN_TOKEN = "warren-admin-token"
 REFRESH_S = 0.2
 TIMEOUT_S = 0.5
+
+# The `say` fixture: say(capabilities, statuses).
+Say = Callable[[dict[str, Any], dict[str, str]], Awaitable[None]]
 
 
 @pytest.fixture
@@ -63,70 +75,47 @@ def external(runtime: Runtime) -> External:
     return runtime.external
 
 
-async def until(check: Callable[[], Awaitable[Any]], what: str, within: float = 10.0) -> Any:
-    """Poll `check` every 10 ms until it returns something truthy; that value."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        value = await check()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+@pytest.fixture
+def say(runtime: Runtime, forge: PromptForge, warren: Warren) -> Say:
+    """`await say(capabilities, statuses)`: what PromptForge and Warren answer about these
+    agents from now on; dispatchd asks both at once."""
 
+    async def do(capabilities: dict[str, Any], statuses: dict[str, str]) -> None:
+        forge.agents.update(capabilities)
+        warren.agents.update(statuses)
+        await external(runtime).refresh()
 
-async def _true(value: object) -> bool:
-    return bool(value)
+    return do
 
 
 async def directory_sees(runtime: Runtime, agent_id: str, **fields: Any) -> None:
     """Wait until the assigner's copy of `agent_id` has these field values."""
 
-    async def check() -> bool:
+    def check() -> bool:
         agent = runtime.directory.agents.get(agent_id)
         return agent is not None and all(getattr(agent, k) == v for k, v in fields.items())
 
-    await until(check, f"the assigner to see {agent_id} with {fields}")
+    await eventually(check, f"the assigner to see {agent_id} with {fields}")
 
 
 async def asked_again(service: StandIn, times: int = 2) -> None:
     """Wait until `service` has been asked for its agents `times` more times."""
     start = service.asked()
-
-    async def more() -> bool:
-        return service.asked() >= start + times
-
-    await until(more, f"{service.name} to be asked again")
+    await eventually(lambda: service.asked() >= start + times, f"{service.name} to be asked again")
 
 
-async def create(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
-    body.setdefault("title", "a task")
-    r = await client.post("/api/v1/tasks", json=body)
-    assert r.status_code == 201, r.text
-    return dict(r.json())
+async def woken(warren: Warren, *, limit_s: float = 10.0) -> list[Wake]:
+    """Warren's wake calls, once there is one."""
+    return await eventually(lambda: warren.wakes, "Warren's wake to be called", limit_s=limit_s)
 
 
-async def task_of(client: httpx.AsyncClient, task_id: str) -> dict[str, Any]:
-    r = await client.get(f"/api/v1/tasks/{task_id}")
-    assert r.status_code == 200, r.text
-    return dict(r.json())
+async def assignee(client: httpx.AsyncClient, task_id: str) -> str:
+    """The agent the task goes to, once it goes to one."""
 
+    async def check() -> str | None:
+        return (await detail(client, task_id))["assignee"]
 
-async def assigned(client: httpx.AsyncClient, task_id: str) -> dict[str, Any]:
-    """The task once it has an assignee."""
-
-    async def check() -> dict[str, Any] | None:
-        task = await task_of(client, task_id)
-        return task if task["assignee"] is not None else None
-
-    return dict(await until(check, f"task {task_id} to be assigned"))
-
-
-async def explain(client: httpx.AsyncClient, task_id: str) -> dict[str, Any]:
-    r = await client.get(f"/api/v1/tasks/{task_id}/explain")
-    assert r.status_code == 200, r.text
-    return dict(r.json())
+    return await eventually(check, f"task {task_id} to be assigned")
 
 
 def candidate(explained: dict[str, Any], agent_id: str) -> dict[str, Any]:
@@ -140,60 +129,52 @@ def exclusion(explained: dict[str, Any], agent_id: str) -> str | None:
 
 
 async def test_capabilities_come_from_promptforge(
-    client: httpx.AsyncClient, register, runtime: Runtime, forge: PromptForge, warren: Warren
+    client: httpx.AsyncClient, register: Register, say: Say
 ) -> None:
-    forge.agents["a1"] = {"research": 1.0}
-    warren.agents["a1"] = "ready"
-    await external(runtime).refresh()
+    await say({"a1": {"research": 1.0}}, {"a1": "ready"})
     await register("a1", ["code"])
-    code = await create(client, capabilities=["code"])
-    research = await create(client, capabilities=["research"])
-    assert (await assigned(client, research["id"]))["assignee"] == "a1"
+    code = await create_task(client, capabilities=["code"])
+    research = await create_task(client, capabilities=["research"])
+    assert await assignee(client, research["id"]) == "a1"
     # The code task came first in the queue and was looked at before the research one.
-    assert (await task_of(client, code["id"]))["status"] == "pending"
+    assert (await detail(client, code["id"]))["status"] == "pending"
     why = await explain(client, code["id"])
     assert exclusion(why, "a1") == "missing_capability"
 
 
 async def test_weights_from_promptforge_decide_between_agents(
-    client: httpx.AsyncClient, register, runtime: Runtime, forge: PromptForge, warren: Warren
+    client: httpx.AsyncClient, register: Register, say: Say
 ) -> None:
     # Registered weights would pick a1; PromptForge's pick a2.
-    forge.agents.update({"a1": {"code": 0.3}, "a2": {"code": 0.9}})
-    warren.agents.update({"a1": "ready", "a2": "ready"})
-    await external(runtime).refresh()
+    await say({"a1": {"code": 0.3}, "a2": {"code": 0.9}}, {"a1": "ready", "a2": "ready"})
     await register("a1", {"code": 1.0})
     await register("a2", {"code": 0.2})
-    task = await create(client, capabilities=["code"])
-    assert (await assigned(client, task["id"]))["assignee"] == "a2"
+    task = await create_task(client, capabilities=["code"])
+    assert await assignee(client, task["id"]) == "a2"
     why = await explain(client, task["id"])
     assert candidate(why, "a1")["capability_match"] == 0.3
     assert candidate(why, "a2")["capability_match"] == 0.9
 
 
 async def test_a_list_of_tags_from_promptforge_weighs_one(
-    client: httpx.AsyncClient, register, runtime: Runtime, forge: PromptForge, warren: Warren
+    client: httpx.AsyncClient, register: Register, say: Say
 ) -> None:
-    forge.agents["a1"] = ["research", "review"]
-    warren.agents["a1"] = "ready"
-    await external(runtime).refresh()
+    await say({"a1": ["research", "review"]}, {"a1": "ready"})
     await register("a1", {"code": 0.5})
-    task = await create(client, capabilities=["research", "review"])
-    assert (await assigned(client, task["id"]))["assignee"] == "a1"
+    task = await create_task(client, capabilities=["research", "review"])
+    assert await assignee(client, task["id"]) == "a1"
     assert candidate(await explain(client, task["id"]), "a1")["capability_match"] == 1.0
 
 
 async def test_sleeping_in_warren_scores_point_eight(
-    client: httpx.AsyncClient, register, runtime: Runtime, forge: PromptForge, warren: Warren
+    client: httpx.AsyncClient, register: Register, say: Say
 ) -> None:
     # Ready, a1 would win (1.0 > 0.9); sleeping in Warren it scores 0.8 and a2 wins.
-    forge.agents.update({"a1": {"code": 1.0}, "a2": {"code": 0.9}})
-    warren.agents.update({"a1": "sleeping", "a2": "ready"})
-    await external(runtime).refresh()
+    await say({"a1": {"code": 1.0}, "a2": {"code": 0.9}}, {"a1": "sleeping", "a2": "ready"})
     await register("a1", ["code"], status="ready")
     await register("a2", ["code"], status="ready")
-    task = await create(client, capabilities=["code"], priority="low")
-    assert (await assigned(client, task["id"]))["assignee"] == "a2"
+    task = await create_task(client, capabilities=["code"], priority="low")
+    assert await assignee(client, task["id"]) == "a2"
     why = await explain(client, task["id"])
     assert candidate(why, "a1")["availability"] == 0.8
     assert candidate(why, "a1")["score"] == 0.8
@@ -201,67 +182,58 @@ async def test_sleeping_in_warren_scores_point_eight(
 
 
 async def test_busy_in_warren_scores_half(
-    client: httpx.AsyncClient, register, runtime: Runtime, forge: PromptForge, warren: Warren
+    client: httpx.AsyncClient, register: Register, say: Say
 ) -> None:
-    forge.agents["a1"] = {"code": 1.0}
-    warren.agents["a1"] = "busy"
-    await external(runtime).refresh()
+    await say({"a1": {"code": 1.0}}, {"a1": "busy"})
     await register("a1", ["code"], status="ready")
-    task = await create(client, capabilities=["code"], priority="low")
-    await assigned(client, task["id"])
+    task = await create_task(client, capabilities=["code"], priority="low")
+    await assignee(client, task["id"])
     assert candidate(await explain(client, task["id"]), "a1")["availability"] == 0.5
 
 
 async def test_degraded_in_warren_is_never_assigned_until_warren_says_ready(
-    client: httpx.AsyncClient, register, runtime: Runtime, forge: PromptForge, warren: Warren
+    client: httpx.AsyncClient, register: Register, say: Say, warren: Warren
 ) -> None:
-    forge.agents["a1"] = {"code": 1.0}
-    warren.agents["a1"] = "degraded"
-    await external(runtime).refresh()
+    await say({"a1": {"code": 1.0}}, {"a1": "degraded"})
     await register("a1", ["code"], status="ready")
-    task = await create(client, capabilities=["code"])
+    task = await create_task(client, capabilities=["code"])
     assert exclusion(await explain(client, task["id"]), "a1") == "degraded"
     # Several refreshes later it still waits.
     await asked_again(warren, 3)
-    assert (await task_of(client, task["id"]))["status"] == "pending"
+    assert (await detail(client, task["id"]))["status"] == "pending"
     # No event here tells dispatchd; the periodic refresh finds out and assigns.
     warren.agents["a1"] = "ready"
-    assert (await assigned(client, task["id"]))["assignee"] == "a1"
+    assert await assignee(client, task["id"]) == "a1"
 
 
 async def test_agents_the_services_do_not_list(
-    client: httpx.AsyncClient, register, runtime: Runtime, forge: PromptForge, warren: Warren
+    client: httpx.AsyncClient, register: Register, say: Say, forge: PromptForge, warren: Warren
 ) -> None:
     # a1: unknown to PromptForge → no capabilities; a2: unknown to Warren → offline.
-    forge.agents["a2"] = {"code": 1.0}
-    warren.agents["a1"] = "ready"
-    await external(runtime).refresh()
+    await say({"a2": {"code": 1.0}}, {"a1": "ready"})
     await register("a1", ["code"])
     await register("a2", ["code"])
-    task = await create(client, capabilities=["code"])
+    task = await create_task(client, capabilities=["code"])
     why = await explain(client, task["id"])
     assert exclusion(why, "a1") == "missing_capability"
     assert exclusion(why, "a2") == "offline"
     await asked_again(warren)
-    assert (await task_of(client, task["id"]))["status"] == "pending"
+    assert (await detail(client, task["id"]))["status"] == "pending"
     # Once PromptForge lists a1, it gets the task.
     forge.agents["a1"] = {"code": 1.0}
-    assert (await assigned(client, task["id"]))["assignee"] == "a1"
+    assert await assignee(client, task["id"]) == "a1"
 
 
 async def test_waking_goes_through_warren_with_its_token(
-    client: httpx.AsyncClient, register, runtime: Runtime, forge: PromptForge, warren: Warren
+    client: httpx.AsyncClient, register: Register, say: Say, warren: Warren
 ) -> None:
     async with StandIn() as agent_hook:
-        forge.agents["a1"] = {"code": 1.0}
-        warren.agents["a1"] = "sleeping"
-        await external(runtime).refresh()
+        await say({"a1": {"code": 1.0}}, {"a1": "sleeping"})
         await register("a1", ["code"], status="ready", wake_url=f"{agent_hook.url}/wake")
-        task = await create(client, capabilities=["code"])
-        assert (await assigned(client, task["id"]))["assignee"] == "a1"
+        task = await create_task(client, capabilities=["code"])
+        assert await assignee(client, task["id"]) == "a1"
 
-        await until(lambda: _true(warren.wakes), "Warren's wake to be called")
-        (wake,) = warren.wakes
+        (wake,) = await woken(warren)
         assert wake.agent_id == "a1"
         assert wake.authorization == f"Bearer {WARREN_TOKEN}"
         assert wake.body["task_id"] == task["id"]
@@ -270,41 +242,37 @@ async def test_waking_goes_through_warren_with_its_token(
 
 
 async def test_only_a_sleeping_agent_is_woken(
-    client: httpx.AsyncClient, register, runtime: Runtime, forge: PromptForge, warren: Warren
+    client: httpx.AsyncClient, register: Register, runtime: Runtime, say: Say, warren: Warren
 ) -> None:
-    forge.agents.update({"a1": {"code": 1.0}, "a2": {"code": 1.0}})
-    warren.agents.update({"a1": "ready", "a2": "sleeping"})
-    await external(runtime).refresh()
+    await say({"a1": {"code": 1.0}, "a2": {"code": 1.0}}, {"a1": "ready", "a2": "sleeping"})
     await register("a1", ["code"])
     await register("a2", ["code"])
-    first = await create(client, capabilities=["code"])
-    assert (await assigned(client, first["id"]))["assignee"] == "a1"  # 1.0 beats 0.8
+    first = await create_task(client, capabilities=["code"])
+    assert await assignee(client, first["id"]) == "a1"  # 1.0 beats 0.8
     warren.agents["a1"] = "degraded"
     await directory_sees(runtime, "a1", status="degraded")
-    second = await create(client, capabilities=["code"])
-    assert (await assigned(client, second["id"]))["assignee"] == "a2"
-    await until(lambda: _true(warren.wakes), "Warren's wake to be called")
-    assert [(w.agent_id, w.body["task_id"]) for w in warren.wakes] == [("a2", second["id"])]
+    second = await create_task(client, capabilities=["code"])
+    assert await assignee(client, second["id"]) == "a2"
+    wakes = await woken(warren)
+    assert [(w.agent_id, w.body["task_id"]) for w in wakes] == [("a2", second["id"])]
 
 
 async def test_a_task_named_for_a_sleeping_agent_wakes_it(
-    client: httpx.AsyncClient, register, runtime: Runtime, forge: PromptForge, warren: Warren
+    client: httpx.AsyncClient, register: Register, runtime: Runtime, say: Say, warren: Warren
 ) -> None:
-    forge.agents["a1"] = {"code": 1.0}
-    warren.agents["a1"] = "sleeping"
-    await external(runtime).refresh()
+    await say({"a1": {"code": 1.0}}, {"a1": "sleeping"})
     await register("a1", ["code"])
     await directory_sees(runtime, "a1", status="sleeping")
-    task = await create(client, capabilities=["code"], assigned_to="a1")
+    task = await create_task(client, capabilities=["code"], assigned_to="a1")
     assert task["assignee"] == "a1"
-    await until(lambda: _true(warren.wakes), "Warren's wake to be called", within=2.0)
+    await woken(warren, limit_s=2.0)
 
 
 @pytest.mark.parametrize("mode", ["fail", "hang", "garbage"])
 async def test_a_failing_service_keeps_its_last_good_answer(
     client: httpx.AsyncClient,
-    register,
-    runtime: Runtime,
+    register: Register,
+    say: Say,
     forge: PromptForge,
     warren: Warren,
     admin: dict[str, str],
@@ -312,9 +280,7 @@ async def test_a_failing_service_keeps_its_last_good_answer(
     mode: str,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="dispatchd.engine.providers")
-    forge.agents["a1"] = {"research": 0.6}
-    warren.agents["a1"] = "busy"
-    await external(runtime).refresh()
+    await say({"a1": {"research": 0.6}}, {"a1": "busy"})
     await register("a1", ["code"], status="ready")
     for service in (forge, warren):
         if mode == "fail":
@@ -326,8 +292,8 @@ async def test_a_failing_service_keeps_its_last_good_answer(
     await asked_again(forge)
     await asked_again(warren)
     # Assignment still uses what the services last said well: research, busy.
-    task = await create(client, capabilities=["research"])
-    assert (await assigned(client, task["id"]))["assignee"] == "a1"
+    task = await create_task(client, capabilities=["research"])
+    assert await assignee(client, task["id"]) == "a1"
     why = await explain(client, task["id"])
     assert candidate(why, "a1")["capability_match"] == 0.6
     assert candidate(why, "a1")["availability"] == 0.5
@@ -347,14 +313,14 @@ async def test_a_failing_service_keeps_its_last_good_answer(
 @pytest.mark.parametrize("broken", [True])
 async def test_before_any_good_answer_the_registered_values_stand(
     client: httpx.AsyncClient,
-    register,
+    register: Register,
     runtime: Runtime,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="dispatchd.engine.providers")
     await register("a1", {"code": 0.7}, status="ready")
-    task = await create(client, capabilities=["code"])
-    assert (await assigned(client, task["id"]))["assignee"] == "a1"
+    task = await create_task(client, capabilities=["code"])
+    assert await assignee(client, task["id"]) == "a1"
     why = await explain(client, task["id"])
     assert candidate(why, "a1")["capability_match"] == 0.7
     assert candidate(why, "a1")["availability"] == 1.0
@@ -368,85 +334,72 @@ async def test_before_any_good_answer_the_registered_values_stand(
 
 
 async def test_a_service_that_recovers_is_used_again(
-    client: httpx.AsyncClient, register, runtime: Runtime, forge: PromptForge, warren: Warren
+    client: httpx.AsyncClient, register: Register, say: Say, forge: PromptForge
 ) -> None:
-    forge.agents["a1"] = {"code": 1.0}
-    warren.agents["a1"] = "ready"
-    await external(runtime).refresh()
+    await say({"a1": {"code": 1.0}}, {"a1": "ready"})
     await register("a1", ["code"])
     forge.fail(500)
     await asked_again(forge)
     forge.agents["a1"] = {"research": 1.0}
     forge.recover()
-    task = await create(client, capabilities=["research"])
-    assert (await assigned(client, task["id"]))["assignee"] == "a1"
+    task = await create_task(client, capabilities=["research"])
+    assert await assignee(client, task["id"]) == "a1"
 
 
-@pytest.mark.parametrize("engine", ["sqlite", "postgres"], indirect=True)
+@BOTH
 async def test_claim_uses_the_capabilities_from_promptforge(
-    client: httpx.AsyncClient, register, runtime: Runtime, forge: PromptForge, warren: Warren
+    client: httpx.AsyncClient, register: Register, say: Say
 ) -> None:
     # Warren says offline, so nothing is pushed to a1; it pulls instead.
-    forge.agents["a1"] = {"research": 1.0}
-    warren.agents["a1"] = "offline"
-    await external(runtime).refresh()
+    await say({"a1": {"research": 1.0}}, {"a1": "offline"})
     await register("a1", ["code"])
-    await create(client, title="code", capabilities=["code"])
-    research = await create(client, title="research", capabilities=["research"])
+    await create_task(client, title="code", capabilities=["code"])
+    research = await create_task(client, title="research", capabilities=["research"])
     r = await client.post("/api/v1/tasks/claim", json={"max_tasks": 5}, headers=as_agent("a1"))
     assert r.status_code == 200, r.text
     assert [t["id"] for t in r.json()["tasks"]] == [research["id"]]
 
 
 async def test_claim_refuses_an_agent_warren_reports_degraded(
-    client: httpx.AsyncClient, register, runtime: Runtime, forge: PromptForge, warren: Warren
+    client: httpx.AsyncClient, register: Register, say: Say
 ) -> None:
-    forge.agents["a1"] = {"code": 1.0}
-    warren.agents["a1"] = "degraded"
-    await external(runtime).refresh()
+    await say({"a1": {"code": 1.0}}, {"a1": "degraded"})
     await register("a1", ["code"], status="ready")
-    await create(client, capabilities=["code"])
+    await create_task(client, capabilities=["code"])
     r = await client.post("/api/v1/tasks/claim", json={}, headers=as_agent("a1"))
     assert r.status_code == 200, r.text
     assert r.json() == {"tasks": [], "reason": "degraded"}
 
 
 async def test_warren_ready_wins_over_a_degraded_heartbeat(
-    client: httpx.AsyncClient, register, runtime: Runtime, forge: PromptForge, warren: Warren
+    client: httpx.AsyncClient, register: Register, say: Say
 ) -> None:
-    forge.agents["a1"] = {"code": 1.0}
-    warren.agents["a1"] = "ready"
-    await external(runtime).refresh()
+    await say({"a1": {"code": 1.0}}, {"a1": "ready"})
     await register("a1", ["code"])
-    r = await client.post(
-        "/api/v1/agents/a1/heartbeat", json={"status": "degraded"}, headers=as_agent("a1")
-    )
-    assert r.status_code == 200, r.text
-    task = await create(client, capabilities=["code"])
+    await heartbeat(client, "a1", "degraded")
+    task = await create_task(client, capabilities=["code"])
     assert candidate(await explain(client, task["id"]), "a1")["availability"] == 1.0
 
     async def given() -> bool:
-        return (await task_of(client, task["id"]))["assignee"] == "a1"
+        return (await detail(client, task["id"]))["assignee"] == "a1"
 
-    await until(given, "the task to go to a1", within=2.0)
+    await eventually(given, "the task to go to a1", limit_s=2.0)
 
 
 @pytest.mark.parametrize("refresh_s", [1.0])
 async def test_a_change_in_warren_is_seen_under_steady_traffic(
-    client: httpx.AsyncClient, register, runtime: Runtime, forge: PromptForge, warren: Warren
+    client: httpx.AsyncClient, register: Register, say: Say, warren: Warren
 ) -> None:
-    forge.agents["a1"] = {"code": 1.0}
-    warren.agents["a1"] = "degraded"
-    await external(runtime).refresh()
+    await say({"a1": {"code": 1.0}}, {"a1": "degraded"})
     await register("a1", ["code"])
-    task = await create(client, capabilities=["code"])
+    task = await create_task(client, capabilities=["code"])
     warren.agents["a1"] = "ready"
     # Unrelated work arrives every 20 ms, for three refresh periods.
     loop = asyncio.get_running_loop()
     end = loop.time() + 3.0
     while loop.time() < end:
-        if (await task_of(client, task["id"]))["assignee"] == "a1":
+        if (await detail(client, task["id"]))["assignee"] == "a1":
             return
-        await create(client, capabilities=["nobody-has-this"])
+        await create_task(client, capabilities=["nobody-has-this"])
         await asyncio.sleep(0.02)
     raise AssertionError("a1 became ready in Warren but the waiting task was not assigned")

@@ -11,9 +11,8 @@ the new holder must be able to finish the task normally.
 from __future__ import annotations
 
 import asyncio
-import inspect
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import httpx
 import pytest
@@ -22,10 +21,18 @@ from dispatchd.domain.models import AgentStatus, Event
 from dispatchd.runtime import Runtime
 from dispatchd.store.base import AppendEvent, Op, UpdateAgent
 from tests.api.conftest import as_agent
+from tests.api.helpers import (
+    BOTH,
+    assert_error,
+    create_code_task,
+    detail,
+    eventually,
+    heartbeat,
+    task_events,
+    wait_assigned,
+)
 
-pytestmark = pytest.mark.parametrize("engine", ["sqlite", "postgres"], indirect=True)
-
-T = TypeVar("T")
+pytestmark = BOTH
 
 # Every action only the holder of the current attempt may take; `complete` comes first:
 # a late completion is the report that matters most.
@@ -39,83 +46,27 @@ WORKER_ACTIONS: list[tuple[str, dict[str, Any] | None]] = [
 FAST_SWEEPS = {"tick_interval_ms": 20}
 
 
-async def eventually(
-    probe: Callable[[], T | Awaitable[T]], what: str, *, limit_s: float = 10.0
-) -> T:
-    """Poll `probe` every 10 ms until it answers something truthy."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit_s
-    while True:
-        value = probe()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-def assert_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"error"}, body
-    err = body["error"]
-    assert set(err) == {"code", "message", "details"}, err
-    assert err["code"] == code, err
-    assert isinstance(err["message"], str) and err["message"].strip(), err
-    assert isinstance(err["details"], dict), err
-    return dict(err)
-
-
-async def detail(client: httpx.AsyncClient, task_id: str) -> dict[str, Any]:
-    r = await client.get(f"/api/v1/tasks/{task_id}")
-    assert r.status_code == 200, r.text
-    return dict(r.json())
-
-
 async def snapshot(client: httpx.AsyncClient, runtime: Runtime, task_id: str) -> tuple[Any, ...]:
     """The task as its detail shows it (attempts, progress log), its events, every agent's
     load and version, and the whole event log."""
-    r = await client.get(f"/api/v1/tasks/{task_id}/events")
-    assert r.status_code == 200, r.text
+    events = await task_events(client, task_id)
     agents = await runtime.store.all_agents()
     log = await runtime.store.read_events(after=0, limit=10_000)
     return (
         await detail(client, task_id),
-        r.json()["events"],
+        events,
         sorted((a.id, a.active, a.status.value, a.version) for a in agents),
         [(e.id, e.type, e.task_id, e.agent_id, e.data) for e in log],
     )
 
 
-async def create(client: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
-    r = await client.post(
-        "/api/v1/tasks", json={"title": "work", "capabilities": ["code"], **fields}
-    )
-    assert r.status_code == 201, r.text
-    return dict(r.json())
-
-
-async def act(
+async def post_action(
     client: httpx.AsyncClient, agent_id: str, task_id: str, action: str, body: Any = None
 ) -> httpx.Response:
+    """POST /api/v1/tasks/{id}/{action} as `agent_id`; the response, whatever it is."""
     return await client.post(
         f"/api/v1/tasks/{task_id}/{action}", json=body, headers=as_agent(agent_id)
     )
-
-
-async def held_by(
-    client: httpx.AsyncClient, task_id: str, agent_id: str, attempt: int
-) -> dict[str, Any]:
-    """Wait until the task is assigned to `agent_id` under `attempt`."""
-
-    async def probe() -> dict[str, Any] | None:
-        t = await detail(client, task_id)
-        ok = t["assignee"] == agent_id and t["attempt"] == attempt
-        return t if ok and t["status"] == "assigned" else None
-
-    return await eventually(probe, f"attempt {attempt} of {task_id} to reach {agent_id}")
 
 
 async def assert_refused(
@@ -134,7 +85,7 @@ async def assert_refused(
         if attempt is not None:
             sent["attempt"] = attempt
         before = await snapshot(client, runtime, task_id)
-        r = await act(client, agent_id, task_id, action, sent or None)
+        r = await post_action(client, agent_id, task_id, action, sent or None)
         err = assert_error(r, 409, "stale_attempt")
         assert err["details"]["task_id"] == task_id, err
         assert await snapshot(client, runtime, task_id) == before, action
@@ -169,9 +120,11 @@ async def assert_new_holder_finishes(
     started: bool = False,
 ) -> None:
     if not started:
-        r = await act(client, new, task_id, "start", {"attempt": 2})
+        r = await post_action(client, new, task_id, "start", {"attempt": 2})
         assert r.status_code == 200, r.text
-    r = await act(client, new, task_id, "complete", {"result": "by the new holder", "attempt": 2})
+    r = await post_action(
+        client, new, task_id, "complete", {"result": "by the new holder", "attempt": 2}
+    )
     assert r.status_code == 200, r.text
     done = await detail(client, task_id)
     assert done["status"] == "completed" and done["result"] == "by the new holder"
@@ -183,7 +136,7 @@ async def assert_new_holder_finishes(
     holders = {a["number"]: a["agent_id"] for a in done["attempts"]}
     assert all(holders[p["attempt"]] == p["agent_id"] for p in done["progress_log"])
     # And once the task is done, the old holder is still refused.
-    r = await act(client, old, task_id, "complete", {"result": "late"})
+    r = await post_action(client, old, task_id, "complete", {"result": "late"})
     assert_error(r, 409, "stale_attempt")
     assert (await detail(client, task_id))["result"] == "by the new holder"
 
@@ -193,9 +146,9 @@ async def start_with_standby(
 ) -> dict[str, Any]:
     """`w1` gets the task and starts it; then `w2`, preferred for the task, registers."""
     await register("w1", {"code": 0.5})
-    task = await create(client, **task_fields)
-    await held_by(client, task["id"], "w1", 1)
-    r = await act(client, "w1", task["id"], "start")
+    task = await create_code_task(client, **task_fields)
+    await wait_assigned(client, task["id"], "w1", attempt=1)
+    r = await post_action(client, "w1", task["id"], "start")
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "running"
     await register("w2", {"code": 1.0})
@@ -214,7 +167,7 @@ class TestTimedOut:
         self, client: httpx.AsyncClient, runtime: Runtime, register: Callable[..., Any]
     ) -> None:
         task = await start_with_standby(client, register, timeout_s=1)
-        now = await held_by(client, task["id"], "w2", 2)
+        now = await wait_assigned(client, task["id"], "w2", attempt=2)
         assert now["attempts"][0]["outcome"] == "timed_out"
 
         details = await assert_refused(client, runtime, "w1", task["id"])
@@ -237,7 +190,7 @@ class TestLeaseLapsed:
         self, client: httpx.AsyncClient, runtime: Runtime, register: Callable[..., Any]
     ) -> None:
         task = await start_with_standby(client, register)
-        now = await held_by(client, task["id"], "w2", 2)
+        now = await wait_assigned(client, task["id"], "w2", attempt=2)
         assert now["requeues"] == 1 and now["attempts"][0]["outcome"] == "lost"
 
         await assert_refused(client, runtime, "w1", task["id"])
@@ -248,9 +201,9 @@ class TestLeaseLapsed:
         self, client: httpx.AsyncClient, runtime: Runtime, register: Callable[..., Any]
     ) -> None:
         await register("w1", ["code"])
-        task = await create(client)
-        await held_by(client, task["id"], "w1", 1)
-        r = await act(client, "w1", task["id"], "start", {"attempt": 1})
+        task = await create_code_task(client)
+        await wait_assigned(client, task["id"], "w1", attempt=1)
+        r = await post_action(client, "w1", task["id"], "start", {"attempt": 1})
         assert r.status_code == 200, r.text
 
         # No heartbeat, no progress: the lease lapses and w1, silent as long, goes offline.
@@ -260,16 +213,17 @@ class TestLeaseLapsed:
         await eventually(requeued, "the lapsed task to be requeued")
         # Heard from again and the only agent, w1 gets the task back under attempt 2,
         # while its old loop still says 1.
-        r = await client.post("/api/v1/agents/w1/heartbeat", json={}, headers=as_agent("w1"))
-        assert r.status_code == 200, r.text
-        await held_by(client, task["id"], "w1", 2)
+        await heartbeat(client, "w1")
+        await wait_assigned(client, task["id"], "w1", attempt=2)
 
         details = await assert_refused(client, runtime, "w1", task["id"], attempt=1)
         assert (details["attempt"], details["current_attempt"]) == (1, 2)
 
-        r = await act(client, "w1", task["id"], "start", {"attempt": 2})
+        r = await post_action(client, "w1", task["id"], "start", {"attempt": 2})
         assert r.status_code == 200, r.text
-        r = await act(client, "w1", task["id"], "complete", {"result": "second", "attempt": 2})
+        r = await post_action(
+            client, "w1", task["id"], "complete", {"result": "second", "attempt": 2}
+        )
         assert r.status_code == 200, r.text
         done = await detail(client, task["id"])
         assert done["status"] == "completed" and done["result"] == "second"
@@ -291,12 +245,12 @@ class TestNotStarted:
         self, client: httpx.AsyncClient, runtime: Runtime, register: Callable[..., Any]
     ) -> None:
         await register("w1", {"code": 0.5})
-        task = await create(client)
-        await held_by(client, task["id"], "w1", 1)
+        task = await create_code_task(client)
+        await wait_assigned(client, task["id"], "w1", attempt=1)
         await register("w2", {"code": 1.0})
-        await held_by(client, task["id"], "w2", 2)
+        await wait_assigned(client, task["id"], "w2", attempt=2)
         # w2 starts at once, so that its own wake timeout does not take it away too.
-        r = await act(client, "w2", task["id"], "start", {"attempt": 2})
+        r = await post_action(client, "w2", task["id"], "start", {"attempt": 2})
         assert r.status_code == 200, r.text
 
         async def w1_offline() -> bool:
@@ -335,8 +289,8 @@ class TestSilentAgent:
 
         monkeypatch.setattr(runtime.store, "commit", slow_offline)
         await register("w1", ["code"])
-        task = await create(client)
-        await held_by(client, task["id"], "w1", 1)
+        task = await create_code_task(client)
+        await wait_assigned(client, task["id"], "w1", attempt=1)
 
         async def w1_offline() -> bool:
             agent = await runtime.store.get_agent("w1")
@@ -377,7 +331,7 @@ class TestDeregistered:
         r = await client.delete("/api/v1/agents/w1", headers=admin)
         assert r.status_code == 200, r.text
         assert r.json()["requeued"] == [task["id"]]
-        await held_by(client, task["id"], "w2", 2)
+        await wait_assigned(client, task["id"], "w2", attempt=2)
 
         await assert_refused(client, runtime, "w1", task["id"])
         # A heartbeat from an agent that no longer exists changes nothing either.
@@ -395,16 +349,16 @@ class TestDeregistered:
         admin: dict[str, str],
     ) -> None:
         task = await start_with_standby(client, register)
-        r = await act(client, "w1", task["id"], "progress", {"percent": 90})
+        r = await post_action(client, "w1", task["id"], "progress", {"percent": 90})
         assert r.status_code == 200, r.text
         r = await client.delete("/api/v1/agents/w1", headers=admin)
         assert r.status_code == 200, r.text
-        await held_by(client, task["id"], "w2", 2)
+        await wait_assigned(client, task["id"], "w2", attempt=2)
 
         # The old holder's completion and the new holder's start arrive together.
         late, start = await asyncio.gather(
-            act(client, "w1", task["id"], "complete", {"result": "late"}),
-            act(client, "w2", task["id"], "start", {"attempt": 2}),
+            post_action(client, "w1", task["id"], "complete", {"result": "late"}),
+            post_action(client, "w2", task["id"], "start", {"attempt": 2}),
         )
         assert_error(late, 409, "stale_attempt")
         assert start.status_code == 200, start.text
@@ -415,9 +369,6 @@ class TestDeregistered:
             (1, "w1", "lost"),
             (2, "w2", None),
         ]
-        types = [
-            e["type"]
-            for e in (await client.get(f"/api/v1/tasks/{task['id']}/events")).json()["events"]
-        ]
+        types = [e["type"] for e in await task_events(client, task["id"])]
         assert "task.completed" not in types
         await assert_new_holder_finishes(client, task["id"], "w1", "w2", "lost", started=True)

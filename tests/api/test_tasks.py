@@ -10,15 +10,9 @@ import pytest
 
 from dispatchd.runtime import Runtime
 from tests.api.conftest import as_agent
+from tests.api.helpers import BOTH, create_task
 
-pytestmark = pytest.mark.parametrize("engine", ["sqlite", "postgres"], indirect=True)
-
-
-async def create(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
-    body.setdefault("title", "a task")
-    r = await client.post("/api/v1/tasks", json=body)
-    assert r.status_code == 201, r.text
-    return dict(r.json())
+pytestmark = BOTH
 
 
 async def collect(client: httpx.AsyncClient, query: str) -> list[dict[str, Any]]:
@@ -37,7 +31,7 @@ async def collect(client: httpx.AsyncClient, query: str) -> list[dict[str, Any]]
 
 
 async def test_create_returns_the_task_shape(client: httpx.AsyncClient) -> None:
-    task = await create(
+    task = await create_task(
         client,
         title="Fix login CSS",
         prompt="The button overlaps",
@@ -81,7 +75,7 @@ async def test_create_returns_the_task_shape(client: httpx.AsyncClient) -> None:
 
 
 async def test_description_is_accepted_as_the_prompt(client: httpx.AsyncClient) -> None:
-    task = await create(client, description="from Mission Control")
+    task = await create_task(client, description="from Mission Control")
     assert task["prompt"] == "from Mission Control"
 
 
@@ -135,7 +129,7 @@ async def test_batch_creates_all_in_one_transaction(
 
 
 async def test_batch_can_chain_dependencies_on_existing_tasks(client: httpx.AsyncClient) -> None:
-    parent = await create(client, title="parent")
+    parent = await create_task(client, title="parent")
     r = await client.post(
         "/api/v1/tasks/batch", json={"tasks": [{"title": "child", "depends_on": [parent["id"]]}]}
     )
@@ -145,11 +139,11 @@ async def test_batch_can_chain_dependencies_on_existing_tasks(client: httpx.Asyn
 
 async def test_list_filters(client: httpx.AsyncClient, register) -> None:
     await register("w1", ["code"])
-    a = await create(
+    a = await create_task(
         client, capabilities=["code"], priority="high", owner="o1", scope="#a", labels=["x"]
     )
-    b = await create(client, capabilities=["research"], priority="low", owner="o2", scope="#b")
-    c = await create(client, capabilities=["code"], assigned_to="w1")
+    b = await create_task(client, capabilities=["research"], priority="low", owner="o2", scope="#b")
+    c = await create_task(client, capabilities=["code"], assigned_to="w1")
     d = (
         await client.post(
             "/api/v1/tasks",
@@ -192,7 +186,7 @@ async def test_detail_has_attempts_progress_and_comments(
     client: httpx.AsyncClient, register
 ) -> None:
     await register("w1")
-    task = await create(client, assigned_to="w1")
+    task = await create_task(client, assigned_to="w1")
     w1 = as_agent("w1")
     await client.post(f"/api/v1/tasks/{task['id']}/start", headers=w1)
     await client.post(
@@ -211,7 +205,7 @@ async def test_detail_has_attempts_progress_and_comments(
 
 
 async def test_patch_merges_context_changes_priority_and_cancels(client: httpx.AsyncClient) -> None:
-    task = await create(client, context={"a": 1, "b": {"c": 2, "d": 3}})
+    task = await create_task(client, context={"a": 1, "b": {"c": 2, "d": 3}})
     r = await client.patch(
         f"/api/v1/tasks/{task['id']}", json={"context": {"b": {"c": None, "e": 4}, "f": 5}}
     )
@@ -240,7 +234,7 @@ async def test_illegal_transition_is_409_naming_the_state(
     client: httpx.AsyncClient, register
 ) -> None:
     await register("w1")
-    task = await create(client, assigned_to="w1")
+    task = await create_task(client, assigned_to="w1")
     r = await client.post(f"/api/v1/tasks/{task['id']}/complete", json={}, headers=as_agent("w1"))
     assert r.status_code == 200  # assigned → running → completed, implicitly started
     r = await client.post(f"/api/v1/tasks/{task['id']}/start", headers=as_agent("w1"))
@@ -253,7 +247,7 @@ async def test_illegal_transition_is_409_naming_the_state(
 
 async def test_fail_retries_then_fails_for_good(client: httpx.AsyncClient, register) -> None:
     await register("w1")
-    task = await create(client, assigned_to="w1", max_attempts=1)
+    task = await create_task(client, assigned_to="w1", max_attempts=1)
     r = await client.post(
         f"/api/v1/tasks/{task['id']}/fail", json={"error": "boom"}, headers=as_agent("w1")
     )
@@ -264,7 +258,7 @@ async def test_fail_retries_then_fails_for_good(client: httpx.AsyncClient, regis
         r.status_code == 200 and r.json()["status"] == "pending" and r.json()["max_attempts"] == 2
     )
 
-    retrying = await create(client, assigned_to="w1", max_attempts=3)
+    retrying = await create_task(client, assigned_to="w1", max_attempts=3)
     r = await client.post(
         f"/api/v1/tasks/{retrying['id']}/fail", json={"error": "flaky"}, headers=as_agent("w1")
     )
@@ -272,7 +266,7 @@ async def test_fail_retries_then_fails_for_good(client: httpx.AsyncClient, regis
     assert body["status"] == "pending" and body["assignee"] is None and body["retry_at"] is not None
     assert body["attempt"] == 1
 
-    final = await create(client, assigned_to="w1", max_attempts=3)
+    final = await create_task(client, assigned_to="w1", max_attempts=3)
     r = await client.post(
         f"/api/v1/tasks/{final['id']}/fail",
         json={"error": "bad input", "retryable": False},
@@ -283,7 +277,7 @@ async def test_fail_retries_then_fails_for_good(client: httpx.AsyncClient, regis
 
 async def test_input_request_and_answer(client: httpx.AsyncClient, register) -> None:
     await register("w1")
-    task = await create(client, assigned_to="w1")
+    task = await create_task(client, assigned_to="w1")
     w1 = as_agent("w1")
     await client.post(f"/api/v1/tasks/{task['id']}/start", headers=w1)
     r = await client.post(
@@ -300,7 +294,7 @@ async def test_input_request_and_answer(client: httpx.AsyncClient, register) -> 
 async def test_review_approve_and_reject(client: httpx.AsyncClient, register) -> None:
     await register("w1")
     await register("rev", ["review"])
-    task = await create(client, assigned_to="w1", review=True, reviewer="review")
+    task = await create_task(client, assigned_to="w1", review=True, reviewer="review")
     r = await client.post(
         f"/api/v1/tasks/{task['id']}/complete", json={"result": "v1"}, headers=as_agent("w1")
     )
@@ -319,29 +313,29 @@ async def test_review_approve_and_reject(client: httpx.AsyncClient, register) ->
 
 async def test_dependencies_block_and_fail_children(client: httpx.AsyncClient, register) -> None:
     await register("w1")
-    parent = await create(client, assigned_to="w1")
-    child = await create(client, depends_on=[parent["id"]])
+    parent = await create_task(client, assigned_to="w1")
+    child = await create_task(client, depends_on=[parent["id"]])
     assert child["status"] == "blocked"
     await client.patch(f"/api/v1/tasks/{parent['id']}", json={"status": "cancelled"})
-    late = await create(client, depends_on=[parent["id"]])
+    late = await create_task(client, depends_on=[parent["id"]])
     assert late["status"] == "failed" and parent["id"] in late["error"]
 
 
 async def test_completed_parents_feed_inputs(client: httpx.AsyncClient, register) -> None:
     await register("w1")
-    parent = await create(client, assigned_to="w1")
+    parent = await create_task(client, assigned_to="w1")
     await client.post(
         f"/api/v1/tasks/{parent['id']}/complete", json={"result": {"n": 42}}, headers=as_agent("w1")
     )
-    child = await create(client, depends_on=[parent["id"]])
+    child = await create_task(client, depends_on=[parent["id"]])
     assert child["status"] == "pending"
     assert child["context"]["inputs"] == {parent["id"]: {"n": 42}}
 
 
 async def test_run_at_in_the_future_blocks(client: httpx.AsyncClient) -> None:
-    task = await create(client, run_at="2099-01-01T00:00:00+00:00")
+    task = await create_task(client, run_at="2099-01-01T00:00:00+00:00")
     assert task["status"] == "blocked"
-    past = await create(client, run_at="2000-01-01T00:00:00+00:00")
+    past = await create_task(client, run_at="2000-01-01T00:00:00+00:00")
     assert past["status"] == "pending"
 
 
@@ -349,13 +343,13 @@ async def test_manual_assignment_respects_drain_and_capacity(
     client: httpx.AsyncClient, register, admin: dict[str, str]
 ) -> None:
     await register("w1", max_concurrent=1)
-    first = await create(client, assigned_to="w1")
-    second = await create(client, assigned_to="w1")
+    first = await create_task(client, assigned_to="w1")
+    second = await create_task(client, assigned_to="w1")
     assert first["status"] == "assigned"
     assert second["status"] == "pending" and second["assigned_to"] == "w1"
     await register("w2")
     await client.post("/api/v1/agents/w2/drain", headers=admin)
-    drained = await create(client, assigned_to="w2")
+    drained = await create_task(client, assigned_to="w2")
     assert drained["status"] == "pending"
-    unknown = await create(client, assigned_to="ghost")
+    unknown = await create_task(client, assigned_to="ghost")
     assert unknown["status"] == "pending"

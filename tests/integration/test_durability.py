@@ -11,13 +11,13 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.integration.helpers import Acks, list_tasks
 from tests.integration.server import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -29,27 +29,14 @@ ACKS_BEFORE_KILL = 200
 MAX_WAIT_FOR_ACKS_S = 30.0
 WRITERS_STOP_S = 30.0
 REQUEST_TIMEOUT_S = 10.0
-
-
-@dataclass
-class Ledger:
-    """What the writers saw: acknowledged keys with their ids, and keys whose fate is unknown."""
-
-    acked: dict[str, str] = field(default_factory=dict)
-    unknown: set[str] = field(default_factory=set)
-    rejected: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def ack_count(self) -> int:
-        with self.lock:
-            return len(self.acked)
+LABEL = "durability"
 
 
 def body_for(key: str) -> dict[str, Any]:
-    return {"title": f"durable {key}", "context": {"key": key}, "labels": ["durability"]}
+    return {"title": f"durable {key}", "context": {"key": key}, "labels": [LABEL]}
 
 
-def writer(base_url: str, number: int, ledger: Ledger, stop: threading.Event) -> None:
+def writer(base_url: str, number: int, acks: Acks, stop: threading.Event) -> None:
     headers = {"X-Agent-ID": requester_of(f"w{number}-0")}
     with httpx.Client(base_url=base_url, headers=headers, timeout=REQUEST_TIMEOUT_S) as client:
         for i in range(MAX_REQUESTS_PER_WRITER):
@@ -62,32 +49,15 @@ def writer(base_url: str, number: int, ledger: Ledger, stop: threading.Event) ->
                 )
             except httpx.HTTPError:
                 # The server died with this request in flight: it may or may not exist.
-                with ledger.lock:
-                    ledger.unknown.add(key)
+                with acks.lock:
+                    acks.unknown.add(key)
                 return
-            with ledger.lock:
+            with acks.lock:
                 if r.status_code == 201:
-                    ledger.acked[key] = r.json()["id"]
+                    acks.acked[key] = r.json()["id"]
                 else:
-                    ledger.rejected.append(f"{key}: {r.status_code} {r.text[:200]}")
+                    acks.errors.append(f"{key}: {r.status_code} {r.text[:200]}")
                     return
-
-
-def list_all(client: httpx.Client) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    cursor: str | None = None
-    for _ in range(10_000):  # a bound far above what the writers can create
-        params: dict[str, Any] = {"limit": 500, "label": "durability"}
-        if cursor:
-            params["cursor"] = cursor
-        r = client.get("/api/v1/tasks", params=params)
-        assert r.status_code == 200, r.text
-        page = r.json()
-        items.extend(page["items"])
-        cursor = page["next_cursor"]
-        if not cursor:
-            return items
-    pytest.fail("pagination did not end")
 
 
 def requester_of(key: str) -> str:
@@ -109,7 +79,7 @@ def test_acknowledged_tasks_survive_sigkill(
     env = {"DISPATCH_ADMIN_TOKEN": ADMIN}
     if engine == "postgres":
         env["DISPATCH_DATABASE_URL"] = request.getfixturevalue("postgres_empty_url")
-    ledger = Ledger()
+    acks = Acks()
     stop = threading.Event()
     threads: list[threading.Thread] = []
 
@@ -117,15 +87,13 @@ def test_acknowledged_tasks_survive_sigkill(
     try:
         first.start()
         threads = [
-            threading.Thread(
-                target=writer, args=(first.api_url, n, ledger, stop), name=f"writer-{n}"
-            )
+            threading.Thread(target=writer, args=(first.api_url, n, acks, stop), name=f"writer-{n}")
             for n in range(WRITERS)
         ]
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + MAX_WAIT_FOR_ACKS_S
-        while ledger.ack_count() < ACKS_BEFORE_KILL and time.monotonic() < deadline:
+        while acks.count() < ACKS_BEFORE_KILL and time.monotonic() < deadline:
             if not any(t.is_alive() for t in threads):
                 break
             time.sleep(0.005)
@@ -137,40 +105,40 @@ def test_acknowledged_tasks_survive_sigkill(
             thread.join(WRITERS_STOP_S)
         first.kill()
     assert not any(t.is_alive() for t in threads), "writers did not stop"
-    assert not ledger.rejected, ledger.rejected[:5]
-    assert len(ledger.acked) >= 20, (
-        f"only {len(ledger.acked)} tasks acknowledged before the kill:\n{first.describe()}"
+    assert not acks.errors, acks.errors[:5]
+    assert len(acks.acked) >= 20, (
+        f"only {len(acks.acked)} tasks acknowledged before the kill:\n{first.describe()}"
     )
 
     with ServerProcess(tmp_path, env=env) as second:
         with httpx.Client(
             base_url=second.api_url, headers={"X-Agent-ID": "checker"}, timeout=REQUEST_TIMEOUT_S
         ) as client:
-            tasks = list_all(client)
+            tasks = list_tasks(client, LABEL)
             by_id = {t["id"]: t for t in tasks}
             keys = Counter(t["context"]["key"] for t in tasks)
 
             duplicated = [key for key, n in keys.items() if n > 1]
             assert not duplicated, f"tasks created twice for keys {duplicated[:10]}"
             assert len(by_id) == len(tasks), "an id is listed twice"
-            missing = [key for key, id_ in ledger.acked.items() if id_ not in by_id]
+            missing = [key for key, id_ in acks.acked.items() if id_ not in by_id]
             assert not missing, (
-                f"{len(missing)} of {len(ledger.acked)} acknowledged tasks lost: {missing[:10]}"
+                f"{len(missing)} of {len(acks.acked)} acknowledged tasks lost: {missing[:10]}"
             )
-            for key, id_ in ledger.acked.items():
+            for key, id_ in acks.acked.items():
                 assert by_id[id_]["context"]["key"] == key
                 assert by_id[id_]["requester"] == requester_of(key)
             # Tasks nobody asked for must not appear: each is acked or was in flight.
-            assert set(keys) <= set(ledger.acked) | ledger.unknown
+            assert set(keys) <= set(acks.acked) | acks.unknown
 
             with ThreadPoolExecutor(WRITERS) as pool:
-                repeats = list(pool.map(lambda k: resend(client, k), sorted(ledger.acked)))
+                repeats = list(pool.map(lambda k: resend(client, k), sorted(acks.acked)))
             for key, status, id_ in repeats:
-                assert (status, id_) == (200, ledger.acked[key]), key
+                assert (status, id_) == (200, acks.acked[key]), key
             # Requests cut off by the kill may be repeated safely too: one task per key.
-            for key in sorted(ledger.unknown):
+            for key in sorted(acks.unknown):
                 resend(client, key)
-            after = Counter(t["context"]["key"] for t in list_all(client))
+            after = Counter(t["context"]["key"] for t in list_tasks(client, LABEL))
             assert all(n == 1 for n in after.values())
-            assert set(after) == set(ledger.acked) | ledger.unknown
+            assert set(after) == set(acks.acked) | acks.unknown
         assert second.stop() == 0, second.describe()

@@ -22,6 +22,7 @@ import httpx
 import psycopg
 import pytest
 
+from tests.integration.helpers import Acks, list_tasks
 from tests.integration.server import ServerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -167,23 +168,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(POLL_S)
-
-
-def list_tasks(client: httpx.Client, label: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    cursor: str | None = None
-    for _ in range(1000):
-        params: dict[str, Any] = {"limit": 500, "label": label}
-        if cursor:
-            params["cursor"] = cursor
-        r = client.get("/api/v1/tasks", params=params)
-        assert r.status_code == 200, r.text
-        page = r.json()
-        items.extend(page["items"])
-        cursor = page["next_cursor"]
-        if not cursor:
-            return items
-    pytest.fail("pagination did not end")
 
 
 def detail_and_events(
@@ -403,20 +387,6 @@ C_LIMIT = 3
 MIN_ACKS_BEFORE_KILL = 40
 WRITER_PAUSE_S = 0.02
 MAX_WRITES = 400
-
-
-@dataclass
-class Acks:
-    """Tasks the requesters created: acknowledged keys with ids, and keys cut off in flight."""
-
-    acked: dict[str, str] = field(default_factory=dict)
-    unknown: set[str] = field(default_factory=set)
-    errors: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def count(self) -> int:
-        with self.lock:
-            return len(self.acked)
 
 
 def kill_task_body(key: str, number: int) -> dict[str, Any]:

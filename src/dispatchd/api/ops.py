@@ -20,7 +20,8 @@ PING_TIMEOUT_S = 2.0
 def create_ops_app(runtime: Runtime) -> Starlette:
     async def health(request: Request) -> JSONResponse:
         try:
-            await asyncio.wait_for(runtime.store.ping(), PING_TIMEOUT_S)
+            async with asyncio.timeout(PING_TIMEOUT_S):
+                await runtime.store.ping()
         except (StoreError, TimeoutError, OSError) as exc:
             runtime.metrics.database_up.set(0)
             body = {
@@ -44,7 +45,8 @@ def create_ops_app(runtime: Runtime) -> Starlette:
 
     async def metrics(request: Request) -> Response:
         try:
-            counts = await asyncio.wait_for(runtime.store.counts(), PING_TIMEOUT_S)
+            async with asyncio.timeout(PING_TIMEOUT_S):
+                counts = await runtime.store.counts()
         except (StoreError, TimeoutError, OSError):
             runtime.metrics.database_up.set(0)
         else:

@@ -76,7 +76,8 @@ class ClaimService:
                 if claimed.tasks or claimed.reason in _FINAL or remaining <= 0:
                     return claimed
                 try:
-                    await asyncio.wait_for(woken, remaining)
+                    async with asyncio.timeout(remaining):  # see EventFeed.wait
+                        await woken
                 except TimeoutError:
                     return await self._once(agent_id, max_tasks, max_capacity)
 

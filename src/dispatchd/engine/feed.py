@@ -67,7 +67,11 @@ class EventFeed:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.add(waiter)
             try:
-                await asyncio.wait_for(waiter, wait_s)
+                # `asyncio.timeout`, not `wait_for`: on Python 3.11 `wait_for` can swallow a
+                # cancellation that arrives as the waiter completes, and a reader cancelled
+                # at shutdown would then wait on for ever.
+                async with asyncio.timeout(wait_s):
+                    await waiter
             except TimeoutError:
                 return self.latest > after
             finally:

@@ -100,7 +100,10 @@ class EventReader:
                 after=str(after),
                 oldest_cursor=str(pruned),
             )
-        if after > self.feed.latest and after > await self.store.last_event_id():
+        # Up to the retention cursor is inside the log even when retention deleted all of
+        # it (the ids of new events continue from there).
+        head = max(self.feed.latest, pruned or 0)
+        if after > head and after > await self.store.last_event_id():
             raise ValidationFailed(
                 f"cursor {after} is ahead of the event log; continue from the last cursor "
                 "this server returned",
