@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.nats import NatsServer, NatsUnavailable
 from tests.support.postgres import PostgresServer, PostgresUnavailable
 
 # --- PostgreSQL -------------------------------------------------------------------------
@@ -44,3 +45,20 @@ def postgres_empty_url(postgres_server: PostgresServer) -> Iterator[str]:
     url = postgres_server.create_empty_database()
     yield url
     postgres_server.drop_database(url)
+
+
+# --- NATS -------------------------------------------------------------------------------
+# A real nats-server per test (it starts in milliseconds), so a test may stop and restart it.
+# Skipped without the binary, except on CI, where a missing nats-server fails.
+
+
+@pytest.fixture
+def nats_server() -> Iterator[NatsServer]:
+    try:
+        server = NatsServer()
+    except NatsUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"nats-server is required on CI: {exc}", pytrace=False)
+        pytest.skip(f"nats-server unavailable: {exc}")
+    with server:
+        yield server

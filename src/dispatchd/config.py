@@ -166,8 +166,22 @@ class NotificationsConfig(Section):
 
 
 class WebhooksConfig(Section):
-    timeout_s: float = Field(10, gt=0)
-    max_attempts: int = Field(8, ge=1)
+    """Webhook deliveries (docs/webhooks.md)."""
+
+    # How long one delivery request may take.
+    timeout_s: float = Field(10, gt=0, le=300)
+    # Attempts per delivery before it is marked failed.
+    max_attempts: int = Field(8, ge=1, le=100)
+    # Wait after the n-th failed attempt: base * 2**(n-1), capped, with equal jitter.
+    backoff_base_ms: int = Field(1000, ge=0)
+    backoff_cap_ms: int = Field(300_000, ge=0)
+    # Failed attempts in a row that open a webhook's circuit, and how long it stays open.
+    breaker_threshold: int = Field(5, ge=1)
+    breaker_cooldown_s: float = Field(60, gt=0)
+    # Deliveries in flight at once across all webhooks (each webhook sends one at a time).
+    max_in_flight: int = Field(16, ge=1, le=1000)
+    # Finished deliveries older than this are deleted (0 keeps them for ever).
+    delivery_retention_days: float = Field(7, ge=0)
 
 
 class EventsConfig(Section):

@@ -27,8 +27,12 @@ from dispatchd.engine.tasks import TaskService
 from dispatchd.engine.waiters import Waiters
 from dispatchd.engine.wake import Waker
 from dispatchd.events.metrics import MetricsFollower
+from dispatchd.events.nats import NatsPublisher
+from dispatchd.events.notifications import Notifier
 from dispatchd.events.reader import EventReader
 from dispatchd.events.retention import Pruner
+from dispatchd.events.subscriptions import WebhookService
+from dispatchd.events.webhooks import WebhookDispatcher
 from dispatchd.metrics import Metrics
 from dispatchd.store import Store, open_store
 
@@ -151,6 +155,17 @@ class Runtime:
         self.feed.listen(self.sweeper.poke)
         self.events = EventReader(self.store, self.feed)
         self.pruner = Pruner(self.store, self.settings.events)
+        # Webhook deliveries (docs/webhooks.md); the admin routes manage the subscriptions.
+        self.webhook_dispatcher = WebhookDispatcher(self.store, self.feed, self.settings.webhooks)
+        self.webhooks = WebhookService(self.store, self.webhook_dispatcher.changed)
+        # Events to NATS, when `hermes.url` is set (docs/events.md).
+        self.nats = (
+            NatsPublisher(self.store, self.feed, self.settings.hermes)
+            if self.settings.hermes.url
+            else None
+        )
+        # Notifications for humans (docs/events.md#notifications).
+        self.notifier = Notifier(self.store, self.feed, self.settings.notifications)
 
     @classmethod
     def build(
@@ -184,6 +199,10 @@ class Runtime:
                 self._spawn(self.sweeper.run(), "sweeper")
                 self._spawn(self.store.watch(self.feed.advanced), "commit listener")
                 self._spawn(self.pruner.run(), "retention")
+                self._spawn(self.webhook_dispatcher.run(), "webhooks")
+                if self.nats is not None:
+                    self._spawn(self.nats.run(self.feed.latest), "nats publisher")
+                self._spawn(self.notifier.run(self.feed.latest), "notifier")
                 follower = MetricsFollower(self.store, self.events, self.metrics.events)
                 self._spawn(follower.run(self.feed.latest), "metrics")
         except BaseException:
@@ -205,6 +224,9 @@ class Runtime:
             for job in stuck:
                 log.error("%s did not stop within %gs", job.get_name(), STOP_TIMEOUT_S)
         self._jobs.clear()
+        await self.webhook_dispatcher.close()
+        if self.nats is not None:
+            await self.nats.close()
         await self.waker.close()
         if self.external is not None:
             await self.external.close()

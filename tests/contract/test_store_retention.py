@@ -15,6 +15,7 @@ import pytest
 from dispatchd.config import EventsConfig
 from dispatchd.domain.ids import utcnow
 from dispatchd.domain.models import Attempt, Comment, Event, ProgressEntry, TaskStatus
+from dispatchd.domain.notifications import Kind, Notification
 from dispatchd.errors import ConcurrentUpdate
 from dispatchd.events import retention
 from dispatchd.events.retention import Pruner
@@ -23,6 +24,7 @@ from dispatchd.store.base import (
     AppendComment,
     AppendEvent,
     AppendProgress,
+    InsertNotification,
     InsertTask,
     Pruned,
     SaveAttempt,
@@ -399,3 +401,22 @@ async def test_pruner_stops_after_an_exact_multiple_of_the_batch(
     assert await Pruner(store, config(30, 0)).prune(now=now) == Pruned(events=6)
     assert await log_ids(store) == []
     assert await store.get_cursor(RETENTION_CURSOR) == old[-1]
+
+
+async def test_prune_deletes_notifications_older_than_the_events_cutoff(store: Store) -> None:
+    def note(age: timedelta) -> InsertNotification:
+        return InsertNotification(
+            Notification(
+                kind=Kind.FAILED, task_id=None, data={"n": 1}, event_id=1, created_at=T0 - age
+            )
+        )
+
+    await store.commit([note(timedelta(days=3)), note(timedelta(days=2)), note(timedelta(0))])
+    pruned = await store.prune(events_before=T0 - timedelta(days=1), tasks_before=None, limit=1)
+    assert pruned.notifications == 1
+    pruned = await store.prune(events_before=T0 - timedelta(days=1), tasks_before=None, limit=5)
+    assert pruned.notifications == 1
+    left = await store.list_notifications(after=0, limit=10, unacknowledged_only=False)
+    assert [n.created_at for n in left] == [T0]
+    kept = await store.prune(events_before=None, tasks_before=T0, limit=5)
+    assert kept.notifications == 0

@@ -30,6 +30,7 @@ from dispatchd.engine.rules import Rules, hand_over
 from dispatchd.engine.waiters import Waiters
 from dispatchd.engine.wake import Waker
 from dispatchd.errors import AgentUnavailable, ConcurrentUpdate, DispatchError
+from dispatchd.jobs import stop_if_cancelled
 from dispatchd.store.base import ClaimQuery, Op, Store, TakeSlot
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ class Assigner:
         loop = asyncio.get_running_loop()
         reload_at = loop.time() + self.refresh_s if self.refresh_s else None
         while True:
+            stop_if_cancelled()
             if reload_at is not None and loop.time() >= reload_at:
                 # On a clock of its own: steady traffic must not postpone it.
                 assert self.refresh_s is not None

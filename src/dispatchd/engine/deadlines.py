@@ -36,6 +36,7 @@ from dispatchd.engine.agents import status_event
 from dispatchd.engine.followups import unblock_due
 from dispatchd.engine.transitions import MAX_TRIES, commit_changes, transact
 from dispatchd.errors import ConcurrentUpdate, DispatchError, NotFound
+from dispatchd.jobs import stop_if_cancelled
 from dispatchd.store.base import AppendEvent, Op, Store, UpdateAgent
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class Sweeper:
 
     async def run(self) -> None:
         while True:
+            stop_if_cancelled()
             try:
                 await self.sweep()
                 delay = await self._delay()

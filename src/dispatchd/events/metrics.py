@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from dispatchd.domain.models import Event, Task
 from dispatchd.errors import DispatchError
 from dispatchd.events.reader import SCAN, CursorExpired, EventReader, TypeFilter
+from dispatchd.jobs import stop_if_cancelled
 from dispatchd.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class MetricsFollower:
         cursor = start
         everything = TypeFilter()
         while True:
+            stop_if_cancelled()
             try:
                 cursor = await self._step(cursor, everything)
             except CursorExpired:

@@ -2,7 +2,8 @@
 
 Every `events.prune_interval_s` the pruner deletes, in batches, the events older than
 `events.retention_days` (always a prefix of the log, recorded as the `retention` cursor so
-that readers behind it get 410 rather than a silent gap) and the tasks that finished longer
+that readers behind it get 410 rather than a silent gap) with the notifications as old,
+and the tasks that finished longer
 ago than `events.finished_task_retention_days`. A value of 0 keeps that kind for ever.
 Several replicas may prune at once: each batch is one transaction over what is still there.
 """
@@ -16,6 +17,7 @@ from datetime import datetime, timedelta
 from dispatchd.config import EventsConfig
 from dispatchd.domain.ids import utcnow
 from dispatchd.errors import DispatchError
+from dispatchd.jobs import stop_if_cancelled
 from dispatchd.store.base import Pruned, Store
 
 log = logging.getLogger(__name__)
@@ -39,29 +41,32 @@ class Pruner:
     async def prune(self, now: datetime | None = None) -> Pruned:
         """Delete everything past retention now, batch by batch; return the totals."""
         events_before, tasks_before = self.cutoffs(now or utcnow())
-        events = tasks = 0
+        events = tasks = notifications = 0
         while events_before is not None or tasks_before is not None:
             batch = await self.store.prune(
                 events_before=events_before, tasks_before=tasks_before, limit=BATCH
             )
             events += batch.events
             tasks += batch.tasks
+            notifications += batch.notifications
             # A kind whose batch was not full is done.
-            if batch.events < BATCH:
+            if batch.events < BATCH and batch.notifications < BATCH:
                 events_before = None
             if batch.tasks < BATCH:
                 tasks_before = None
-        if events or tasks:
+        if events or tasks or notifications:
             log.info(
-                "retention deleted %d events and %d finished tasks",
+                "retention deleted %d events, %d notifications and %d finished tasks",
                 events,
+                notifications,
                 tasks,
                 extra={"action": "prune"},
             )
-        return Pruned(events=events, tasks=tasks)
+        return Pruned(events=events, tasks=tasks, notifications=notifications)
 
     async def run(self) -> None:
         while True:
+            stop_if_cancelled()
             try:
                 await self.prune()
             except DispatchError as exc:

@@ -26,6 +26,8 @@ from dispatchd.domain.models import (
     TaskDetail,
     TaskStatus,
 )
+from dispatchd.domain.notifications import Digest, Notification
+from dispatchd.domain.webhooks import Advance, Delivery, DeliveryStatus, Head, Outcome, Webhook
 
 # --- write operations -----------------------------------------------------------------
 
@@ -154,6 +156,35 @@ class SaveCursor:
     at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class AdvanceCursor:
+    """Move the cursor `name` from `expected` (None: it does not exist yet) to
+    `last_event_id`; `ConcurrentUpdate` when it is no longer at `expected`, so that two
+    writers reading from the same position never both commit what they derived from it.
+    Put it first in its commit: on PostgreSQL it locks the cursor row for the rest of the
+    transaction, which serialises that reader's writers."""
+
+    name: str
+    expected: int | None
+    last_event_id: int
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class InsertNotification:
+    """Add a finished notification; the store gives it the next id."""
+
+    notification: Notification
+
+
+@dataclass(frozen=True, slots=True)
+class SaveDigest:
+    """Write the open notification digest, or remove it (`digest` None)."""
+
+    digest: Digest | None
+    at: datetime
+
+
 Op = (
     InsertTask
     | UpdateTask
@@ -169,6 +200,9 @@ Op = (
     | DeleteAgent
     | RenewLeases
     | SaveCursor
+    | AdvanceCursor
+    | InsertNotification
+    | SaveDigest
 )
 
 # The cursor under which retention records the last event id it deleted.
@@ -179,6 +213,7 @@ RETENTION_CURSOR = "retention"
 class Pruned:
     events: int = 0
     tasks: int = 0
+    notifications: int = 0
 
 
 # --- queries ----------------------------------------------------------------------------
@@ -366,7 +401,8 @@ class Store(Protocol):
     ) -> Pruned:
         """Retention, one batch: delete up to `limit` of the oldest events created before
         `events_before` (a prefix of the log: it stops at the first newer one) and record
-        the last deleted id under `RETENTION_CURSOR`; and up to `limit` finished tasks
+        the last deleted id under `RETENTION_CURSOR`, and up to `limit` notifications created
+        before the same time; and up to `limit` finished tasks
         (completed, failed, cancelled, timed out) that finished before `tasks_before`, with
         their attempts, progress, comments and dependency edges. One transaction."""
         ...
@@ -399,4 +435,94 @@ class Store(Protocol):
 
     async def next_deadline(self, since: datetime) -> datetime | None:
         """The earliest deadline `due` would act on, from the indexes."""
+        ...
+
+    # --- notifications (docs/events.md#notifications) -------------------------------------
+
+    async def open_digest(self) -> Digest | None:
+        """The notification digest still collecting items (`SaveDigest`), if any."""
+        ...
+
+    async def list_notifications(
+        self, *, after: int, limit: int, unacknowledged_only: bool = False
+    ) -> list[Notification]:
+        """Up to `limit` finished notifications with an id above `after`, oldest first."""
+        ...
+
+    async def acknowledge_notifications(
+        self,
+        *,
+        ids: Sequence[int] | None = None,
+        up_to: int | None = None,
+        by: str,
+        at: datetime,
+    ) -> int:
+        """Mark as acknowledged the unacknowledged notifications among `ids`, or all of
+        them up to id `up_to`; how many were marked."""
+        ...
+
+    # --- webhooks (docs/webhooks.md) ------------------------------------------------------
+
+    async def create_webhook(self, webhook: Webhook) -> None:
+        """Insert a webhook; `DuplicateKey` when its id exists."""
+        ...
+
+    async def get_webhook(self, webhook_id: str) -> Webhook | None: ...
+
+    async def list_webhooks(self, *, limit: int, cursor: str | None) -> Page[Webhook]:
+        """Webhooks by id."""
+        ...
+
+    async def active_webhooks(self) -> list[Webhook]: ...
+
+    async def update_webhook(
+        self, webhook: Webhook, *, reset_breaker: bool = False, last_event_id: int | None = None
+    ) -> None:
+        """Write a webhook's settings if the row is still at `webhook.version - 1`, else
+        `ConcurrentUpdate`. In the same transaction: an inactive webhook's pending
+        deliveries are abandoned, `reset_breaker` closes its circuit and `last_event_id`
+        moves its cursor. The dispatcher's columns are otherwise left as they are."""
+        ...
+
+    async def delete_webhook(self, webhook_id: str) -> bool:
+        """Delete a webhook and its deliveries; False if there was none."""
+        ...
+
+    async def enqueue_deliveries(self, advances: Sequence[Advance]) -> int:
+        """In one transaction, for each active webhook whose cursor is behind the advance:
+        insert the deliveries for events past its cursor and move the cursor. A webhook
+        gone, switched off or already further along is left alone, so replicas reading the
+        same events write each delivery once. Returns how many deliveries were written."""
+        ...
+
+    async def delivery_heads(self) -> list[Head]:
+        """Each active webhook with its oldest pending delivery, if it has one."""
+        ...
+
+    async def claim_delivery(
+        self, delivery_id: str, attempt: int, *, until: datetime, now: datetime
+    ) -> Delivery | None:
+        """Start the next attempt of a pending delivery still at `attempt`: count it and
+        hold the delivery until `until`. None when someone else started it first."""
+        ...
+
+    async def record_delivery(self, outcome: Outcome) -> bool:
+        """Write an attempt's outcome if the delivery is still pending under the attempt
+        it was claimed with, and move the webhook's circuit breaker; one transaction.
+        False (nothing written) when the delivery moved on meanwhile."""
+        ...
+
+    async def list_deliveries(
+        self,
+        webhook_id: str,
+        *,
+        status: DeliveryStatus | None = None,
+        limit: int,
+        cursor: str | None = None,
+    ) -> Page[Delivery]:
+        """A webhook's deliveries, newest event first."""
+        ...
+
+    async def prune_deliveries(self, *, before: datetime, limit: int) -> int:
+        """Delete up to `limit` finished deliveries last changed before `before`."""
         ...

@@ -34,6 +34,7 @@ from dispatchd.errors import (
 from dispatchd.store import migrations
 from dispatchd.store.base import (
     RETENTION_CURSOR,
+    AdvanceCursor,
     AgentFilter,
     AgentLoad,
     AppendComment,
@@ -47,6 +48,7 @@ from dispatchd.store.base import (
     DeleteAgent,
     Due,
     InsertAgent,
+    InsertNotification,
     InsertTask,
     Op,
     Page,
@@ -56,12 +58,15 @@ from dispatchd.store.base import (
     RenewLeases,
     SaveAttempt,
     SaveCursor,
+    SaveDigest,
     TakeSlot,
     TaskFilter,
     TouchTask,
     UpdateAgent,
     UpdateTask,
 )
+from dispatchd.store.postgres_notifications import PostgresNotifications
+from dispatchd.store.postgres_webhooks import PostgresWebhooks
 from dispatchd.store.query import (
     ACTIVE,
     TASK_ROWS,
@@ -70,6 +75,7 @@ from dispatchd.store.query import (
     insert_sql,
     load_deltas,
     log_prefix,
+    prune_notifications_sql,
     retention_sql,
     save_cursor_sql,
     stats_sql,
@@ -211,6 +217,7 @@ NEXT_DEADLINE = (
 SELECT_LAST_EVENT = "SELECT coalesce(max(id), 0) AS n FROM events"
 SELECT_CURSOR = "SELECT last_event_id FROM cursors WHERE name = %(name)s"
 PRUNE_EVENTS, PRUNE_TASKS = retention_sql(_ph)
+PRUNE_NOTIFICATIONS = prune_notifications_sql(_ph)
 STATS_OPEN, STATS_OLDEST, STATS_FINISHED = stats_sql(_ph)
 DROP_EVENTS = "DELETE FROM events WHERE id <= %(through)s"
 SAVE_CURSOR = save_cursor_sql(_ph)
@@ -260,7 +267,7 @@ def _agent_capability_clause(param: str) -> str:
     return f"a.capabilities ? {param}"
 
 
-class PostgresStore:
+class PostgresStore(PostgresWebhooks, PostgresNotifications):
     dialect = "postgres"
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
@@ -520,6 +527,8 @@ class PostgresStore:
                 )
             case SaveCursor(name, last_event_id, at):
                 await conn.execute(SAVE_CURSOR, {"name": name, "last": last_event_id, "at": at})
+            case AdvanceCursor() | InsertNotification() | SaveDigest():
+                await self._apply_notification(conn, op)
             case AppendEvent():
                 raise AssertionError("events are appended by _commit, after the other writes")
             case _:
@@ -637,9 +646,11 @@ class PostgresStore:
     async def prune(
         self, *, events_before: datetime | None, tasks_before: datetime | None, limit: int
     ) -> Pruned:
-        events = tasks = 0
+        events = tasks = notifications = 0
         async with self._connection() as conn, conn.transaction():
             if events_before is not None:
+                params = {"before": events_before, "limit": limit}
+                notifications = (await conn.execute(PRUNE_NOTIFICATIONS, params)).rowcount
                 # Under the event-order lock: no commit appends while the prefix is cut.
                 await conn.execute(LOCK_EVENT_ORDER)
                 cur = await conn.execute(PRUNE_EVENTS, {"limit": limit})
@@ -664,7 +675,7 @@ class PostgresStore:
                 for status in sorted(by_status):
                     await conn.execute(BUMP_COUNT, {"status": status, "delta": by_status[status]})
                 tasks = len(found)
-        return Pruned(events=events, tasks=tasks)
+        return Pruned(events=events, tasks=tasks, notifications=notifications)
 
     async def last_event_id(self) -> int:
         row = await self._fetchone(SELECT_LAST_EVENT, {})

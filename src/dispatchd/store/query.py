@@ -29,6 +29,13 @@ def retention_sql(ph: Placeholder) -> tuple[str, str]:
     return events, tasks
 
 
+def prune_notifications_sql(ph: Placeholder) -> str:
+    return (
+        "DELETE FROM notifications WHERE id IN (SELECT id FROM notifications "
+        f"WHERE created_at < {ph('before')} ORDER BY id LIMIT {ph('limit')})"
+    )
+
+
 # Where a pruned task's rows live: (table, column holding the task id).
 TASK_ROWS = (
     ("attempts", "task_id"),

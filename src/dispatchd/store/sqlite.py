@@ -23,6 +23,7 @@ from dispatchd.errors import AgentUnavailable, ConcurrentUpdate, DuplicateKey, S
 from dispatchd.store import migrations
 from dispatchd.store.base import (
     RETENTION_CURSOR,
+    AdvanceCursor,
     AgentFilter,
     AgentLoad,
     AppendComment,
@@ -36,6 +37,7 @@ from dispatchd.store.base import (
     DeleteAgent,
     Due,
     InsertAgent,
+    InsertNotification,
     InsertTask,
     Op,
     Page,
@@ -45,6 +47,7 @@ from dispatchd.store.base import (
     RenewLeases,
     SaveAttempt,
     SaveCursor,
+    SaveDigest,
     TakeSlot,
     TaskFilter,
     TouchTask,
@@ -59,6 +62,7 @@ from dispatchd.store.query import (
     insert_sql,
     load_deltas,
     log_prefix,
+    prune_notifications_sql,
     retention_sql,
     save_cursor_sql,
     stats_sql,
@@ -85,6 +89,8 @@ from dispatchd.store.rows import (
     task_from_row,
     task_params,
 )
+from dispatchd.store.sqlite_notifications import SQLiteNotifications
+from dispatchd.store.sqlite_webhooks import SQLiteWebhooks
 
 T = TypeVar("T")
 
@@ -182,6 +188,7 @@ NEXT_DEADLINE = (
     f"AND {PARENTS_DONE})"
 )
 PRUNE_EVENTS, PRUNE_TASKS = retention_sql(_ph)
+PRUNE_NOTIFICATIONS = prune_notifications_sql(_ph)
 STATS_OPEN, STATS_OLDEST, STATS_FINISHED = stats_sql(_ph)
 SAVE_CURSOR = save_cursor_sql(_ph)
 BUMP_COUNT = (
@@ -199,7 +206,7 @@ def _agent_capability_clause(param: str) -> str:
     return f"EXISTS (SELECT 1 FROM json_each(a.capabilities) WHERE key = {param})"
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteWebhooks, SQLiteNotifications):
     dialect = "sqlite"
 
     def __init__(self, path: Path, *, readers: int = 4, synchronous: str = "NORMAL") -> None:
@@ -430,6 +437,8 @@ class SQLiteStore:
             case SaveCursor(name, last_event_id, at):
                 params = {"name": name, "last": last_event_id, "at": SQLITE.dump_time(at)}
                 conn.execute(SAVE_CURSOR, params)
+            case AdvanceCursor() | InsertNotification() | SaveDigest():
+                self._apply_notification(conn, op)
             case _:
                 assert_never(op)
 
@@ -634,8 +643,10 @@ class SQLiteStore:
         tasks_before: datetime | None,
         limit: int,
     ) -> Pruned:
-        events = tasks = 0
+        events = tasks = notifications = 0
         if events_before is not None:
+            params = {"before": SQLITE.dump_time(events_before), "limit": limit}
+            notifications = conn.execute(PRUNE_NOTIFICATIONS, params).rowcount
             rows = conn.execute(PRUNE_EVENTS, {"limit": limit}).fetchall()
             through = log_prefix([(r[0], SQLITE.load_time(r[1])) for r in rows], events_before)
             if through is not None:
@@ -657,7 +668,7 @@ class SQLiteStore:
             for status, delta in by_status.items():
                 conn.execute(BUMP_COUNT, {"status": status, "delta": delta})
             tasks = len(found)
-        return Pruned(events=events, tasks=tasks)
+        return Pruned(events=events, tasks=tasks, notifications=notifications)
 
     # --- assignment -------------------------------------------------------------------
 

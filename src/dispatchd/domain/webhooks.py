@@ -1,0 +1,316 @@
+"""Webhooks as plain records and rules: what a subscription and a delivery are, how a body
+is signed, how long a failed delivery waits, and what one attempt's outcome writes.
+
+A delivery is one event owed to one webhook. It is `pending` until it is `delivered` (the
+receiver answered 2xx), `failed` (every attempt failed) or `abandoned` (the webhook was
+switched off while it was still owed). Each webhook sends its deliveries one at a time in
+event order; a run of failed attempts opens its circuit breaker for a cooldown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from dispatchd.errors import ValidationFailed
+
+SIGNATURE_HEADER = "X-Dispatch-Signature"
+# How far a receiver should accept a signature's timestamp from its own clock.
+REPLAY_WINDOW_S = 300
+# Attempt records kept on a delivery (the newest).
+HISTORY = 50
+MAX_URL = 2048
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    ABANDONED = "abandoned"
+
+
+class CircuitState(StrEnum):
+    CLOSED = "closed"  # deliveries flow
+    OPEN = "open"  # nothing is sent until `open_until`
+    HALF_OPEN = "half_open"  # the cooldown is over: one trial decides
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    id: str
+    url: str
+    secret: str
+    types: tuple[str, ...]
+    description: str
+    active: bool
+    created_at: datetime
+    updated_at: datetime
+    version: int = 1
+    # The last event id the dispatcher has handled for this webhook.
+    last_event_id: int = 0
+    consecutive_failures: int = 0
+    open_until: datetime | None = None
+
+    def evolve(self, **changes: Any) -> Webhook:
+        return replace(self, **changes)
+
+    def circuit(self, now: datetime) -> CircuitState:
+        if self.open_until is None:
+            return CircuitState.CLOSED
+        return CircuitState.OPEN if now < self.open_until else CircuitState.HALF_OPEN
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One try at a delivery, as the deliveries API shows it."""
+
+    attempt: int
+    at: datetime
+    outcome: Literal["delivered", "failed", "interrupted"]
+    response_status: int | None = None
+    error: str | None = None
+    duration_ms: int | None = None
+    # When the next try was scheduled (None when this one ended the delivery).
+    next_attempt_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    id: str
+    webhook_id: str
+    event_id: int
+    event_type: str
+    # The exact body sent, the event as JSON in the API's event shape.
+    payload: str
+    status: DeliveryStatus
+    created_at: datetime
+    updated_at: datetime
+    # Attempts started so far.
+    attempt: int = 0
+    # When the next attempt may start (pending only); while one is in flight, when its
+    # claim lapses and another replica, or this one after a crash, may try again.
+    next_attempt_at: datetime | None = None
+    response_status: int | None = None
+    error: str | None = None
+    delivered_at: datetime | None = None
+    history: tuple[AttemptRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """A webhook with the delivery it must send next (its oldest pending one)."""
+
+    webhook: Webhook
+    delivery: Delivery
+
+
+@dataclass(frozen=True, slots=True)
+class Advance:
+    """The dispatcher read the log up to `last_event_id` for a webhook and owes it
+    `deliveries`: written together, or not at all."""
+
+    webhook_id: str
+    last_event_id: int
+    deliveries: tuple[Delivery, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt writes, fenced by the attempt it was claimed under.
+
+    `breaker` says how the webhook's circuit moves: a success closes it, a failure counts
+    and opens it for `cooldown` from `at` once `threshold` failures follow one another;
+    None (an attempt cut short by a shutdown) leaves it as it is.
+    """
+
+    delivery_id: str
+    webhook_id: str
+    claimed_attempt: int
+    status: DeliveryStatus
+    attempt: int
+    next_attempt_at: datetime | None
+    response_status: int | None
+    error: str | None
+    delivered_at: datetime | None
+    history: tuple[AttemptRecord, ...]
+    at: datetime
+    breaker: Literal["success", "failure"] | None
+    threshold: int = 1
+    reopen_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    max_attempts: int = 8
+    backoff_base: timedelta = timedelta(seconds=1)
+    backoff_cap: timedelta = timedelta(minutes=5)
+    breaker_threshold: int = 5
+    breaker_cooldown: timedelta = timedelta(seconds=60)
+
+
+# --- signing ----------------------------------------------------------------------------
+
+
+def signature(secret: str, timestamp: int, body: bytes) -> str:
+    """HMAC-SHA256 of `<timestamp>.<body>` under the webhook's secret, in hex."""
+    message = str(timestamp).encode("ascii") + b"." + body
+    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def signature_header(secret: str, timestamp: int, body: bytes) -> str:
+    return f"t={timestamp},v1={signature(secret, timestamp, body)}"
+
+
+def verify(
+    secret: str, header: str, body: bytes, *, now: float, window_s: float = REPLAY_WINDOW_S
+) -> bool:
+    """What a receiver checks: the header is well formed, its timestamp within `window_s`
+    of `now` (so a captured request cannot be replayed later) and a `v1` matches."""
+    parts = [p.partition("=") for p in header.split(",")]
+    stamps = [v for k, _, v in parts if k.strip() == "t"]
+    sigs = [v.strip() for k, _, v in parts if k.strip() == "v1"]
+    if len(stamps) != 1 or not stamps[0].strip().isdigit() or not sigs:
+        return False
+    timestamp = int(stamps[0])
+    if abs(now - timestamp) > window_s:
+        return False
+    expected = signature(secret, timestamp, body)
+    return any(hmac.compare_digest(expected, s) for s in sigs)
+
+
+# --- retries ----------------------------------------------------------------------------
+
+
+def backoff(attempt: int, policy: Policy, jitter: float) -> timedelta:
+    """The wait after failed attempt `attempt` (1-based): `base * 2**(attempt-1)` capped,
+    with equal jitter (half fixed, half random; `jitter` in [0, 1)). The upper end of one
+    wait is the lower end of the next, so waits never shrink until the cap."""
+    ceiling = policy.backoff_base
+    for _ in range(max(attempt - 1, 0)):
+        if ceiling >= policy.backoff_cap:
+            break
+        ceiling *= 2
+    ceiling = min(ceiling, policy.backoff_cap)
+    half = ceiling / 2
+    return half + half * jitter
+
+
+def after_attempt(
+    delivery: Delivery,
+    *,
+    ok: bool,
+    at: datetime,
+    now: datetime,
+    policy: Policy,
+    jitter: float,
+    response_status: int | None = None,
+    error: str | None = None,
+) -> Outcome:
+    """The writes for attempt `delivery.attempt` (started at `at`, ended at `now`): delivered
+    on success; on failure another try after a backoff, or failed when none is left."""
+    duration = max(int((now - at).total_seconds() * 1000), 0)
+    if ok:
+        record = AttemptRecord(
+            delivery.attempt, at, "delivered", response_status, None, duration, None
+        )
+        return Outcome(
+            delivery_id=delivery.id,
+            webhook_id=delivery.webhook_id,
+            claimed_attempt=delivery.attempt,
+            status=DeliveryStatus.DELIVERED,
+            attempt=delivery.attempt,
+            next_attempt_at=None,
+            response_status=response_status,
+            error=None,
+            delivered_at=now,
+            history=_append(delivery.history, record),
+            at=now,
+            breaker="success",
+        )
+    last = delivery.attempt >= policy.max_attempts
+    next_at = None if last else now + backoff(delivery.attempt, policy, jitter)
+    record = AttemptRecord(
+        delivery.attempt, at, "failed", response_status, error, duration, next_at
+    )
+    return Outcome(
+        delivery_id=delivery.id,
+        webhook_id=delivery.webhook_id,
+        claimed_attempt=delivery.attempt,
+        status=DeliveryStatus.FAILED if last else DeliveryStatus.PENDING,
+        attempt=delivery.attempt,
+        next_attempt_at=next_at,
+        response_status=response_status,
+        error=error,
+        delivered_at=None,
+        history=_append(delivery.history, record),
+        at=now,
+        breaker="failure",
+        threshold=policy.breaker_threshold,
+        reopen_at=now + policy.breaker_cooldown,
+    )
+
+
+def interrupted(delivery: Delivery, *, at: datetime, now: datetime) -> Outcome:
+    """An attempt cut short by a shutdown: it does not count, and the delivery is due at
+    once (the receiver may have got it; the delivery id lets it drop the repeat)."""
+    record = AttemptRecord(delivery.attempt, at, "interrupted", None, "the server stopped", None)
+    return Outcome(
+        delivery_id=delivery.id,
+        webhook_id=delivery.webhook_id,
+        claimed_attempt=delivery.attempt,
+        status=DeliveryStatus.PENDING,
+        attempt=delivery.attempt - 1,
+        next_attempt_at=now,
+        response_status=delivery.response_status,
+        error=delivery.error,
+        delivered_at=None,
+        history=_append(delivery.history, record),
+        at=now,
+        breaker=None,
+    )
+
+
+def _append(history: tuple[AttemptRecord, ...], record: AttemptRecord) -> tuple[AttemptRecord, ...]:
+    return (*history, record)[-HISTORY:]
+
+
+# --- validation -------------------------------------------------------------------------
+
+
+def check_url(url: str) -> str:
+    """An absolute http(s) URL with a host, no whitespace or control characters."""
+    problem = _url_problem(url)
+    if problem:
+        raise ValidationFailed(f"url {problem}", code="invalid_url", url=url[:200])
+    return url
+
+
+def _url_problem(url: str) -> str | None:
+    if len(url) > MAX_URL:
+        return f"is longer than {MAX_URL} characters"
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        return "must not contain whitespace or control characters"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"is not a valid URL: {exc}"
+    if parts.scheme not in ("http", "https"):
+        return "must start with http:// or https://"
+    host = parts.hostname
+    if not host:
+        return "must name a host"
+    if port == 0:
+        return "must not use port 0"
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return "has a malformed IPv6 host"
+    return None

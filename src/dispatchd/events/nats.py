@@ -1,0 +1,238 @@
+"""Publishing the event log to NATS ("Hermes").
+
+With `hermes.url` set, every event goes to the subject `<hermes.subject_prefix>.<type>`
+(`dispatch.task.completed`), as the same JSON the HTTP API returns for an event, with a
+`Nats-Msg-Id` header holding the event id, so that a JetStream stream de-duplicates.
+
+Delivery is at least once, in log order. The publisher reads the log from the cursor it
+keeps in the store (`nats`), publishes a batch, waits until the NATS server has confirmed
+it (a flush: PING answered by PONG after every message of the batch) and only then saves
+the cursor. When NATS is unreachable, or the connection breaks, it backs off (doubling, with
+jitter, capped) and reconnects, resuming from the saved cursor: an outage or a restart
+only delays delivery. A batch that was published but whose cursor was not yet saved (the
+connection broke before the confirmation, or dispatchd died in between) is published again,
+so a consumer may see an event twice; it keeps the order of first deliveries and can drop
+repeats by the event id. Core NATS hands a message only to the subscribers connected when
+it arrives: a consumer that must not miss any while it is itself away reads from a
+JetStream stream on `dispatch.>`.
+
+The first time it runs on a database (no saved cursor) the publisher starts from the head of
+the log as it was when dispatchd started, not from its beginning: turning NATS on for an old
+database does not replay its history. That starting point is saved at once, so events
+written while NATS is still unreachable are delivered once it is back. Events deleted by
+retention before they could be published (NATS down for longer than
+`events.retention_days`) are skipped, with an error in the log.
+
+On PostgreSQL one replica publishes at a time: the one holding the `nats` lease (a session
+advisory lock, see `events/lease.py`); the others stand by and take over when it goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import nats
+import nats.errors
+from nats.aio.client import Client
+
+from dispatchd.config import HermesConfig
+from dispatchd.domain.ids import isoformat, utcnow
+from dispatchd.domain.models import Event
+from dispatchd.engine.feed import EventFeed
+from dispatchd.errors import DispatchError
+from dispatchd.events.lease import Lease, lease_for
+from dispatchd.jobs import first_of, stop_if_cancelled
+from dispatchd.store.base import RETENTION_CURSOR, SaveCursor, Store
+
+log = logging.getLogger(__name__)
+
+CURSOR = "nats"
+# An idle publisher reads the log this often even without news from the feed.
+IDLE_S = 30.0
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+# What a lost or unreachable NATS server raises.
+NATS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, OSError, TimeoutError)
+
+
+def subject_of(prefix: str, event_type: str) -> str:
+    return f"{prefix}.{event_type}"
+
+
+def payload_of(event: Event) -> dict[str, Any]:
+    """The event as the API shows it (`EventOut`): id as a string, RFC 3339 time."""
+    return {
+        "id": str(event.id),
+        "type": event.type,
+        "task_id": event.task_id,
+        "agent_id": event.agent_id,
+        "data": dict(event.data),
+        "created_at": isoformat(event.created_at),
+    }
+
+
+def encode(event: Event) -> bytes:
+    return json.dumps(payload_of(event), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def backoff_s(failures: int, base_s: float, cap_s: float) -> float:
+    """The wait after `failures` failures in a row: doubling from `base_s`, capped at
+    `cap_s`, and drawn from its upper half so that replicas do not retry in step."""
+    ceiling = min(cap_s, base_s * 2 ** min(failures - 1, 30))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+class NatsPublisher:
+    def __init__(
+        self, store: Store, feed: EventFeed, config: HermesConfig, *, lease: Lease | None = None
+    ) -> None:
+        assert config.url, "hermes.url is not set"
+        self.store = store
+        self.feed = feed
+        self.config = config
+        self.servers = [server.strip() for server in config.url.split(",")]
+        self.lease = lease or lease_for(store, CURSOR, check_s=config.lease_check_s)
+        self.cursor: int | None = None  # the last event confirmed by NATS and saved
+        self.head = 0  # where to start on a database that has no saved cursor yet
+        self.published = 0
+        self._client: Client | None = None
+
+    async def run(self, head: int) -> None:
+        """Publish while this replica holds the lease; runs until cancelled. `head` is the
+        log's last event when the runtime started: where publishing begins if no cursor
+        was ever saved."""
+        self.head = head
+        try:
+            while True:
+                await self.lease.acquire()
+                try:
+                    await first_of(self._publish(), self.lease.lost())
+                finally:
+                    await self._disconnect()
+                    await self.lease.release()
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        await self._disconnect()
+        await self.lease.release()
+
+    # --- publishing -------------------------------------------------------------------
+
+    async def _publish(self) -> None:
+        """Connect, publish from the saved cursor on, and start again after a failure."""
+        loop = asyncio.get_running_loop()
+        failures = 0
+        while True:
+            started, before = loop.time(), self.cursor
+            try:
+                cursor = await self._saved_cursor()
+                client = await self._connect()
+                log.info(
+                    "publishing events to NATS after event %d",
+                    cursor,
+                    extra={"action": "nats_connected"},
+                )
+                await self._pump(client, cursor)
+            except NATS_ERRORS as exc:
+                problem = f"NATS unavailable ({_describe(exc)})"
+            except DispatchError as exc:
+                problem = f"cannot read or record the NATS cursor ({exc})"
+            # The waits grow only while nothing gets through.
+            if self.cursor != before or loop.time() - started > self.config.retry_cap_s:
+                failures = 0
+            failures += 1
+            wait = backoff_s(failures, self.config.retry_base_s, self.config.retry_cap_s)
+            log.warning(
+                "%s; retrying in %.2fs from event %s",
+                problem,
+                wait,
+                self.cursor,
+                extra={"action": "nats_retry"},
+            )
+            await self._disconnect()
+            await asyncio.sleep(wait)
+
+    async def _saved_cursor(self) -> int:
+        saved = await self.store.get_cursor(CURSOR)
+        if saved is None:
+            # First run on this database: start at the head, not at the beginning.
+            saved = self.head
+            await self.store.commit([SaveCursor(CURSOR, saved, utcnow())])
+        pruned = await self.store.get_cursor(RETENTION_CURSOR)
+        if pruned is not None and saved < pruned:
+            log.error(
+                "events %d to %d were deleted by retention before they were published to NATS",
+                saved + 1,
+                pruned,
+                extra={"action": "nats_gap"},
+            )
+            saved = pruned
+        self.cursor = saved
+        return saved
+
+    async def _connect(self) -> Client:
+        async def error_cb(exc: Exception) -> None:
+            log.debug("NATS client error: %s", _describe(exc))
+
+        client = await nats.connect(
+            self.servers,
+            name="dispatchd",
+            connect_timeout=math.ceil(self.config.connect_timeout_s),
+            # Reconnection is ours: after a break we resume from the saved cursor, waiting
+            # as `retry_*` say. (Even without reconnecting, the client tries each server
+            # until it has failed more than `max_reconnect_attempts` times: twice, at once.)
+            allow_reconnect=False,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0,
+            error_cb=error_cb,
+        )
+        self._client = client
+        return client
+
+    async def _pump(self, client: Client, cursor: int) -> None:
+        prefix = self.config.subject_prefix
+        seen = cursor  # the log is known to hold nothing more to read up to here
+        while True:
+            stop_if_cancelled()
+            await self.feed.wait(seen, IDLE_S)
+            events = await self.feed.read(cursor, self.config.batch_size)
+            if not events:
+                seen = max(seen, self.feed.latest)
+                continue
+            await self._send(client, prefix, events)
+            last = events[-1].id
+            assert last is not None
+            await self.store.commit([SaveCursor(CURSOR, last, utcnow())])
+            cursor = self.cursor = last
+            seen = max(seen, last)
+            self.published += len(events)
+
+    async def _send(self, client: Client, prefix: str, events: Sequence[Event]) -> None:
+        """Publish `events` and wait until the server has them all."""
+        for event in events:
+            await client.publish(
+                subject_of(prefix, event.type),
+                encode(event),
+                headers={MSG_ID_HEADER: str(event.id)},
+            )
+        async with asyncio.timeout(self.config.flush_timeout_s):  # see EventFeed.wait
+            await client.flush(timeout=math.ceil(self.config.flush_timeout_s) + 1)
+
+    async def _disconnect(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and not client.is_closed:
+            try:
+                await client.close()
+            except NATS_ERRORS as exc:
+                log.debug("closing the NATS connection: %s", _describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

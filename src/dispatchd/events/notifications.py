@@ -1,0 +1,199 @@
+"""The notifier: turns the event log into notifications for humans (docs/events.md).
+
+It reads the log from the store cursor `notifications`. For each batch of events it writes,
+in one transaction with the cursor's move, an entry for each final failure, final timeout,
+escalation and question, and the open digest with the batch's completions and progress
+added. A restart therefore resumes exactly: no event is notified twice or lost, and the
+open digest comes back with the items it had. A digest whose window has ended is closed
+on time even when no further event arrives: the notifier sleeps until then, woken early
+by the feed when the log grows.
+
+The first time it runs on a database (no saved cursor) it starts at the head of the log as
+it was when dispatchd started, not at its beginning. Events deleted by retention before it
+read them (it was stopped for longer than `events.retention_days`) are skipped, with an
+error in the log.
+
+On PostgreSQL one replica writes notifications at a time: the one holding the
+`notifications` lease (see `events/lease.py`). Its cursor only moves from the position it
+was read at (`AdvanceCursor`), so even a replica that briefly acts after losing the lease
+writes nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+
+from dispatchd.config import NotificationsConfig
+from dispatchd.domain.ids import utcnow
+from dispatchd.domain.models import Event
+from dispatchd.domain.notifications import DIGESTED, IMMEDIATE, Digest, immediate
+from dispatchd.engine.feed import EventFeed
+from dispatchd.errors import ConcurrentUpdate, DispatchError
+from dispatchd.events.lease import Lease, lease_for
+from dispatchd.jobs import first_of
+from dispatchd.store.base import (
+    RETENTION_CURSOR,
+    AdvanceCursor,
+    InsertNotification,
+    Op,
+    SaveDigest,
+    Store,
+)
+
+log = logging.getLogger(__name__)
+
+CURSOR = "notifications"
+# Events read per batch (and per transaction).
+BATCH = 1000
+# An idle notifier with no open digest reads the log this often even without news.
+IDLE_S = 30.0
+# Batches that give no notification do not move the saved cursor (re-reading them after a
+# restart gives nothing either), until it lags this many events behind.
+SAVE_EVERY = 5000
+RETRY_S = 1.0
+LEASE_CHECK_S = 5.0
+
+
+class Notifier:
+    def __init__(
+        self,
+        store: Store,
+        feed: EventFeed,
+        config: NotificationsConfig,
+        *,
+        lease: Lease | None = None,
+        lease_check_s: float = LEASE_CHECK_S,
+    ) -> None:
+        self.store = store
+        self.feed = feed
+        self.window = timedelta(seconds=config.batch_window_s)
+        self.lease = lease or lease_for(store, CURSOR, check_s=lease_check_s)
+        self.head = 0  # where to start on a database that has no saved cursor yet
+        self.cursor = 0  # the last event handled
+        self.saved: int | None = None  # the cursor as stored
+        self.digest: Digest | None = None  # the open digest as stored
+
+    async def run(self, head: int) -> None:
+        """Write notifications while this replica holds the lease; runs until cancelled.
+        `head` is the log's last event when the runtime started."""
+        self.head = head
+        try:
+            while True:
+                await self.lease.acquire()
+                try:
+                    await first_of(self._work(), self.lease.lost())
+                finally:
+                    await self.lease.release()
+        finally:
+            await self.lease.release()
+
+    async def _work(self) -> None:
+        while True:
+            try:
+                await self.load()
+                while True:
+                    await self.step()
+            except ConcurrentUpdate:
+                # Another writer moved the cursor (a replica that held the lease a moment
+                # ago): take up its state.
+                log.info("notification cursor moved elsewhere; reloading")
+            except DispatchError as exc:
+                log.warning(
+                    "notifications could not be written (%s); retrying in %.1fs",
+                    exc,
+                    RETRY_S,
+                    extra={"action": "notify_retry"},
+                )
+                await asyncio.sleep(RETRY_S)
+
+    async def load(self) -> None:
+        """Read the saved cursor and the open digest; save the starting cursor the first
+        time."""
+        saved = await self.store.get_cursor(CURSOR)
+        if saved is None:
+            # First run on this database: start at the head, not at the beginning.
+            await self.store.commit([AdvanceCursor(CURSOR, None, self.head, utcnow())])
+            saved = self.head
+        self.saved = self.cursor = saved
+        pruned = await self.store.get_cursor(RETENTION_CURSOR)
+        if pruned is not None and saved < pruned:
+            log.error(
+                "events %d to %d were deleted by retention before they were notified",
+                saved + 1,
+                pruned,
+                extra={"action": "notify_gap"},
+            )
+            self.cursor = pruned
+        self.digest = await self.store.open_digest()
+
+    async def step(self) -> None:
+        """Handle the next batch of events, or close the digest whose window has ended, or
+        wait for either."""
+        events = await self.feed.read(self.cursor, BATCH)
+        if events:
+            await self.handle(events)
+            return
+        if self.feed.latest > self.cursor:
+            # The feed heard of events the store does not show yet: look again shortly.
+            await asyncio.sleep(RETRY_S / 20)
+            return
+        digest = self.digest
+        if digest is None:
+            await self.feed.wait(self.cursor, IDLE_S)
+            return
+        remaining = (digest.closes_at - utcnow()).total_seconds()
+        if remaining > 0:
+            await self.feed.wait(self.cursor, remaining)
+            return
+        # The window has ended and every event seen so far is in: close it now.
+        now = utcnow()
+        await self._commit([InsertNotification(digest.closed(now)), SaveDigest(None, now)])
+        self.digest = None
+
+    async def handle(self, events: Sequence[Event]) -> None:
+        """Notify `events` (the next ones after the cursor) in one transaction."""
+        last = events[-1].id
+        assert last is not None
+        wanted = sorted(
+            {
+                e.task_id
+                for e in events
+                if e.task_id is not None and (e.type in IMMEDIATE or e.type in DIGESTED)
+            }
+        )
+        tasks = {t.id: t for t in await self.store.get_tasks(wanted)} if wanted else {}
+        digest = self.digest.copy() if self.digest is not None else None
+        ops: list[Op] = []
+        changed = False
+        now = utcnow()
+        for event in events:
+            task = tasks.get(event.task_id) if event.task_id else None
+            entry = immediate(event, task) if event.type in IMMEDIATE else None
+            if entry is not None:
+                ops.append(InsertNotification(entry))
+            if event.type not in DIGESTED:
+                continue
+            assert event.id is not None
+            if digest is not None and not (digest.covers(event) and digest.has_room_for(event)):
+                ops.append(InsertNotification(digest.closed(now)))
+                digest = None
+            if digest is None:
+                digest = Digest.open(event.created_at, self.window, event.id)
+            digest.add(event, task)
+            changed = True
+        if changed:
+            ops.append(SaveDigest(digest, now))
+        if ops or last - (self.saved or 0) >= SAVE_EVERY:
+            await self._commit(ops, last)
+            self.digest = digest
+        self.cursor = last
+
+    async def _commit(self, ops: list[Op], last: int | None = None) -> None:
+        """Commit `ops` with the cursor's move to `last` (None: it stays, but must still be
+        where it was read)."""
+        to = self.cursor if last is None else last
+        await self.store.commit([AdvanceCursor(CURSOR, self.saved, to, utcnow()), *ops])
+        self.saved = to

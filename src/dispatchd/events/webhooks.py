@@ -1,0 +1,413 @@
+"""Webhook delivery: the event log, by cursor, to every subscribed HTTP receiver.
+
+Two loops share the work. The follower reads the log after the lowest cursor of the active
+webhooks and, in one transaction, writes a delivery for each event a webhook's type filter
+matches and moves that webhook's cursor past what it read; so an event is owed to a
+webhook from the moment its cursor passes it, and a restart or an outage of the receiver
+loses nothing. The sender takes each webhook's oldest pending delivery when it is due and
+its circuit allows, claims it (a fenced update, so two replicas never send the same
+attempt), POSTs it signed, and records the outcome: delivered on 2xx, otherwise another
+attempt after an exponential backoff with jitter, or failed after `webhooks.max_attempts`.
+
+Each webhook sends one delivery at a time, in event order: event N+1 waits while N is
+being retried. `webhooks.breaker_threshold` failed attempts in a row open the webhook's
+circuit for `webhooks.breaker_cooldown_s`; nothing is sent to it meanwhile, then one trial
+(the head delivery) closes it again or reopens it. Deliveries wait, pending, while it is open.
+
+Delivery is at least once: a server killed between the receiver's answer and the record of
+it sends that attempt again after its claim lapses (`timeout_s` + a margin). Receivers drop
+repeats by the `X-Dispatch-Delivery` id. See docs/webhooks.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Coroutine
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+
+from dispatchd import __version__
+from dispatchd.api.schemas import EventOut
+from dispatchd.config import WebhooksConfig
+from dispatchd.domain.ids import new_id, utcnow
+from dispatchd.domain.models import Event
+from dispatchd.domain.webhooks import (
+    Advance,
+    Delivery,
+    DeliveryStatus,
+    Outcome,
+    Policy,
+    Webhook,
+    after_attempt,
+    interrupted,
+    signature_header,
+)
+from dispatchd.engine.feed import EventFeed
+from dispatchd.events.reader import TypeFilter
+from dispatchd.jobs import stop_if_cancelled
+from dispatchd.store.base import RETENTION_CURSOR, Store
+
+log = logging.getLogger(__name__)
+
+# Events read per pass of the follower.
+SCAN = 1000
+# How often the active webhooks are read again (changes made on another replica), and the
+# longest the sender sleeps without looking (a delivery another replica finished).
+REFRESH_S = 5.0
+# A claimed delivery is held this long past the request timeout before another may try.
+LEASE_MARGIN_S = 5.0
+# The wait after a database error before a loop tries again.
+RETRY_S = 1.0
+PRUNE_EVERY_S = 300.0
+PRUNE_BATCH = 1000
+# How much of a failing receiver's answer is kept as the delivery's error.
+EXCERPT = 200
+# How long a shutdown waits to put an interrupted delivery back.
+RELEASE_S = 2.0
+
+Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
+
+
+def policy_of(config: WebhooksConfig) -> Policy:
+    return Policy(
+        max_attempts=config.max_attempts,
+        backoff_base=timedelta(milliseconds=config.backoff_base_ms),
+        backoff_cap=timedelta(milliseconds=config.backoff_cap_ms),
+        breaker_threshold=config.breaker_threshold,
+        breaker_cooldown=timedelta(seconds=config.breaker_cooldown_s),
+    )
+
+
+def event_body(event: Event) -> str:
+    """The body of a delivery: the event as the events API shows it."""
+    return EventOut.of(event).model_dump_json()
+
+
+class WebhookDispatcher:
+    def __init__(
+        self,
+        store: Store,
+        feed: EventFeed,
+        config: WebhooksConfig,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.store = store
+        self.feed = feed
+        self.config = config
+        self.policy = policy_of(config)
+        self.lease = timedelta(seconds=config.timeout_s + LEASE_MARGIN_S)
+        self._clock = clock
+        self._jitter = jitter
+        self._hooks: dict[str, tuple[Webhook, TypeFilter]] = {}
+        # Set by `changed`; a change that lands while the webhooks are being read marks
+        # the fresh copy stale again.
+        self._stale = True
+        self._cursors: dict[str, int] = {}
+        self._loaded_at = 0.0
+        self._follow_wake = asyncio.Event()
+        self._send_wake = asyncio.Event()
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        # Made on the first delivery: building one (its TLS context) costs tens of ms,
+        # which a runtime that never sends should not pay.
+        self._client: httpx.AsyncClient | None = None
+        feed.listen(self._grown)
+
+    def _grown(self, last_id: int) -> None:
+        self._follow_wake.set()
+
+    def changed(self) -> None:
+        """Webhooks were created, changed or deleted here: read them again at once."""
+        self._stale = True
+        self._follow_wake.set()
+        self._send_wake.set()
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=self.config.timeout_s,
+                follow_redirects=False,
+                headers={"User-Agent": f"dispatchd-webhooks/{__version__}"},
+            )
+        return self._client
+
+    async def run(self) -> None:
+        """Follow the log and send deliveries until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._follow_loop())
+            group.create_task(self._send_loop(group.create_task))
+            if self.config.delivery_retention_days > 0:
+                group.create_task(self._prune_loop())
+
+    # --- following the log ------------------------------------------------------------
+
+    async def _follow_loop(self) -> None:
+        while True:
+            stop_if_cancelled()
+            self._follow_wake.clear()
+            try:
+                busy = await self.follow_once()
+            except Exception:
+                log.exception("webhook follower failed", extra={"action": "webhook"})
+                await asyncio.sleep(RETRY_S)
+                continue
+            if not busy:
+                await _wait(self._follow_wake, REFRESH_S)
+
+    async def follow_once(self) -> bool:
+        """Turn the next events past the active webhooks' cursors into deliveries; False
+        when there was nothing to read."""
+        hooks = await self._active()
+        if not hooks:
+            return False
+        low = min(self._cursors[hook_id] for hook_id in hooks)
+        events = await self.feed.read(low, SCAN)
+        if not events or events[-1].id is None:
+            return False
+        last = events[-1].id
+        now = self._clock()
+        bodies: dict[int, str] = {}
+        advances = []
+        for hook_id, (hook, wanted) in hooks.items():
+            cursor = self._cursors[hook_id]
+            if cursor >= last:
+                continue
+            deliveries = []
+            for event in events:
+                assert event.id is not None
+                if event.id > cursor and wanted(event.type):
+                    body = bodies.get(event.id)
+                    if body is None:
+                        body = bodies[event.id] = event_body(event)
+                    deliveries.append(_delivery(hook, event, body, now))
+            advances.append(Advance(hook_id, last, tuple(deliveries)))
+        written = await self.store.enqueue_deliveries(advances)
+        for advance in advances:
+            self._cursors[advance.webhook_id] = last
+        if written:
+            self._send_wake.set()
+        return True
+
+    async def _active(self) -> dict[str, tuple[Webhook, TypeFilter]]:
+        loop = asyncio.get_running_loop()
+        if not self._stale and loop.time() - self._loaded_at < REFRESH_S:
+            return self._hooks
+        self._stale = False
+        try:
+            hooks = await self.store.active_webhooks()
+        except BaseException:
+            self._stale = True
+            raise
+        self._loaded_at = loop.time()
+        self._cursors = {h.id: max(h.last_event_id, self._cursors.get(h.id, 0)) for h in hooks}
+        self._hooks = {h.id: (h, TypeFilter(h.types)) for h in hooks}
+        if hooks:
+            pruned = await self.store.get_cursor(RETENTION_CURSOR)
+            for hook in hooks:
+                if pruned is not None and self._cursors[hook.id] < pruned:
+                    log.warning(
+                        "retention deleted events %d to %d before webhook %s got them",
+                        self._cursors[hook.id] + 1,
+                        pruned,
+                        hook.id,
+                        extra={"action": "webhook", "webhook_id": hook.id},
+                    )
+        return self._hooks
+
+    # --- sending ----------------------------------------------------------------------
+
+    async def _send_loop(self, spawn: Spawn) -> None:
+        while True:
+            stop_if_cancelled()
+            self._send_wake.clear()
+            try:
+                wait_s = await self.send_due(spawn)
+            except Exception:
+                log.exception("webhook sender failed", extra={"action": "webhook"})
+                wait_s = RETRY_S
+            await _wait(self._send_wake, wait_s)
+
+    async def send_due(self, spawn: Spawn) -> float:
+        """Start every head delivery that is due and whose circuit allows it; the seconds
+        until the next one will be."""
+        heads = await self.store.delivery_heads()
+        now = self._clock()
+        soonest = REFRESH_S
+        for head in heads:
+            hook, delivery = head.webhook, head.delivery
+            if hook.id in self._inflight:
+                continue
+            ready = delivery.next_attempt_at or now
+            if hook.open_until is not None and hook.open_until > ready:
+                ready = hook.open_until
+            if ready > now:
+                soonest = min(soonest, (ready - now).total_seconds())
+                continue
+            if len(self._inflight) >= self.config.max_in_flight:
+                break  # woken again as soon as one in flight ends
+            claimed = await self.store.claim_delivery(
+                delivery.id, delivery.attempt, until=now + self.lease, now=now
+            )
+            if claimed is not None:
+                self._inflight[hook.id] = spawn(self._deliver(hook, claimed))
+        return soonest
+
+    async def _deliver(self, hook: Webhook, delivery: Delivery) -> None:
+        started = self._clock()
+        try:
+            ok, status, error = await self._post(hook, delivery, started)
+            outcome = after_attempt(
+                delivery,
+                ok=ok,
+                at=started,
+                now=self._clock(),
+                policy=self.policy,
+                jitter=self._jitter(),
+                response_status=status,
+                error=error,
+            )
+            await self._record(hook, outcome)
+        except asyncio.CancelledError:
+            # Shutting down mid-request: put the delivery back, due at once, so the next
+            # start sends it without waiting for the claim to lapse.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(RELEASE_S):
+                    await self.store.record_delivery(
+                        interrupted(delivery, at=started, now=self._clock())
+                    )
+            raise
+        except Exception:
+            # The database is out of reach: the claim lapses and the attempt is made again.
+            log.exception(
+                "could not record webhook delivery %s",
+                delivery.id,
+                extra={"action": "webhook", "webhook_id": hook.id},
+            )
+        finally:
+            self._inflight.pop(hook.id, None)
+            self._send_wake.set()
+
+    async def _post(
+        self, hook: Webhook, delivery: Delivery, at: datetime
+    ) -> tuple[bool, int | None, str | None]:
+        body = delivery.payload.encode("utf-8")
+        headers = {
+            "Content-Type": "application/json",
+            "X-Dispatch-Event": delivery.event_type,
+            "X-Dispatch-Delivery": delivery.id,
+            "X-Dispatch-Webhook": hook.id,
+            "X-Dispatch-Attempt": str(delivery.attempt),
+            "X-Dispatch-Signature": signature_header(hook.secret, int(at.timestamp()), body),
+        }
+        timeout_s = self.config.timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                request = self._http().stream("POST", hook.url, content=body, headers=headers)
+                async with request as response:
+                    if 200 <= response.status_code < 300:
+                        return True, response.status_code, None
+                    excerpt = await _excerpt(response)
+                    error = f"the receiver answered {response.status_code}"
+                    return False, response.status_code, f"{error}: {excerpt}" if excerpt else error
+        except TimeoutError:
+            return False, None, f"no answer within {timeout_s:g} s"
+        except Exception as exc:  # any failure to deliver is a failed attempt
+            return False, None, f"{type(exc).__name__}: {exc}"[:EXCERPT]
+
+    async def _record(self, hook: Webhook, outcome: Outcome) -> None:
+        if not await self.store.record_delivery(outcome):
+            return  # the webhook was switched off or deleted meanwhile
+        extra = {"action": "webhook", "webhook_id": hook.id, "delivery_id": outcome.delivery_id}
+        if outcome.status == DeliveryStatus.FAILED:
+            log.warning(
+                "webhook delivery %s failed after %d attempts: %s",
+                outcome.delivery_id,
+                outcome.attempt,
+                outcome.error,
+                extra=extra,
+            )
+        elif outcome.breaker == "failure":
+            log.info(
+                "webhook delivery %s attempt %d failed: %s",
+                outcome.delivery_id,
+                outcome.attempt,
+                outcome.error,
+                extra=extra,
+            )
+        if (
+            outcome.breaker == "failure"
+            and hook.consecutive_failures + 1 == self.policy.breaker_threshold
+        ):
+            log.warning(
+                "webhook %s circuit open for %g s after %d failed attempts",
+                hook.id,
+                self.config.breaker_cooldown_s,
+                self.policy.breaker_threshold,
+                extra=extra,
+            )
+
+    # --- retention --------------------------------------------------------------------
+
+    async def _prune_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PRUNE_EVERY_S)
+            stop_if_cancelled()
+            try:
+                await self.prune_once()
+            except Exception:
+                log.exception("webhook delivery retention failed", extra={"action": "prune"})
+
+    async def prune_once(self) -> int:
+        """Delete the finished deliveries older than `webhooks.delivery_retention_days`."""
+        days = self.config.delivery_retention_days
+        if days <= 0:
+            return 0
+        before = self._clock() - timedelta(days=days)
+        total = 0
+        while True:
+            count = await self.store.prune_deliveries(before=before, limit=PRUNE_BATCH)
+            total += count
+            if count < PRUNE_BATCH:
+                return total
+
+
+def _delivery(hook: Webhook, event: Event, body: str, now: datetime) -> Delivery:
+    assert event.id is not None
+    return Delivery(
+        id=new_id(),
+        webhook_id=hook.id,
+        event_id=event.id,
+        event_type=event.type,
+        payload=body,
+        status=DeliveryStatus.PENDING,
+        created_at=now,
+        updated_at=now,
+        next_attempt_at=now,
+    )
+
+
+async def _excerpt(response: httpx.Response) -> str:
+    """The start of an answer's body, as text, without reading the rest of it."""
+    data = b""
+    async for chunk in response.aiter_bytes():
+        data += chunk
+        if len(data) >= EXCERPT:
+            break
+    return data[:EXCERPT].decode("utf-8", "replace").strip()
+
+
+async def _wait(event: asyncio.Event, timeout_s: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(timeout_s, 0.0)):
+            await event.wait()

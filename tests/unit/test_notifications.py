@@ -1,0 +1,199 @@
+"""Which events notify whom, and how the notifier cuts digests, without the API: the pure
+rules of `domain/notifications.py`, then the notifier over an embedded store driven with
+events whose times the test chooses (so windows are exact, with no waiting)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dispatchd.config import NotificationsConfig
+from dispatchd.domain.models import Event
+from dispatchd.domain.notifications import MAX_ITEMS, Digest, Kind, immediate
+from dispatchd.engine.feed import EventFeed
+from dispatchd.errors import ConcurrentUpdate
+from dispatchd.events.notifications import CURSOR, Notifier
+from dispatchd.store.base import AppendEvent, InsertTask
+from dispatchd.store.sqlite import SQLiteStore
+from tests.contract.test_store import make_task
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+WINDOW = timedelta(seconds=60)
+
+
+def event(type_: str, at: float = 0, task_id: str | None = "t1", **data: Any) -> Event:
+    return Event(
+        type=type_,
+        created_at=T0 + timedelta(seconds=at),
+        task_id=task_id,
+        agent_id="w1",
+        data=data,
+        id=1,
+    )
+
+
+# --- what gives an entry of its own ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("e", "kind"),
+    [
+        (event("task.failed", error="boom", final=True), Kind.FAILED),
+        (event("task.failed", error="dep", final=True, dependency="t0"), Kind.FAILED),
+        (event("task.rejected", feedback="no", final=True), Kind.FAILED),
+        (event("task.timed_out", error="late", final=True), Kind.TIMED_OUT),
+        (event("task.escalated", to="senior", error="boom"), Kind.ESCALATED),
+        (event("task.waiting_input", question="which?"), Kind.QUESTION),
+    ],
+)
+def test_events_that_need_a_person_give_an_entry(e: Event, kind: Kind) -> None:
+    task = make_task(id="t1", title="Build ✓")
+    entry = immediate(e, task)
+    assert entry is not None and entry.kind is kind
+    assert entry.task_id == "t1" and entry.event_id == 1 and entry.created_at == T0
+    assert entry.data["title"] == "Build ✓" and entry.data["event_type"] == e.type
+    assert entry.data["details"] == dict(e.data) | (
+        {"question": "which?"} if kind is Kind.QUESTION else {}
+    )
+    assert str(entry.data["message"]).startswith("task 'Build ✓' ")
+
+
+@pytest.mark.parametrize(
+    "e",
+    [
+        event("task.rejected", feedback="again", final=False),
+        # The notice of a task with nowhere to escalate comes with its final failure.
+        event("task.escalated", to=None, notify="alice", error="boom"),
+        event("task.failed", error="boom", final=False),
+        event("task.completed"),
+        event("task.retrying", error="boom"),
+    ],
+)
+def test_other_events_give_none(e: Event) -> None:
+    assert immediate(e, None) is None
+
+
+def test_a_question_falls_back_to_the_task_and_an_unknown_task_to_its_id() -> None:
+    task = make_task(id="t1", title="x", question="from the task?")
+    entry = immediate(event("task.waiting_input"), task)
+    assert entry is not None and entry.data["question"] == "from the task?"
+    gone = immediate(event("task.failed", error="e", final=True), None)
+    assert gone is not None and gone.data["title"] is None
+    assert gone.data["message"] == "task t1 failed: e"
+
+
+def test_a_digest_names_each_task_once_per_list() -> None:
+    digest = Digest.open(T0, WINDOW, 1)
+    digest.add(event("task.progress", 1, "a", message="one", percent=10), None)
+    digest.add(event("task.progress", 2, "a", percent=50), None)
+    digest.add(event("task.completed", 3, "a", summary="x" * 2000), None)
+    digest.add(event("task.progress", 4, "b", message="b1"), None)
+    data = digest.data()
+    assert data["counts"] == {"completed": 1, "progress": 2, "progress_updates": 3}
+    a, b = data["progress"]
+    assert (a["message"], a["percent"], a["updates"]) == ("one", 50, 2)
+    assert (b["message"], b["percent"], b["updates"]) == ("b1", None, 1)
+    assert len(data["completed"][0]["summary"]) == 500
+    assert data["message"] == "1 task completed; 3 progress updates on 2 tasks"
+    assert Digest.from_data(digest.opened_at, digest.closes_at, 1, data) == digest
+
+
+# --- the notifier over a store ----------------------------------------------------------------
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    opened = SQLiteStore(tmp_path / "n.db")
+    await opened.open()
+    await opened.migrate()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def notifier_on(store: SQLiteStore) -> Notifier:
+    feed = EventFeed(store)
+    store.on_commit(feed.committed)
+    await feed.start()
+    notifier = Notifier(store, feed, NotificationsConfig(batch_window_s=WINDOW.total_seconds()))
+    notifier.head = feed.latest
+    await notifier.load()
+    return notifier
+
+
+async def drain(notifier: Notifier) -> None:
+    """Handle every event in the log (no waiting for windows)."""
+    while True:
+        events = await notifier.feed.read(notifier.cursor, 1000)
+        if not events:
+            return
+        await notifier.handle(events)
+
+
+async def test_windows_follow_the_events_times(store: SQLiteStore) -> None:
+    tasks = [make_task(title=f"job {i}") for i in range(4)]
+    await store.commit([InsertTask(t) for t in tasks])
+    notifier = await notifier_on(store)
+    # Two inside the first window, one on its edge (the next window), one much later.
+    await store.commit(
+        [
+            AppendEvent(event("task.completed", at, t.id))
+            for at, t in zip((0, 59.9, 60, 200), tasks, strict=True)
+        ]
+    )
+    await drain(notifier)
+
+    closed = await store.list_notifications(after=0, limit=10)
+    assert [n.kind for n in closed] == [Kind.DIGEST, Kind.DIGEST]
+    first, second = (n.data for n in closed)
+    assert [i["task_id"] for i in first["completed"]] == [tasks[0].id, tasks[1].id]
+    assert [i["title"] for i in first["completed"]] == ["job 0", "job 1"]
+    assert [i["task_id"] for i in second["completed"]] == [tasks[2].id]
+    assert second["opened_at"] == "2026-01-02T03:05:05.000000Z"
+    still = await store.open_digest()
+    assert still is not None and still.opened_at == T0 + timedelta(seconds=200)
+    assert [i["task_id"] for i in still.completed] == [tasks[3].id]
+    assert await store.get_cursor(CURSOR) == notifier.cursor == still.event_id
+
+
+async def test_a_full_digest_closes_and_the_next_item_opens_another(store: SQLiteStore) -> None:
+    notifier = await notifier_on(store)
+    full = [event("task.progress", 0, "p", message="first")]
+    full += [event("task.completed", 0, f"t{i}") for i in range(MAX_ITEMS - 1)]
+    # A later update of a task already named still fits; a new task does not.
+    more = [event("task.progress", 1, "p", message="second"), event("task.completed", 1, "last")]
+    await store.commit([AppendEvent(e) for e in full + more])
+    await drain(notifier)
+
+    (closed,) = await store.list_notifications(after=0, limit=10)
+    assert len(closed.data["completed"]) == MAX_ITEMS - 1
+    assert [(p["task_id"], p["message"], p["updates"]) for p in closed.data["progress"]] == [
+        ("p", "second", 2)
+    ]
+    rest = await store.open_digest()
+    assert rest is not None and [i["task_id"] for i in rest.completed] == ["last"]
+    assert rest.progress == []
+
+
+async def test_a_new_notifier_starts_at_the_head_and_resumes_from_its_cursor(
+    store: SQLiteStore,
+) -> None:
+    await store.commit([AppendEvent(event("task.failed", 0, "old", error="e", final=True))])
+    first = await notifier_on(store)  # a database whose history predates notifications
+    await drain(first)
+    assert await store.list_notifications(after=0, limit=10) == []
+
+    await store.commit([AppendEvent(event("task.failed", 1, "new", error="e", final=True))])
+    second = await notifier_on(store)  # a restart before the first one read it
+    await drain(second)
+    (entry,) = await store.list_notifications(after=0, limit=10)
+    assert entry.task_id == "new"
+    # The first one's view is stale: what it would write is refused, not written twice.
+    with pytest.raises(ConcurrentUpdate):
+        await drain(first)
+    assert len(await store.list_notifications(after=0, limit=10)) == 1
