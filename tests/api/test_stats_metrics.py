@@ -98,8 +98,16 @@ async def test_transitions_are_counted_by_priority(
     assert transitions(got, "failed", "low") == 1
     assert transitions(got, "retried", "high") == 1
     assert transitions(got, "completed", "low") == 0
-    # Every assignment was timed, and each run that ended by completion or failure.
+    # Every assignment was timed (retries keep being assigned: read the log first, then
+    # the metrics, which follow it), and each run that ended by completion or failure.
     assigned = await assignments(client, [done, broken, flaky, slow])
+
+    async def timed() -> Samples | None:
+        latest = await samples(ops)
+        count = latest[("dispatchd_assignment_latency_seconds_count", ())]
+        return latest if count >= assigned else None
+
+    got = await eventually(timed, "every assignment to be timed")
     assert got[("dispatchd_assignment_latency_seconds_count", ())] >= assigned
     assert got[("dispatchd_task_run_seconds_count", (("outcome", "completed"),))] == 1
     assert got[("dispatchd_task_run_seconds_count", (("outcome", "failed"),))] == 1

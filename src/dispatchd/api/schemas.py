@@ -142,8 +142,8 @@ class AttemptOut(BaseModel):
             number=a.number,
             agent_id=a.agent_id,
             assigned_at=isoformat(a.assigned_at),
-            started_at=_ts(a.started_at),
-            ended_at=_ts(a.ended_at),
+            started_at=opt_isoformat(a.started_at),
+            ended_at=opt_isoformat(a.ended_at),
             outcome=a.outcome.value if a.outcome else None,
             error=a.error,
         )
@@ -247,8 +247,8 @@ class TaskOut(BaseModel):
             summary=t.summary,
             error=t.error,
             depends_on=list(t.depends_on),
-            run_at=_ts(t.run_at),
-            due_at=_ts(t.due_at),
+            run_at=opt_isoformat(t.run_at),
+            due_at=opt_isoformat(t.due_at),
             timeout_s=t.timeout_s,
             review=t.review,
             reviewer=t.reviewer,
@@ -261,11 +261,11 @@ class TaskOut(BaseModel):
             requeues=t.requeues,
             review_cycles=t.review_cycles,
             escalated=t.escalated,
-            retry_at=_ts(t.not_before),
-            lease_expires_at=_ts(t.lease_expires_at),
-            deadline_at=_ts(t.deadline_at),
-            started_at=_ts(t.started_at),
-            finished_at=_ts(t.finished_at),
+            retry_at=opt_isoformat(t.not_before),
+            lease_expires_at=opt_isoformat(t.lease_expires_at),
+            deadline_at=opt_isoformat(t.deadline_at),
+            started_at=opt_isoformat(t.started_at),
+            finished_at=opt_isoformat(t.finished_at),
             created_at=isoformat(t.created_at),
             updated_at=isoformat(t.updated_at),
         )
@@ -393,7 +393,7 @@ class ExplainOut(BaseModel):
                     availability=c.availability,
                     load=c.load,
                     limit=c.limit,
-                    last_assigned_at=_ts(c.last_assigned_at),
+                    last_assigned_at=opt_isoformat(c.last_assigned_at),
                 )
                 for c in e.ranking.candidates
             ],
@@ -469,7 +469,7 @@ class AgentOut(BaseModel):
             description=a.description,
             draining=a.drained,
             active_tasks=active,
-            last_heartbeat_at=_ts(a.last_heartbeat_at),
+            last_heartbeat_at=opt_isoformat(a.last_heartbeat_at),
             created_at=isoformat(a.created_at),
             updated_at=isoformat(a.updated_at),
         )
@@ -537,5 +537,5 @@ def weights(capabilities: list[str] | dict[str, float] | None) -> dict[str, floa
     return dict(capabilities)
 
 
-def _ts(value: datetime | None) -> str | None:
+def opt_isoformat(value: datetime | None) -> str | None:
     return isoformat(value) if value else None

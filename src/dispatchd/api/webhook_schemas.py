@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
-from dispatchd.api.schemas import Request
+from dispatchd.api.schemas import Request, opt_isoformat
 from dispatchd.domain.ids import isoformat
 from dispatchd.domain.webhooks import (
     MAX_URL,
@@ -86,7 +86,7 @@ class WebhookOut(BaseModel):
             circuit=CircuitOut(
                 state=w.circuit(now),
                 consecutive_failures=w.consecutive_failures,
-                open_until=_time(w.open_until),
+                open_until=opt_isoformat(w.open_until),
             ),
             created_at=isoformat(w.created_at),
             updated_at=isoformat(w.updated_at),
@@ -126,7 +126,7 @@ class AttemptOut(BaseModel):
             response_status=r.response_status,
             error=r.error,
             duration_ms=r.duration_ms,
-            next_attempt_at=_time(r.next_attempt_at),
+            next_attempt_at=opt_isoformat(r.next_attempt_at),
         )
 
 
@@ -156,12 +156,12 @@ class DeliveryOut(BaseModel):
             attempt=d.attempt,
             response_status=d.response_status,
             error=d.error,
-            next_attempt_at=_time(d.next_attempt_at)
+            next_attempt_at=opt_isoformat(d.next_attempt_at)
             if d.status == DeliveryStatus.PENDING
             else None,
             created_at=isoformat(d.created_at),
             updated_at=isoformat(d.updated_at),
-            delivered_at=_time(d.delivered_at),
+            delivered_at=opt_isoformat(d.delivered_at),
             attempts=[AttemptOut.of(r) for r in d.history],
         )
 
@@ -169,7 +169,3 @@ class DeliveryOut(BaseModel):
 class DeliveryList(BaseModel):
     items: list[DeliveryOut]
     next_cursor: str | None
-
-
-def _time(value: datetime | None) -> str | None:
-    return None if value is None else isoformat(value)

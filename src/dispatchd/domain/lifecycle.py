@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from dispatchd.domain.models import (
     Attempt,
@@ -119,6 +119,16 @@ class Policy:
     wake_timeout: timedelta = timedelta(seconds=30)
 
 
+class BackoffPolicy(Protocol):
+    """What `backoff` reads of a policy."""
+
+    @property
+    def backoff_base(self) -> timedelta: ...
+
+    @property
+    def backoff_cap(self) -> timedelta: ...
+
+
 @dataclass(frozen=True, slots=True)
 class AttemptPatch:
     """What a transition changes on the task's current attempt record."""
@@ -167,8 +177,10 @@ def _timeout(task: Task, policy: Policy) -> timedelta:
     return policy.default_timeout
 
 
-def backoff(attempt: int, policy: Policy, jitter: float) -> timedelta:
-    """Exponential backoff with equal jitter: half fixed, half random (`jitter` in [0, 1))."""
+def backoff(attempt: int, policy: BackoffPolicy, jitter: float) -> timedelta:
+    """Exponential backoff with equal jitter: half fixed, half random (`jitter` in [0, 1)).
+    The upper end of one wait is the lower end of the next, so waits never shrink until
+    the cap. Shared by task retries and webhook deliveries."""
     # Double step by step and stop at the cap: `base * 2**(attempt-1)` overflows timedelta
     # from about the 48th attempt, and max_attempts may be 100.
     ceiling: timedelta = policy.backoff_base

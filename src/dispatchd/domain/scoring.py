@@ -106,7 +106,7 @@ def exclusion(
     if task.assigned_to is not None:
         if task.assigned_to != agent.id:
             return Excluded(agent.id, Exclusion.NOT_NAMED, f"the task names {task.assigned_to}")
-        return _unavailable(agent, default_limit)
+        return unavailable(agent, default_limit)
     missing = [tag for tag in task.capabilities if tag not in agent.capabilities]
     if missing:
         return Excluded(agent.id, Exclusion.MISSING_CAPABILITY, f"lacks {', '.join(missing)}")
@@ -116,10 +116,11 @@ def exclusion(
             Exclusion.OWNER_MISMATCH,
             f"owner {agent.owner or 'none'}, the task's is {task.owner}",
         )
-    return _unavailable(agent, default_limit)
+    return unavailable(agent, default_limit)
 
 
-def _unavailable(agent: Agent, default_limit: int) -> Excluded | None:
+def unavailable(agent: Agent, default_limit: int) -> Excluded | None:
+    """Why `agent` may take no task at all now (drained, offline, degraded, full), or None."""
     if agent.drained:
         return Excluded(agent.id, Exclusion.DRAINING, "drained")
     if agent.status is AgentStatus.OFFLINE:

@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from dispatchd.domain.lifecycle import backoff
 from dispatchd.errors import ValidationFailed
 
 SIGNATURE_HEADER = "X-Dispatch-Signature"
@@ -185,20 +186,6 @@ def verify(
 
 
 # --- retries ----------------------------------------------------------------------------
-
-
-def backoff(attempt: int, policy: Policy, jitter: float) -> timedelta:
-    """The wait after failed attempt `attempt` (1-based): `base * 2**(attempt-1)` capped,
-    with equal jitter (half fixed, half random; `jitter` in [0, 1)). The upper end of one
-    wait is the lower end of the next, so waits never shrink until the cap."""
-    ceiling = policy.backoff_base
-    for _ in range(max(attempt - 1, 0)):
-        if ceiling >= policy.backoff_cap:
-            break
-        ceiling *= 2
-    ceiling = min(ceiling, policy.backoff_cap)
-    half = ceiling / 2
-    return half + half * jitter
 
 
 def after_attempt(

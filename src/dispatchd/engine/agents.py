@@ -14,7 +14,7 @@ from dispatchd.domain.access import Caller, require_admin, require_self_or_admin
 from dispatchd.domain.ids import utcnow
 from dispatchd.domain.lifecycle import Change, Policy
 from dispatchd.domain.models import Agent, AgentStatus, Event, Task
-from dispatchd.engine.transitions import commit_changes
+from dispatchd.engine.transitions import MAX_TRIES, commit_changes
 from dispatchd.errors import ConcurrentUpdate, DuplicateKey, NotFound, Unauthorized
 from dispatchd.store.base import (
     AgentFilter,
@@ -28,8 +28,6 @@ from dispatchd.store.base import (
     Store,
     UpdateAgent,
 )
-
-MAX_TRIES = 8
 
 # Fields an agent may set about itself, on registration or by PATCH.
 AGENT_FIELDS = (

@@ -27,6 +27,7 @@ from dispatchd.domain.scoring import limit_of
 from dispatchd.engine.directory import Directory
 from dispatchd.engine.feed import EventFeed
 from dispatchd.engine.rules import Rules, hand_over
+from dispatchd.engine.transitions import MAX_TRIES
 from dispatchd.engine.waiters import Waiters
 from dispatchd.engine.wake import Waker
 from dispatchd.errors import AgentUnavailable, ConcurrentUpdate, DispatchError
@@ -35,7 +36,6 @@ from dispatchd.store.base import ClaimQuery, Op, Store, TakeSlot
 
 log = logging.getLogger(__name__)
 
-MAX_TRIES = 8
 BATCH = 1000
 # Assignments committed together when many tasks arrive at once.
 CHUNK = 100

@@ -23,13 +23,12 @@ from dispatchd.domain.scoring import limit_of
 from dispatchd.engine.agents import status_event
 from dispatchd.engine.directory import Directory
 from dispatchd.engine.rules import Rules, hand_over
-from dispatchd.engine.transitions import ops_for
+from dispatchd.engine.transitions import MAX_TRIES, ops_for
 from dispatchd.engine.waiters import Waiters
 from dispatchd.errors import ConcurrentUpdate, NotFound
 from dispatchd.store.base import AppendEvent, ClaimQuery, ClaimView, Op, Store, UpdateAgent
 
 MAX_TASKS = 100
-MAX_TRIES = 8
 # A retried claim waits up to this much more on each try, at random, so that colliding
 # claimers do not collide again in step.
 RETRY_PAUSE_S = 0.005
@@ -84,14 +83,12 @@ class ClaimService:
     async def _once(self, agent_id: str, max_tasks: int, max_capacity: int | None) -> Claimed:
         """One claim transaction. A collision with another writer (on PostgreSQL, being
         chosen as a deadlock victim) rolled it back whole, so it is simply tried again."""
-        for tries in range(1, MAX_TRIES + 1):
+        for tries in range(1, MAX_TRIES):
             try:
                 return await self._transaction(agent_id, max_tasks, max_capacity)
             except ConcurrentUpdate:
-                if tries == MAX_TRIES:
-                    raise
                 await asyncio.sleep(random.uniform(0, RETRY_PAUSE_S * tries))
-        raise AssertionError("unreachable")
+        return await self._transaction(agent_id, max_tasks, max_capacity)
 
     async def _transaction(
         self, agent_id: str, max_tasks: int, max_capacity: int | None

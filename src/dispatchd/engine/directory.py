@@ -20,7 +20,13 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 
 from dispatchd.domain.models import Agent, Task
-from dispatchd.domain.scoring import AVAILABILITY, Candidate, best, capability_match, limit_of
+from dispatchd.domain.scoring import (
+    AVAILABILITY,
+    Candidate,
+    best,
+    capability_match,
+    unavailable,
+)
 from dispatchd.store.base import Store
 
 Overlay = Callable[[list[Agent]], Awaitable[list[Agent]]]
@@ -98,10 +104,9 @@ class Directory:
 
     def _rank(self, agent: Agent) -> None:
         self._unrank(agent.id)
-        limit = limit_of(agent, self.default_limit)
-        availability = AVAILABILITY[agent.status]
-        if agent.drained or availability <= 0 or agent.active >= limit:
+        if unavailable(agent, self.default_limit) is not None:
             return  # nothing may go to it now; it is ranked again when that changes
+        availability = AVAILABILITY[agent.status]
         idle = agent.last_assigned_at.timestamp() if agent.last_assigned_at else float("-inf")
         ranks: list[tuple[str, RankKey]] = []
         for tag in [ANY, *agent.capabilities]:

@@ -41,8 +41,9 @@ import nats
 import nats.errors
 from nats.aio.client import Client
 
+from dispatchd.api.schemas import EventOut
 from dispatchd.config import HermesConfig
-from dispatchd.domain.ids import isoformat, utcnow
+from dispatchd.domain.ids import utcnow
 from dispatchd.domain.models import Event
 from dispatchd.engine.feed import EventFeed
 from dispatchd.errors import DispatchError
@@ -67,14 +68,7 @@ def subject_of(prefix: str, event_type: str) -> str:
 
 def payload_of(event: Event) -> dict[str, Any]:
     """The event as the API shows it (`EventOut`): id as a string, RFC 3339 time."""
-    return {
-        "id": str(event.id),
-        "type": event.type,
-        "task_id": event.task_id,
-        "agent_id": event.agent_id,
-        "data": dict(event.data),
-        "created_at": isoformat(event.created_at),
-    }
+    return EventOut.of(event).model_dump()
 
 
 def encode(event: Event) -> bytes:

@@ -37,6 +37,7 @@ from dispatchd.config import WebhooksConfig
 from dispatchd.domain.ids import new_id, utcnow
 from dispatchd.domain.models import Event
 from dispatchd.domain.webhooks import (
+    SIGNATURE_HEADER,
     Advance,
     Delivery,
     DeliveryStatus,
@@ -308,7 +309,7 @@ class WebhookDispatcher:
             "X-Dispatch-Delivery": delivery.id,
             "X-Dispatch-Webhook": hook.id,
             "X-Dispatch-Attempt": str(delivery.attempt),
-            "X-Dispatch-Signature": signature_header(hook.secret, int(at.timestamp()), body),
+            SIGNATURE_HEADER: signature_header(hook.secret, int(at.timestamp()), body),
         }
         timeout_s = self.config.timeout_s
         try:

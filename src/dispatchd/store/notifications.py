@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from dispatchd.domain.notifications import Digest, Kind, Notification
+from dispatchd.store.base import AdvanceCursor, InsertNotification, SaveDigest
 from dispatchd.store.rows import Codec, Row
 
 Placeholder = Callable[[str], str]
@@ -117,3 +118,7 @@ def digest_from_row(row: Row, codec: Codec) -> Digest:
         int(row["event_id"]),
         codec.load_json(row["data"]),
     )
+
+
+# The writes of the notifier that each engine applies in `commit`.
+NotificationOp = AdvanceCursor | InsertNotification | SaveDigest

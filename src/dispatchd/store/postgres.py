@@ -665,7 +665,7 @@ class PostgresStore(PostgresWebhooks, PostgresNotifications):
                 params = {"before": tasks_before, "limit": limit}
                 found = await (await conn.execute(PRUNE_TASKS, params)).fetchall()
                 ids = [r["id"] for r in found]
-                for table, column in TASK_ROWS:
+                for table, column in TASK_ROWS if found else ():
                     await conn.execute(
                         f"DELETE FROM {table} WHERE {column} = ANY(%(ids)s)", {"ids": ids}
                     )

@@ -12,6 +12,7 @@ from dispatchd.errors import ConcurrentUpdate
 from dispatchd.store.base import AdvanceCursor, InsertNotification, SaveDigest
 from dispatchd.store.notifications import (
     OPEN,
+    NotificationOp,
     digest_from_row,
     digest_params,
     notification_from_row,
@@ -25,8 +26,6 @@ if TYPE_CHECKING:
     from psycopg.rows import DictRow
 
 SQL = notification_sql(lambda name: f"%({name})s", "id = ANY(%(ids)s)")
-
-NotificationOp = AdvanceCursor | InsertNotification | SaveDigest
 
 
 class PostgresNotifications:

@@ -144,11 +144,11 @@ TASK_COLUMNS = (
 )
 
 
-def _opt_time(codec: Codec, value: datetime | None) -> Any:
+def dump_opt_time(codec: Codec, value: datetime | None) -> Any:
     return None if value is None else codec.dump_time(value)
 
 
-def _load_opt_time(codec: Codec, value: Any) -> datetime | None:
+def load_opt_time(codec: Codec, value: Any) -> datetime | None:
     return None if value is None else codec.load_time(value)
 
 
@@ -167,7 +167,7 @@ def task_params(task: Task, codec: Codec) -> dict[str, Any]:
         value = params[name]
         params[name] = None if name == "result" and value is None else codec.dump_json(value)
     for name in TASK_TIMES:
-        params[name] = _opt_time(codec, params[name])
+        params[name] = dump_opt_time(codec, params[name])
     for name in TASK_BOOLS:
         params[name] = codec.dump_bool(params[name])
     return params
@@ -184,7 +184,7 @@ def task_from_row(row: Row, codec: Codec) -> Task:
     values["depends_on"] = tuple(values["depends_on"])
     values["labels"] = tuple(values["labels"])
     for name in TASK_TIMES:
-        values[name] = _load_opt_time(codec, values[name])
+        values[name] = load_opt_time(codec, values[name])
     for name in TASK_BOOLS:
         values[name] = bool(values[name])
     return Task(**values)
@@ -217,7 +217,7 @@ def agent_params(agent: Agent, codec: Codec) -> dict[str, Any]:
     params["status"] = agent.status.value
     params["drained"] = codec.dump_bool(agent.drained)
     for name in ("last_heartbeat_at", "created_at", "updated_at"):
-        params[name] = _opt_time(codec, params[name])
+        params[name] = dump_opt_time(codec, params[name])
     return params
 
 
@@ -227,9 +227,9 @@ def agent_from_row(row: Row, codec: Codec) -> Agent:
     values["status"] = AgentStatus(values["status"])
     values["drained"] = bool(values["drained"])
     for name in ("last_heartbeat_at", "created_at", "updated_at"):
-        values[name] = _load_opt_time(codec, values[name])
+        values[name] = load_opt_time(codec, values[name])
     values["active"] = int(row["active"])
-    values["last_assigned_at"] = _load_opt_time(codec, row["last_assigned_at"])
+    values["last_assigned_at"] = load_opt_time(codec, row["last_assigned_at"])
     return Agent(**values)
 
 
@@ -239,8 +239,8 @@ def attempt_params(attempt: Attempt, codec: Codec) -> dict[str, Any]:
         "number": attempt.number,
         "agent_id": attempt.agent_id,
         "assigned_at": codec.dump_time(attempt.assigned_at),
-        "started_at": _opt_time(codec, attempt.started_at),
-        "ended_at": _opt_time(codec, attempt.ended_at),
+        "started_at": dump_opt_time(codec, attempt.started_at),
+        "ended_at": dump_opt_time(codec, attempt.ended_at),
         "outcome": attempt.outcome.value if attempt.outcome else None,
         "error": attempt.error,
     }
@@ -251,8 +251,8 @@ def patch_attempt_params(patch: Any, codec: Codec) -> dict[str, Any]:
     return {
         "task_id": patch.task_id,
         "number": patch.number,
-        "started_at": _opt_time(codec, patch.started_at),
-        "ended_at": _opt_time(codec, patch.ended_at),
+        "started_at": dump_opt_time(codec, patch.started_at),
+        "ended_at": dump_opt_time(codec, patch.ended_at),
         "outcome": patch.outcome.value if patch.outcome else None,
         "error": patch.error,
     }
@@ -264,8 +264,8 @@ def attempt_from_row(row: Row, codec: Codec) -> Attempt:
         number=row["number"],
         agent_id=row["agent_id"],
         assigned_at=codec.load_time(row["assigned_at"]),
-        started_at=_load_opt_time(codec, row["started_at"]),
-        ended_at=_load_opt_time(codec, row["ended_at"]),
+        started_at=load_opt_time(codec, row["started_at"]),
+        ended_at=load_opt_time(codec, row["ended_at"]),
         outcome=AttemptOutcome(row["outcome"]) if row["outcome"] else None,
         error=row["error"],
     )

@@ -657,7 +657,7 @@ class SQLiteStore(SQLiteWebhooks, SQLiteNotifications):
             params = {"before": SQLITE.dump_time(tasks_before), "limit": limit}
             found = conn.execute(PRUNE_TASKS, params).fetchall()
             ids = SQLITE.dump_json([r[0] for r in found])
-            for table, column in TASK_ROWS:
+            for table, column in TASK_ROWS if found else ():
                 conn.execute(
                     f"DELETE FROM {table} WHERE {column} IN (SELECT value FROM json_each(?))",
                     (ids,),

@@ -12,6 +12,7 @@ from dispatchd.errors import ConcurrentUpdate
 from dispatchd.store.base import AdvanceCursor, InsertNotification, SaveDigest
 from dispatchd.store.notifications import (
     OPEN,
+    NotificationOp,
     digest_from_row,
     digest_params,
     notification_from_row,
@@ -23,8 +24,6 @@ from dispatchd.store.rows import SQLITE
 T = TypeVar("T")
 
 SQL = notification_sql(lambda name: f":{name}", "id IN (SELECT value FROM json_each(:ids))")
-
-NotificationOp = AdvanceCursor | InsertNotification | SaveDigest
 
 
 class SQLiteNotifications:

@@ -13,7 +13,14 @@ from dispatchd.domain.ids import isoformat, parse_iso
 from dispatchd.domain.webhooks import AttemptRecord, Delivery, DeliveryStatus, Outcome, Webhook
 from dispatchd.errors import ValidationFailed
 from dispatchd.store.query import insert_sql
-from dispatchd.store.rows import Codec, Row, decode_cursor, encode_cursor
+from dispatchd.store.rows import (
+    Codec,
+    Row,
+    decode_cursor,
+    dump_opt_time,
+    encode_cursor,
+    load_opt_time,
+)
 
 Placeholder = Callable[[str], str]
 
@@ -164,14 +171,6 @@ def webhooks_page_cursor(items: list[Webhook], more: bool) -> str | None:
 # --- rows -------------------------------------------------------------------------------
 
 
-def _opt_time(codec: Codec, value: Any) -> Any:
-    return None if value is None else codec.dump_time(value)
-
-
-def _load_opt_time(codec: Codec, value: Any) -> Any:
-    return None if value is None else codec.load_time(value)
-
-
 def webhook_params(webhook: Webhook, codec: Codec) -> dict[str, Any]:
     return {
         "id": webhook.id,
@@ -182,7 +181,7 @@ def webhook_params(webhook: Webhook, codec: Codec) -> dict[str, Any]:
         "active": codec.dump_bool(webhook.active),
         "last_event_id": webhook.last_event_id,
         "consecutive_failures": webhook.consecutive_failures,
-        "open_until": _opt_time(codec, webhook.open_until),
+        "open_until": dump_opt_time(codec, webhook.open_until),
         "created_at": codec.dump_time(webhook.created_at),
         "updated_at": codec.dump_time(webhook.updated_at),
         "version": webhook.version,
@@ -199,7 +198,7 @@ def webhook_from_row(row: Row, codec: Codec) -> Webhook:
         active=bool(row["active"]),
         last_event_id=int(row["last_event_id"]),
         consecutive_failures=int(row["consecutive_failures"]),
-        open_until=_load_opt_time(codec, row["open_until"]),
+        open_until=load_opt_time(codec, row["open_until"]),
         created_at=codec.load_time(row["created_at"]),
         updated_at=codec.load_time(row["updated_at"]),
         version=int(row["version"]),
@@ -257,10 +256,10 @@ def delivery_params(delivery: Delivery, codec: Codec) -> dict[str, Any]:
         "response_status": delivery.response_status,
         "error": delivery.error,
         "history": _history_json(delivery.history, codec),
-        "next_attempt_at": _opt_time(codec, delivery.next_attempt_at),
+        "next_attempt_at": dump_opt_time(codec, delivery.next_attempt_at),
         "created_at": codec.dump_time(delivery.created_at),
         "updated_at": codec.dump_time(delivery.updated_at),
-        "delivered_at": _opt_time(codec, delivery.delivered_at),
+        "delivered_at": dump_opt_time(codec, delivery.delivered_at),
     }
 
 
@@ -276,10 +275,10 @@ def delivery_from_row(row: Row, codec: Codec) -> Delivery:
         response_status=row["response_status"],
         error=row["error"],
         history=_history_from(row["history"], codec),
-        next_attempt_at=_load_opt_time(codec, row["next_attempt_at"]),
+        next_attempt_at=load_opt_time(codec, row["next_attempt_at"]),
         created_at=codec.load_time(row["created_at"]),
         updated_at=codec.load_time(row["updated_at"]),
-        delivered_at=_load_opt_time(codec, row["delivered_at"]),
+        delivered_at=load_opt_time(codec, row["delivered_at"]),
     )
 
 
@@ -290,12 +289,12 @@ def outcome_params(outcome: Outcome, codec: Codec) -> dict[str, Any]:
         "claimed_attempt": outcome.claimed_attempt,
         "status": outcome.status.value,
         "attempt": outcome.attempt,
-        "next_attempt_at": _opt_time(codec, outcome.next_attempt_at),
+        "next_attempt_at": dump_opt_time(codec, outcome.next_attempt_at),
         "response_status": outcome.response_status,
         "error": outcome.error,
-        "delivered_at": _opt_time(codec, outcome.delivered_at),
+        "delivered_at": dump_opt_time(codec, outcome.delivered_at),
         "history": _history_json(outcome.history, codec),
         "at": codec.dump_time(outcome.at),
         "threshold": outcome.threshold,
-        "reopen_at": _opt_time(codec, outcome.reopen_at),
+        "reopen_at": dump_opt_time(codec, outcome.reopen_at),
     }
