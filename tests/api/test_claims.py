@@ -162,6 +162,24 @@ class TestClaimOrder:
         stored = await runtime.store.get_agent("w")
         assert stored is not None and stored.active == len(claimed)
 
+    async def test_capabilities_narrow_the_pending_tasks_taken(
+        self, client: httpx.AsyncClient, register: Callable[..., Any]
+    ) -> None:
+        await register("w", ["code", "docs"], max_concurrent=10)
+        code = await create(client, "code-task", priority="critical")
+        await create(client, "docs-task", capabilities=["docs"])
+        both = await create(client, "both-task", capabilities=["code", "docs"])
+        await create(client, "own", capabilities=["code"], assigned_to="w")
+        # Tags the agent does not have widen nothing.
+        out = await claim(client, "w", max_tasks=10, capabilities=["docs", "ops"])
+        assert titles(out["tasks"]) == ["own", "docs-task"]
+        assert (await detail(client, code["id"]))["status"] == "pending"
+        assert (await detail(client, both["id"]))["status"] == "pending"
+        out = await claim(client, "w", max_tasks=10, capabilities=["ops"])
+        assert out == {"tasks": [], "reason": "no_tasks_available"}
+        out = await claim(client, "w", max_tasks=10)
+        assert titles(out["tasks"]) == ["code-task", "both-task"]
+
     async def test_own_assigned_task_comes_back_even_when_full(
         self, client: httpx.AsyncClient, register: Callable[..., Any]
     ) -> None:

@@ -321,6 +321,12 @@ class ClaimBody(Request):
     wait_s: float = Field(0, ge=0, le=60)
     # Claim on behalf of another agent (admin only); by default the caller claims.
     agent_id: Id | None = None
+    capabilities: list[Tag] | None = Field(
+        None,
+        max_length=32,
+        description="Take pending tasks for these of the agent's tags only (its tasks "
+        "already assigned to it come regardless)",
+    )
 
 
 class ClaimOut(BaseModel):

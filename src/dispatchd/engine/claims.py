@@ -64,13 +64,18 @@ class ClaimService:
         max_tasks: int = 1,
         wait_s: float = 0.0,
         max_capacity: int | None = None,
+        capabilities: Sequence[str] | None = None,
     ) -> Claimed:
+        """`capabilities` narrows the pending tasks taken to those needing only these of the
+        agent's tags (a worker whose handler for some tag is busy); the agent's tasks
+        already assigned to it come regardless, since they are its to start."""
         require_self_or_admin(agent_id, caller)
+        only = None if capabilities is None else frozenset(capabilities)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(wait_s, 0.0)
         while True:
             with self.waiters.armed(agent_id) as woken:
-                claimed = await self._once(agent_id, max_tasks, max_capacity)
+                claimed = await self._once(agent_id, max_tasks, max_capacity, only)
                 remaining = deadline - loop.time()
                 if claimed.tasks or claimed.reason in _FINAL or remaining <= 0:
                     return claimed
@@ -78,25 +83,36 @@ class ClaimService:
                     async with asyncio.timeout(remaining):  # see EventFeed.wait
                         await woken
                 except TimeoutError:
-                    return await self._once(agent_id, max_tasks, max_capacity)
+                    return await self._once(agent_id, max_tasks, max_capacity, only)
 
-    async def _once(self, agent_id: str, max_tasks: int, max_capacity: int | None) -> Claimed:
+    async def _once(
+        self,
+        agent_id: str,
+        max_tasks: int,
+        max_capacity: int | None,
+        only: frozenset[str] | None,
+    ) -> Claimed:
         """One claim transaction. A collision with another writer (on PostgreSQL, being
         chosen as a deadlock victim) rolled it back whole, so it is simply tried again."""
         for tries in range(1, MAX_TRIES):
             try:
-                return await self._transaction(agent_id, max_tasks, max_capacity)
+                return await self._transaction(agent_id, max_tasks, max_capacity, only)
             except ConcurrentUpdate:
                 await asyncio.sleep(random.uniform(0, RETRY_PAUSE_S * tries))
-        return await self._transaction(agent_id, max_tasks, max_capacity)
+        return await self._transaction(agent_id, max_tasks, max_capacity, only)
 
     async def _transaction(
-        self, agent_id: str, max_tasks: int, max_capacity: int | None
+        self,
+        agent_id: str,
+        max_tasks: int,
+        max_capacity: int | None,
+        only: frozenset[str] | None,
     ) -> Claimed:
         agent = await self._agent(agent_id)
+        tags = set(agent.capabilities) if only is None else set(agent.capabilities) & only
         query = ClaimQuery(
             agent_id=agent_id,
-            capabilities=sorted(agent.capabilities),
+            capabilities=sorted(tags),
             owner=agent.owner,
             owner_filter=self.rules.owner_filter,
             now=utcnow(),

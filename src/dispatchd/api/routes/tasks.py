@@ -192,7 +192,11 @@ async def claim_tasks(caller: CallerDep, rt: RuntimeDep, body: ClaimBody | None 
     waits for work (woken the moment some is assigned to it) before answering."""
     body = body or ClaimBody()
     claimed = await rt.claims.claim(
-        body.agent_id or caller.agent_id, caller, max_tasks=body.max_tasks, wait_s=body.wait_s
+        body.agent_id or caller.agent_id,
+        caller,
+        max_tasks=body.max_tasks,
+        wait_s=body.wait_s,
+        capabilities=body.capabilities,
     )
     return ClaimOut(tasks=[TaskOut.of(t) for t in claimed.tasks], reason=_reason(claimed.reason))
 
