@@ -111,6 +111,14 @@ async def test_read_answers_the_events_after_the_cursor_in_order(
 
     # At the head: nothing, and the same cursor back.
     assert await read(client, after=log[-1]["id"]) == {"events": [], "next_cursor": log[-1]["id"]}
+    # `latest` is the head: only what comes next.
+    assert await read(client, after="latest") == {"events": [], "next_cursor": log[-1]["id"]}
+    await register("carol", ["code"])
+    later = await read(client, after="latest", wait_s=0)
+    assert later["events"] == [] and int(later["next_cursor"]) > int(log[-1]["id"])
+    assert [e["type"] for e in (await read(client, after=log[-1]["id"]))["events"]] == [
+        "agent.registered"
+    ]
 
 
 @pytest.mark.parametrize(

@@ -67,7 +67,12 @@ class TypeFilter:
         return not self._compiled or any(p.match(event_type) for p in self._compiled)
 
 
+LATEST = "latest"
+
+
 def parse_cursor(raw: str | None) -> int:
+    """A cursor as sent by a reader. `latest` (the end of the log now) is resolved by
+    `EventReader.start`, which every route calls."""
     if raw is None or raw == "":
         return 0
     if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
@@ -89,6 +94,13 @@ class EventReader:
     def __init__(self, store: Store, feed: EventFeed) -> None:
         self.store = store
         self.feed = feed
+
+    async def start(self, raw: str | None) -> int:
+        """The cursor a reader asked for: `latest` is the end of the log now, so a reader
+        that only wants what happens from here on need not scan what went before."""
+        if raw == LATEST:
+            return max(self.feed.latest, await self.store.last_event_id())
+        return parse_cursor(raw)
 
     async def check(self, after: int) -> None:
         """Refuse a cursor retention has passed, or one ahead of the log."""

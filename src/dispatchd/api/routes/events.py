@@ -14,13 +14,17 @@ from dispatchd.api.auth import CallerDep, RuntimeDep
 from dispatchd.api.routes.tasks import ERRORS
 from dispatchd.api.schemas import EventList, EventOut
 from dispatchd.errors import DispatchError
-from dispatchd.events.reader import TypeFilter, parse_cursor
+from dispatchd.events.reader import TypeFilter
 
 router = APIRouter(prefix="/api/v1/events", tags=["events"], responses=ERRORS)
 
 Cursor = Annotated[
     str | None,
-    Query(max_length=40, description="the id of the last event seen; 0 or absent: from the start"),
+    Query(
+        max_length=40,
+        description="the id of the last event seen; 0 or absent: from the start; "
+        "latest: from the end of the log now",
+    ),
 ]
 Types = Annotated[
     str | None,
@@ -43,7 +47,7 @@ async def read_events(
     """The events after `after`, in order, with the cursor to continue from. With `wait_s`
     an empty read waits up to that long and answers the moment an event arrives."""
     batch = await rt.events.read(
-        parse_cursor(after), TypeFilter.parse(types), limit=limit, wait_s=wait_s
+        await rt.events.start(after), TypeFilter.parse(types), limit=limit, wait_s=wait_s
     )
     return EventList(events=[EventOut.of(e) for e in batch.events], next_cursor=str(batch.cursor))
 
@@ -59,7 +63,7 @@ async def stream_events(
     """Server-Sent Events: each event as `id: <cursor>`, `event: <type>` and the event as
     JSON `data`. A reconnecting client sends `Last-Event-ID` (which wins over `after`) and
     continues with no gap and no duplicate. Idle streams carry keep-alive comments."""
-    start = parse_cursor(last_event_id if last_event_id else after)
+    start = await rt.events.start(last_event_id if last_event_id else after)
     wanted = TypeFilter.parse(types)
     keepalive = rt.settings.events.keepalive_s
     await rt.events.check(start)  # an expired or unknown cursor is refused before streaming
