@@ -203,7 +203,8 @@ class Runtime:
                 if self.nats is not None:
                     self._spawn(self.nats.run(self.feed.latest), "nats publisher")
                 self._spawn(self.notifier.run(self.feed.latest), "notifier")
-                follower = MetricsFollower(self.store, self.events, self.metrics.events)
+                reader = EventReader(self.store, self.feed)  # not closed with the API's
+                follower = MetricsFollower(self.store, reader, self.metrics.events)
                 self._spawn(follower.run(self.feed.latest), "metrics")
         except BaseException:
             await self._stop()
@@ -231,6 +232,12 @@ class Runtime:
         if self.external is not None:
             await self.external.close()
         await self.store.close()
+
+    def closing(self) -> None:
+        """The API is stopping: long-polls and streams answer now rather than hold up the
+        shutdown for their whole wait. Background work goes on until `__aexit__`."""
+        self.events.close()
+        self.claims.waiters.close()
 
     async def __aexit__(
         self,

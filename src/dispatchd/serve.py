@@ -63,6 +63,7 @@ async def _serve(settings: Settings) -> int:
         loop = asyncio.get_running_loop()
 
         def stop() -> None:
+            runtime.closing()
             api.should_exit = True
             ops.should_exit = True
 

@@ -79,10 +79,14 @@ class ClaimService:
                 remaining = deadline - loop.time()
                 if claimed.tasks or claimed.reason in _FINAL or remaining <= 0:
                     return claimed
+                if self.waiters.closed:
+                    return claimed
                 try:
                     async with asyncio.timeout(remaining):  # see EventFeed.wait
                         await woken
                 except TimeoutError:
+                    return await self._once(agent_id, max_tasks, max_capacity, only)
+                if self.waiters.closed:
                     return await self._once(agent_id, max_tasks, max_capacity, only)
 
     async def _once(

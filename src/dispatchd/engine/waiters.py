@@ -15,6 +15,12 @@ from contextlib import contextmanager
 class Waiters:
     def __init__(self) -> None:
         self._by_agent: defaultdict[str, set[asyncio.Future[None]]] = defaultdict(set)
+        self.closed = False
+
+    def close(self) -> None:
+        """The server is stopping: every waiting claim answers now, and none waits again."""
+        self.closed = True
+        self.wake_all()
 
     def wake(self, agent_id: str) -> None:
         for waiter in self._by_agent.pop(agent_id, set()):

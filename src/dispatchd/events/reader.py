@@ -18,6 +18,7 @@ import fnmatch
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from dispatchd.domain.models import Event
 from dispatchd.engine.feed import EventFeed
@@ -94,6 +95,30 @@ class EventReader:
     def __init__(self, store: Store, feed: EventFeed) -> None:
         self.store = store
         self.feed = feed
+        self.closed = False
+        self._closing: asyncio.Future[None] | None = None
+
+    def close(self) -> None:
+        """The server is stopping: waiting reads answer now (with what they have) and
+        streams end, so that no reader holds the shutdown up."""
+        self.closed = True
+        if self._closing is not None and not self._closing.done():
+            self._closing.set_result(None)
+
+    async def _wait(self, after: int, wait_s: float) -> bool:
+        """Wait for the log to pass `after`, or for `close()`; True if it passed."""
+        if self.closed:
+            return False
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_future()
+        waiting = asyncio.ensure_future(self.feed.wait(after, wait_s))
+        either: list[asyncio.Future[Any]] = [waiting, self._closing]
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not waiting.done():
+                waiting.cancel()
+        return waiting.done() and not waiting.cancelled() and waiting.result()
 
     async def start(self, raw: str | None) -> int:
         """The cursor a reader asked for: `latest` is the end of the log now, so a reader
@@ -147,14 +172,15 @@ class EventReader:
             if len(scanned) == SCAN:
                 continue  # a long run of filtered-out events: read on
             remaining = deadline - loop.time()
-            if remaining <= 0 or not await self.feed.wait(cursor, remaining):
+            if remaining <= 0 or not await self._wait(cursor, remaining):
                 return Batch([], cursor)
 
     async def follow(self, after: int, types: TypeFilter, *, idle_s: float) -> AsyncIterator[Batch]:
         """Every batch after `after`, as the log grows; an empty batch after `idle_s`
-        without any (for keep-alives). Runs until the caller stops iterating."""
+        without any (for keep-alives). Runs until the caller stops iterating, or the
+        reader is closed."""
         cursor = after
-        while True:
+        while not self.closed:
             batch = await self.read(cursor, types, limit=SCAN, wait_s=idle_s)
             cursor = batch.cursor
             yield batch
