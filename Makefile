@@ -15,7 +15,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt bench clean install install-dev
+.PHONY: help run test lint fmt bench example clean install install-dev
 
 help:
 	@echo "make run    start dispatchd serve (API on 127.0.0.1:8600, operations on :8601)"
@@ -23,6 +23,7 @@ help:
 	@echo "make lint   ruff check, ruff format --check, mypy (strict) on src"
 	@echo "make fmt    format and auto-fix with ruff"
 	@echo "make bench  run the benchmark scripts in bench/"
+	@echo "make example  the broker, a runner around a small agent, three tasks (examples/quickstart)"
 	@echo "make clean  remove the virtualenv, caches and build output (keeps .dispatchd/)"
 
 $(BIN)/python:
@@ -42,6 +43,9 @@ install-dev: $(DEV_STAMP)
 
 run: $(RUN_STAMP)
 	$(BIN)/dispatchd serve $(ARGS)
+
+example: $(RUN_STAMP)
+	$(BIN)/python examples/quickstart/demo.py
 
 test: $(DEV_STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -1,4 +1,4 @@
-"""`dispatchd` commands: serve, db upgrade."""
+"""`dispatchd` commands: serve, worker, db upgrade."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from dispatchd import __version__
+from dispatchd.cli import worker as worker_module
 from dispatchd.config import ConfigError, Settings, load_settings
 
 app = typer.Typer(
@@ -63,6 +64,12 @@ def db_upgrade(config: ConfigOption = None) -> None:
         if applied
         else "database is up to date"
     )
+
+
+app.command(
+    help=worker_module.WORKER_HELP,
+    context_settings={"allow_interspersed_args": False},
+)(worker_module.worker)
 
 
 @app.command()

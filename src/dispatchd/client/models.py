@@ -1,0 +1,127 @@
+"""The SDK's typed results. Most are the server's own response models, so the SDK and
+the server share one definition of every shape; the rest exist only on the client side.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from dispatchd.api.schemas import (
+    AgentOut as Agent,
+)
+from dispatchd.api.schemas import (
+    AgentRemoved,
+    CompleteItemOut,
+    ExplainOut,
+    QueueOut,
+)
+from dispatchd.api.schemas import (
+    ClaimOut as Claim,
+)
+from dispatchd.api.schemas import (
+    CommentOut as Comment,
+)
+from dispatchd.api.schemas import (
+    EventOut as Event,
+)
+from dispatchd.api.schemas import (
+    TaskDetailOut as TaskDetail,
+)
+from dispatchd.api.schemas import (
+    TaskOut as Task,
+)
+from dispatchd.api.webhook_schemas import (
+    DeliveryOut as Delivery,
+)
+from dispatchd.api.webhook_schemas import (
+    WebhookCreated,
+    WebhookRemoved,
+)
+from dispatchd.api.webhook_schemas import (
+    WebhookOut as Webhook,
+)
+from dispatchd.domain.models import AgentStatus, Priority, TaskStatus
+
+__all__ = [
+    "Agent",
+    "AgentRemoved",
+    "AgentStatus",
+    "Claim",
+    "Comment",
+    "CompleteItemOut",
+    "Delivery",
+    "Event",
+    "EventPage",
+    "ExplainOut",
+    "Notification",
+    "NotificationPage",
+    "OpenDigest",
+    "Page",
+    "Priority",
+    "QueueOut",
+    "Registration",
+    "Task",
+    "TaskDetail",
+    "TaskStatus",
+    "Webhook",
+    "WebhookCreated",
+    "WebhookRemoved",
+]
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a listing; `next_cursor` continues it (None: this was the last)."""
+
+    items: list[T]
+    next_cursor: str | None = None
+
+
+class EventPage(BaseModel):
+    """Events in order and the cursor to read on from (pass it as `after`)."""
+
+    events: list[Event]
+    next_cursor: str
+
+
+class Registration(BaseModel):
+    """The answer to `register_agent`: `token` is given once, when the agent is new
+    (`created`); registering again updates the agent and gives no token."""
+
+    agent: Agent
+    token: str | None = None
+    created: bool
+
+
+# The notification routes keep their models beside the routes, which import the web
+# framework; these mirror them (a test checks that the fields agree).
+
+
+class Notification(BaseModel):
+    id: str
+    kind: str
+    task_id: str | None
+    data: dict[str, Any]
+    event_id: str
+    created_at: str
+    acknowledged_at: str | None
+    acknowledged_by: str | None
+
+
+class OpenDigest(BaseModel):
+    """The digest still collecting completions and progress."""
+
+    kind: str = "digest"
+    opened_at: str
+    closes_at: str
+    event_id: str
+    data: dict[str, Any]
+
+
+class NotificationPage(BaseModel):
+    items: list[Notification]
+    next_cursor: str
+    open_digest: OpenDigest | None

@@ -1,0 +1,571 @@
+"""The worker runtime (SPEC §5): a process that registers as an agent, heartbeats, claims
+tasks and runs a handler function for each, reporting progress, completion and failure.
+
+    client = AsyncClient("http://127.0.0.1:8600", agent_id="coder-1")
+    worker = Worker(client, max_concurrent=4)
+
+    @worker.handler("code")
+    async def code(job: Job) -> str:
+        await job.progress("reading the repository", percent=10)
+        return "patched"
+
+    worker.run()  # until SIGTERM or SIGINT
+
+* Claims long-poll the broker, which wakes them the moment a task is assigned to the agent,
+  so a task starts as soon as it exists; the worker claims only as many as it has room for.
+* A handler's return value completes the task; an exception fails it with a short
+  traceback (`TaskFailed(..., retryable=False)` makes the failure final). Every report
+  carries the task's attempt, so a worker whose task was taken away changes nothing.
+* The broker's event log tells the worker when a task it runs was cancelled, timed out or
+  requeued: that handler is cancelled at once.
+* On SIGTERM/SIGINT (or `stop()`) the worker stops claiming, gives running handlers
+  `grace_s` to finish, cancels the rest and deregisters, which hands every task it still
+  holds back to the queue in one commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import random
+import signal
+import traceback
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from dispatchd.client import AsyncClient
+from dispatchd.client.errors import ApiError, ClientError, Conflict, Gone, NotFound
+from dispatchd.client.models import Event, Task
+from dispatchd.domain.models import TaskStatus
+
+log = logging.getLogger(__name__)
+
+HandlerFn = Callable[["Job"], Awaitable[Any]] | Callable[["Job"], Any]
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Events that may mean a running task is no longer this worker's; each is checked against
+# the task itself before its handler is stopped.
+WATCHED = "task.cancelled,task.requeued,task.timed_out,task.retrying,task.assigned"
+HELD = frozenset({TaskStatus.RUNNING, TaskStatus.WAITING_INPUT, TaskStatus.ASSIGNED})
+TRACEBACK_CHARS = 4000
+RETRY_CAP_S = 10.0
+
+
+class TaskFailed(Exception):
+    """Raised by a handler to fail its task with this message (no traceback);
+    `retryable=False` makes the failure final at once."""
+
+    def __init__(self, error: str, *, retryable: bool = True) -> None:
+        super().__init__(error)
+        self.error = error
+        self.retryable = retryable
+
+
+@dataclass(eq=False)
+class Handler:
+    """A handler function and the tasks it takes: those needing its capabilities (all of
+    them, when it names none). `priority` orders handlers (lower first) when several could
+    take a task, and orders what the worker claims first; `concurrency` bounds how many of
+    its tasks run at once, below the worker's own limit."""
+
+    fn: HandlerFn
+    capabilities: frozenset[str]
+    priority: int = 0
+    concurrency: int | None = None
+    order: int = 0
+    active: int = 0
+    slots: asyncio.Semaphore | None = None
+
+    def __post_init__(self) -> None:
+        if self.concurrency is not None:
+            self.slots = asyncio.Semaphore(self.concurrency)
+
+    @property
+    def name(self) -> str:
+        return getattr(self.fn, "__name__", repr(self.fn))
+
+    def has_room(self) -> bool:
+        return self.concurrency is None or self.active < self.concurrency
+
+
+def choose(handlers: Iterable[Handler], task: Task) -> Handler | None:
+    """The handler for `task`: the one sharing the most of its capabilities, then a
+    handler naming none (it takes anything), by priority and registration order."""
+    need = set(task.capabilities)
+    best: tuple[tuple[int, int, int], Handler] | None = None
+    for h in handlers:
+        overlap = len(need & h.capabilities)
+        if overlap == 0 and h.capabilities and need:
+            continue
+        rank = (-overlap, h.priority, h.order)
+        if best is None or rank < best[0]:
+            best = (rank, h)
+    return best[1] if best else None
+
+
+@dataclass(eq=False)
+class Job:
+    """One claimed task in a handler's hands, with what it may report on it."""
+
+    worker: Worker
+    task: Task
+    handler: Handler | None
+    lost: str | None = None
+    reported: bool = False
+    _answers: list[str] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.task.id
+
+    @property
+    def attempt(self) -> int:
+        return self.task.attempt
+
+    @property
+    def client(self) -> AsyncClient:
+        return self.worker.client
+
+    async def progress(self, message: str | None = None, percent: float | None = None) -> None:
+        """Report progress (this also renews the task's lease)."""
+        await self.client.report_progress(self.id, message, percent, attempt=self.attempt)
+
+    async def comment(self, body: str) -> None:
+        await self.client.add_comment(self.id, body)
+
+    async def update_context(self, patch: Mapping[str, Any]) -> None:
+        """Merge `patch` into the task's context (RFC 7386)."""
+        await self.client.update_task(self.id, context=dict(patch))
+
+    async def ask(self, question: str, *, timeout_s: float | None = None) -> str:
+        """Ask the requester a question (the task waits for input) and return the answer.
+        Raises TimeoutError when none comes within `timeout_s`."""
+        cursor = (await self.client.read_events("latest", limit=1)).next_cursor
+        await self.client.request_input(self.id, question, attempt=self.attempt)
+        async with asyncio.timeout(timeout_s):
+            while True:
+                page = await self.client.read_events(
+                    cursor, types="task.input_received", wait_s=30, limit=100
+                )
+                cursor = page.next_cursor
+                for event in page.events:
+                    if event.task_id == self.id:
+                        return str(event.data.get("answer", ""))
+
+    async def followup(self, title: str, **fields: Any) -> Task:
+        """Create a task that takes over from this one: by default it depends on it, so it
+        starts when this one completes, with its result in `context.inputs`."""
+        fields.setdefault("depends_on", [self.id])
+        return await self.client.create_task(title, **fields)
+
+    async def complete(self, result: Any = None, summary: str | None = None) -> None:
+        """Complete the task now (a handler's return value does this by itself)."""
+        self.reported = True
+        await self.worker.report(
+            self, lambda: self.client.complete_task(self.id, result, summary, attempt=self.attempt)
+        )
+
+    async def fail(self, error: str, *, retryable: bool = True) -> None:
+        """Fail the task now (an exception from the handler does this by itself)."""
+        self.reported = True
+        await self.worker.report(
+            self,
+            lambda: self.client.fail_task(
+                self.id, error, retryable=retryable, attempt=self.attempt
+            ),
+        )
+
+
+class Worker:
+    def __init__(
+        self,
+        client: AsyncClient,
+        *,
+        agent_id: str | None = None,
+        capabilities: Sequence[str] | Mapping[str, float] = (),
+        max_concurrent: int = 1,
+        owner: str | None = None,
+        room: str | None = None,
+        description: str | None = None,
+        heartbeat_s: float = 10.0,
+        claim_wait_s: float = 20.0,
+        grace_s: float = 30.0,
+        deregister_on_stop: bool = True,
+    ) -> None:
+        if max_concurrent < 1:
+            raise ValueError("max_concurrent must be at least 1")
+        self.client = client
+        self.agent_id = agent_id or client.agent_id
+        self.capabilities = (
+            dict(capabilities)
+            if isinstance(capabilities, Mapping)
+            else dict.fromkeys(capabilities, 1.0)
+        )
+        self.max_concurrent = max_concurrent
+        self.owner = owner
+        self.room = room
+        self.description = description
+        self.heartbeat_s = heartbeat_s
+        self.claim_wait_s = claim_wait_s
+        self.grace_s = grace_s
+        self.deregister_on_stop = deregister_on_stop
+        self.handlers: list[Handler] = []
+        self.jobs: dict[str, tuple[Job, asyncio.Task[None]]] = {}
+        self._stopping = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._started = asyncio.Event()
+
+    # --- handlers -----------------------------------------------------------------------
+
+    def handler(
+        self, *capabilities: str, priority: int = 0, concurrency: int | None = None
+    ) -> Callable[[F], F]:
+        """Decorate a function (async, or plain: it then runs in a thread) that handles the
+        tasks needing `capabilities` (any task, when none are named)."""
+
+        def register(fn: F) -> F:
+            self.add_handler(fn, capabilities, priority=priority, concurrency=concurrency)
+            return fn
+
+        return register
+
+    def add_handler(
+        self,
+        fn: HandlerFn,
+        capabilities: Iterable[str] = (),
+        *,
+        priority: int = 0,
+        concurrency: int | None = None,
+    ) -> Handler:
+        if concurrency is not None and concurrency < 1:
+            raise ValueError("a handler's concurrency must be at least 1")
+        h = Handler(fn, frozenset(capabilities), priority, concurrency, order=len(self.handlers))
+        self.handlers.append(h)
+        return h
+
+    def all_capabilities(self) -> dict[str, float]:
+        caps = {tag: 1.0 for h in self.handlers for tag in h.capabilities}
+        caps.update(self.capabilities)
+        return caps
+
+    # --- state --------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "agent_id": self.agent_id,
+            "active_agents": len(self.jobs),
+            "available_slots": max(self.max_concurrent - len(self.jobs), 0),
+            "max_concurrent": self.max_concurrent,
+            "running": sorted(self.jobs),
+            "stopping": self._stopping.is_set(),
+        }
+
+    async def wait_started(self) -> None:
+        """Wait until the worker has registered and begun claiming."""
+        await self._started.wait()
+
+    def stop(self) -> None:
+        """Stop claiming; running handlers get `grace_s` to finish. Safe from a signal
+        handler and callable more than once."""
+        self._stopping.set()
+        self._changed.set()
+
+    # --- running ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run until SIGTERM or SIGINT, then stop gracefully (a second signal stops at
+        once, handing running tasks back)."""
+        asyncio.run(self._run_with_signals())
+
+    async def _run_with_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+        assert main is not None
+
+        def on_signal() -> None:
+            if self._stopping.is_set():
+                main.cancel()
+            else:
+                log.info("stopping: finishing running tasks for up to %gs", self.grace_s)
+                self.stop()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+        try:
+            await self.serve()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    async def serve(self) -> None:
+        """Register, then claim and run tasks until `stop()`; then finish or hand back."""
+        if not self.handlers:
+            raise ValueError("the worker has no handler: add one with @worker.handler(...)")
+        await self.register()
+        cursor = (await self.client.read_events("latest", limit=1)).next_cursor
+        background = [
+            asyncio.create_task(self._heartbeats(), name="dispatchd-worker-heartbeat"),
+            asyncio.create_task(self._watch(cursor), name="dispatchd-worker-watch"),
+        ]
+        self._started.set()
+        try:
+            await self._claim_loop()
+            await self._finish(self.grace_s)
+        finally:
+            await self._finish(0)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            if self.deregister_on_stop:
+                await self._deregister()
+
+    async def register(self) -> None:
+        await self.client.register_agent(
+            agent_id=self.agent_id,
+            capabilities=self.all_capabilities(),
+            max_concurrent=self.max_concurrent,
+            owner=self.owner,
+            room=self.room,
+            description=self.description,
+        )
+        log.info("registered %s for %s", self.agent_id, ", ".join(sorted(self.all_capabilities())))
+
+    async def _deregister(self) -> None:
+        try:
+            await self.client.deregister_agent(self.agent_id)
+        except ClientError as exc:
+            log.warning("could not deregister %s: %s", self.agent_id, exc)
+
+    async def _claim_loop(self) -> None:
+        pause = 0.0
+        while not self._stopping.is_set():
+            # Cleared before the state is read, so a change from here on is never missed.
+            self._changed.clear()
+            free = self.max_concurrent - len(self.jobs)
+            groups = self._claim_groups()
+            if free <= 0 or not groups:
+                await self._wait_change(None)
+                continue
+            try:
+                got, reason = await self._claim_round(free, groups)
+                pause = 0.0
+            except NotFound:
+                log.warning("%s is not registered any more: registering again", self.agent_id)
+                await self.register()
+                continue
+            except ClientError as exc:
+                pause = min(max(pause * 2, 0.5), RETRY_CAP_S)
+                log.warning("claim failed (%s); trying again in %.1fs", exc, pause)
+                await self._wait_change(pause * random.uniform(0.5, 1.0))
+                continue
+            for task in got:
+                self._launch(task)
+            if not got and reason in ("draining", "degraded", "at_capacity"):
+                # Nothing changes by asking again at once: wait for a slot or a while.
+                await self._wait_change(min(self.claim_wait_s, 5.0))
+
+    def _claim_groups(self) -> list[set[str] | None]:
+        """What to claim, most wanted first: the tags of each priority level of handlers
+        with room (None: anything)."""
+        open_handlers = [h for h in self.handlers if h.has_room()]
+        if not open_handlers:
+            return []
+        levels: dict[int, set[str] | None] = {}
+        for h in sorted(open_handlers, key=lambda h: h.priority):
+            tags = levels.setdefault(h.priority, set())
+            if tags is None:
+                continue
+            if not h.capabilities:
+                levels[h.priority] = None
+            else:
+                tags |= h.capabilities | set(self.capabilities)
+        groups = list(levels.values())
+        everything: set[str] | None = set()
+        for tags in groups:
+            everything = None if tags is None or everything is None else everything | tags
+        if len(open_handlers) == len(self.handlers) and everything is not None:
+            everything = None  # every handler has room: no need to narrow the claim
+        return [*groups[:-1], everything]
+
+    async def _claim_round(
+        self, free: int, groups: list[set[str] | None]
+    ) -> tuple[list[Task], str | None]:
+        """Claim for each priority level at once, then wait for anything open."""
+        for tags in groups[:-1]:
+            claim = await self.client.claim(free, 0.0, capabilities=_tags(tags))
+            if claim.tasks:
+                return list(claim.tasks), None
+        waiting = asyncio.create_task(
+            self.client.claim(free, self.claim_wait_s, capabilities=_tags(groups[-1]))
+        )
+        stopping = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not waiting.done():
+            # Stopping: whatever this claim still takes is handed back by deregistration.
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ClientError):
+                await waiting
+            return [], None
+        claim = waiting.result()
+        return list(claim.tasks), claim.reason
+
+    async def _wait_change(self, limit_s: float | None) -> None:
+        """Wait for a slot to free, a stop, or `limit_s` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(limit_s):
+                await self._changed.wait()
+
+    def _launch(self, task: Task) -> None:
+        held = self.jobs.get(task.id)
+        if held is not None:
+            old, running = held
+            if old.attempt >= task.attempt:
+                return
+            # The task came back under a newer attempt: the old run is over.
+            old.lost = f"superseded by attempt {task.attempt}"
+            running.cancel()
+        job = Job(self, task, choose(self.handlers, task))
+        running = asyncio.create_task(self._execute(job), name=f"dispatchd-job-{task.id}")
+        self.jobs[task.id] = (job, running)
+        if job.handler is not None:
+            job.handler.active += 1
+
+        def done(_: asyncio.Task[None]) -> None:
+            if self.jobs.get(task.id, (None,))[0] is job:
+                del self.jobs[task.id]
+            if job.handler is not None:
+                job.handler.active -= 1
+            self._changed.set()
+
+        running.add_done_callback(done)
+
+    async def _execute(self, job: Job) -> None:
+        handler = job.handler
+        if handler is None:
+            caps = ", ".join(job.task.capabilities) or "none"
+            await job.fail(f"{self.agent_id} has no handler for capabilities: {caps}")
+            return
+        try:
+            # A task pushed to the worker while its handler is full waits here for room.
+            async with handler.slots or contextlib.nullcontext():
+                if inspect.iscoroutinefunction(handler.fn):
+                    result = await handler.fn(job)
+                else:
+                    result = await asyncio.to_thread(handler.fn, job)
+        except asyncio.CancelledError:
+            if job.lost is not None:
+                log.info("task %s stopped: %s", job.id, job.lost)
+                return
+            raise
+        except TaskFailed as exc:
+            if not job.reported:
+                await job.fail(exc.error, retryable=exc.retryable)
+            return
+        except Exception as exc:
+            log.info("task %s failed in %s: %r", job.id, handler.name, exc)
+            if not job.reported:
+                await job.fail(short_traceback(exc))
+            return
+        if not job.reported:
+            await job.complete(result)
+
+    async def report(self, job: Job, send: Callable[[], Awaitable[Task]]) -> None:
+        """Send a final report, again while the broker cannot be reached. A refusal means
+        the attempt is over (cancelled, timed out, taken away): the report is dropped."""
+        pause = 0.5
+        while True:
+            try:
+                await send()
+                return
+            except Conflict as exc:
+                log.info("report on task %s refused: %s", job.id, exc)
+                return
+            except ApiError as exc:
+                log.warning("report on task %s refused: %s", job.id, exc)
+                return
+            except ClientError as exc:
+                log.warning("report on task %s failed (%s); again in %.1fs", job.id, exc, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, RETRY_CAP_S)
+
+    async def _finish(self, grace_s: float) -> None:
+        """Let running handlers finish for `grace_s`, then cancel the rest."""
+        running = [t for _, t in self.jobs.values()]
+        if running and grace_s > 0:
+            await asyncio.wait(running, timeout=grace_s)
+        left = [(job, t) for job, t in self.jobs.values() if not t.done()]
+        for job, t in left:
+            job.lost = "the worker is stopping; the task is handed back"
+            t.cancel()
+        if left:
+            await asyncio.gather(*(t for _, t in left), return_exceptions=True)
+
+    # --- background -----------------------------------------------------------------------
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            try:
+                await self.client.heartbeat(self.agent_id)
+            except NotFound:
+                with contextlib.suppress(ClientError):
+                    await self.register()
+            except ClientError as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    async def _watch(self, cursor: str) -> None:
+        """Follow the event log for what takes a running task away from this worker."""
+        pause = 0.5
+        while True:
+            try:
+                page = await self.client.read_events(
+                    cursor, types=WATCHED, wait_s=self.claim_wait_s, limit=500
+                )
+            except Gone:
+                cursor = "latest"
+                continue
+            except ClientError as exc:
+                log.warning("reading the event log failed: %s", exc)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, RETRY_CAP_S)
+                continue
+            pause = 0.5
+            cursor = page.next_cursor
+            for event in page.events:
+                await self._check(event)
+
+    async def _check(self, event: Event) -> None:
+        held = self.jobs.get(event.task_id or "")
+        if held is None:
+            return
+        job, running = held
+        if event.type == "task.retrying" and event.data.get("reason") == "failed":
+            return  # this worker's own failure report
+        if event.type == "task.assigned" and event.agent_id == self.agent_id:
+            return
+        try:
+            task = await self.client.get_task(job.id)
+        except ClientError as exc:
+            log.warning("could not check task %s: %s", job.id, exc)
+            return
+        if task.status in HELD and task.assignee == self.agent_id and task.attempt == job.attempt:
+            return
+        if not running.done():
+            job.lost = f"{event.type.removeprefix('task.')} (now {task.status.value})"
+            running.cancel()
+
+
+def _tags(tags: set[str] | None) -> list[str] | None:
+    return None if tags is None else sorted(tags)
+
+
+def short_traceback(exc: BaseException) -> str:
+    """The exception and the last frames of its traceback, within TRACEBACK_CHARS."""
+    text = "".join(traceback.format_exception(exc, limit=-6)).strip()
+    return text if len(text) <= TRACEBACK_CHARS else "…" + text[-TRACEBACK_CHARS:]
