@@ -8,11 +8,12 @@ with the `unique` fixture and never sees another test's tasks.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import pytest
 
+from dispatchd.client import AsyncClient
 from tests.integration.server import ServerProcess
 
 ADMIN_TOKEN = "agent-side-admin-token"
@@ -37,3 +38,12 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
 def unique() -> str:
     """A short random suffix for the agent ids and tags of one test."""
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+async def requester(live_server: LiveServer) -> AsyncIterator[AsyncClient]:
+    """A client for the person who submits tasks, holding the admin token."""
+    async with AsyncClient(
+        live_server.url, agent_id="requester", admin_token=live_server.admin_token
+    ) as client:
+        yield client

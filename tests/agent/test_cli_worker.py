@@ -9,13 +9,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from dispatchd.client import AsyncClient, NotFound
 from tests.agent.conftest import LiveServer
+from tests.agent.helpers import settled
 from tests.api.helpers import eventually
 from tests.integration.server import clean_env, dispatchd_command, run_cli
 
@@ -25,14 +25,6 @@ AGENT = textwrap.dedent(
     print(f"{os.environ['DISPATCH_TASK_ID']}: {' '.join(sys.argv[1:])}")
     """
 )
-
-
-@pytest.fixture
-async def requester(live_server: LiveServer) -> AsyncIterator[AsyncClient]:
-    async with AsyncClient(
-        live_server.url, agent_id="requester", admin_token=live_server.admin_token
-    ) as client:
-        yield client
 
 
 async def test_worker_command_runs_tasks_feeds_a_board_and_stops_on_sigterm(
@@ -78,13 +70,8 @@ async def test_worker_command_runs_tasks_feeds_a_board_and_stops_on_sigterm(
             for i in range(2)
         ]
         for i, task in enumerate(tasks):
-
-            async def done(task_id: str = task.id) -> object:
-                got = await requester.get_task(task_id)
-                return got if got.status.value == "completed" else None
-
-            finished = await eventually(done, f"task {task.id}", limit_s=30)
-            assert finished.result == f"{task.id}: --title t{i} prompt {i}"  # type: ignore[attr-defined]
+            finished = await settled(requester, task.id, "completed")
+            assert finished.result == f"{task.id}: --title t{i} prompt {i}"
 
         def card_done() -> bool:
             queues = json.loads(board.read_text())["queues"]

@@ -27,49 +27,10 @@ from dispatchd.client import (
 from dispatchd.client._http import RetryPolicy
 from dispatchd.client.models import Agent
 from tests.agent.conftest import LiveServer
+from tests.agent.helpers import task_json
 from tests.integration.server import ServerProcess
 
-TASK_JSON: dict[str, Any] = {
-    "id": "t1",
-    "title": "t",
-    "prompt": "",
-    "status": "running",
-    "priority": "medium",
-    "capabilities": [],
-    "requester": "r",
-    "assignee": "a",
-    "assigned_to": None,
-    "owner": None,
-    "scope": None,
-    "attempt": 1,
-    "max_attempts": 3,
-    "context": {},
-    "result": None,
-    "summary": None,
-    "error": None,
-    "depends_on": [],
-    "run_at": None,
-    "due_at": None,
-    "timeout_s": None,
-    "review": False,
-    "reviewer": None,
-    "escalate_to": None,
-    "model": None,
-    "model_routed": False,
-    "labels": [],
-    "question": None,
-    "progress": None,
-    "requeues": 0,
-    "review_cycles": 0,
-    "escalated": False,
-    "retry_at": None,
-    "lease_expires_at": None,
-    "deadline_at": None,
-    "started_at": None,
-    "finished_at": None,
-    "created_at": "2026-01-01T00:00:00Z",
-    "updated_at": "2026-01-01T00:00:00Z",
-}
+TASK_JSON = task_json(id="t1", title="t")
 DETAIL_JSON = {**TASK_JSON, "attempts": [], "progress_log": [], "comments": []}
 
 Answer = httpx.Response | Exception

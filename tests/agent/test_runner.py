@@ -15,14 +15,15 @@ from typing import Any
 import pytest
 
 from dispatchd.client import AsyncClient
-from dispatchd.client.models import Task, TaskDetail
+from dispatchd.client.models import Task
 from dispatchd.runner.adapters import ClaudeCode
 from dispatchd.runner.runner import Runner
 from tests.agent.conftest import LiveServer
+from tests.agent.helpers import serving, settled
 from tests.api.helpers import eventually
 
 STANDIN_CLAUDE = Path(__file__).parent / "standins" / "claude.py"
-StartRunner = Callable[[Runner], Awaitable[Runner]]
+StartRunner = Callable[[Runner], Awaitable[asyncio.Task[None]]]
 
 # An agent that shows what it got, then does what its prompt says.
 AGENT = textwrap.dedent(
@@ -75,33 +76,9 @@ def agent_script(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def requester(live_server: LiveServer) -> AsyncIterator[AsyncClient]:
-    async with AsyncClient(
-        live_server.url, agent_id="requester", admin_token=live_server.admin_token
-    ) as client:
-        yield client
-
-
-@pytest.fixture
 async def start_runner() -> AsyncIterator[StartRunner]:
-    running: list[tuple[Runner, asyncio.Task[None]]] = []
-
-    async def start(runner: Runner) -> Runner:
-        serving = asyncio.create_task(runner.serve())
-        started = asyncio.create_task(runner.wait_started())
-        await asyncio.wait({serving, started}, return_when=asyncio.FIRST_COMPLETED)
-        if serving.done():
-            started.cancel()
-            serving.result()
-        running.append((runner, serving))
-        return runner
-
-    yield start
-    for runner, _ in running:
-        runner.stop()
-    for _, serving in running:
-        async with asyncio.timeout(30):
-            await asyncio.gather(serving, return_exceptions=True)
+    async with serving() as start:
+        yield start
 
 
 def runner_for(live_server: LiveServer, unique: str, command: list[str], **kw: Any) -> Runner:
@@ -111,14 +88,6 @@ def runner_for(live_server: LiveServer, unique: str, command: list[str], **kw: A
     kw.setdefault("stop_grace_s", 5.0)
     kw.setdefault("progress_interval_s", 0.2)
     return Runner(command, url=live_server.url, agent_id=f"runner-{unique}", **kw)
-
-
-async def settled(client: AsyncClient, task_id: str, *states: str) -> TaskDetail:
-    async def probe() -> TaskDetail | None:
-        task = await client.get_task(task_id)
-        return task if task.status.value in states else None
-
-    return await eventually(probe, f"task {task_id} to become {'/'.join(states)}", limit_s=30)
 
 
 async def test_exit_zero_completes_with_the_tail_of_the_output(

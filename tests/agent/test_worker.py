@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from dispatchd.client import AsyncClient, NotFound
-from dispatchd.client.models import TaskDetail
 from dispatchd.runner.worker import Job, TaskFailed, Worker
 from tests.agent.conftest import LiveServer
+from tests.agent.helpers import serving, settled
 from tests.api.helpers import eventually
 from tests.integration.server import clean_env
 
@@ -27,11 +27,9 @@ StartWorker = Callable[[Worker], Awaitable[asyncio.Task[None]]]
 
 
 @pytest.fixture
-async def requester(live_server: LiveServer) -> AsyncIterator[AsyncClient]:
-    async with AsyncClient(
-        live_server.url, agent_id="requester", admin_token=live_server.admin_token
-    ) as client:
-        yield client
+async def start_worker() -> AsyncIterator[StartWorker]:
+    async with serving() as start:
+        yield start
 
 
 @pytest.fixture
@@ -40,41 +38,11 @@ async def agent_client(live_server: LiveServer, unique: str) -> AsyncIterator[As
         yield client
 
 
-@pytest.fixture
-async def start_worker() -> AsyncIterator[StartWorker]:
-    running: list[tuple[Worker, asyncio.Task[None]]] = []
-
-    async def start(worker: Worker) -> asyncio.Task[None]:
-        serving = asyncio.create_task(worker.serve())
-        started = asyncio.create_task(worker.wait_started())
-        await asyncio.wait({serving, started}, return_when=asyncio.FIRST_COMPLETED)
-        if serving.done():
-            started.cancel()
-            serving.result()
-        running.append((worker, serving))
-        return serving
-
-    yield start
-    for worker, _ in running:
-        worker.stop()
-    for _, serving in running:
-        async with asyncio.timeout(30):
-            await asyncio.gather(serving, return_exceptions=True)
-
-
 def worker_for(client: AsyncClient, **options: Any) -> Worker:
     options.setdefault("claim_wait_s", 2.0)
     options.setdefault("heartbeat_s", 1.0)
     options.setdefault("grace_s", 5.0)
     return Worker(client, **options)
-
-
-async def settled(client: AsyncClient, task_id: str, *states: str) -> TaskDetail:
-    async def probe() -> TaskDetail | None:
-        task = await client.get_task(task_id)
-        return task if task.status.value in states else None
-
-    return await eventually(probe, f"task {task_id} to become {'/'.join(states)}", limit_s=20)
 
 
 async def test_a_handler_completes_its_task_with_progress(
@@ -426,3 +394,66 @@ async def test_sigterm_stops_claiming_and_finishes_running_work(
     assert (await requester.get_task(task.id)).result == "done before exit"
     with pytest.raises(NotFound):
         await requester.get_agent(agent_id)
+
+
+async def test_a_refused_report_fails_the_attempt_instead_of_leaving_it_held(
+    requester: AsyncClient, agent_client: AsyncClient, start_worker: StartWorker, unique: str
+) -> None:
+    cap = f"huge-{unique}"
+    worker = worker_for(agent_client)
+
+    @worker.handler(cap)
+    async def huge(job: Job) -> str:
+        return "x" * 2_000_000  # more than the broker takes in one body
+
+    await start_worker(worker)
+    task = await requester.create_task("huge", capabilities=[cap], max_attempts=1)
+    failed = await settled(requester, task.id, "failed")
+    assert failed.error is not None
+    assert failed.error.startswith("the worker's report was refused (payload_too_large)")
+    assert (await requester.get_agent(worker.agent_id)).active_tasks == 0
+
+
+async def test_a_task_held_with_nobody_on_it_is_taken_up(
+    live_server: LiveServer, requester: AsyncClient, start_worker: StartWorker, unique: str
+) -> None:
+    """An earlier run of the agent claimed a task and died (or a claim's answer was lost):
+    the broker shows it running with this agent. The worker runs it under that attempt."""
+    cap = f"orphan-{unique}"
+    agent_id = f"orphan-{unique}"
+    async with AsyncClient(live_server.url, agent_id=agent_id) as earlier:
+        await earlier.register_agent(capabilities=[cap])
+        task = await requester.create_task("orphan", capabilities=[cap])
+        claimed = await earlier.claim(1, 5.0)
+        assert [t.id for t in claimed.tasks] == [task.id]
+    async with AsyncClient(live_server.url, agent_id=agent_id) as client:
+        worker = worker_for(client)
+
+        @worker.handler(cap)
+        async def again(job: Job) -> str:
+            return f"taken up at attempt {job.attempt}"
+
+        await start_worker(worker)
+        done = await settled(requester, task.id, "completed")
+        assert done.result == "taken up at attempt 1"
+        assert [a.outcome for a in done.attempts] == ["completed"]
+
+
+def test_claims_never_ask_more_than_a_bounded_handler_has_room_for() -> None:
+    class Stub:
+        agent_id = "w"
+
+    worker = Worker(Stub(), capabilities=["python"], max_concurrent=5)  # type: ignore[arg-type]
+    narrow = worker.add_handler(lambda job: None, ["a"], concurrency=2)
+    worker.add_handler(lambda job: None, ["b"])
+    assert worker._claim_plan(5) == [(["a", "b", "python"], 2)]
+    narrow.active = 1
+    assert worker._claim_plan(5) == [(["a", "b", "python"], 1)]
+    narrow.active = 2  # full: the claim no longer asks for its tag
+    assert worker._claim_plan(5) == [(["b", "python"], 5)]
+    assert worker._claim_plan(0) == []
+    worker.add_handler(lambda job: None, ["c"], priority=1)
+    narrow.active = 0
+    assert worker._claim_plan(4) == [(["a", "b", "python"], 2), (["a", "b", "c", "python"], 2)]
+    worker.add_handler(lambda job: None, (), priority=2)  # takes anything
+    assert worker._claim_plan(4)[-1] == (None, 2)

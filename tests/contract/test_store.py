@@ -513,6 +513,15 @@ async def test_agent_insert_update_delete(store: Store) -> None:
         await store.commit([UpdateAgent(make_agent("ghost", version=2))])
     assert await store.get_agent(agent.id) == updated
 
+    # An agent that still holds a task is not deleted (its tasks go first, in the commit).
+    held = make_task(status=S.RUNNING, assignee=agent.id, attempt=1)
+    await store.commit([InsertTask(held)])
+    with pytest.raises(ConcurrentUpdate):
+        await store.commit([DeleteAgent(agent.id, version=4)])
+    back = held.evolve(status=S.PENDING, assignee=None, version=held.version + 1)
+    await store.commit([UpdateTask(back, S.RUNNING, previous_assignee=agent.id)])
+    assert await store.get_agent(agent.id) == updated
+
     await store.commit([DeleteAgent(agent.id, version=4)])
     assert await store.get_agent(agent.id) is None
     assert await store.find_agent_by_token_hash("hash-1") is None

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import signal
 import socket
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -39,7 +38,7 @@ from dispatchd.runner.adapters import AgentAdapter, Invocation, adapter_for, fil
 from dispatchd.runner.board import BoardSync
 from dispatchd.runner.local_api import LocalApi
 from dispatchd.runner.process import AgentProcess, ProcessResult, ProcessSpec
-from dispatchd.runner.worker import Job, Worker
+from dispatchd.runner.worker import Job, Worker, run_until_signalled
 
 log = logging.getLogger(__name__)
 
@@ -227,27 +226,9 @@ class Runner:
 
     def run(self) -> None:
         """Run until SIGTERM or SIGINT, then stop gracefully (a second signal: at once)."""
-        asyncio.run(self._run_with_signals())
-
-    async def _run_with_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        main = asyncio.current_task()
-        assert main is not None
-
-        def on_signal() -> None:
-            if self.worker.status()["stopping"]:
-                main.cancel()
-            else:
-                log.info("stopping: running agents get %gs to finish", self.options.stop_grace_s)
-                self.stop()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal)
-        try:
-            await self.serve()
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
+        run_until_signalled(
+            self.serve, self.stop, self.worker.is_stopping, self.options.stop_grace_s
+        )
 
     def stop(self) -> None:
         self.worker.stop()

@@ -37,7 +37,16 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from dispatchd.client import AsyncClient
-from dispatchd.client.errors import ApiError, ClientError, Conflict, Gone, NotFound
+from dispatchd.client.errors import (
+    ApiError,
+    ClientError,
+    Conflict,
+    Gone,
+    NotFound,
+    RateLimited,
+    ServerError,
+    TransportError,
+)
 from dispatchd.client.models import Event, Task
 from dispatchd.domain.models import TaskStatus
 
@@ -51,7 +60,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 WATCHED = "task.cancelled,task.requeued,task.timed_out,task.retrying,task.assigned"
 HELD = frozenset({TaskStatus.RUNNING, TaskStatus.WAITING_INPUT, TaskStatus.ASSIGNED})
 TRACEBACK_CHARS = 4000
+ERROR_CHARS = 16_000
 RETRY_CAP_S = 10.0
+# Finished (task, attempt) pairs remembered, so a stale listing never runs one again.
+FINISHED_KEPT = 1000
+# Answers that may come out differently when asked again.
+TRANSIENT = (TransportError, ServerError, RateLimited)
 
 
 class TaskFailed(Exception):
@@ -89,6 +103,9 @@ class Handler:
 
     def has_room(self) -> bool:
         return self.concurrency is None or self.active < self.concurrency
+
+    def room(self, free: int) -> int:
+        return free if self.concurrency is None else min(free, self.concurrency - self.active)
 
 
 def choose(handlers: Iterable[Handler], task: Task) -> Handler | None:
@@ -130,8 +147,13 @@ class Job:
         return self.worker.client
 
     async def progress(self, message: str | None = None, percent: float | None = None) -> None:
-        """Report progress (this also renews the task's lease)."""
-        await self.client.report_progress(self.id, message, percent, attempt=self.attempt)
+        """Report progress (this also renews the task's lease). A refusal because the task
+        is no longer this worker's also stops the handler."""
+        try:
+            await self.client.report_progress(self.id, message, percent, attempt=self.attempt)
+        except Conflict:
+            await self.worker.verify(self, "progress refused")
+            raise
 
     async def comment(self, body: str) -> None:
         await self.client.add_comment(self.id, body)
@@ -171,11 +193,10 @@ class Job:
     async def fail(self, error: str, *, retryable: bool = True) -> None:
         """Fail the task now (an exception from the handler does this by itself)."""
         self.reported = True
+        text = clip(error)
         await self.worker.report(
             self,
-            lambda: self.client.fail_task(
-                self.id, error, retryable=retryable, attempt=self.attempt
-            ),
+            lambda: self.client.fail_task(self.id, text, retryable=retryable, attempt=self.attempt),
         )
 
 
@@ -214,6 +235,7 @@ class Worker:
         self.deregister_on_stop = deregister_on_stop
         self.handlers: list[Handler] = []
         self.jobs: dict[str, tuple[Job, asyncio.Task[None]]] = {}
+        self._finished: dict[tuple[str, int], None] = {}
         self._stopping = asyncio.Event()
         self._changed = asyncio.Event()
         self._started = asyncio.Event()
@@ -260,7 +282,7 @@ class Worker:
             "available_slots": max(self.max_concurrent - len(self.jobs), 0),
             "max_concurrent": self.max_concurrent,
             "running": sorted(self.jobs),
-            "stopping": self._stopping.is_set(),
+            "stopping": self.is_stopping(),
         }
 
     async def wait_started(self) -> None:
@@ -278,27 +300,10 @@ class Worker:
     def run(self) -> None:
         """Run until SIGTERM or SIGINT, then stop gracefully (a second signal stops at
         once, handing running tasks back)."""
-        asyncio.run(self._run_with_signals())
+        run_until_signalled(self.serve, self.stop, self.is_stopping, self.grace_s)
 
-    async def _run_with_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        main = asyncio.current_task()
-        assert main is not None
-
-        def on_signal() -> None:
-            if self._stopping.is_set():
-                main.cancel()
-            else:
-                log.info("stopping: finishing running tasks for up to %gs", self.grace_s)
-                self.stop()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal)
-        try:
-            await self.serve()
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
+    def is_stopping(self) -> bool:
+        return self._stopping.is_set()
 
     async def serve(self) -> None:
         """Register, then claim and run tasks until `stop()`; then finish or hand back."""
@@ -306,6 +311,7 @@ class Worker:
             raise ValueError("the worker has no handler: add one with @worker.handler(...)")
         await self.register()
         cursor = (await self.client.read_events("latest", limit=1)).next_cursor
+        await self._adopt()
         background = [
             asyncio.create_task(self._heartbeats(), name="dispatchd-worker-heartbeat"),
             asyncio.create_task(self._watch(cursor), name="dispatchd-worker-watch"),
@@ -344,62 +350,66 @@ class Worker:
         while not self._stopping.is_set():
             # Cleared before the state is read, so a change from here on is never missed.
             self._changed.clear()
-            free = self.max_concurrent - len(self.jobs)
-            groups = self._claim_groups()
-            if free <= 0 or not groups:
+            plan = self._claim_plan(self.max_concurrent - len(self.jobs))
+            if not plan:
                 await self._wait_change(None)
                 continue
             try:
-                got, reason = await self._claim_round(free, groups)
+                got, reason = await self._claim_round(plan)
                 pause = 0.0
             except NotFound:
                 log.warning("%s is not registered any more: registering again", self.agent_id)
-                await self.register()
-                continue
+                got, reason = [], "not_registered"
+                with contextlib.suppress(ClientError):
+                    await self.register()
             except ClientError as exc:
                 pause = min(max(pause * 2, 0.5), RETRY_CAP_S)
                 log.warning("claim failed (%s); trying again in %.1fs", exc, pause)
                 await self._wait_change(pause * random.uniform(0.5, 1.0))
+                # A claim whose answer was lost may have taken tasks all the same.
+                with contextlib.suppress(ClientError):
+                    await self._adopt()
                 continue
             for task in got:
                 self._launch(task)
-            if not got and reason in ("draining", "degraded", "at_capacity"):
+            if not got and reason in ("draining", "degraded", "at_capacity", "not_registered"):
                 # Nothing changes by asking again at once: wait for a slot or a while.
                 await self._wait_change(min(self.claim_wait_s, 5.0))
 
-    def _claim_groups(self) -> list[set[str] | None]:
-        """What to claim, most wanted first: the tags of each priority level of handlers
-        with room (None: anything)."""
+    def _claim_plan(self, free: int) -> list[tuple[list[str] | None, int]]:
+        """What to claim, most wanted first, as (tags, how many): one claim per priority
+        level of the handlers with room, the last one waiting for anything they can take.
+        A handler with a concurrency of its own is never sent more than it has room for."""
         open_handlers = [h for h in self.handlers if h.has_room()]
-        if not open_handlers:
+        if free <= 0 or not open_handlers:
             return []
-        levels: dict[int, set[str] | None] = {}
+        levels: dict[int, list[Handler]] = {}
         for h in sorted(open_handlers, key=lambda h: h.priority):
-            tags = levels.setdefault(h.priority, set())
-            if tags is None:
-                continue
-            if not h.capabilities:
-                levels[h.priority] = None
-            else:
-                tags |= h.capabilities | set(self.capabilities)
-        groups = list(levels.values())
-        everything: set[str] | None = set()
-        for tags in groups:
-            everything = None if tags is None or everything is None else everything | tags
-        if len(open_handlers) == len(self.handlers) and everything is not None:
-            everything = None  # every handler has room: no need to narrow the claim
-        return [*groups[:-1], everything]
+            levels.setdefault(h.priority, []).append(h)
+        steps = [self._claim_step(hs, free) for hs in levels.values()]
+        if len(steps) == 1:
+            return steps
+        return [*steps[:-1], self._claim_step(open_handlers, free)]
+
+    def _claim_step(self, handlers: list[Handler], free: int) -> tuple[list[str] | None, int]:
+        handled = {tag for h in self.handlers for tag in h.capabilities}
+        extras = set(self.capabilities) - handled  # tags no handler names, e.g. `python`
+        tags: set[str] | None = set(extras)
+        for h in handlers:
+            tags = None if tags is None or not h.capabilities else tags | h.capabilities
+        return (None if tags is None else sorted(tags), min(h.room(free) for h in handlers))
 
     async def _claim_round(
-        self, free: int, groups: list[set[str] | None]
+        self, plan: list[tuple[list[str] | None, int]]
     ) -> tuple[list[Task], str | None]:
         """Claim for each priority level at once, then wait for anything open."""
-        for tags in groups[:-1]:
-            claim = await self.client.claim(free, 0.0, capabilities=_tags(tags))
+        for tags, count in plan[:-1]:
+            claim = await self.client.claim(count, 0.0, capabilities=tags)
             if claim.tasks:
                 return list(claim.tasks), None
+        tags, count = plan[-1]
         waiting = asyncio.create_task(
-            self.client.claim(free, self.claim_wait_s, capabilities=_tags(groups[-1]))
+            self.client.claim(count, self.claim_wait_s, capabilities=tags)
         )
         stopping = asyncio.create_task(self._stopping.wait())
         try:
@@ -414,6 +424,23 @@ class Worker:
             return [], None
         claim = waiting.result()
         return list(claim.tasks), claim.reason
+
+    async def _adopt(self) -> None:
+        """Run what the broker says this agent is running and nobody here runs: a task
+        whose claim answer was lost on the way, or one an earlier run of this agent held
+        when it died. Its attempt stays the same, so every report stays fenced."""
+        if self._stopping.is_set():
+            return
+        page = await self.client.list_tasks(
+            assignee=self.agent_id, status=["running", "waiting_input"], limit=500
+        )
+        for task in page.items:
+            if task.id in self.jobs or (task.id, task.attempt) in self._finished:
+                continue
+            log.info(
+                "taking up task %s (attempt %d), held with nobody on it", task.id, task.attempt
+            )
+            self._launch(task)
 
     async def _wait_change(self, limit_s: float | None) -> None:
         """Wait for a slot to free, a stop, or `limit_s` seconds."""
@@ -437,6 +464,9 @@ class Worker:
             job.handler.active += 1
 
         def done(_: asyncio.Task[None]) -> None:
+            self._finished[(task.id, task.attempt)] = None
+            if len(self._finished) > FINISHED_KEPT:
+                del self._finished[next(iter(self._finished))]
             if self.jobs.get(task.id, (None,))[0] is job:
                 del self.jobs[task.id]
             if job.handler is not None:
@@ -464,35 +494,65 @@ class Worker:
                 return
             raise
         except TaskFailed as exc:
-            if not job.reported:
+            if not job.reported and job.lost is None:
                 await job.fail(exc.error, retryable=exc.retryable)
             return
         except Exception as exc:
             log.info("task %s failed in %s: %r", job.id, handler.name, exc)
-            if not job.reported:
+            if not job.reported and job.lost is None:
                 await job.fail(short_traceback(exc))
             return
-        if not job.reported:
+        if not job.reported and job.lost is None:
             await job.complete(result)
 
     async def report(self, job: Job, send: Callable[[], Awaitable[Task]]) -> None:
-        """Send a final report, again while the broker cannot be reached. A refusal means
-        the attempt is over (cancelled, timed out, taken away): the report is dropped."""
+        """Send a final report, again while the broker cannot answer it. When it is
+        refused, the task is checked: if it is no longer this worker's (cancelled, timed
+        out, taken away) the report is dropped; if it still is (the result too large, the
+        task waiting for an answer), the attempt is failed so the task is retried rather
+        than left held with nobody on it."""
         pause = 0.5
         while True:
             try:
                 await send()
                 return
-            except Conflict as exc:
-                log.info("report on task %s refused: %s", job.id, exc)
-                return
-            except ApiError as exc:
-                log.warning("report on task %s refused: %s", job.id, exc)
-                return
-            except ClientError as exc:
+            except TRANSIENT as exc:
                 log.warning("report on task %s failed (%s); again in %.1fs", job.id, exc, pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, RETRY_CAP_S)
+            except ApiError as exc:
+                refusal = exc
+                break
+        if not await self.holds(job):
+            log.info("report on task %s dropped, it is not this worker's: %s", job.id, refusal)
+            return
+        log.warning("report on task %s refused: %s; failing the attempt", job.id, refusal)
+        error = clip(f"the worker's report was refused ({refusal.code}): {refusal.message}")
+        try:
+            await self.client.fail_task(job.id, error, retryable=True, attempt=job.attempt)
+        except ClientError as exc:
+            log.error("task %s could not be failed either: %s", job.id, exc)
+
+    async def holds(self, job: Job) -> bool:
+        """Whether the broker still has `job`'s attempt with this worker (True when it
+        cannot be asked: the attempt fence makes acting on it safe)."""
+        try:
+            task = await self.client.get_task(job.id)
+        except ClientError as exc:
+            log.warning("could not check task %s: %s", job.id, exc)
+            return True
+        return (
+            task.status in HELD and task.assignee == self.agent_id and task.attempt == job.attempt
+        )
+
+    async def verify(self, job: Job, why: str) -> None:
+        """Stop `job`'s handler if its task is no longer this worker's."""
+        held = self.jobs.get(job.id)
+        if held is None or held[0] is not job or await self.holds(job):
+            return
+        job.lost = why
+        if not held[1].done():
+            held[1].cancel()
 
     async def _finish(self, grace_s: float) -> None:
         """Let running handlers finish for `grace_s`, then cancel the rest."""
@@ -513,6 +573,7 @@ class Worker:
             await asyncio.sleep(self.heartbeat_s)
             try:
                 await self.client.heartbeat(self.agent_id)
+                await self._adopt()
             except NotFound:
                 with contextlib.suppress(ClientError):
                     await self.register()
@@ -544,25 +605,49 @@ class Worker:
         held = self.jobs.get(event.task_id or "")
         if held is None:
             return
-        job, running = held
         if event.type == "task.retrying" and event.data.get("reason") == "failed":
             return  # this worker's own failure report
         if event.type == "task.assigned" and event.agent_id == self.agent_id:
             return
+        await self.verify(held[0], event.type.removeprefix("task."))
+
+
+def run_until_signalled(
+    serve: Callable[[], Awaitable[None]],
+    stop: Callable[[], None],
+    is_stopping: Callable[[], bool],
+    grace_s: float,
+) -> None:
+    """Run `serve()` in a new event loop: the first SIGTERM or SIGINT calls `stop()` (a
+    graceful stop), the next one cancels `serve()` outright."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        current = asyncio.current_task()
+        assert current is not None
+
+        def on_signal() -> None:
+            if is_stopping():
+                current.cancel()
+            else:
+                log.info("stopping: running work gets %gs to finish", grace_s)
+                stop()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
         try:
-            task = await self.client.get_task(job.id)
-        except ClientError as exc:
-            log.warning("could not check task %s: %s", job.id, exc)
-            return
-        if task.status in HELD and task.assignee == self.agent_id and task.attempt == job.attempt:
-            return
-        if not running.done():
-            job.lost = f"{event.type.removeprefix('task.')} (now {task.status.value})"
-            running.cancel()
+            await serve()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    asyncio.run(main())
 
 
-def _tags(tags: set[str] | None) -> list[str] | None:
-    return None if tags is None else sorted(tags)
+def clip(error: str) -> str:
+    """An error text the broker accepts: not empty, its last ERROR_CHARS characters."""
+    text = error.strip() or "failed"
+    return text if len(text) <= ERROR_CHARS else "…" + text[-ERROR_CHARS:]
 
 
 def short_traceback(exc: BaseException) -> str:

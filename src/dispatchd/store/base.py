@@ -131,6 +131,10 @@ class UpdateAgent:
 
 @dataclass(frozen=True, slots=True)
 class DeleteAgent:
+    """Remove an agent at `version` that holds no task any more (its tasks are requeued
+    earlier in the same commit). Fails with `ConcurrentUpdate` otherwise: a task handed to
+    it meanwhile must not be left with an assignee that no longer exists."""
+
     agent_id: str
     version: int
 

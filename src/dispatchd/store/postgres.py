@@ -126,7 +126,13 @@ INSERT_TASK = insert_sql("tasks", TASK_COLUMNS, _ph)
 UPDATE_TASK = update_versioned_sql("tasks", TASK_COLUMNS, _ph)
 INSERT_AGENT = insert_sql("agents", AGENT_COLUMNS, _ph)
 UPDATE_AGENT = update_versioned_sql("agents", AGENT_COLUMNS, _ph)
-DELETE_AGENT = "DELETE FROM agents WHERE id = %(id)s AND version = %(version)s"
+# The row lock first: an assignment to the agent that is committing meanwhile (it holds
+# the lock through TakeSlot) is then visible to the check of the next statement.
+LOCK_AGENT = "SELECT 1 FROM agents WHERE id = %(id)s FOR UPDATE"
+DELETE_AGENT = (
+    "DELETE FROM agents WHERE id = %(id)s AND version = %(version)s AND NOT EXISTS "
+    f"(SELECT 1 FROM tasks WHERE assignee = %(id)s AND status IN {ACTIVE})"
+)
 INSERT_ATTEMPT = (
     "INSERT INTO attempts (task_id, number, agent_id, assigned_at, started_at, ended_at, "
     "outcome, error) VALUES (%(task_id)s, %(number)s, %(agent_id)s, %(assigned_at)s, "
@@ -518,6 +524,7 @@ class PostgresStore(PostgresWebhooks, PostgresNotifications):
                 if cur.rowcount != 1:
                     raise ConcurrentUpdate(f"agent {agent.id} changed meanwhile", agent_id=agent.id)
             case DeleteAgent(agent_id, version):
+                await conn.execute(LOCK_AGENT, {"id": agent_id})
                 cur = await conn.execute(DELETE_AGENT, {"id": agent_id, "version": version})
                 if cur.rowcount != 1:
                     raise ConcurrentUpdate(f"agent {agent_id} changed meanwhile", agent_id=agent_id)

@@ -140,6 +140,10 @@ TAKE_SLOT = (
     "AND active + :planned + :count <= :limit"
 )
 ADD_LOAD = "UPDATE agents SET active = max(active + :delta, 0) WHERE id = :id"
+DELETE_AGENT = (
+    "DELETE FROM agents WHERE id = :id AND version = :version AND NOT EXISTS "
+    f"(SELECT 1 FROM tasks WHERE assignee = :id AND status IN {ACTIVE})"
+)
 QUEUE_ORDER = "priority_rank DESC, due_at IS NULL, due_at, created_at, id"
 CAPABLE = (
     "NOT EXISTS (SELECT 1 FROM json_each(tasks.capabilities) c "
@@ -427,9 +431,7 @@ class SQLiteStore(SQLiteWebhooks, SQLiteNotifications):
                 if conn.execute(UPDATE_AGENT, agent_params(agent, SQLITE)).rowcount != 1:
                     raise ConcurrentUpdate(f"agent {agent.id} changed meanwhile", agent_id=agent.id)
             case DeleteAgent(agent_id, version):
-                cur = conn.execute(
-                    "DELETE FROM agents WHERE id = ? AND version = ?", (agent_id, version)
-                )
+                cur = conn.execute(DELETE_AGENT, {"id": agent_id, "version": version})
                 if cur.rowcount != 1:
                     raise ConcurrentUpdate(f"agent {agent_id} changed meanwhile", agent_id=agent_id)
             case RenewLeases(agent_id, until):
