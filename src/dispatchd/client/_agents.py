@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict, Unpack
 from urllib.parse import quote
 
 from dispatchd.api.schemas import AgentRegistered
-from dispatchd.client._http import HttpBase, compact
+from dispatchd.client._http import HttpBase, compact, pages
 from dispatchd.client.models import Agent, AgentRemoved, AgentStatus, Page, Registration
 
 AGENTS = "/api/v1/agents"
@@ -20,11 +20,22 @@ def agent_path(agent_id: str, action: str = "") -> str:
     return f"{path}/{action}" if action else path
 
 
-def _agent_fields(
-    capabilities: Capabilities | None,
-    fields: Mapping[str, Any],
-) -> dict[str, Any]:
+class AgentFields(TypedDict, total=False):
+    """What an agent says about itself (None: leave as it is)."""
+
+    capabilities: Capabilities | None
+    owner: str | None
+    max_concurrent: int | None
+    room: str | None
+    wake_url: str | None
+    dispatch_model: str | None
+    description: str | None
+    status: AgentStatus | str | None
+
+
+def _agent_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     body = compact(fields)
+    capabilities = body.get("capabilities")
     if capabilities is not None:
         body["capabilities"] = (
             dict(capabilities) if isinstance(capabilities, Mapping) else list(capabilities)
@@ -32,35 +43,22 @@ def _agent_fields(
     return body
 
 
+class AgentFilters(TypedDict, total=False):
+    """The filters of an agent listing."""
+
+    status: AgentStatus | str | None
+    capability: str | None
+    owner: str | None
+    room: str | None
+
+
 class AgentsApi(HttpBase):
     async def register_agent(
-        self,
-        *,
-        agent_id: str | None = None,
-        capabilities: Capabilities | None = None,
-        owner: str | None = None,
-        max_concurrent: int | None = None,
-        room: str | None = None,
-        wake_url: str | None = None,
-        dispatch_model: str | None = None,
-        description: str | None = None,
-        status: AgentStatus | str | None = None,
+        self, *, agent_id: str | None = None, **fields: Unpack[AgentFields]
     ) -> Registration:
         """Register the agent (by default the client's `agent_id`), or update it when it
         exists. A new agent gets its token once; the client keeps it when it had none."""
-        body = _agent_fields(
-            capabilities,
-            {
-                "id": agent_id,
-                "owner": owner,
-                "max_concurrent": max_concurrent,
-                "room": room,
-                "wake_url": wake_url,
-                "dispatch_model": dispatch_model,
-                "description": description,
-                "status": status,
-            },
-        )
+        body = _agent_fields({"id": agent_id, **fields})
         response = await self.send("POST", AGENTS, json=body)
         answer = AgentRegistered.model_validate_json(response.content)
         if answer.token is not None and self.token is None:
@@ -73,32 +71,9 @@ class AgentsApi(HttpBase):
         """An agent with its current load."""
         return await self.call(Agent, "GET", agent_path(agent_id))
 
-    async def update_agent(
-        self,
-        agent_id: str,
-        *,
-        capabilities: Capabilities | None = None,
-        owner: str | None = None,
-        max_concurrent: int | None = None,
-        room: str | None = None,
-        wake_url: str | None = None,
-        dispatch_model: str | None = None,
-        description: str | None = None,
-        status: AgentStatus | str | None = None,
-    ) -> Agent:
+    async def update_agent(self, agent_id: str, **fields: Unpack[AgentFields]) -> Agent:
         """Change the fields given (None leaves a field as it is)."""
-        body = _agent_fields(
-            capabilities,
-            {
-                "owner": owner,
-                "max_concurrent": max_concurrent,
-                "room": room,
-                "wake_url": wake_url,
-                "dispatch_model": dispatch_model,
-                "description": description,
-                "status": status,
-            },
-        )
+        body = _agent_fields(dict(fields))
         return await self.call(Agent, "PATCH", agent_path(agent_id), json=body)
 
     async def deregister_agent(self, agent_id: str | None = None) -> AgentRemoved:
@@ -115,51 +90,20 @@ class AgentsApi(HttpBase):
         return await self.call(Agent, "POST", path, json=body)
 
     async def list_agents(
-        self,
-        *,
-        status: AgentStatus | str | None = None,
-        capability: str | None = None,
-        owner: str | None = None,
-        room: str | None = None,
-        limit: int = 100,
-        cursor: str | None = None,
+        self, *, limit: int = 100, cursor: str | None = None, **filters: Unpack[AgentFilters]
     ) -> Page[Agent]:
         """One page of agents (admin)."""
-        params = {
-            "status": status,
-            "capability": capability,
-            "owner": owner,
-            "room": room,
-            "limit": limit,
-            "cursor": cursor,
-        }
+        params = {**filters, "limit": limit, "cursor": cursor}
         return await self.call(Page[Agent], "GET", AGENTS, params=params, admin=True)
 
     async def iter_agents(
-        self,
-        *,
-        status: AgentStatus | str | None = None,
-        capability: str | None = None,
-        owner: str | None = None,
-        room: str | None = None,
-        limit: int = 100,
+        self, *, limit: int = 100, **filters: Unpack[AgentFilters]
     ) -> AsyncGenerator[Agent, None]:
         """Every agent matching the filters, page after page (admin)."""
-        cursor: str | None = None
-        while True:
-            page = await self.list_agents(
-                status=status,
-                capability=capability,
-                owner=owner,
-                room=room,
-                limit=limit,
-                cursor=cursor,
-            )
-            for agent in page.items:
-                yield agent
-            if page.next_cursor is None or not page.items:
-                return
-            cursor = page.next_cursor
+        async for agent in pages(
+            lambda cursor: self.list_agents(limit=limit, cursor=cursor, **filters)
+        ):
+            yield agent
 
     async def drain_agent(self, agent_id: str) -> Agent:
         """Stop giving the agent new tasks; it finishes those it holds (admin)."""

@@ -10,7 +10,7 @@ Which failures are retried:
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -21,8 +21,10 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from dispatchd.client.errors import ApiError, ClientError, RateLimited, TransportError, api_error
+from dispatchd.client.models import Page
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 DEFAULT_URL = "http://127.0.0.1:8600"
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -195,3 +197,17 @@ class HttpBase:
             return response.json()
         except ValueError as exc:
             raise ClientError(f"{method} {path}: the answer is not JSON") from exc
+
+
+async def pages(
+    fetch: Callable[[str | None], Awaitable[Page[T]]],
+) -> AsyncGenerator[T, None]:
+    """Every item of a listing, page after page, from `fetch(cursor)`."""
+    cursor: str | None = None
+    while True:
+        page = await fetch(cursor)
+        for item in page.items:
+            yield item
+        if page.next_cursor is None or not page.items:
+            return
+        cursor = page.next_cursor

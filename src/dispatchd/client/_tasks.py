@@ -6,11 +6,11 @@ import uuid
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from datetime import datetime
 from enum import Enum
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 from urllib.parse import quote
 
 from dispatchd.api.schemas import CompleteBatchOut, EventList, TaskBatchOut
-from dispatchd.client._http import HttpBase, compact
+from dispatchd.client._http import HttpBase, compact, pages
 from dispatchd.client.models import (
     Claim,
     Comment,
@@ -45,6 +45,19 @@ def _csv(values: str | Iterable[str] | None) -> str | None:
         values = [values]
     joined = ",".join(v.value if isinstance(v, Enum) else v for v in values)
     return joined or None
+
+
+class TaskFilters(TypedDict, total=False):
+    """The filters of a task listing."""
+
+    status: TaskStatus | str | Iterable[TaskStatus | str] | None
+    priority: Priority | str | Iterable[Priority | str] | None
+    requester: str | None
+    assignee: str | None
+    scope: str | None
+    capability: str | None
+    owner: str | None
+    label: str | None
 
 
 class TasksApi(HttpBase):
@@ -114,70 +127,30 @@ class TasksApi(HttpBase):
     async def list_tasks(
         self,
         *,
-        status: TaskStatus | str | Iterable[TaskStatus | str] | None = None,
-        priority: Priority | str | Iterable[Priority | str] | None = None,
-        requester: str | None = None,
-        assignee: str | None = None,
-        scope: str | None = None,
-        capability: str | None = None,
-        owner: str | None = None,
-        label: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
         order: Literal["asc", "desc"] = "desc",
+        **filters: Unpack[TaskFilters],
     ) -> Page[Task]:
         """One page of tasks matching every filter given (`status` and `priority` take
         one value or several)."""
-        params = {
-            "status": _csv(status),
-            "priority": _csv(priority),
-            "requester": requester,
-            "assignee": assignee,
-            "scope": scope,
-            "capability": capability,
-            "owner": owner,
-            "label": label,
-            "limit": limit,
-            "cursor": cursor,
-            "order": order,
-        }
+        params: dict[str, Any] = {**filters, "limit": limit, "cursor": cursor, "order": order}
+        params["status"] = _csv(filters.get("status"))
+        params["priority"] = _csv(filters.get("priority"))
         return await self.call(Page[Task], "GET", TASKS, params=params)
 
     async def iter_tasks(
         self,
         *,
-        status: TaskStatus | str | Iterable[TaskStatus | str] | None = None,
-        priority: Priority | str | Iterable[Priority | str] | None = None,
-        requester: str | None = None,
-        assignee: str | None = None,
-        scope: str | None = None,
-        capability: str | None = None,
-        owner: str | None = None,
-        label: str | None = None,
         limit: int = 50,
         order: Literal["asc", "desc"] = "desc",
+        **filters: Unpack[TaskFilters],
     ) -> AsyncGenerator[Task, None]:
         """Every task matching the filters, page after page (`limit` per page)."""
-        cursor: str | None = None
-        while True:
-            page = await self.list_tasks(
-                status=status,
-                priority=priority,
-                requester=requester,
-                assignee=assignee,
-                scope=scope,
-                capability=capability,
-                owner=owner,
-                label=label,
-                limit=limit,
-                cursor=cursor,
-                order=order,
-            )
-            for task in page.items:
-                yield task
-            if page.next_cursor is None or not page.items:
-                return
-            cursor = page.next_cursor
+        async for task in pages(
+            lambda cursor: self.list_tasks(limit=limit, cursor=cursor, order=order, **filters)
+        ):
+            yield task
 
     async def get_task(self, task_id: str) -> TaskDetail:
         """The task with its attempts, progress log and comments."""
