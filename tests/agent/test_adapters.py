@@ -1,17 +1,21 @@
 """Agent adapters: placeholders, the pass-through command line and outcome, and the Claude
 Code adapter against a stand-in CLI that prints the real CLI's JSON result (first run,
-resume on retry and after review with the feedback, error results, output that is not JSON).
+resume on retry and after review with the feedback, only on the session's host, error
+results, output that is not JSON), and the bounds on what they report: a result always fits
+the broker's 1 MiB body limit, an error text is never empty nor longer than 16 000 characters.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import stat
 import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from dispatchd.client.models import Task
@@ -25,55 +29,9 @@ from dispatchd.runner.adapters import (
     fill,
 )
 from dispatchd.runner.process import AgentProcess, ProcessResult, ProcessSpec
+from tests.agent.helpers import make_task
 
 STANDIN = Path(__file__).parent / "standins" / "claude.py"
-
-
-def make_task(**fields: Any) -> Task:
-    now = "2026-01-01T00:00:00Z"
-    data: dict[str, Any] = {
-        "id": "t-1",
-        "title": "Fix the crash",
-        "prompt": "The app crashes on start.",
-        "status": "running",
-        "priority": "medium",
-        "capabilities": ["code"],
-        "requester": "alice",
-        "assignee": "runner-1",
-        "assigned_to": None,
-        "owner": None,
-        "scope": None,
-        "attempt": 1,
-        "max_attempts": 3,
-        "context": {},
-        "result": None,
-        "summary": None,
-        "error": None,
-        "depends_on": [],
-        "run_at": None,
-        "due_at": None,
-        "timeout_s": None,
-        "review": False,
-        "reviewer": None,
-        "escalate_to": None,
-        "model": None,
-        "model_routed": False,
-        "labels": [],
-        "question": None,
-        "progress": None,
-        "requeues": 0,
-        "review_cycles": 0,
-        "escalated": False,
-        "retry_at": None,
-        "lease_expires_at": None,
-        "deadline_at": None,
-        "started_at": now,
-        "finished_at": None,
-        "created_at": now,
-        "updated_at": now,
-    }
-    data.update(fields)
-    return Task.model_validate(data)
 
 
 def py(code: str) -> list[str]:
@@ -212,6 +170,99 @@ def test_a_long_error_is_cut_to_its_tail() -> None:
     assert outcome.error.endswith("THE CAUSE")
 
 
+MiB = 1024 * 1024
+
+
+def complete_body(outcome: Outcome) -> int:
+    """Bytes of the body that completes the task with `outcome`, as the client sends it."""
+    body = {"result": outcome.result, "summary": outcome.summary, "attempt": 1}
+    return len(httpx.Request("POST", "http://broker/", json=body).content)
+
+
+@pytest.mark.parametrize(
+    ("content", "size"),
+    [
+        (b"line of the report\n" * 200_000, 3_800_000),  # far beyond any limit
+        (b"x" * MiB, MiB),  # exactly the broker's body limit
+        (b'"' + b"y" * (MiB - 2) + b'"', MiB),  # a JSON string just as large
+    ],
+)
+async def test_a_large_result_file_is_reported_as_its_head_with_a_note(
+    tmp_path: Path, content: bytes, size: int
+) -> None:
+    (tmp_path / "result-t-1-1.json").write_bytes(content)  # where `execute` points the agent
+    outcome, result, _ = await execute(PassThrough(), make_task(), py("pass"), tmp_path)
+    assert result.exit_code == 0, result.stderr_tail
+    assert outcome.ok
+    assert isinstance(outcome.result, str)
+    note = f"\n\n[result file truncated: {size} bytes, first 512 KiB kept]"
+    assert outcome.result.endswith(note)
+    assert outcome.result == content[: 512 * 1024].decode() + note
+    assert complete_body(outcome) < MiB
+
+
+@pytest.mark.parametrize(
+    ("content", "cut"),
+    [
+        (b"\x01" * 500_000, True),  # within 512 KiB, but each byte becomes "\\u0001" in JSON
+        (b"\xff" * 500_000, True),  # not UTF-8: each byte becomes a 3-byte replacement character
+        (b"[" + b"1e5," * 130_000 + b"1]", False),  # JSON that grows when parsed and re-encoded
+    ],
+)
+def test_a_result_file_that_grows_when_encoded_still_fits(
+    tmp_path: Path, content: bytes, cut: bool
+) -> None:
+    path = tmp_path / "result.json"
+    path.write_bytes(content)
+    inv = Invocation(make_task(), ["agent"], [], "p", path)
+    outcome = PassThrough().outcome(inv, ProcessResult(0, "", "", False, False, False, 1.0))
+    assert outcome.ok
+    assert isinstance(outcome.result, str)
+    if cut:
+        assert f"[result file truncated: {len(content)} bytes, first " in outcome.result
+    else:  # reported whole, as the text it is
+        assert outcome.result == content.decode()
+    assert complete_body(outcome) < MiB
+
+
+def test_a_result_from_a_large_output_keeps_its_tail_and_fits() -> None:
+    output = "\x02" * (3 * MiB) + "THE END"  # an output cap of several MiB
+    result = ProcessResult(0, output, "", False, False, False, 1.0)
+    for adapter in (PassThrough(), ClaudeCode()):
+        inv = Invocation(make_task(), ["agent"], [], "p", Path("/nonexistent/result"))
+        outcome = adapter.outcome(inv, result)
+        assert outcome.ok
+        assert isinstance(outcome.result, str)
+        assert outcome.result.startswith("[output truncated: last ")
+        assert outcome.result.endswith("THE END")
+        assert complete_body(outcome) < MiB
+
+
+def failing_results() -> list[ProcessResult]:
+    long = "z" * 50_000
+    return [
+        ProcessResult(None, "", "", False, False, False, 0.0, spawn_error=f"cannot start {long}"),
+        ProcessResult(None, "", "", False, False, False, 0.0, spawn_error=""),
+        ProcessResult(-15, "", "", False, True, False, 1.0, stop_reason=long),
+        ProcessResult(-9, "", long, True, False, True, 1.0, timeout_s=1.0),
+        ProcessResult(3, long, long, False, False, False, 1.0),
+        ProcessResult(4, "", " \n ", False, False, False, 1.0),
+        ProcessResult(1, json.dumps({"type": "result", "subtype": "error_x", "is_error": True,
+                                     "errors": [long]}), "", False, False, False, 1.0),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("adapter", [PassThrough(), ClaudeCode()], ids=["pass", "claude"])
+@pytest.mark.parametrize("result", failing_results())
+def test_every_error_text_is_clipped_and_never_empty(
+    adapter: AgentAdapter, result: ProcessResult
+) -> None:
+    outcome = adapter.outcome(Invocation(make_task(), ["a"], [], "p", Path("r")), result)
+    assert not outcome.ok
+    assert outcome.error is not None
+    assert len(outcome.error.strip()) > 0 and len(outcome.error) <= 16_000
+
+
 # --- Claude Code: command line ---------------------------------------------------------
 
 
@@ -249,6 +300,23 @@ def test_claude_resumes_only_a_known_session_on_retry_or_review(
     argv = ClaudeCode().argv(claude_inv(make_task(attempt=attempt, context=context)))
     assert (argv[3:5] == ["--resume", "s-1"]) is resumes
     assert ("--resume" in argv) is resumes
+
+
+@pytest.mark.parametrize(
+    ("host", "resumes"),
+    [
+        (socket.gethostname(), True),  # the machine that holds the session
+        ("another-machine.example", False),  # its CLI has no such session
+        (None, True),  # recorded before hosts were: resumed as it always was
+    ],
+)
+def test_claude_resumes_a_session_only_on_its_host(host: str | None, resumes: bool) -> None:
+    context: dict[str, Any] = {"session_id": "s-1", "feedback": "add tests"}
+    if host is not None:
+        context["session_host"] = host
+    argv = ClaudeCode().argv(claude_inv(make_task(attempt=2, context=context)))
+    assert ("--resume" in argv) is resumes
+    assert ("s-1" in argv) is resumes
 
 
 def test_claude_prompt_carries_the_review_feedback() -> None:
@@ -305,6 +373,7 @@ async def test_claude_first_run_then_resume_with_feedback(
     assert first.context is not None
     session = first.context["session_id"]
     assert isinstance(session, str) and session
+    assert first.context["session_host"] == socket.gethostname()
     assert first.context["claude"] == {
         "total_cost_usd": 0.0123,
         "num_turns": 1,
@@ -335,6 +404,29 @@ async def test_claude_first_run_then_resume_with_feedback(
     assert argv[1:] == calls[1]["argv"]
     assert "Add a test." in calls[1]["prompt"]
     assert calls[1]["env"]["DISPATCH_TASK_ID"] == "t-1"
+
+
+async def test_claude_on_another_host_starts_afresh_with_the_feedback(
+    claude: list[str], tmp_path: Path
+) -> None:
+    record = tmp_path / "calls.jsonl"
+    context = {
+        "session_id": "s-elsewhere",
+        "session_host": "another-machine.example",
+        "feedback": "Cover the empty input.",
+    }
+    task = make_task(attempt=2, context=context)
+    outcome, _, argv = await execute(
+        ClaudeCode(), task, claude, tmp_path, env={"STANDIN_CLAUDE_RECORD": str(record)}
+    )
+    assert "--resume" not in argv
+    (call,) = records(record)
+    assert call["resume"] is None
+    assert "Cover the empty input." in call["prompt"]
+    assert outcome.ok, outcome.error
+    assert outcome.context is not None
+    assert outcome.context["session_id"] not in ("", "s-elsewhere")
+    assert outcome.context["session_host"] == socket.gethostname()
 
 
 async def test_claude_prefers_a_result_file(claude: list[str], tmp_path: Path) -> None:

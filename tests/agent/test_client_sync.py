@@ -1,15 +1,20 @@
 """The blocking `Client` against a real server: it offers every call of `AsyncClient`,
 returns the same typed results, turns async iterators into iterators, and stops its loop
-thread when closed."""
+thread when closed, when collected, and never holds a program at exit."""
 
 from __future__ import annotations
 
+import gc
 import inspect
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from typing import Any
 
+import httpx
 import pytest
 
 from dispatchd.client import (
@@ -190,3 +195,48 @@ def test_token_and_agent_id_are_settable(live_server: LiveServer, unique: str) -
         assert client.aio.token == "forged-token-value"
         with pytest.raises(Unauthorized):
             client.heartbeat()
+
+
+def test_a_program_that_never_closes_its_client_still_exits(
+    live_server: LiveServer, unique: str
+) -> None:
+    script = textwrap.dedent(
+        f"""
+        from dispatchd.client import Client
+
+        idle = Client({live_server.url!r}, agent_id="idle-{unique}")
+        used = Client({live_server.url!r}, agent_id="used-{unique}")
+        print(used.register_agent().agent.id, flush=True)
+        """
+    )
+    # Without the fix the program never exits: the timeout is only a guard.
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"used-{unique}"
+
+
+class ClosingTransport(httpx.AsyncHTTPTransport):
+    """A real transport that records being closed."""
+
+    closed = False
+
+    async def aclose(self) -> None:
+        self.closed = True
+        await super().aclose()
+
+
+def test_a_collected_client_closes_its_connections_and_stops_its_loop(
+    live_server: LiveServer, unique: str
+) -> None:
+    before = loop_threads()
+    transport = ClosingTransport()
+    client = Client(live_server.url, agent_id=f"gc-{unique}", transport=transport)
+    client.register_agent()
+    (thread,) = loop_threads() - before
+    del client
+    gc.collect()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert transport.closed

@@ -5,8 +5,11 @@ rate-limited output callbacks."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import shlex
+import signal
 import sys
 import textwrap
 import tracemalloc
@@ -278,6 +281,38 @@ async def test_cancelling_run_stops_the_group_then_propagates(tmp_path: Path) ->
     assert proc.pid is not None
     assert not running(proc.pid)
     assert not running(child)
+
+
+async def test_a_second_cancel_during_the_grace_still_kills_the_group(tmp_path: Path) -> None:
+    pid_file, marker = tmp_path / "child.pid", tmp_path / "child.term"
+    # The leader dies on TERM; its child notes TERM and carries on, outliving it.
+    child_code = f"""
+        import os, signal, time
+        def noted(*_):
+            with open({str(marker)!r}, "a") as f:
+                f.write("TERM\\n")
+        signal.signal(signal.SIGTERM, noted)
+        open({str(pid_file)!r}, "w").write(str(os.getpid()))
+        while True:
+            time.sleep(0.05)
+    """
+    script = f"{shlex.join(py(child_code))} & wait"
+    proc = AgentProcess(ProcessSpec(sh(script), grace_s=60.0))
+    run = asyncio.create_task(proc.run())
+    child = await read_pid(pid_file)
+    try:
+        run.cancel()  # TERM to the group, then a long grace period
+        await eventually(marker.exists, "the child to receive TERM")
+        assert proc.pid is not None
+        leader = proc.pid
+        await eventually(lambda: not Path(f"/proc/{leader}").exists(), "the leader to be reaped")
+        run.cancel()  # cancelled again while waiting out the grace period
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        await eventually(lambda: not running(child), "the child to be killed", limit_s=5)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
 
 
 async def test_run_only_once() -> None:

@@ -2,20 +2,26 @@
 
 Each method of `Client` is made from the `AsyncClient` method of the same name by
 `_blocking` (async iterators by `_blocking_iter`), so the two can never differ in what
-they take or return. The loop runs in a thread owned by the client (an anyio blocking
-portal) from construction until `close()`.
+they take or return. The loop runs in a daemon thread owned by the client (serving an anyio
+blocking portal) from construction until `close()`. A client that is never closed does not
+keep its program from exiting, and one that is garbage-collected stops its loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import threading
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
-from contextlib import AbstractContextManager
+from concurrent.futures import Future
+from contextlib import suppress
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+import anyio
 import httpx
-from anyio.from_thread import BlockingPortal, start_blocking_portal
+from anyio.from_thread import BlockingPortal
 
 from dispatchd.client._http import DEFAULT_URL
 from dispatchd.client.aio import AsyncClient
@@ -79,6 +85,64 @@ async def _close(items: AsyncIterator[Any]) -> None:
         await aclose()
 
 
+class _LoopThread:
+    """An event loop in a daemon thread, serving a blocking portal until stopped.
+
+    Being a daemon thread, it never holds the interpreter at exit; `stop_soon` may be called
+    from any thread (the loop's own included) and never waits.
+    """
+
+    def __init__(self) -> None:
+        ready: Future[tuple[BlockingPortal, asyncio.AbstractEventLoop]] = Future()
+        self._stopping: anyio.Event | None = None
+        self._last: Callable[[], Awaitable[None]] | None = None
+        self.thread = threading.Thread(
+            target=self._run, args=(ready,), name="dispatchd-client-loop", daemon=True
+        )
+        self.thread.start()
+        self.portal, self._loop = ready.result()
+
+    def _run(self, ready: Future[tuple[BlockingPortal, asyncio.AbstractEventLoop]]) -> None:
+        try:
+            anyio.run(self._serve, ready)
+        except BaseException as exc:
+            if ready.done():
+                raise
+            ready.set_exception(exc)
+
+    async def _serve(self, ready: Future[tuple[BlockingPortal, asyncio.AbstractEventLoop]]) -> None:
+        self._stopping = anyio.Event()
+        async with BlockingPortal() as portal:
+            ready.set_result((portal, asyncio.get_running_loop()))
+            await self._stopping.wait()
+            if self._last is not None:
+                with suppress(Exception):
+                    await self._last()
+
+    def _request_stop(self, last: Callable[[], Awaitable[None]] | None) -> None:
+        assert self._stopping is not None
+        if not self._stopping.is_set():
+            self._last = last
+            self._stopping.set()
+
+    def stop_soon(self, last: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Ask the loop to run `last` (if given) and stop; return at once."""
+        with suppress(RuntimeError):  # the loop is already closed
+            self._loop.call_soon_threadsafe(self._request_stop, last)
+
+    def stop(self) -> None:
+        """Stop the loop and, unless called from it, wait for its thread to end."""
+        self.stop_soon()
+        if threading.current_thread() is not self.thread:
+            self.thread.join()
+
+
+def _release(loop: _LoopThread, aio: AsyncClient) -> None:
+    """What a client that was never closed does when collected or at exit: its loop closes
+    the connections and stops, without anyone waiting for it."""
+    loop.stop_soon(aio.aclose)
+
+
 class Client:
     """A blocking client of one dispatchd server, with the methods of `AsyncClient`.
 
@@ -105,9 +169,8 @@ class Client:
         backoff_cap: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._portal_cm: AbstractContextManager[BlockingPortal] = start_blocking_portal()
-        self._portal = self._portal_cm.__enter__()
-        self._closed = False
+        self._loop = _LoopThread()
+        self._portal = self._loop.portal
 
         async def make() -> AsyncClient:
             return AsyncClient(
@@ -125,8 +188,9 @@ class Client:
         try:
             self.aio = self._portal.call(make)
         except BaseException:
-            self._portal_cm.__exit__(None, None, None)
+            self._loop.stop()
             raise
+        self._finalizer = weakref.finalize(self, _release, self._loop, self.aio)
 
     @property
     def agent_id(self) -> str:
@@ -153,14 +217,14 @@ class Client:
         self.aio.admin_token = value
 
     def close(self) -> None:
-        """Close the connections and stop the client's loop thread."""
-        if self._closed:
+        """Close the connections and stop the client's loop thread. Closing again does
+        nothing."""
+        if not self._finalizer.detach():
             return
-        self._closed = True
         try:
             self._portal.call(self.aio.aclose)
         finally:
-            self._portal_cm.__exit__(None, None, None)
+            self._loop.stop()
 
     def __enter__(self) -> Client:
         return self

@@ -3,8 +3,13 @@
 `PassThrough` suits any command: the prompt is its last argument, and the result is what it
 wrote to `DISPATCH_RESULT_FILE`, else the tail of its standard output. `ClaudeCode` drives
 Claude Code style CLIs in print mode with JSON output: it records the session id on the
-task's context and resumes that session on a retry or after a rejected review, with the
-reviewer's feedback in the prompt.
+task's context, with the host it ran on, and resumes that session on a retry or after a
+rejected review when the task runs on that host again, with the reviewer's feedback in the
+prompt.
+
+A result is kept well under the broker's 1 MiB body limit: a result file beyond
+`RESULT_FILE_LIMIT` is reported as its head plus a note saying so. Error texts are at most
+`ERROR_LIMIT` characters and never empty.
 
 Route arguments and prompt templates take the placeholders `{id}`, `{title}`, `{prompt}`,
 `{model}` and `{feedback}` (see `fill`); other braces are left as they are.
@@ -12,11 +17,14 @@ Route arguments and prompt templates take the placeholders `{id}`, `{title}`, `{
 
 from __future__ import annotations
 
+import codecs
 import json
+import os
 import re
 import signal
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,10 +41,14 @@ __all__ = [
     "fill",
 ]
 
-# The broker accepts errors up to 20 000 characters and summaries up to 2 000.
+# The broker accepts errors up to 20 000 characters and summaries up to 2 000, and request
+# bodies up to 1 MiB by default.
 ERROR_LIMIT = 16_000
 SUMMARY_LIMIT = 200
-RESULT_FILE_LIMIT = 1_048_576
+# Bytes of a result file reported; beyond it, its head and a note.
+RESULT_FILE_LIMIT = 512 * 1024
+# Bytes of a result once encoded in the report's JSON body (escapes can make text grow).
+RESULT_JSON_LIMIT = 640 * 1024
 
 _PLACEHOLDER = re.compile(r"\{(id|title|prompt|model|feedback)\}")
 
@@ -104,6 +116,72 @@ def _clip_tail(text: str, limit: int) -> str:
     return text if len(text) <= limit else "…" + text[-(limit - 1) :]
 
 
+def error_text(error: str | None) -> str:
+    """An error as reported: its last `ERROR_LIMIT` characters, never empty."""
+    text = (error or "").strip()
+    return _clip_tail(text, ERROR_LIMIT) if text else "the agent failed (no error text)"
+
+
+def failed(
+    error: str | None, *, retryable: bool = True, context: Mapping[str, Any] | None = None
+) -> Outcome:
+    """A failed outcome with its error text clipped by `error_text`."""
+    return Outcome(ok=False, error=error_text(error), retryable=retryable, context=context)
+
+
+def json_size(value: Any) -> int | None:
+    """Bytes of `value` in a JSON request body; None when it cannot be sent as JSON."""
+    try:
+        body = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return len(body.encode("utf-8"))
+    except (TypeError, ValueError, RecursionError):
+        return None
+
+
+def _longest(fits: Callable[[int], bool], high: int) -> int:
+    """The largest n in 0..high for which `fits(n)` holds (it holds for all n below it)."""
+    low = 0
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def _file_head(data: bytes, size: int) -> str:
+    """The longest head of a result file's bytes that, with a note saying it was cut, stays
+    within `RESULT_JSON_LIMIT` once encoded."""
+
+    def text(length: int) -> str:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        head = decoder.decode(data[:length])  # an unfinished last character is held back
+        kept = length - len(decoder.getstate()[0])
+        amount = f"{kept // 1024} KiB" if kept % 1024 == 0 else f"{kept} bytes"
+        return f"{head}\n\n[result file truncated: {size} bytes, first {amount} kept]"
+
+    def fits(length: int) -> bool:
+        encoded = json_size(text(length))
+        return encoded is not None and encoded <= RESULT_JSON_LIMIT
+
+    length = min(len(data), RESULT_FILE_LIMIT)
+    return text(length if fits(length) else _longest(fits, length))
+
+
+def output_result(text: str) -> str:
+    """Text taken from the agent's output as a result, cut to its tail when its encoded form
+    exceeds `RESULT_JSON_LIMIT`."""
+    text = text.encode("utf-8", errors="replace").decode("utf-8")  # no lone surrogates
+    if (json_size(text) or 0) <= RESULT_JSON_LIMIT:
+        return text
+
+    def tail(length: int) -> str:
+        return f"[output truncated: last {length} characters kept]\n\n{text[len(text) - length :]}"
+
+    return tail(_longest(lambda n: (json_size(tail(n)) or 0) <= RESULT_JSON_LIMIT, len(text)))
+
+
 def first_line(value: Any) -> str | None:
     """A short summary: the first non-empty line of a text result, or a result's "summary"."""
     if isinstance(value, Mapping) and isinstance(value.get("summary"), str):
@@ -117,21 +195,33 @@ def first_line(value: Any) -> str | None:
 
 
 def read_result_file(path: Path) -> Any:
-    """The agent's result file, parsed as JSON when it is JSON; None when missing or empty."""
+    """The agent's result file, parsed as JSON when it is JSON; None when missing or empty.
+
+    A file beyond `RESULT_FILE_LIMIT` bytes (or one whose text grows beyond
+    `RESULT_JSON_LIMIT` once encoded) is reported as text: its head, and a note giving the
+    file's size and how much of it was kept.
+    """
     try:
         with path.open("rb") as f:
             data = f.read(RESULT_FILE_LIMIT + 1)
+            size = max(os.fstat(f.fileno()).st_size, len(data))
     except OSError:
         return None
-    text = data[:RESULT_FILE_LIMIT].decode("utf-8", errors="replace")
+    if len(data) > RESULT_FILE_LIMIT:
+        return _file_head(data, size)
+    text = data.decode("utf-8", errors="replace")
     if not text.strip():
         return None
-    if len(data) <= RESULT_FILE_LIMIT:
-        try:
-            return json.loads(text)
-        except ValueError:
-            pass
-    return text
+    try:
+        value: Any = json.loads(text)
+    except (ValueError, RecursionError):
+        value = text
+    encoded = json_size(value)
+    if encoded is not None and encoded <= RESULT_JSON_LIMIT:
+        return value
+    if value is not text and (json_size(text) or 0) <= RESULT_JSON_LIMIT:
+        return text  # JSON that cannot be sent as it is (e.g. 1e999), as the text it was
+    return _file_head(data, size)
 
 
 def _exit_description(code: int | None) -> str:
@@ -155,17 +245,15 @@ def failure_message(result: ProcessResult) -> str:
 def abnormal_outcome(result: ProcessResult) -> Outcome | None:
     """The outcome of a run that did not end on its own: never started, stopped, timed out."""
     if result.spawn_error is not None:
-        return Outcome(ok=False, error=result.spawn_error, retryable=False)
+        return failed(result.spawn_error, retryable=False)
     if result.stopped:
-        return Outcome(ok=False, error=f"stopped: {result.stop_reason or 'on request'}")
+        return failed(f"stopped: {result.stop_reason or 'on request'}")
     if result.timed_out:
         how = "KILL" if result.killed else "TERM"
         limit = result.timeout_s if result.timeout_s is not None else result.duration_s
         error = f"timed out after {limit:g} s (stopped with {how})"
         tail = result.stderr_tail.strip()
-        return Outcome(
-            ok=False, error=_clip_tail(f"{error}\n{tail}" if tail else error, ERROR_LIMIT)
-        )
+        return failed(f"{error}\n{tail}" if tail else error)
     return None
 
 
@@ -186,10 +274,10 @@ class PassThrough:
         if abnormal is not None:
             return abnormal
         if result.exit_code != 0:
-            return Outcome(ok=False, error=failure_message(result))
+            return failed(failure_message(result))
         value = read_result_file(inv.result_file)
         if value is None:
-            value = result.stdout_tail.strip() or None
+            value = output_result(result.stdout_tail.strip()) or None
         return Outcome(ok=True, result=value, summary=first_line(value))
 
 
@@ -222,15 +310,22 @@ class ClaudeCode:
     """Claude Code style CLIs: `claude --output-format json [--resume <id>] -p <prompt>`.
 
     The session id from the JSON output is returned in the outcome's context (key
-    `session_id`, plus cost and turns under `claude`). A task that holds a session id and is
-    on a retry (attempt > 1) or carries review feedback resumes that session.
+    `session_id`, with `session_host`, the host it ran on, plus cost and turns under
+    `claude`). A task that holds a session id and is on a retry (attempt > 1) or carries
+    review feedback resumes that session, provided it runs on the session's host (the CLI
+    keeps its sessions locally); elsewhere it starts a new one. A session recorded without
+    a host is resumed.
     """
 
     fallback: PassThrough = PassThrough()
+    host: str = field(default_factory=socket.gethostname)
 
     def resume_id(self, task: Task) -> str | None:
         session = task.context.get("session_id")
         if not isinstance(session, str) or not session:
+            return None
+        host = task.context.get("session_host")
+        if host is not None and host != self.host:
             return None
         return session if task.attempt > 1 or feedback_of(task) else None
 
@@ -263,16 +358,16 @@ class ClaudeCode:
         message = last_result_message(result.stdout_tail)
         if message is None:
             return self.fallback.outcome(inv, result)
-        context = _session_context(message)
+        context = _session_context(message, self.host)
         text = message.get("result")
         subtype = message.get("subtype")
         if result.exit_code == 0 and not message.get("is_error") and subtype == "success":
             value = read_result_file(inv.result_file)
-            if value is None:
-                value = text.strip() if isinstance(text, str) and text.strip() else None
+            if value is None and isinstance(text, str):
+                value = output_result(text.strip()) or None
             return Outcome(ok=True, result=value, summary=first_line(value), context=context)
         if not message.get("is_error") and subtype == "success":
-            return Outcome(ok=False, error=failure_message(result), context=context)
+            return failed(failure_message(result), context=context)
         detail = text if isinstance(text, str) and text.strip() else None
         errors = message.get("errors")
         if detail is None and isinstance(errors, list) and errors:
@@ -282,14 +377,15 @@ class ClaudeCode:
         error = f"claude reported {subtype or 'an error'} ({_exit_description(result.exit_code)})"
         if detail:
             error = f"{error}: {detail.strip()}"
-        return Outcome(ok=False, error=_clip_tail(error, ERROR_LIMIT), context=context)
+        return failed(error, context=context)
 
 
-def _session_context(message: Mapping[str, Any]) -> dict[str, Any] | None:
+def _session_context(message: Mapping[str, Any], host: str) -> dict[str, Any] | None:
     context: dict[str, Any] = {}
     session = message.get("session_id")
     if isinstance(session, str) and session:
         context["session_id"] = session
+        context["session_host"] = host
     stats = {
         key: message[key]
         for key in ("total_cost_usd", "num_turns", "duration_ms")

@@ -215,7 +215,9 @@ class AgentProcess:
             await self._drain(proc, readers)
             raise
         finally:
-            if proc.returncode is None:
+            # Reached early when cancelled again while stopping: nothing of the group may
+            # outlive the run, even once its leader has exited.
+            if proc.returncode is None or self._group_alive(proc.pid):
                 self._signal(proc.pid, signal.SIGKILL)
             for task in [*readers, *([emitter] if emitter else [])]:
                 task.cancel()
