@@ -12,7 +12,7 @@ import anyio
 import httpx
 import pytest
 
-from dispatchd.client import AsyncClient, BadRequest, Gone, ServerError
+from dispatchd.client import AsyncClient, BadRequest, ClientError, Gone, ServerError
 from dispatchd.client.models import Event
 from tests.agent.conftest import LiveServer
 from tests.integration.server import ServerProcess
@@ -160,6 +160,34 @@ async def test_a_stream_reconnects_after_an_end_and_after_unavailable() -> None:
     assert seen == ["5", "6", "7"]
     assert [r.headers.get("Last-Event-ID") for r in requests] == ["4", "6", "6"]
     assert all(r.url.params["types"] == "task.*" for r in requests)
+
+
+async def test_an_unavailable_error_event_resumes_and_a_bad_event_is_a_client_error() -> None:
+    unavailable = (
+        'event: error\ndata: {"error": {"code": "store_unavailable", '
+        '"message": "the database cannot be reached", "details": {}}}\n\n'
+    )
+    answers = [
+        sse_response(event_frame(1), unavailable),
+        sse_response(event_frame(2), 'id: 3\nevent: task.created\ndata: {"id": 3}\n\n'),
+    ]
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return answers.pop(0)
+
+    seen: list[str] = []
+    async with AsyncClient(
+        "http://d.test", agent_id="w", transport=httpx.MockTransport(handler), backoff_base=0.001
+    ) as client:
+        with pytest.raises(ClientError, match="not one") as caught:
+            async with aclosing(client.stream_events()) as stream:
+                async for event in stream:
+                    seen.append(event.id)
+    assert seen == ["1", "2"]
+    assert [r.headers.get("Last-Event-ID") for r in requests] == [None, "1"]
+    assert not isinstance(caught.value, ServerError)
 
 
 async def test_a_stream_gives_up_after_the_retries() -> None:

@@ -399,3 +399,16 @@ async def test_queues_and_status(setup: Setup) -> None:
         "available_slots": 0,
         "running": ["t-1"],
     }
+
+
+async def test_listening_beyond_loopback_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with AsyncClient("http://127.0.0.1:9", agent_id="w") as client:
+        async with LocalApi(client, host="0.0.0.0") as api:
+            assert api.url.startswith("http://")
+        assert "beyond this machine" in caplog.text
+        caplog.clear()
+        async with LocalApi(client, host="127.0.0.1"):
+            pass
+        assert "beyond this machine" not in caplog.text

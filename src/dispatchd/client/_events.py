@@ -8,9 +8,10 @@ from collections.abc import AsyncGenerator, Iterable
 import anyio
 import httpx
 from httpx_sse import SSEError, aconnect_sse
+from pydantic import ValidationError
 
 from dispatchd.client._http import HttpBase, compact, error_of
-from dispatchd.client.errors import ApiError, TransportError, api_error
+from dispatchd.client.errors import ApiError, ClientError, ServerError, TransportError, api_error
 from dispatchd.client.models import Event, EventPage
 
 EVENTS = "/api/v1/events"
@@ -110,10 +111,20 @@ class EventsApi(HttpBase):
                         retry = 0
                         async for sse in source.aiter_sse():
                             if sse.event == "error":
-                                raise stream_error(sse.data)
+                                error = stream_error(sse.data)
+                                if not isinstance(error, ServerError):
+                                    raise error
+                                # A passing fault of the server (503): resume from here.
+                                failure = error
+                                break
                             if not sse.data:
                                 continue
-                            event = Event.model_validate_json(sse.data)
+                            try:
+                                event = Event.model_validate_json(sse.data)
+                            except ValidationError as exc:
+                                raise ClientError(
+                                    f"the event stream sent an event that is not one: {exc}"
+                                ) from exc
                             cursor = sse.id or event.id
                             yield event
             except (httpx.TransportError, SSEError) as exc:

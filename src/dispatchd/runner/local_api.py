@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import secrets
 import socket
@@ -114,6 +115,12 @@ def build_app(ctx: LocalContext) -> FastAPI:
 
 
 def _listen(host: str, port: int) -> socket.socket:
+    if not _loopback(host):
+        log.warning(
+            "the local agent API listens on %s, beyond this machine: anyone who can reach "
+            "it and learns a task's address can act on that task",
+            host,
+        )
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -123,6 +130,13 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class _Server(uvicorn.Server):
