@@ -8,7 +8,7 @@ import httpx
 
 from dispatchd.runtime import Runtime
 from tests.api.conftest import as_agent
-from tests.api.helpers import BOTH
+from tests.api.helpers import BOTH, assert_error
 
 pytestmark = BOTH
 
@@ -35,6 +35,18 @@ async def test_register_returns_token_once_then_updates(client: httpx.AsyncClien
     assert r.json().get("token") is None
     assert r.json()["agent"]["capabilities"] == {"code": 1.0}
     assert r.json()["agent"]["owner"] == "team-a"  # fields not sent are kept
+
+
+async def test_an_agent_id_with_a_slash_is_refused(client: httpx.AsyncClient) -> None:
+    """Agents are addressed by id in paths; a requester may still call itself `ci/nightly`."""
+    r = await client.post("/api/v1/agents", json={}, headers=as_agent("team/coder"))
+    assert_error(r, 422, "invalid_agent_id")
+    r = await client.post("/api/v1/agents", json={"id": "team/coder"}, headers=as_agent("ops"))
+    assert_error(r, 422, "invalid_agent_id")
+    r = await client.get("/api/v1/agents/ops", headers=as_agent("ops"))
+    assert_error(r, 404, "not_found")
+    r = await client.post("/api/v1/tasks", json={"title": "t"}, headers=as_agent("ci/nightly"))
+    assert r.status_code == 201 and r.json()["requester"] == "ci/nightly"
 
 
 async def test_list_is_a_capability_map_with_load(

@@ -47,7 +47,14 @@ def _fields(body: AgentRegister | AgentPatch) -> dict[str, Any]:
 async def register_agent(
     body: AgentRegister, caller: CallerDep, rt: RuntimeDep, response: Response
 ) -> AgentRegistered:
-    registered = await rt.agents.register(body.id or caller.agent_id, _fields(body), caller)
+    agent_id = body.id or caller.agent_id
+    if "/" in agent_id:
+        # An agent is addressed by its id in paths (/agents/{id}/heartbeat): a slash would
+        # make it unreachable. Requesters that never register may still use one.
+        raise ValidationFailed(
+            f"an agent id cannot contain '/': {agent_id!r}", code="invalid_agent_id", field="id"
+        )
+    registered = await rt.agents.register(agent_id, _fields(body), caller)
     if registered.token is None:
         response.status_code = status.HTTP_200_OK
     load = await rt.agents.load(registered.agent.id)
