@@ -124,6 +124,8 @@ class AssignmentConfig(Section):
     wake_timeout_ms: int = Field(30_000, ge=1)
     default_timeout_ms: int = Field(300_000, ge=1000)
     lease_ms: int = Field(60_000, ge=1000)
+    # An agent not heard from (heartbeat, claim) for this long is marked offline.
+    offline_after_ms: int = Field(180_000, ge=1000)
     max_concurrent_per_agent: int = Field(3, ge=1)
     owner_filter_enabled: bool = True
 

@@ -21,6 +21,7 @@ from dispatchd.engine.claims import ClaimService
 from dispatchd.engine.deadlines import Sweeper
 from dispatchd.engine.directory import Directory
 from dispatchd.engine.feed import EventFeed
+from dispatchd.engine.presence import Presence
 from dispatchd.engine.providers import External, connect
 from dispatchd.engine.rules import Rules
 from dispatchd.engine.tasks import TaskService
@@ -105,6 +106,7 @@ class Runtime:
     directory: Directory = field(init=False)
     assigner: Assigner = field(init=False)
     sweeper: Sweeper = field(init=False)
+    presence: Presence = field(init=False)
     waker: Waker = field(init=False)
     external: External | None = field(init=False)
     _jobs: list[asyncio.Task[None]] = field(init=False, default_factory=list)
@@ -131,9 +133,16 @@ class Runtime:
         )
         waiters = Waiters()
         self.waker = Waker(service_wake=external.service_wake if external else None)
+        offline_after = timedelta(milliseconds=self.settings.assignment.offline_after_ms)
         self.claims = ClaimService(
-            self.store, rules, policy, waiters=waiters, directory=self.directory
+            self.store,
+            rules,
+            policy,
+            waiters=waiters,
+            directory=self.directory,
+            offline_after=offline_after,
         )
+        self.presence = Presence(self.store, offline_after)
         self.assigner = Assigner(
             self.store,
             self.feed,
@@ -197,6 +206,7 @@ class Runtime:
                 await self.assigner.start()
                 self._spawn(self.assigner.run(), "assigner")
                 self._spawn(self.sweeper.run(), "sweeper")
+                self._spawn(self.presence.run(), "presence")
                 self._spawn(self.store.watch(self.feed.advanced), "commit listener")
                 self._spawn(self.pruner.run(), "retention")
                 self._spawn(self.webhook_dispatcher.run(), "webhooks")

@@ -529,6 +529,27 @@ async def test_agent_insert_update_delete(store: Store) -> None:
         await store.commit([DeleteAgent(agent.id, version=4)])
 
 
+async def test_list_agents_by_when_they_were_last_heard_from(store: Store) -> None:
+    now = utcnow()
+    agents = [
+        make_agent("quiet", last_heartbeat_at=now - timedelta(minutes=10)),
+        make_agent("recent", last_heartbeat_at=now - timedelta(seconds=5)),
+        make_agent("never"),  # no time recorded: not "heard before" anything
+        make_agent(
+            "quiet-off", status=AgentStatus.OFFLINE, last_heartbeat_at=now - timedelta(hours=1)
+        ),
+    ]
+    await store.commit([InsertAgent(a) for a in agents])
+    before = now - timedelta(minutes=1)
+    page = await store.list_agents(AgentFilter(heard_before=before), limit=10, cursor=None)
+    assert [load.agent.id for load in page.items] == ["quiet", "quiet-off"]
+    present = AgentFilter(status=[AgentStatus.READY], heard_before=before)
+    page = await store.list_agents(present, limit=10, cursor=None)
+    assert [load.agent.id for load in page.items] == ["quiet"]
+    page = await store.list_agents(AgentFilter(heard_before=now), limit=10, cursor=None)
+    assert [load.agent.id for load in page.items] == ["quiet", "quiet-off", "recent"]
+
+
 async def test_list_agents_filters_load_and_pages(store: Store) -> None:
     # Ids whose byte order differs from a linguistic one: pages follow byte order everywhere.
     agents = [

@@ -13,6 +13,7 @@ import asyncio
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from dispatchd.domain import lifecycle
 from dispatchd.domain.access import Caller, require_self_or_admin
@@ -49,12 +50,16 @@ class ClaimService:
         *,
         waiters: Waiters,
         directory: Directory | None = None,
+        offline_after: timedelta = timedelta(minutes=3),
     ) -> None:
         self.store = store
         self.rules = rules
         self.policy = policy
         self.waiters = waiters
         self.directory = directory
+        # A claim is a sign of life: it refreshes the agent's last heard time when that is
+        # older than this, so a pull-only agent is never taken for gone.
+        self.refresh_after = offline_after / 3
 
     async def claim(
         self,
@@ -163,6 +168,10 @@ class ClaimService:
             )
             ops += [UpdateAgent(back), AppendEvent(status_event(row, back, Caller(row.id)))]
             row = back
+        elif row.last_heartbeat_at is None or row.last_heartbeat_at < now - self.refresh_after:
+            heard = row.evolve(last_heartbeat_at=now, version=row.version + 1)
+            ops.append(UpdateAgent(heard))
+            row = heard
         for task in view.assigned[:max_tasks]:
             started = lifecycle.start(task, now, self.policy)
             ops.extend(ops_for(started, task))

@@ -241,6 +241,8 @@ class AgentFilter:
     capability: str | None = None
     owner: str | None = None
     room: str | None = None
+    # Only agents last heard from (heartbeat or claim) before this time.
+    heard_before: datetime | None = None
 
 
 T = TypeVar("T")

@@ -607,7 +607,7 @@ class PostgresStore(PostgresWebhooks, PostgresNotifications):
     async def list_agents(
         self, flt: AgentFilter, *, limit: int, cursor: str | None
     ) -> Page[AgentLoad]:
-        where, params = agent_where(flt, cursor, _ph, _agent_capability_clause)
+        where, params = agent_where(flt, cursor, _ph, _agent_capability_clause, POSTGRES.dump_time)
         sql = f"{SELECT_AGENT_LOAD} {where} ORDER BY a.id LIMIT {int(limit) + 1}"
         rows = await self._fetchall(sql, params)
         items = [AgentLoad(agent_from_row(r, POSTGRES), int(r["active"])) for r in rows[:limit]]

@@ -133,10 +133,17 @@ def task_where(
 
 
 def agent_where(
-    flt: AgentFilter, cursor: str | None, ph: Placeholder, capability_clause: Callable[[str], str]
+    flt: AgentFilter,
+    cursor: str | None,
+    ph: Placeholder,
+    capability_clause: Callable[[str], str],
+    dump_time: Callable[[datetime], Any],
 ) -> tuple[str, dict[str, Any]]:
     clauses: list[str] = []
     params: dict[str, Any] = {}
+    if flt.heard_before is not None:
+        params["heard_before"] = dump_time(flt.heard_before)
+        clauses.append(f"a.last_heartbeat_at < {ph('heard_before')}")
     if flt.status:
         names = []
         for i, status in enumerate(flt.status):

@@ -548,7 +548,7 @@ class SQLiteStore(SQLiteWebhooks, SQLiteNotifications):
     async def list_agents(
         self, flt: AgentFilter, *, limit: int, cursor: str | None
     ) -> Page[AgentLoad]:
-        where, params = agent_where(flt, cursor, _ph, _agent_capability_clause)
+        where, params = agent_where(flt, cursor, _ph, _agent_capability_clause, SQLITE.dump_time)
         sql = f"{SELECT_AGENT_LOAD} {where} ORDER BY a.id LIMIT {int(limit) + 1}"
 
         def run(conn: sqlite3.Connection) -> Page[AgentLoad]:
