@@ -93,3 +93,26 @@ async def test_an_agent_that_only_claims_stays_present(
     assert await status_of(client, "puller") == "ready"
     log = await runtime.store.read_events(after=0, limit=10_000)
     assert not [e for e in log if e.type == "agent.status_changed" and e.agent_id == "puller"]
+
+
+async def test_an_agent_holding_work_is_left_to_its_leases(
+    client: httpx.AsyncClient, register: Callable[..., Any], runtime: Runtime
+) -> None:
+    """Its leases (renewed by progress too) say whether it is alive, not its heartbeats."""
+    await register("busy", ["deep"])
+    await register("idle", ["deep"])
+    task = await create_code_task(client, title="long", capabilities=["deep"], assigned_to="busy")
+    r = await client.post("/api/v1/tasks/claim", json={}, headers=as_agent("busy"))
+    claimed = r.json()["tasks"]
+    assert [t["id"] for t in claimed] == [task["id"]] and claimed[0]["status"] == "running"
+
+    async def idle_offline() -> bool:
+        return await status_of(client, "idle") == "offline"
+
+    await eventually(idle_offline, "the idle agent to be marked offline", limit_s=10)
+    await asyncio.sleep(1.5)  # past the threshold again, with progress only
+    r = await client.post(
+        f"/api/v1/tasks/{task['id']}/progress", json={"message": "m"}, headers=as_agent("busy")
+    )
+    assert r.status_code == 200, r.text
+    assert await status_of(client, "busy") == "ready"

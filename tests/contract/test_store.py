@@ -548,6 +548,14 @@ async def test_list_agents_by_when_they_were_last_heard_from(store: Store) -> No
     assert [load.agent.id for load in page.items] == ["quiet"]
     page = await store.list_agents(AgentFilter(heard_before=now), limit=10, cursor=None)
     assert [load.agent.id for load in page.items] == ["quiet", "quiet-off", "recent"]
+    # A task handed to "quiet" raises its load: it is no longer idle.
+    held = make_task(status=S.PENDING)
+    await store.commit([InsertTask(held)])
+    given = held.evolve(status=S.ASSIGNED, assignee="quiet", attempt=1, version=held.version + 1)
+    await store.commit([UpdateTask(given, S.PENDING)])
+    idle = AgentFilter(heard_before=now, idle=True)
+    page = await store.list_agents(idle, limit=10, cursor=None)
+    assert [load.agent.id for load in page.items] == ["quiet-off", "recent"]
 
 
 async def test_list_agents_filters_load_and_pages(store: Store) -> None:

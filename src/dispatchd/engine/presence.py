@@ -1,12 +1,13 @@
-"""Agent presence: an agent not heard from for `assignment.offline_after_ms` is marked
-offline, so that assignment stops choosing it and the dashboard and the API show it as
-it is.
+"""Agent presence: an idle agent not heard from for `assignment.offline_after_ms` is
+marked offline, so that assignment stops choosing it and the dashboard and the API show it
+as it is.
 
 An agent is heard from by its heartbeats and its claims (a claim refreshes the time when
 it is older than a third of the threshold). Sleeping agents are left as they are: they
 are woken through their `wake_url` or the availability service, not by heartbeats. An
-offline agent comes back by its next heartbeat or claim. The agents' own tasks are the
-sweeper's business (leases and the wake timeout).
+offline agent comes back by its next heartbeat or claim. An agent holding tasks is the
+sweeper's business: its leases (renewed by progress too) say whether it is alive, and a
+lost lease marks a silent agent offline with the task's requeue.
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ class Presence:
             await asyncio.sleep(self.interval_s)
 
     async def sweep(self) -> list[str]:
-        """Mark offline every present agent silent for the threshold; their ids."""
+        """Mark offline every idle present agent silent for the threshold; their ids."""
         before = utcnow() - self.offline_after
-        flt = AgentFilter(status=PRESENT, heard_before=before)
+        flt = AgentFilter(status=PRESENT, heard_before=before, idle=True)
         gone: list[str] = []
         cursor: str | None = None
         while True:

@@ -243,6 +243,8 @@ class AgentFilter:
     room: str | None = None
     # Only agents last heard from (heartbeat or claim) before this time.
     heard_before: datetime | None = None
+    # Only agents holding no task.
+    idle: bool = False
 
 
 T = TypeVar("T")

@@ -144,6 +144,8 @@ def agent_where(
     if flt.heard_before is not None:
         params["heard_before"] = dump_time(flt.heard_before)
         clauses.append(f"a.last_heartbeat_at < {ph('heard_before')}")
+    if flt.idle:
+        clauses.append("a.active = 0")
     if flt.status:
         names = []
         for i, status in enumerate(flt.status):
