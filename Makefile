@@ -13,6 +13,9 @@ PY_PATHS := src tests
 # Extra arguments: `make run ARGS='--config dispatchd.yaml'`, `make test PYTEST_ARGS='-m "not slow"'`.
 ARGS ?=
 PYTEST_ARGS ?=
+# The suite runs in parallel processes, one test file to a process (most tests wait on
+# servers and subprocesses, so more processes than cores still pays). TEST_WORKERS=0: serial.
+TEST_WORKERS ?= 4
 
 .DEFAULT_GOAL := help
 .PHONY: help run test lint fmt bench example clean install install-dev
@@ -48,7 +51,7 @@ example: $(RUN_STAMP)
 	$(BIN)/python examples/quickstart/demo.py
 
 test: $(DEV_STAMP)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check $(PY_PATHS)
