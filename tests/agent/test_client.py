@@ -125,27 +125,16 @@ def test_sdk_import_stays_light() -> None:
     assert out.strip() == "[]"
 
 
-def test_notification_models_agree_with_the_server() -> None:
-    """The SDK mirrors the notification models (the server keeps them beside routes
-    that import the web framework): same fields, same types."""
+def test_notification_models_are_the_servers() -> None:
+    """The SDK parses notifications with the models the route answers with."""
     from dispatchd.api.routes import notifications as server
     from dispatchd.client import models
 
-    renames = {"NotificationOut": "Notification", "OpenDigestOut": "OpenDigest"}
-    renames["NotificationList"] = "NotificationPage"
-
-    def shape(schema: Any) -> Any:
-        if isinstance(schema, dict):
-            return {renames.get(k, k): shape(v) for k, v in schema.items() if k != "description"}
-        if isinstance(schema, list):
-            return [shape(v) for v in schema]
-        if isinstance(schema, str):
-            for old, new in renames.items():
-                schema = schema.replace(old, new)
-        return schema
-
-    assert shape(models.NotificationPage.model_json_schema()) == shape(
-        server.NotificationList.model_json_schema()
+    routes = {getattr(r, "path", ""): r for r in server.router.routes}
+    listing = routes["/api/v1/notifications"]
+    assert getattr(listing, "response_model", None) is models.NotificationPage
+    assert (
+        models.Notification is models.NotificationPage.model_fields["items"].annotation.__args__[0]
     )
 
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import anyio
 import httpx
@@ -80,6 +80,18 @@ def error_of(response: httpx.Response) -> ApiError:
 def compact(values: Mapping[str, Any]) -> dict[str, Any]:
     """`values` without the entries that are None (left out of a body or a query)."""
     return {k: v for k, v in values.items() if v is not None}
+
+
+class ClientOptions(TypedDict, total=False):
+    """The client's optional settings (see `HttpBase`), for what passes them on."""
+
+    token: str | None
+    admin_token: str | None
+    timeout: float
+    retries: int
+    backoff_base: float
+    backoff_cap: float
+    transport: httpx.AsyncBaseTransport | None
 
 
 class HttpBase:

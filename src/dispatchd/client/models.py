@@ -4,10 +4,19 @@ the server share one definition of every shape; the rest exist only on the clien
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 
+from dispatchd.api.notification_schemas import (
+    NotificationList as NotificationPage,
+)
+from dispatchd.api.notification_schemas import (
+    NotificationOut as Notification,
+)
+from dispatchd.api.notification_schemas import (
+    OpenDigestOut as OpenDigest,
+)
 from dispatchd.api.schemas import (
     AgentOut as Agent,
 )
@@ -94,34 +103,3 @@ class Registration(BaseModel):
     agent: Agent
     token: str | None = None
     created: bool
-
-
-# The notification routes keep their models beside the routes, which import the web
-# framework; these mirror them (a test checks that the fields agree).
-
-
-class Notification(BaseModel):
-    id: str
-    kind: str
-    task_id: str | None
-    data: dict[str, Any]
-    event_id: str
-    created_at: str
-    acknowledged_at: str | None
-    acknowledged_by: str | None
-
-
-class OpenDigest(BaseModel):
-    """The digest still collecting completions and progress."""
-
-    kind: str = "digest"
-    opened_at: str
-    closes_at: str
-    event_id: str
-    data: dict[str, Any]
-
-
-class NotificationPage(BaseModel):
-    items: list[Notification]
-    next_cursor: str
-    open_digest: OpenDigest | None

@@ -17,13 +17,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from concurrent.futures import Future
 from contextlib import suppress
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, Unpack
 
 import anyio
-import httpx
 from anyio.from_thread import BlockingPortal
 
-from dispatchd.client._http import DEFAULT_URL
+from dispatchd.client._http import DEFAULT_URL, ClientOptions
 from dispatchd.client.aio import AsyncClient
 
 __all__ = ["Client"]
@@ -157,33 +156,13 @@ class Client:
     """
 
     def __init__(
-        self,
-        base_url: str = DEFAULT_URL,
-        *,
-        agent_id: str,
-        token: str | None = None,
-        admin_token: str | None = None,
-        timeout: float = 30.0,
-        retries: int = 3,
-        backoff_base: float = 0.2,
-        backoff_cap: float = 5.0,
-        transport: httpx.AsyncBaseTransport | None = None,
+        self, base_url: str = DEFAULT_URL, *, agent_id: str, **options: Unpack[ClientOptions]
     ) -> None:
         self._loop = _LoopThread()
         self._portal = self._loop.portal
 
         async def make() -> AsyncClient:
-            return AsyncClient(
-                base_url,
-                agent_id=agent_id,
-                token=token,
-                admin_token=admin_token,
-                timeout=timeout,
-                retries=retries,
-                backoff_base=backoff_base,
-                backoff_cap=backoff_cap,
-                transport=transport,
-            )
+            return AsyncClient(base_url, agent_id=agent_id, **options)
 
         try:
             self.aio = self._portal.call(make)

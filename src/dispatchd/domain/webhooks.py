@@ -203,43 +203,36 @@ def after_attempt(
     on success; on failure another try after a backoff, or failed when none is left."""
     duration = max(int((now - at).total_seconds() * 1000), 0)
     if ok:
-        record = AttemptRecord(
-            delivery.attempt, at, "delivered", response_status, None, duration, None
-        )
-        return Outcome(
-            delivery_id=delivery.id,
-            webhook_id=delivery.webhook_id,
-            claimed_attempt=delivery.attempt,
-            status=DeliveryStatus.DELIVERED,
-            attempt=delivery.attempt,
-            next_attempt_at=None,
-            response_status=response_status,
-            error=None,
-            delivered_at=now,
-            history=_append(delivery.history, record),
-            at=now,
-            breaker="success",
-        )
-    last = delivery.attempt >= policy.max_attempts
-    next_at = None if last else now + backoff(delivery.attempt, policy, jitter)
+        status, next_at, error = DeliveryStatus.DELIVERED, None, None
+    else:
+        last = delivery.attempt >= policy.max_attempts
+        status = DeliveryStatus.FAILED if last else DeliveryStatus.PENDING
+        next_at = None if last else now + backoff(delivery.attempt, policy, jitter)
     record = AttemptRecord(
-        delivery.attempt, at, "failed", response_status, error, duration, next_at
+        delivery.attempt,
+        at,
+        "delivered" if ok else "failed",
+        response_status,
+        error,
+        duration,
+        next_at,
     )
     return Outcome(
         delivery_id=delivery.id,
         webhook_id=delivery.webhook_id,
         claimed_attempt=delivery.attempt,
-        status=DeliveryStatus.FAILED if last else DeliveryStatus.PENDING,
+        status=status,
         attempt=delivery.attempt,
         next_attempt_at=next_at,
         response_status=response_status,
         error=error,
-        delivered_at=None,
+        delivered_at=now if ok else None,
         history=_append(delivery.history, record),
         at=now,
-        breaker="failure",
-        threshold=policy.breaker_threshold,
-        reopen_at=now + policy.breaker_cooldown,
+        breaker="success" if ok else "failure",
+        # A success closes the breaker; a failure counts towards opening it.
+        threshold=1 if ok else policy.breaker_threshold,
+        reopen_at=None if ok else now + policy.breaker_cooldown,
     )
 
 

@@ -35,6 +35,16 @@ MAX_TASKS = 100
 RETRY_PAUSE_S = 0.005
 
 
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """What one claim asks for."""
+
+    agent_id: str
+    max_tasks: int
+    max_capacity: int | None
+    only: frozenset[str] | None
+
+
 @dataclass(slots=True)
 class Claimed:
     tasks: list[Task] = field(default_factory=list)
@@ -76,11 +86,12 @@ class ClaimService:
         already assigned to it come regardless, since they are its to start."""
         require_self_or_admin(agent_id, caller)
         only = None if capabilities is None else frozenset(capabilities)
+        ask = _Ask(agent_id, max_tasks, max_capacity, only)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(wait_s, 0.0)
         while True:
             with self.waiters.armed(agent_id) as woken:
-                claimed = await self._once(agent_id, max_tasks, max_capacity, only)
+                claimed = await self._once(ask)
                 remaining = deadline - loop.time()
                 if claimed.tasks or claimed.reason in _FINAL or remaining <= 0:
                     return claimed
@@ -90,50 +101,40 @@ class ClaimService:
                     async with asyncio.timeout(remaining):  # see EventFeed.wait
                         await woken
                 except TimeoutError:
-                    return await self._once(agent_id, max_tasks, max_capacity, only)
+                    return await self._once(ask)
                 if self.waiters.closed:
-                    return await self._once(agent_id, max_tasks, max_capacity, only)
+                    return await self._once(ask)
 
-    async def _once(
-        self,
-        agent_id: str,
-        max_tasks: int,
-        max_capacity: int | None,
-        only: frozenset[str] | None,
-    ) -> Claimed:
+    async def _once(self, ask: _Ask) -> Claimed:
         """One claim transaction. A collision with another writer (on PostgreSQL, being
         chosen as a deadlock victim) rolled it back whole, so it is simply tried again."""
         for tries in range(1, MAX_TRIES):
             try:
-                return await self._transaction(agent_id, max_tasks, max_capacity, only)
+                return await self._transaction(ask)
             except ConcurrentUpdate:
                 await asyncio.sleep(random.uniform(0, RETRY_PAUSE_S * tries))
-        return await self._transaction(agent_id, max_tasks, max_capacity, only)
+        return await self._transaction(ask)
 
-    async def _transaction(
-        self,
-        agent_id: str,
-        max_tasks: int,
-        max_capacity: int | None,
-        only: frozenset[str] | None,
-    ) -> Claimed:
-        agent = await self._agent(agent_id)
-        tags = set(agent.capabilities) if only is None else set(agent.capabilities) & only
+    async def _transaction(self, ask: _Ask) -> Claimed:
+        agent = await self._agent(ask.agent_id)
+        tags = set(agent.capabilities)
+        if ask.only is not None:
+            tags &= ask.only
         query = ClaimQuery(
-            agent_id=agent_id,
+            agent_id=ask.agent_id,
             capabilities=sorted(tags),
             owner=agent.owner,
             owner_filter=self.rules.owner_filter,
             now=utcnow(),
-            limit=max_tasks,
+            limit=ask.max_tasks,
         )
         claimed = Claimed()
 
         def plan(view: ClaimView) -> Sequence[Op]:
             if view.agent is None:
-                raise _not_registered(agent_id)
+                raise _not_registered(ask.agent_id)
             ops, claimed.tasks, claimed.reason = self._plan(
-                view, agent, max_tasks=max_tasks, max_capacity=max_capacity
+                view, agent, max_tasks=ask.max_tasks, max_capacity=ask.max_capacity
             )
             return ops
 

@@ -48,8 +48,9 @@ from dispatchd.domain.models import Event
 from dispatchd.engine.feed import EventFeed
 from dispatchd.errors import DispatchError
 from dispatchd.events.lease import Lease, lease_for
+from dispatchd.events.retention import past_pruned
 from dispatchd.jobs import first_of, stop_if_cancelled
-from dispatchd.store.base import RETENTION_CURSOR, SaveCursor, Store
+from dispatchd.store.base import SaveCursor, Store
 
 log = logging.getLogger(__name__)
 
@@ -159,15 +160,7 @@ class NatsPublisher:
             # First run on this database: start at the head, not at the beginning.
             saved = self.head
             await self.store.commit([SaveCursor(CURSOR, saved, utcnow())])
-        pruned = await self.store.get_cursor(RETENTION_CURSOR)
-        if pruned is not None and saved < pruned:
-            log.error(
-                "events %d to %d were deleted by retention before they were published to NATS",
-                saved + 1,
-                pruned,
-                extra={"action": "nats_gap"},
-            )
-            saved = pruned
+        saved = await past_pruned(self.store, saved, "published to NATS", action="nats_gap")
         self.cursor = saved
         return saved
 

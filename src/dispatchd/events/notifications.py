@@ -33,9 +33,9 @@ from dispatchd.domain.notifications import DIGESTED, IMMEDIATE, Digest, immediat
 from dispatchd.engine.feed import EventFeed
 from dispatchd.errors import ConcurrentUpdate, DispatchError
 from dispatchd.events.lease import Lease, lease_for
+from dispatchd.events.retention import past_pruned
 from dispatchd.jobs import first_of
 from dispatchd.store.base import (
-    RETENTION_CURSOR,
     AdvanceCursor,
     InsertNotification,
     Op,
@@ -117,16 +117,8 @@ class Notifier:
             # First run on this database: start at the head, not at the beginning.
             await self.store.commit([AdvanceCursor(CURSOR, None, self.head, utcnow())])
             saved = self.head
-        self.saved = self.cursor = saved
-        pruned = await self.store.get_cursor(RETENTION_CURSOR)
-        if pruned is not None and saved < pruned:
-            log.error(
-                "events %d to %d were deleted by retention before they were notified",
-                saved + 1,
-                pruned,
-                extra={"action": "notify_gap"},
-            )
-            self.cursor = pruned
+        self.saved = saved
+        self.cursor = await past_pruned(self.store, saved, "notified", action="notify_gap")
         self.digest = await self.store.open_digest()
 
     async def step(self) -> None:

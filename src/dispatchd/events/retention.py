@@ -18,7 +18,7 @@ from dispatchd.config import EventsConfig
 from dispatchd.domain.ids import utcnow
 from dispatchd.errors import DispatchError
 from dispatchd.jobs import stop_if_cancelled
-from dispatchd.store.base import Pruned, Store
+from dispatchd.store.base import RETENTION_CURSOR, Pruned, Store
 
 log = logging.getLogger(__name__)
 
@@ -72,3 +72,19 @@ class Pruner:
             except DispatchError as exc:
                 log.warning("retention failed: %s", exc, extra={"action": "prune"})
             await asyncio.sleep(self.config.prune_interval_s)
+
+
+async def past_pruned(store: Store, cursor: int, what: str, *, action: str) -> int:
+    """Where a reader at `cursor` can go on from: `cursor`, or the retention cursor when
+    retention deleted events the reader had not `what` yet (logged as an error)."""
+    pruned = await store.get_cursor(RETENTION_CURSOR)
+    if pruned is None or cursor >= pruned:
+        return cursor
+    log.error(
+        "events %d to %d were deleted by retention before they were %s",
+        cursor + 1,
+        pruned,
+        what,
+        extra={"action": action},
+    )
+    return pruned
