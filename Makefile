@@ -14,8 +14,8 @@ PY_PATHS := src tests
 ARGS ?=
 PYTEST_ARGS ?=
 # The suite runs in parallel processes, one test file to a process (most tests wait on
-# servers and subprocesses, so more processes than cores still pays). TEST_WORKERS=0: serial.
-TEST_WORKERS ?= 4
+# servers and subprocesses; one process per core halves the time). TEST_WORKERS=0: serial.
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help run test lint fmt bench example clean install install-dev
