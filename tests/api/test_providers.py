@@ -27,7 +27,10 @@ from tests.support.standins import PromptForge, StandIn, Wake, Warren
 
 WARREN_TOKEN = "warren-admin-token"
 REFRESH_S = 0.2
-TIMEOUT_S = 0.5
+# Long enough that a stand-in answers in time on a loaded machine (a refresh that times out
+# falls back, by design, and the assertions would see the fallback); the test of a hanging
+# service sets a short one.
+TIMEOUT_S = 5.0
 
 # The `say` fixture: say(capabilities, statuses).
 Say = Callable[[dict[str, Any], dict[str, str]], Awaitable[None]]
@@ -62,8 +65,16 @@ def refresh_s() -> float:
 
 
 @pytest.fixture
-def settings_overrides(forge: PromptForge, warren: Warren, refresh_s: float) -> dict[str, Any]:
-    timing = {"refresh_s": refresh_s, "timeout_s": TIMEOUT_S}
+def timeout_s() -> float:
+    """How long a request to the services may take; parametrize to change."""
+    return TIMEOUT_S
+
+
+@pytest.fixture
+def settings_overrides(
+    forge: PromptForge, warren: Warren, refresh_s: float, timeout_s: float
+) -> dict[str, Any]:
+    timing = {"refresh_s": refresh_s, "timeout_s": timeout_s}
     return {
         "promptforge": {"url": forge.url, **timing},
         "warren": {"url": warren.url, "token": WARREN_TOKEN, **timing},
@@ -271,7 +282,9 @@ async def test_a_task_named_for_a_sleeping_agent_wakes_it(
     await woken(warren, limit_s=2.0)
 
 
-@pytest.mark.parametrize("mode", ["fail", "hang", "garbage"])
+@pytest.mark.parametrize(
+    ("mode", "timeout_s"), [("fail", TIMEOUT_S), ("hang", 0.5), ("garbage", TIMEOUT_S)]
+)
 async def test_a_failing_service_keeps_its_last_good_answer(
     client: httpx.AsyncClient,
     register: Register,
@@ -281,6 +294,7 @@ async def test_a_failing_service_keeps_its_last_good_answer(
     admin: dict[str, str],
     caplog: pytest.LogCaptureFixture,
     mode: str,
+    timeout_s: float,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="dispatchd.engine.providers")
     await say({"a1": {"research": 0.6}}, {"a1": "busy"})
