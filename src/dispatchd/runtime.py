@@ -213,8 +213,7 @@ class Runtime:
                 if self.nats is not None:
                     self._spawn(self.nats.run(self.feed.latest), "nats publisher")
                 self._spawn(self.notifier.run(self.feed.latest), "notifier")
-                reader = EventReader(self.store, self.feed)  # not closed with the API's
-                follower = MetricsFollower(self.store, reader, self.metrics.events)
+                follower = MetricsFollower(self.store, self.feed, self.metrics.events)
                 self._spawn(follower.run(self.feed.latest), "metrics")
         except BaseException:
             await self._stop()

@@ -9,8 +9,6 @@ from the store in one query; a task already deleted by retention counts as `unkn
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import datetime
@@ -18,12 +16,9 @@ from datetime import datetime
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from dispatchd.domain.models import Event, Task
-from dispatchd.errors import DispatchError
-from dispatchd.events.reader import SCAN, CursorExpired, EventReader, TypeFilter
-from dispatchd.jobs import stop_if_cancelled
+from dispatchd.engine.feed import EventFeed
+from dispatchd.events.follower import Backoff, Consumer, Follower
 from dispatchd.store.base import Store
-
-log = logging.getLogger(__name__)
 
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400)
 # Outcomes counted per priority, by event type.
@@ -41,7 +36,10 @@ OUTCOMES = {
 _QUEUED = frozenset({"task.requeued", "task.retrying", "task.rejected", "task.escalated"})
 # Tasks remembered as waiting, to time their assignment (oldest forgotten first).
 WAITING_MEMORY = 100_000
-RETRY_S = 1.0
+# Events read per batch (their tasks are read in one query).
+BATCH = 1000
+IDLE_S = 60.0
+RETRY = Backoff(1.0, 10.0)
 
 
 class EventMetrics:
@@ -110,32 +108,30 @@ class EventMetrics:
                 )
 
 
-class MetricsFollower:
-    """Follows the log from its head at start and feeds `EventMetrics`."""
+class MetricsFollower(Consumer):
+    """Feeds `EventMetrics` from the log, from its head when the replica started. Its
+    cursor is kept in memory only: a restart starts counting afresh."""
 
-    def __init__(self, store: Store, reader: EventReader, metrics: EventMetrics) -> None:
+    def __init__(self, store: Store, feed: EventFeed, metrics: EventMetrics) -> None:
         self.store = store
-        self.reader = reader
         self.metrics = metrics
+        self.cursor = 0  # the last event counted
+        self.follower = Follower(
+            "metrics", store, feed, self, batch=BATCH, idle_s=IDLE_S, backoff=RETRY
+        )
 
     async def run(self, start: int) -> None:
-        cursor = start
-        everything = TypeFilter()
-        while True:
-            stop_if_cancelled()
-            try:
-                cursor = await self._step(cursor, everything)
-            except CursorExpired:
-                # Behind retention (a replica stalled for days): go on from the head.
-                cursor = self.reader.feed.latest
-            except DispatchError as exc:
-                log.warning("metrics could not read the event log: %s", exc)
-                await asyncio.sleep(RETRY_S)
+        self.cursor = start
+        await self.follower.run()
 
-    async def _step(self, cursor: int, everything: TypeFilter) -> int:
-        batch = await self.reader.read(cursor, everything, limit=SCAN, wait_s=60)
-        if batch.events:
-            ids = sorted({e.task_id for e in batch.events if e.task_id})
-            tasks = {t.id: t for t in await self.store.get_tasks(ids)} if ids else {}
-            self.metrics.observe(batch.events, tasks)
-        return batch.cursor
+    async def resume(self) -> int:
+        return self.cursor
+
+    async def handle(self, events: Sequence[Event]) -> None:
+        ids = sorted({e.task_id for e in events if e.task_id})
+        tasks = {t.id: t for t in await self.store.get_tasks(ids)} if ids else {}
+        last = events[-1].id
+        assert last is not None
+        # Moved before counting: a batch that fails half-way is not counted twice.
+        self.cursor = last
+        self.metrics.observe(events, tasks)

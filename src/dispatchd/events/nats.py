@@ -4,17 +4,17 @@ With `hermes.url` set, every event goes to the subject `<hermes.subject_prefix>.
 (`dispatch.task.completed`), as the same JSON the HTTP API returns for an event, with a
 `Nats-Msg-Id` header holding the event id, so that a JetStream stream de-duplicates.
 
-Delivery is at least once, in log order. The publisher reads the log from the cursor it
-keeps in the store (`nats`), publishes a batch, waits until the NATS server has confirmed
-it (a flush: PING answered by PONG after every message of the batch) and only then saves
-the cursor. When NATS is unreachable, or the connection breaks, it backs off (doubling, with
-jitter, capped) and reconnects, resuming from the saved cursor: an outage or a restart
-only delays delivery. A batch that was published but whose cursor was not yet saved (the
-connection broke before the confirmation, or dispatchd died in between) is published again,
-so a consumer may see an event twice; it keeps the order of first deliveries and can drop
-repeats by the event id. Core NATS hands a message only to the subscribers connected when
-it arrives: a consumer that must not miss any while it is itself away reads from a
-JetStream stream on `dispatch.>`.
+Delivery is at least once, in log order. The publisher follows the log (`events/follower.py`)
+from the cursor it keeps in the store (`nats`): it publishes a batch, waits until the NATS
+server has confirmed it (a flush: PING answered by PONG after every message of the batch)
+and only then saves the cursor. When NATS is unreachable, or the connection breaks, it backs
+off (doubling, with jitter, capped) and reconnects, resuming from the saved cursor: an
+outage or a restart only delays delivery. A batch that was published but whose cursor was
+not yet saved (the connection broke before the confirmation, or dispatchd died in between)
+is published again, so a consumer may see an event twice; it keeps the order of first
+deliveries and can drop repeats by the event id. Core NATS hands a message only to the
+subscribers connected when it arrives: a consumer that must not miss any while it is itself
+away reads from a JetStream stream on `dispatch.>`.
 
 The first time it runs on a database (no saved cursor) the publisher starts from the head of
 the log as it was when dispatchd started, not from its beginning: turning NATS on for an old
@@ -33,7 +33,6 @@ import asyncio
 import json
 import logging
 import math
-import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,9 +46,9 @@ from dispatchd.domain.ids import utcnow
 from dispatchd.domain.models import Event
 from dispatchd.engine.feed import EventFeed
 from dispatchd.errors import DispatchError
+from dispatchd.events.follower import Backoff, Consumer, Follower, stored_cursor
+from dispatchd.events.follower import backoff_s as backoff_s
 from dispatchd.events.lease import Lease, lease_for
-from dispatchd.events.retention import past_pruned
-from dispatchd.jobs import first_of, stop_if_cancelled
 from dispatchd.store.base import SaveCursor, Store
 
 log = logging.getLogger(__name__)
@@ -76,20 +75,12 @@ def encode(event: Event) -> bytes:
     return json.dumps(payload_of(event), separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def backoff_s(failures: int, base_s: float, cap_s: float) -> float:
-    """The wait after `failures` failures in a row: doubling from `base_s`, capped at
-    `cap_s`, and drawn from its upper half so that replicas do not retry in step."""
-    ceiling = min(cap_s, base_s * 2 ** min(failures - 1, 30))
-    return random.uniform(ceiling / 2, ceiling)
-
-
-class NatsPublisher:
+class NatsPublisher(Consumer):
     def __init__(
         self, store: Store, feed: EventFeed, config: HermesConfig, *, lease: Lease | None = None
     ) -> None:
         assert config.url, "hermes.url is not set"
         self.store = store
-        self.feed = feed
         self.config = config
         self.servers = [server.strip() for server in config.url.split(",")]
         self.lease = lease or lease_for(store, CURSOR, check_s=config.lease_check_s)
@@ -97,6 +88,16 @@ class NatsPublisher:
         self.head = 0  # where to start on a database that has no saved cursor yet
         self.published = 0
         self._client: Client | None = None
+        self.follower = Follower(
+            "NATS publisher",
+            store,
+            feed,
+            self,
+            batch=config.batch_size,
+            idle_s=IDLE_S,
+            backoff=Backoff(config.retry_base_s, config.retry_cap_s),
+            lease=self.lease,
+        )
 
     async def run(self, head: int) -> None:
         """Publish while this replica holds the lease; runs until cancelled. `head` is the
@@ -104,13 +105,7 @@ class NatsPublisher:
         was ever saved."""
         self.head = head
         try:
-            while True:
-                await self.lease.acquire()
-                try:
-                    await first_of(self._publish(), self.lease.lost())
-                finally:
-                    await self._disconnect()
-                    await self.lease.release()
+            await self.follower.run()
         finally:
             await self.close()
 
@@ -118,51 +113,40 @@ class NatsPublisher:
         await self._disconnect()
         await self.lease.release()
 
-    # --- publishing -------------------------------------------------------------------
+    # --- the follower's consumer ------------------------------------------------------
 
-    async def _publish(self) -> None:
-        """Connect, publish from the saved cursor on, and start again after a failure."""
-        loop = asyncio.get_running_loop()
-        failures = 0
-        while True:
-            started, before = loop.time(), self.cursor
-            try:
-                cursor = await self._saved_cursor()
-                client = await self._connect()
-                log.info(
-                    "publishing events to NATS after event %d",
-                    cursor,
-                    extra={"action": "nats_connected"},
-                )
-                await self._pump(client, cursor)
-            except NATS_ERRORS as exc:
-                problem = f"NATS unavailable ({_describe(exc)})"
-            except DispatchError as exc:
-                problem = f"cannot read or record the NATS cursor ({exc})"
-            # The waits grow only while nothing gets through.
-            if self.cursor != before or loop.time() - started > self.config.retry_cap_s:
-                failures = 0
-            failures += 1
-            wait = backoff_s(failures, self.config.retry_base_s, self.config.retry_cap_s)
-            log.warning(
-                "%s; retrying in %.2fs from event %s",
-                problem,
-                wait,
-                self.cursor,
-                extra={"action": "nats_retry"},
-            )
-            await self._disconnect()
-            await asyncio.sleep(wait)
+    async def resume(self) -> int:
+        """The saved cursor (recorded before NATS is first reached), then a connection."""
+        await self._disconnect()
+        self.cursor = await stored_cursor(self.store, CURSOR, self.head)
+        await self._connect()
+        log.info(
+            "publishing events to NATS after event %d",
+            self.cursor,
+            extra={"action": "nats_connected"},
+        )
+        return self.cursor
 
-    async def _saved_cursor(self) -> int:
-        saved = await self.store.get_cursor(CURSOR)
-        if saved is None:
-            # First run on this database: start at the head, not at the beginning.
-            saved = self.head
-            await self.store.commit([SaveCursor(CURSOR, saved, utcnow())])
-        saved = await past_pruned(self.store, saved, "published to NATS", action="nats_gap")
-        self.cursor = saved
-        return saved
+    async def handle(self, events: Sequence[Event]) -> None:
+        assert self._client is not None, "handle before resume"
+        await self._send(self._client, self.config.subject_prefix, events)
+        last = events[-1].id
+        assert last is not None
+        await self.store.commit([SaveCursor(CURSOR, last, utcnow())])
+        self.cursor = last
+        self.published += len(events)
+
+    def explain(self, exc: Exception) -> str | None:
+        if isinstance(exc, NATS_ERRORS):
+            return f"NATS unavailable ({_describe(exc)})"
+        if isinstance(exc, DispatchError):
+            return f"cannot read or record the NATS cursor ({exc})"
+        return None
+
+    async def pause(self) -> None:
+        await self._disconnect()
+
+    # --- NATS -------------------------------------------------------------------------
 
     async def _connect(self) -> Client:
         async def error_cb(exc: Exception) -> None:
@@ -182,24 +166,6 @@ class NatsPublisher:
         )
         self._client = client
         return client
-
-    async def _pump(self, client: Client, cursor: int) -> None:
-        prefix = self.config.subject_prefix
-        seen = cursor  # the log is known to hold nothing more to read up to here
-        while True:
-            stop_if_cancelled()
-            await self.feed.wait(seen, IDLE_S)
-            events = await self.feed.read(cursor, self.config.batch_size)
-            if not events:
-                seen = max(seen, self.feed.latest)
-                continue
-            await self._send(client, prefix, events)
-            last = events[-1].id
-            assert last is not None
-            await self.store.commit([SaveCursor(CURSOR, last, utcnow())])
-            cursor = self.cursor = last
-            seen = max(seen, last)
-            self.published += len(events)
 
     async def _send(self, client: Client, prefix: str, events: Sequence[Event]) -> None:
         """Publish `events` and wait until the server has them all."""

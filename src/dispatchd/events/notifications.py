@@ -1,12 +1,12 @@
 """The notifier: turns the event log into notifications for humans (docs/events.md).
 
-It reads the log from the store cursor `notifications`. For each batch of events it writes,
-in one transaction with the cursor's move, an entry for each final failure, final timeout,
-escalation and question, and the open digest with the batch's completions and progress
-added. A restart therefore resumes exactly: no event is notified twice or lost, and the
-open digest comes back with the items it had. A digest whose window has ended is closed
-on time even when no further event arrives: the notifier sleeps until then, woken early
-by the feed when the log grows.
+It follows the log (`events/follower.py`) from the store cursor `notifications`. For each
+batch of events it writes, in one transaction with the cursor's move, an entry for each
+final failure, final timeout, escalation and question, and the open digest with the batch's
+completions and progress added. A restart therefore resumes exactly: no event is notified
+twice or lost, and the open digest comes back with the items it had. A digest whose window
+has ended is closed on time even when no further event arrives: the notifier sleeps until
+then, woken early by the feed when the log grows.
 
 The first time it runs on a database (no saved cursor) it starts at the head of the log as
 it was when dispatchd started, not at its beginning. Events deleted by retention before it
@@ -21,7 +21,6 @@ writes nothing twice.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
@@ -31,10 +30,8 @@ from dispatchd.domain.ids import utcnow
 from dispatchd.domain.models import Event
 from dispatchd.domain.notifications import DIGESTED, IMMEDIATE, Digest, immediate
 from dispatchd.engine.feed import EventFeed
-from dispatchd.errors import ConcurrentUpdate, DispatchError
+from dispatchd.events.follower import Backoff, Consumer, Follower, stored_cursor
 from dispatchd.events.lease import Lease, lease_for
-from dispatchd.events.retention import past_pruned
-from dispatchd.jobs import first_of
 from dispatchd.store.base import (
     AdvanceCursor,
     InsertNotification,
@@ -53,11 +50,12 @@ IDLE_S = 30.0
 # Batches that give no notification do not move the saved cursor (re-reading them after a
 # restart gives nothing either), until it lags this many events behind.
 SAVE_EVERY = 5000
-RETRY_S = 1.0
+# Waits after a database error: doubling from the first up to the second.
+RETRY = Backoff(1.0, 10.0)
 LEASE_CHECK_S = 5.0
 
 
-class Notifier:
+class Notifier(Consumer):
     def __init__(
         self,
         store: Store,
@@ -70,80 +68,50 @@ class Notifier:
         self.store = store
         self.feed = feed
         self.window = timedelta(seconds=config.batch_window_s)
-        self.lease = lease or lease_for(store, CURSOR, check_s=lease_check_s)
         self.head = 0  # where to start on a database that has no saved cursor yet
         self.cursor = 0  # the last event handled
         self.saved: int | None = None  # the cursor as stored
         self.digest: Digest | None = None  # the open digest as stored
+        self.follower = Follower(
+            "notifier",
+            store,
+            feed,
+            self,
+            batch=BATCH,
+            idle_s=IDLE_S,
+            backoff=RETRY,
+            lease=lease or lease_for(store, CURSOR, check_s=lease_check_s),
+        )
 
     async def run(self, head: int) -> None:
         """Write notifications while this replica holds the lease; runs until cancelled.
         `head` is the log's last event when the runtime started."""
         self.head = head
-        try:
-            while True:
-                await self.lease.acquire()
-                try:
-                    await first_of(self._work(), self.lease.lost())
-                finally:
-                    await self.lease.release()
-        finally:
-            await self.lease.release()
+        await self.follower.run()
 
-    async def _work(self) -> None:
-        while True:
-            try:
-                await self.load()
-                while True:
-                    await self.step()
-            except ConcurrentUpdate:
-                # Another writer moved the cursor (a replica that held the lease a moment
-                # ago): take up its state.
-                log.info("notification cursor moved elsewhere; reloading")
-            except DispatchError as exc:
-                log.warning(
-                    "notifications could not be written (%s); retrying in %.1fs",
-                    exc,
-                    RETRY_S,
-                    extra={"action": "notify_retry"},
-                )
-                await asyncio.sleep(RETRY_S)
+    async def resume(self) -> int:
+        await self.load()
+        return self.cursor
 
     async def load(self) -> None:
         """Read the saved cursor and the open digest; save the starting cursor the first
         time."""
-        saved = await self.store.get_cursor(CURSOR)
-        if saved is None:
-            # First run on this database: start at the head, not at the beginning.
-            await self.store.commit([AdvanceCursor(CURSOR, None, self.head, utcnow())])
-            saved = self.head
-        self.saved = saved
-        self.cursor = await past_pruned(self.store, saved, "notified", action="notify_gap")
+        self.saved = self.cursor = await stored_cursor(self.store, CURSOR, self.head, fenced=True)
         self.digest = await self.store.open_digest()
 
-    async def step(self) -> None:
-        """Handle the next batch of events, or close the digest whose window has ended, or
-        wait for either."""
-        events = await self.feed.read(self.cursor, BATCH)
-        if events:
-            await self.handle(events)
-            return
-        if self.feed.latest > self.cursor:
-            # The feed heard of events the store does not show yet: look again shortly.
-            await asyncio.sleep(RETRY_S / 20)
-            return
+    async def caught_up(self) -> float:
+        """Close the digest whose window has ended (every event so far is in it); the wait
+        until the open one's window ends."""
         digest = self.digest
         if digest is None:
-            await self.feed.wait(self.cursor, IDLE_S)
-            return
+            return IDLE_S
         remaining = (digest.closes_at - utcnow()).total_seconds()
         if remaining > 0:
-            await self.feed.wait(self.cursor, remaining)
-            return
-        # The window has ended and every event seen so far is in: close it now.
+            return remaining
         now = utcnow()
         await self._commit([InsertNotification(digest.closed(now)), SaveDigest(None, now)])
         self.digest = None
+        return IDLE_S
 
     async def handle(self, events: Sequence[Event]) -> None:
         """Notify `events` (the next ones after the cursor) in one transaction."""

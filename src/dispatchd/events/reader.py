@@ -1,5 +1,5 @@
-"""Reading the event log by cursor: what the long-poll route, the SSE stream and every
-in-server consumer (NATS, webhooks, notifications) share.
+"""Reading the event log by cursor: what the long-poll route and the SSE stream share (the
+in-server consumers follow it with `events/follower.py`).
 
 A cursor is the id of the last event a reader has seen ("0" for the start of the log).
 A read returns the events after it that match the reader's type filter, in log order, and

@@ -2,9 +2,9 @@
 
 Every `events.prune_interval_s` the pruner deletes, in batches, the events older than
 `events.retention_days` (always a prefix of the log, recorded as the `retention` cursor so
-that readers behind it get 410 rather than a silent gap) with the notifications as old,
-and the tasks that finished longer
-ago than `events.finished_task_retention_days`. A value of 0 keeps that kind for ever.
+that readers behind it get 410, and the followers an error in the log, rather than a
+silent gap) with the notifications as old, and the tasks that finished longer ago than
+`events.finished_task_retention_days`. A value of 0 keeps that kind for ever.
 Several replicas may prune at once: each batch is one transaction over what is still there.
 """
 
@@ -18,7 +18,7 @@ from dispatchd.config import EventsConfig
 from dispatchd.domain.ids import utcnow
 from dispatchd.errors import DispatchError
 from dispatchd.jobs import stop_if_cancelled
-from dispatchd.store.base import RETENTION_CURSOR, Pruned, Store
+from dispatchd.store.base import Pruned, Store
 
 log = logging.getLogger(__name__)
 
@@ -72,19 +72,3 @@ class Pruner:
             except DispatchError as exc:
                 log.warning("retention failed: %s", exc, extra={"action": "prune"})
             await asyncio.sleep(self.config.prune_interval_s)
-
-
-async def past_pruned(store: Store, cursor: int, what: str, *, action: str) -> int:
-    """Where a reader at `cursor` can go on from: `cursor`, or the retention cursor when
-    retention deleted events the reader had not `what` yet (logged as an error)."""
-    pruned = await store.get_cursor(RETENTION_CURSOR)
-    if pruned is None or cursor >= pruned:
-        return cursor
-    log.error(
-        "events %d to %d were deleted by retention before they were %s",
-        cursor + 1,
-        pruned,
-        what,
-        extra={"action": action},
-    )
-    return pruned

@@ -1,13 +1,14 @@
 """Webhook delivery: the event log, by cursor, to every subscribed HTTP receiver.
 
-Two loops share the work. The follower reads the log after the lowest cursor of the active
-webhooks and, in one transaction, writes a delivery for each event a webhook's type filter
-matches and moves that webhook's cursor past what it read; so an event is owed to a
-webhook from the moment its cursor passes it, and a restart or an outage of the receiver
-loses nothing. The sender takes each webhook's oldest pending delivery when it is due and
-its circuit allows, claims it (a fenced update, so two replicas never send the same
-attempt), POSTs it signed, and records the outcome: delivered on 2xx, otherwise another
-attempt after an exponential backoff with jitter, or failed after `webhooks.max_attempts`.
+Two loops share the work. The follower (`events/follower.py`) reads the log after the
+lowest cursor of the active webhooks and, in one transaction, writes a delivery for each
+event a webhook's type filter matches and moves that webhook's cursor past what it read; so
+an event is owed to a webhook from the moment its cursor passes it, and a restart or an
+outage of the receiver loses nothing. The sender takes each webhook's oldest pending
+delivery when it is due and its circuit allows, claims it (a fenced update, so two replicas
+never send the same attempt), POSTs it signed, and records the outcome: delivered on 2xx,
+otherwise another attempt after an exponential backoff with jitter, or failed after
+`webhooks.max_attempts`.
 
 Each webhook sends one delivery at a time, in event order: event N+1 waits while N is
 being retried. `webhooks.breaker_threshold` failed attempts in a row open the webhook's
@@ -25,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -49,9 +50,10 @@ from dispatchd.domain.webhooks import (
     signature_header,
 )
 from dispatchd.engine.feed import EventFeed
+from dispatchd.events.follower import Backoff, Consumer, Follower
 from dispatchd.events.reader import TypeFilter
 from dispatchd.jobs import stop_if_cancelled
-from dispatchd.store.base import RETENTION_CURSOR, Store
+from dispatchd.store.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +64,9 @@ SCAN = 1000
 REFRESH_S = 5.0
 # A claimed delivery is held this long past the request timeout before another may try.
 LEASE_MARGIN_S = 5.0
-# The wait after a database error before a loop tries again.
+# The wait after a database error before the sender tries again; the follower's waits.
 RETRY_S = 1.0
+FOLLOW_RETRY = Backoff(RETRY_S, 10.0)
 PRUNE_EVERY_S = 300.0
 PRUNE_BATCH = 1000
 # How much of a failing receiver's answer is kept as the delivery's error.
@@ -89,6 +92,54 @@ def event_body(event: Event) -> str:
     return EventOut.of(event).model_dump_json()
 
 
+class DeliveryWriter(Consumer):
+    """The follower's consumer: the events past each active webhook's cursor that its type
+    filter matches become deliveries, written with the cursors' move."""
+
+    def __init__(
+        self, store: Store, clock: Callable[[], datetime], written: Callable[[], None]
+    ) -> None:
+        self.store = store
+        self._clock = clock
+        self._written = written
+        self._hooks: dict[str, tuple[Webhook, TypeFilter]] = {}
+        self._cursors: dict[str, int] = {}
+
+    async def resume(self) -> int | None:
+        """Read the active webhooks again: the lowest cursor among them."""
+        hooks = await self.store.active_webhooks()
+        self._cursors = {h.id: max(h.last_event_id, self._cursors.get(h.id, 0)) for h in hooks}
+        self._hooks = {h.id: (h, TypeFilter(h.types)) for h in hooks}
+        return min(self._cursors.values(), default=None)
+
+    async def handle(self, events: Sequence[Event]) -> None:
+        last = events[-1].id
+        assert last is not None
+        now = self._clock()
+        bodies: dict[int, str] = {}
+        advances = []
+        for hook_id, (hook, wanted) in self._hooks.items():
+            cursor = self._cursors[hook_id]
+            if cursor >= last:
+                continue
+            deliveries = []
+            for event in events:
+                assert event.id is not None
+                if event.id > cursor and wanted(event.type):
+                    body = bodies.get(event.id)
+                    if body is None:
+                        body = bodies[event.id] = event_body(event)
+                    deliveries.append(_delivery(hook, event, body, now))
+            advances.append(Advance(hook_id, last, tuple(deliveries)))
+        if not advances:
+            return
+        written = await self.store.enqueue_deliveries(advances)
+        for advance in advances:
+            self._cursors[advance.webhook_id] = last
+        if written:
+            self._written()
+
+
 class WebhookDispatcher:
     def __init__(
         self,
@@ -100,33 +151,31 @@ class WebhookDispatcher:
         jitter: Callable[[], float] = random.random,
     ) -> None:
         self.store = store
-        self.feed = feed
         self.config = config
         self.policy = policy_of(config)
         self.lease = timedelta(seconds=config.timeout_s + LEASE_MARGIN_S)
         self._clock = clock
         self._jitter = jitter
-        self._hooks: dict[str, tuple[Webhook, TypeFilter]] = {}
-        # Set by `changed`; a change that lands while the webhooks are being read marks
-        # the fresh copy stale again.
-        self._stale = True
-        self._cursors: dict[str, int] = {}
-        self._loaded_at = 0.0
-        self._follow_wake = asyncio.Event()
         self._send_wake = asyncio.Event()
         self._inflight: dict[str, asyncio.Task[None]] = {}
         # Made on the first delivery: building one (its TLS context) costs tens of ms,
         # which a runtime that never sends should not pay.
         self._client: httpx.AsyncClient | None = None
-        feed.listen(self._grown)
-
-    def _grown(self, last_id: int) -> None:
-        self._follow_wake.set()
+        # Every replica follows: the store writes each delivery once among them.
+        self.follower = Follower(
+            "webhook follower",
+            store,
+            feed,
+            DeliveryWriter(store, clock, self._send_wake.set),
+            batch=SCAN,
+            idle_s=REFRESH_S,
+            backoff=FOLLOW_RETRY,
+            refresh_s=REFRESH_S,
+        )
 
     def changed(self) -> None:
         """Webhooks were created, changed or deleted here: read them again at once."""
-        self._stale = True
-        self._follow_wake.set()
+        self.follower.reload()
         self._send_wake.set()
 
     async def close(self) -> None:
@@ -146,85 +195,10 @@ class WebhookDispatcher:
     async def run(self) -> None:
         """Follow the log and send deliveries until cancelled."""
         async with asyncio.TaskGroup() as group:
-            group.create_task(self._follow_loop())
+            group.create_task(self.follower.run())
             group.create_task(self._send_loop(group.create_task))
             if self.config.delivery_retention_days > 0:
                 group.create_task(self._prune_loop())
-
-    # --- following the log ------------------------------------------------------------
-
-    async def _follow_loop(self) -> None:
-        while True:
-            stop_if_cancelled()
-            self._follow_wake.clear()
-            try:
-                busy = await self.follow_once()
-            except Exception:
-                log.exception("webhook follower failed", extra={"action": "webhook"})
-                await asyncio.sleep(RETRY_S)
-                continue
-            if not busy:
-                await _wait(self._follow_wake, REFRESH_S)
-
-    async def follow_once(self) -> bool:
-        """Turn the next events past the active webhooks' cursors into deliveries; False
-        when there was nothing to read."""
-        hooks = await self._active()
-        if not hooks:
-            return False
-        low = min(self._cursors[hook_id] for hook_id in hooks)
-        events = await self.feed.read(low, SCAN)
-        if not events or events[-1].id is None:
-            return False
-        last = events[-1].id
-        now = self._clock()
-        bodies: dict[int, str] = {}
-        advances = []
-        for hook_id, (hook, wanted) in hooks.items():
-            cursor = self._cursors[hook_id]
-            if cursor >= last:
-                continue
-            deliveries = []
-            for event in events:
-                assert event.id is not None
-                if event.id > cursor and wanted(event.type):
-                    body = bodies.get(event.id)
-                    if body is None:
-                        body = bodies[event.id] = event_body(event)
-                    deliveries.append(_delivery(hook, event, body, now))
-            advances.append(Advance(hook_id, last, tuple(deliveries)))
-        written = await self.store.enqueue_deliveries(advances)
-        for advance in advances:
-            self._cursors[advance.webhook_id] = last
-        if written:
-            self._send_wake.set()
-        return True
-
-    async def _active(self) -> dict[str, tuple[Webhook, TypeFilter]]:
-        loop = asyncio.get_running_loop()
-        if not self._stale and loop.time() - self._loaded_at < REFRESH_S:
-            return self._hooks
-        self._stale = False
-        try:
-            hooks = await self.store.active_webhooks()
-        except BaseException:
-            self._stale = True
-            raise
-        self._loaded_at = loop.time()
-        self._cursors = {h.id: max(h.last_event_id, self._cursors.get(h.id, 0)) for h in hooks}
-        self._hooks = {h.id: (h, TypeFilter(h.types)) for h in hooks}
-        if hooks:
-            pruned = await self.store.get_cursor(RETENTION_CURSOR)
-            for hook in hooks:
-                if pruned is not None and self._cursors[hook.id] < pruned:
-                    log.warning(
-                        "retention deleted events %d to %d before webhook %s got them",
-                        self._cursors[hook.id] + 1,
-                        pruned,
-                        hook.id,
-                        extra={"action": "webhook", "webhook_id": hook.id},
-                    )
-        return self._hooks
 
     # --- sending ----------------------------------------------------------------------
 
