@@ -20,7 +20,7 @@ import asyncio
 import logging
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from dispatchd.domain.ids import utcnow
@@ -155,12 +155,15 @@ class Follower:
                 await self._let_go()
 
     async def _let_go(self) -> None:
+        await self._quietly(self.consumer.pause)
+        await self._quietly(self.lease.release)
+
+    async def _quietly(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Let go of something; a failure to is logged, not raised, so the loop goes on."""
         try:
-            await self.consumer.pause()
+            await step()
         except Exception:
-            log.exception("%s could not pause", self.name, extra=self._extra())
-        finally:
-            await self.lease.release()
+            log.exception("%s could not let go of a resource", self.name, extra=self._extra())
 
     async def _follow(self) -> None:
         loop = asyncio.get_running_loop()
@@ -250,10 +253,7 @@ class Follower:
         self._failed_at = now
         self.failures += 1
         wait_s = backoff_s(self.failures, self.backoff.base_s, self.backoff.cap_s)
-        try:
-            await self.consumer.pause()
-        except Exception:
-            log.exception("%s could not pause", self.name, extra=self._extra())
+        await self._quietly(self.consumer.pause)
         problem = self.consumer.explain(exc)
         if problem is None:
             log.error(
