@@ -64,7 +64,34 @@ def drain_timeout(n: int) -> float:
     return 120.0 + n / 20
 
 
-def cpu_of(meter: LoadMeter) -> dict[str, float]:
+class Meter:
+    """The CPU meter of _common (our processes vs. the rest of the machine), with our own
+    PostgreSQL cluster counted as ours when the benchmark started one."""
+
+    def __init__(self, pids: dict[str, int | None], postmaster: int | None) -> None:
+        self.load = LoadMeter({k: v for k, v in pids.items() if v})
+        self.cluster = sv.ClusterMeter(postmaster) if postmaster else None
+        self._t = 0.0
+
+    def start(self) -> Meter:
+        self._t = time.monotonic()
+        if self.cluster:
+            self.cluster.start()
+        self.load.start()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        out = self.load.stop()
+        if self.cluster:
+            pg = round(self.cluster.stop_s() / (time.monotonic() - self._t), 3)
+            out["postgres"] = pg
+            out["ours"] = round(out["ours"] + pg, 3)
+            out["others"] = round(max(out["machine"] - out["ours"], 0.0), 3)
+        out["wall_s"] = round(time.monotonic() - self._t, 3)
+        return out
+
+
+def cpu_of(meter: Meter) -> dict[str, float]:
     return meter.stop()
 
 
@@ -78,6 +105,8 @@ def drain_figures(
         "create_per_s": round(n / create_s, 1),
         "drain_s": round(span, 6),
         "drain_per_s": round(rate, 1),
+        # CPU our processes spent per task while draining: what a busy machine changes least
+        "cpu_ms_per_task": round(cpu["ours"] * cpu["wall_s"] / n * 1000, 3),
         "cpu_cores": cpu,
     }
 
@@ -96,7 +125,7 @@ def run_dispatchd(args: Any) -> dict[str, Any]:
         mode = dp.MODES[name]
         with database(NAME) as db, server(db) as srv:
             create_s = asyncio.run(dp.backlog(srv.api_url, args.tasks, args.create_batch))
-            meter = LoadMeter({"server": server_pid(srv), "agents": os.getpid()}).start()
+            meter = _meter(args, server=server_pid(srv), agents=os.getpid())
             stamps = asyncio.run(
                 dp.drain(srv.api_url, args.tasks, args.workers, mode, drain_timeout(args.tasks))
             )
@@ -104,7 +133,7 @@ def run_dispatchd(args: Any) -> dict[str, Any]:
         out["drain"][name] = fig
         _say(f"dispatchd {name}", fig)
     with database(NAME) as db, server(db) as srv:
-        meter = LoadMeter({"server": server_pid(srv), "agents": os.getpid()}).start()
+        meter = _meter(args, server=server_pid(srv), agents=os.getpid())
         stamps, late = asyncio.run(
             dp.latency(srv.api_url, args.latency_tasks, args.warmup, args.gap, args.workers, 120)
         )
@@ -157,7 +186,7 @@ def run_celery(args: Any, py: Path, tmp: Path) -> dict[str, Any]:
         path = tmp / "celery-drain.json"
         worker_env = {**env, STAMPS_ENV: str(path), DUMP_AT_ENV: str(n)}
         with celery_worker(py, tmp, "celery-drain", worker_env, args.workers) as worker:
-            meter = _meter(worker=worker.pid, redis=redis_pid)
+            meter = _meter(args, worker=worker.pid, redis=redis_pid)
             rows = sv.wait_stamps(path, n, drain_timeout(n), [worker])
             cpu = cpu_of(meter)
         _check_once(rows, n, "Celery")
@@ -204,7 +233,7 @@ def _peer_latency(
         sv.run_json(f"{name}-probe", send_command(1, 0.0, -1), tmp, 60, env, sv.PEERS_DIR)
         sv.wait_stamps(path, 1, 60, [worker])
         time.sleep(0.5)
-        meter = _meter(worker=worker.pid, **extra_pids)
+        meter = _meter(args, worker=worker.pid, **extra_pids)
         sent = sv.run_json(
             f"{name}-send",
             send_command(total, args.gap, 0),
@@ -256,7 +285,7 @@ def run_pgqueuer(args: Any, py: Path, tmp: Path) -> dict[str, Any]:
         path = tmp / "pgq-drain.json"
         worker_env = {**env, STAMPS_ENV: str(path), DUMP_AT_ENV: str(n)}
         with worker(db.url, "pgq-drain", worker_env) as proc:
-            meter = _meter(worker=proc.pid)
+            meter = _meter(args, worker=proc.pid)
             rows = sv.wait_stamps(path, n, drain_timeout(n), [proc])
             cpu = cpu_of(meter)
         _check_once(rows, n, "pgqueuer")
@@ -284,8 +313,8 @@ def run_pgqueuer(args: Any, py: Path, tmp: Path) -> dict[str, Any]:
 # --- shared ----------------------------------------------------------------------------------
 
 
-def _meter(**pids: int | None) -> LoadMeter:
-    return LoadMeter({k: v for k, v in pids.items() if v}).start()
+def _meter(args: Any, **pids: int | None) -> Meter:
+    return Meter(pids, args.postmaster).start()
 
 
 def _check_once(rows: list[Any], n: int, who: str) -> None:
@@ -300,7 +329,8 @@ def _say(who: str, fig: dict[str, Any]) -> None:
     print(
         f"  {who}: created {fig['tasks']:,} in {fig['create_s']:.2f} s "
         f"({fig['create_per_s']:,.0f}/s), drained at {fig['drain_per_s']:,.0f}/s "
-        f"({fig['drain_s']:.2f} s); cores: ours {cpu['ours']:.2f}, others {cpu['others']:.2f}",
+        f"({fig['drain_s']:.2f} s), {fig['cpu_ms_per_task']:.2f} ms CPU a task; cores: ours "
+        f"{cpu['ours']:.2f}, others {cpu['others']:.2f}",
         flush=True,
     )
 
@@ -337,32 +367,25 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
 def report(results: dict[str, Any], args: Any) -> None:
     rows = []
     for peer, fig in results.items():
-        if peer == "dispatchd":
-            for mode, f in fig["drain"].items():
-                rows.append(
-                    [
-                        f"dispatchd {mode}",
-                        f["create_per_s"],
-                        f["drain_per_s"],
-                        f["drain_s"],
-                        f["cpu_cores"]["ours"],
-                        f["cpu_cores"]["others"],
-                    ]
-                )
-        else:
-            f = fig["drain"]
+        drains = fig["drain"].items() if peer == "dispatchd" else [("", fig["drain"])]
+        for mode, f in drains:
             rows.append(
                 [
-                    peer,
+                    f"{peer} {mode}".strip(),
                     f["create_per_s"],
                     f["drain_per_s"],
                     f["drain_s"],
+                    f["cpu_ms_per_task"],
                     f["cpu_cores"]["ours"],
                     f["cpu_cores"]["others"],
                 ]
             )
-    print(f"\ndrain: {args.tasks:,} no-op tasks, {args.workers} workers (per second; CPU in cores)")
-    print(table(["peer", "create/s", "drain/s", "drain s", "ours cpu", "others cpu"], rows))
+    print(
+        f"\ndrain: {args.tasks:,} no-op tasks, {args.workers} workers (per second; CPU in "
+        "cores, and ms of our processes' CPU per task)"
+    )
+    headers = ["peer", "create/s", "drain/s", "drain s", "cpu ms/task", "ours cpu", "others cpu"]
+    print(table(headers, rows))
     rows = []
     for peer, fig in results.items():
         ms = fig["latency"]["ms"]
@@ -384,15 +407,16 @@ def report(results: dict[str, Any], args: Any) -> None:
 
 
 @contextlib.contextmanager
-def postgres_if_asked(flag: bool, settings: str) -> Iterator[None]:
+def postgres_if_asked(flag: bool, settings: str) -> Iterator[int | None]:
+    """The postmaster's pid when a private cluster was started, None otherwise."""
     if not flag:
-        yield
+        yield None
         return
     print(f"# starting a private PostgreSQL ({settings} settings)", flush=True)
-    with sv.postgres_server(settings) as url:
+    with sv.postgres_server(settings) as (url, postmaster):
         os.environ[DATABASE_ENV] = url
         try:
-            yield
+            yield postmaster
         finally:
             os.environ.pop(DATABASE_ENV, None)
 
@@ -465,15 +489,17 @@ def main() -> None:
     if args.results_dir is not None:
         _common.RESULTS = args.results_dir
     _stop_on_sigterm()
-    with postgres_if_asked(args.postgres, args.pg_settings):
+    with postgres_if_asked(args.postgres, args.pg_settings) as args.postmaster:
         on_pg = engine() == "postgres"
         default = "dispatchd,pgqueuer" if on_pg else "dispatchd,celery"
         peers = [x.strip() for x in (args.peers or default).split(",") if x.strip()]
         if "pgqueuer" in peers and not on_pg:
             p.error(f"pgqueuer needs PostgreSQL: --postgres or {DATABASE_ENV}")
-        header(
-            "peers: dispatchd beside " + ", ".join(x for x in peers if x != "dispatchd"), args.quick
+        others = [x for x in peers if x != "dispatchd"]
+        title = "peers: " + (
+            "dispatchd beside " + ", ".join(others) if others else "dispatchd alone"
         )
+        header(title, args.quick)
         before = previous(NAME, args.quick)
         py = sv.ensure_venv() if set(peers) & {"celery", "pgqueuer"} else None
         results: dict[str, Any] = {}

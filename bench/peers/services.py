@@ -265,9 +265,10 @@ PG_SETTINGS: dict[str, dict[str, str] | None] = {
 
 
 @contextlib.contextmanager
-def postgres_server(settings: str = "async-commit") -> Iterator[str]:
+def postgres_server(settings: str = "async-commit") -> Iterator[tuple[str, int]]:
     """A private PostgreSQL cluster (initdb in a temporary directory, a free loopback port),
-    as the tests start one; the URL of its `postgres` database, for creating others."""
+    as the tests start one: the URL of its `postgres` database, for creating others, and
+    the postmaster's pid (for the CPU meter)."""
     from tests.support import postgres
 
     server = postgres.PostgresServer()
@@ -278,6 +279,42 @@ def postgres_server(settings: str = "async-commit") -> Iterator[str]:
             patches.enter_context(mock.patch.object(postgres, "_scratch_dir", lambda: None))
         server.start()
     try:
-        yield server.url("postgres")
+        postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])
+        yield server.url("postgres"), postmaster
     finally:
         server.stop()
+
+
+class ClusterMeter:
+    """CPU seconds used by a PostgreSQL cluster over an interval: the postmaster and every
+    backend under it, including those that started during the interval (they come and go
+    with connections, so a fixed list of pids would miss them)."""
+
+    def __init__(self, postmaster: int) -> None:
+        self.postmaster = postmaster
+        self._start: dict[int, float] = {}
+
+    def _pids(self) -> list[int]:
+        pids = [self.postmaster]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == self.postmaster:
+                    pids.append(int(stat.parent.name))
+        return pids
+
+    def _cpu(self) -> dict[int, float]:
+        from _common import proc_cpu_s
+
+        out = {}
+        for pid in self._pids():
+            with contextlib.suppress(OSError):
+                out[pid] = proc_cpu_s(pid)
+        return out
+
+    def start(self) -> ClusterMeter:
+        self._start = self._cpu()
+        return self
+
+    def stop_s(self) -> float:
+        """CPU seconds since start (a backend that exited meanwhile is not counted)."""
+        return sum(cpu - self._start.get(pid, 0.0) for pid, cpu in self._cpu().items())

@@ -56,6 +56,7 @@ def test_dispatchd_half_drains_and_measures_latency(tmp_path: Path) -> None:
     fig = dispatchd["drain"]["claim10+bc"]
     assert fig["tasks"] == 50
     assert fig["create_per_s"] > 0
+    assert fig["cpu_ms_per_task"] > 0
     # the rate is the tasks over the span between the first start and the last finish
     assert fig["drain_per_s"] == pytest.approx(50 / fig["drain_s"], rel=0.01)
     latency = dispatchd["latency"]["ms"]
