@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt bench example clean install install-dev
+.PHONY: help run test lint fmt bench bench-peers example clean install install-dev
 
 help:
 	@echo "make run    start dispatchd serve (API on 127.0.0.1:8600, operations on :8601)"
@@ -26,6 +26,7 @@ help:
 	@echo "make lint   ruff check, ruff format --check, mypy (strict) on src"
 	@echo "make fmt    format and auto-fix with ruff"
 	@echo "make bench  run the benchmark scripts in bench/"
+	@echo "make bench-peers  dispatchd beside Celery (ARGS=--postgres: beside pgqueuer)"
 	@echo "make example  the broker, a runner around a small agent, three tasks (examples/quickstart)"
 	@echo "make clean  remove the virtualenv, caches and build output (keeps .dispatchd/)"
 
@@ -74,7 +75,21 @@ bench: $(DEV_STAMP)
 	done; \
 	if [ $$found = 0 ]; then echo "no benchmark scripts in bench/ yet"; fi
 
+# dispatchd beside Celery and pgqueuer (bench/peers/README.md). The peers go into a
+# virtualenv of their own, bench/peers/.venv, made by the script; Celery's broker is Debian's
+# redis-server, installed here when missing and we are root. ARGS='--quick', '--postgres'.
+bench-peers: $(DEV_STAMP)
+	@if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server; } || exit 1; \
+		else \
+			echo "redis-server is missing: run 'sudo apt-get install -y redis-server' (or ARGS='--peers dispatchd')"; \
+			exit 1; \
+		fi; \
+	fi
+	$(BIN)/python bench/peers/peers.py $(ARGS)
+
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) bench/peers/.venv build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find src tests bench -name __pycache__ -type d -prune -exec rm -rf {} + 2>/dev/null || true
 	find src -maxdepth 1 -name '*.egg-info' -type d -exec rm -rf {} + 2>/dev/null || true
