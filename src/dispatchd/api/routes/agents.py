@@ -25,11 +25,11 @@ from dispatchd.store.base import AgentFilter, AgentLoad
 router = APIRouter(prefix="/api/v1/agents", tags=["agents"], responses=ERRORS)
 
 
-def agent_out(load: AgentLoad) -> AgentOut:
+def _agent_out(load: AgentLoad) -> AgentOut:
     return AgentOut.of(load.agent, load.active)
 
 
-def weights(capabilities: list[str] | dict[str, float] | None) -> dict[str, float] | None:
+def _weights(capabilities: list[str] | dict[str, float] | None) -> dict[str, float] | None:
     """Capabilities as tags with weights; a bare tag weighs 1."""
     if capabilities is None:
         return None
@@ -41,7 +41,7 @@ def weights(capabilities: list[str] | dict[str, float] | None) -> dict[str, floa
 def _fields(body: AgentRegister | AgentPatch) -> dict[str, Any]:
     fields = body.model_dump(exclude_unset=True, exclude={"id"})
     if "capabilities" in fields:
-        fields["capabilities"] = weights(body.capabilities) or {}
+        fields["capabilities"] = _weights(body.capabilities) or {}
     if fields.get("status") == AgentStatus.OFFLINE:
         raise ValidationFailed(
             "an agent cannot set itself offline; deregister or stop heartbeating instead",
@@ -70,7 +70,7 @@ async def register_agent(
     if registered.token is None:
         response.status_code = status.HTTP_200_OK
     load = await rt.agents.load(registered.agent.id)
-    return AgentRegistered(agent=agent_out(load), token=registered.token)
+    return AgentRegistered(agent=_agent_out(load), token=registered.token)
 
 
 @router.get("", response_model=AgentList)
@@ -89,12 +89,12 @@ async def list_agents(
         status=[status_] if status_ else [], capability=capability, owner=owner, room=room
     )
     page = await rt.agents.page(flt, limit=limit, cursor=cursor)
-    return AgentList(items=[agent_out(a) for a in page.items], next_cursor=page.next_cursor)
+    return AgentList(items=[_agent_out(a) for a in page.items], next_cursor=page.next_cursor)
 
 
 @router.get("/{agent_id}", response_model=AgentOut)
 async def get_agent(agent_id: str, caller: CallerDep, rt: RuntimeDep) -> AgentOut:
-    return agent_out(await rt.agents.load(agent_id))
+    return _agent_out(await rt.agents.load(agent_id))
 
 
 @router.patch("/{agent_id}", response_model=AgentOut)
@@ -102,7 +102,7 @@ async def patch_agent(
     agent_id: str, body: AgentPatch, caller: CallerDep, rt: RuntimeDep
 ) -> AgentOut:
     await rt.agents.update(agent_id, _fields(body), caller)
-    return agent_out(await rt.agents.load(agent_id))
+    return _agent_out(await rt.agents.load(agent_id))
 
 
 @router.delete("/{agent_id}", response_model=AgentRemoved)
@@ -117,16 +117,16 @@ async def heartbeat(
 ) -> AgentOut:
     new_status = AgentStatus(body.status) if body and body.status else None
     await rt.agents.heartbeat(agent_id, caller, status=new_status)
-    return agent_out(await rt.agents.load(agent_id))
+    return _agent_out(await rt.agents.load(agent_id))
 
 
 @router.post("/{agent_id}/drain", response_model=AgentOut)
 async def drain(agent_id: str, caller: CallerDep, rt: RuntimeDep) -> AgentOut:
     await rt.agents.set_drained(agent_id, caller, drained=True)
-    return agent_out(await rt.agents.load(agent_id))
+    return _agent_out(await rt.agents.load(agent_id))
 
 
 @router.post("/{agent_id}/undrain", response_model=AgentOut)
 async def undrain(agent_id: str, caller: CallerDep, rt: RuntimeDep) -> AgentOut:
     await rt.agents.set_drained(agent_id, caller, drained=False)
-    return agent_out(await rt.agents.load(agent_id))
+    return _agent_out(await rt.agents.load(agent_id))

@@ -232,10 +232,10 @@ def _reason(value: str | None) -> Reason | None:
 async def explain_task(task_id: str, caller: CallerDep, rt: RuntimeDep) -> ExplainOut:
     """Why the task went where it went, or why it waits: every agent with its score or
     the reason it was left out, and the model routing."""
-    return explain_out(await explain(rt.store, rt.directory, rt.tasks.rules, task_id))
+    return _explain_out(await explain(rt.store, rt.directory, rt.tasks.rules, task_id))
 
 
-def explain_out(e: Explanation) -> ExplainOut:
+def _explain_out(e: Explanation) -> ExplainOut:
     t = e.task
     return ExplainOut(
         task_id=t.id,
