@@ -40,6 +40,10 @@ if TYPE_CHECKING:
     from dispatchd.runner.worker import Job, TaskFailed, Worker
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:

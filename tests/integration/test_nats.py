@@ -25,7 +25,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from dispatchd.api.app import create_app
-from dispatchd.api.schemas import EventOut
+from dispatchd.api.schemas.events import EventOut
 from dispatchd.domain.models import Event
 from dispatchd.runtime import Runtime
 from dispatchd.store.base import Store

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from dispatchd.api.schemas import EventOut
+from dispatchd.api.schemas.events import EventOut
 from dispatchd.config import ConfigError, HermesConfig, load_settings
 from dispatchd.domain.models import Event
 from dispatchd.events.lease import LocalLease, lock_key

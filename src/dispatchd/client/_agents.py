@@ -6,7 +6,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, TypedDict, Unpack
 from urllib.parse import quote
 
-from dispatchd.api.schemas import AgentRegistered
+from dispatchd.api.schemas.agents import AgentRegistered
 from dispatchd.client._http import HttpBase, compact, pages
 from dispatchd.client.models import Agent, AgentRemoved, AgentStatus, Page, Registration
 

@@ -9,7 +9,9 @@ from enum import Enum
 from typing import Any, Literal, TypedDict, Unpack
 from urllib.parse import quote
 
-from dispatchd.api.schemas import CompleteBatchOut, EventList, TaskBatchOut
+from dispatchd.api.schemas.claims import CompleteBatchOut
+from dispatchd.api.schemas.events import EventList
+from dispatchd.api.schemas.tasks import TaskBatchOut
 from dispatchd.client._http import HttpBase, compact, pages
 from dispatchd.client.models import (
     Claim,

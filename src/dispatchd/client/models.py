@@ -1,5 +1,6 @@
-"""The SDK's typed results. Most are the server's own response models, so the SDK and
-the server share one definition of every shape; the rest exist only on the client side.
+"""The SDK's typed results. Most are the server's own response models
+(`dispatchd.api.schemas`, which imports nothing of the server), so the SDK and the server
+share one definition of every shape; the rest exist only on the client side.
 """
 
 from __future__ import annotations
@@ -8,49 +9,21 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 
-from dispatchd.api.notification_schemas import (
-    NotificationList as NotificationPage,
-)
-from dispatchd.api.notification_schemas import (
-    NotificationOut as Notification,
-)
-from dispatchd.api.notification_schemas import (
-    OpenDigestOut as OpenDigest,
-)
-from dispatchd.api.schemas import (
-    AgentOut as Agent,
-)
-from dispatchd.api.schemas import (
-    AgentRemoved,
-    CompleteItemOut,
-    ExplainOut,
-    QueueOut,
-)
-from dispatchd.api.schemas import (
-    ClaimOut as Claim,
-)
-from dispatchd.api.schemas import (
-    CommentOut as Comment,
-)
-from dispatchd.api.schemas import (
-    EventOut as Event,
-)
-from dispatchd.api.schemas import (
-    TaskDetailOut as TaskDetail,
-)
-from dispatchd.api.schemas import (
-    TaskOut as Task,
-)
-from dispatchd.api.webhook_schemas import (
-    DeliveryOut as Delivery,
-)
-from dispatchd.api.webhook_schemas import (
-    WebhookCreated,
-    WebhookRemoved,
-)
-from dispatchd.api.webhook_schemas import (
-    WebhookOut as Webhook,
-)
+from dispatchd.api.schemas.agents import AgentOut as Agent
+from dispatchd.api.schemas.agents import AgentRemoved
+from dispatchd.api.schemas.claims import ClaimOut as Claim
+from dispatchd.api.schemas.claims import CompleteItemOut, QueueOut
+from dispatchd.api.schemas.events import EventOut as Event
+from dispatchd.api.schemas.explain import ExplainOut
+from dispatchd.api.schemas.notifications import NotificationList as NotificationPage
+from dispatchd.api.schemas.notifications import NotificationOut as Notification
+from dispatchd.api.schemas.notifications import OpenDigestOut as OpenDigest
+from dispatchd.api.schemas.tasks import CommentOut as Comment
+from dispatchd.api.schemas.tasks import TaskDetailOut as TaskDetail
+from dispatchd.api.schemas.tasks import TaskOut as Task
+from dispatchd.api.schemas.webhooks import DeliveryOut as Delivery
+from dispatchd.api.schemas.webhooks import WebhookCreated, WebhookRemoved
+from dispatchd.api.schemas.webhooks import WebhookOut as Webhook
 from dispatchd.domain.models import AgentStatus, Priority, TaskStatus
 
 __all__ = [

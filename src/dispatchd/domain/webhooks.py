@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from dispatchd.domain.lifecycle import backoff
+from dispatchd.domain.backoff import backoff
 from dispatchd.errors import ValidationFailed
 
 SIGNATURE_HEADER = "X-Dispatch-Signature"

@@ -40,7 +40,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client
 
-from dispatchd.api.schemas import EventOut
+from dispatchd.api.schemas.events import EventOut
 from dispatchd.config import HermesConfig
 from dispatchd.domain.ids import utcnow
 from dispatchd.domain.models import Event

@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 
 from dispatchd import __version__
-from dispatchd.api.schemas import EventOut
+from dispatchd.api.schemas.events import EventOut
 from dispatchd.config import WebhooksConfig
 from dispatchd.domain.ids import new_id, utcnow
 from dispatchd.domain.models import Event

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Response, status
 
 from dispatchd.api.auth import CallerDep, RuntimeDep
 from dispatchd.api.routes.tasks import ERRORS
-from dispatchd.api.schemas import (
+from dispatchd.api.schemas.agents import (
     AgentList,
     AgentOut,
     AgentPatch,
@@ -16,20 +16,32 @@ from dispatchd.api.schemas import (
     AgentRegistered,
     AgentRemoved,
     HeartbeatBody,
-    weights,
 )
 from dispatchd.domain.access import require_admin
 from dispatchd.domain.models import AgentStatus
 from dispatchd.errors import ValidationFailed
-from dispatchd.store.base import AgentFilter
+from dispatchd.store.base import AgentFilter, AgentLoad
 
 router = APIRouter(prefix="/api/v1/agents", tags=["agents"], responses=ERRORS)
+
+
+def _agent_out(load: AgentLoad) -> AgentOut:
+    return AgentOut.of(load.agent, load.active)
+
+
+def _weights(capabilities: list[str] | dict[str, float] | None) -> dict[str, float] | None:
+    """Capabilities as tags with weights; a bare tag weighs 1."""
+    if capabilities is None:
+        return None
+    if isinstance(capabilities, list):
+        return dict.fromkeys(capabilities, 1.0)
+    return dict(capabilities)
 
 
 def _fields(body: AgentRegister | AgentPatch) -> dict[str, Any]:
     fields = body.model_dump(exclude_unset=True, exclude={"id"})
     if "capabilities" in fields:
-        fields["capabilities"] = weights(body.capabilities) or {}
+        fields["capabilities"] = _weights(body.capabilities) or {}
     if fields.get("status") == AgentStatus.OFFLINE:
         raise ValidationFailed(
             "an agent cannot set itself offline; deregister or stop heartbeating instead",
@@ -58,7 +70,7 @@ async def register_agent(
     if registered.token is None:
         response.status_code = status.HTTP_200_OK
     load = await rt.agents.load(registered.agent.id)
-    return AgentRegistered(agent=AgentOut.of_load(load), token=registered.token)
+    return AgentRegistered(agent=_agent_out(load), token=registered.token)
 
 
 @router.get("", response_model=AgentList)
@@ -77,12 +89,12 @@ async def list_agents(
         status=[status_] if status_ else [], capability=capability, owner=owner, room=room
     )
     page = await rt.agents.page(flt, limit=limit, cursor=cursor)
-    return AgentList(items=[AgentOut.of_load(a) for a in page.items], next_cursor=page.next_cursor)
+    return AgentList(items=[_agent_out(a) for a in page.items], next_cursor=page.next_cursor)
 
 
 @router.get("/{agent_id}", response_model=AgentOut)
 async def get_agent(agent_id: str, caller: CallerDep, rt: RuntimeDep) -> AgentOut:
-    return AgentOut.of_load(await rt.agents.load(agent_id))
+    return _agent_out(await rt.agents.load(agent_id))
 
 
 @router.patch("/{agent_id}", response_model=AgentOut)
@@ -90,7 +102,7 @@ async def patch_agent(
     agent_id: str, body: AgentPatch, caller: CallerDep, rt: RuntimeDep
 ) -> AgentOut:
     await rt.agents.update(agent_id, _fields(body), caller)
-    return AgentOut.of_load(await rt.agents.load(agent_id))
+    return _agent_out(await rt.agents.load(agent_id))
 
 
 @router.delete("/{agent_id}", response_model=AgentRemoved)
@@ -105,16 +117,16 @@ async def heartbeat(
 ) -> AgentOut:
     new_status = AgentStatus(body.status) if body and body.status else None
     await rt.agents.heartbeat(agent_id, caller, status=new_status)
-    return AgentOut.of_load(await rt.agents.load(agent_id))
+    return _agent_out(await rt.agents.load(agent_id))
 
 
 @router.post("/{agent_id}/drain", response_model=AgentOut)
 async def drain(agent_id: str, caller: CallerDep, rt: RuntimeDep) -> AgentOut:
     await rt.agents.set_drained(agent_id, caller, drained=True)
-    return AgentOut.of_load(await rt.agents.load(agent_id))
+    return _agent_out(await rt.agents.load(agent_id))
 
 
 @router.post("/{agent_id}/undrain", response_model=AgentOut)
 async def undrain(agent_id: str, caller: CallerDep, rt: RuntimeDep) -> AgentOut:
     await rt.agents.set_drained(agent_id, caller, drained=False)
-    return AgentOut.of_load(await rt.agents.load(agent_id))
+    return _agent_out(await rt.agents.load(agent_id))

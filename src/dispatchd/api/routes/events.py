@@ -12,7 +12,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from dispatchd.api.auth import CallerDep, RuntimeDep
 from dispatchd.api.routes.tasks import ERRORS
-from dispatchd.api.schemas import EventList, EventOut
+from dispatchd.api.schemas.events import EventList, EventOut
 from dispatchd.errors import DispatchError
 from dispatchd.events.reader import TypeFilter
 

@@ -12,14 +12,14 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from dispatchd.api.auth import CallerDep, RuntimeDep
-from dispatchd.api.notification_schemas import (
+from dispatchd.api.routes.tasks import ERRORS
+from dispatchd.api.schemas.notifications import (
     AckBody,
     AckOut,
     NotificationList,
     NotificationOut,
     OpenDigestOut,
 )
-from dispatchd.api.routes.tasks import ERRORS
 from dispatchd.domain.access import require_admin
 from dispatchd.domain.ids import utcnow
 from dispatchd.errors import ValidationFailed

@@ -7,27 +7,27 @@ from typing import Annotated, Literal, TypeVar
 from fastapi import APIRouter, Header, Query, Response, status
 
 from dispatchd.api.auth import CallerDep, RuntimeDep
-from dispatchd.api.schemas import (
+from dispatchd.api.schemas.claims import (
     ClaimBody,
     ClaimOut,
-    CommentBody,
-    CommentOut,
     CompleteBatch,
     CompleteBatchOut,
     CompleteBody,
     CompleteItemOut,
-    ErrorOut,
-    EventList,
-    EventOut,
-    ExplainOut,
     FailBody,
-    InputBody,
     InputRequestBody,
-    ItemError,
     ProgressBody,
     QueueOut,
-    ReviewBody,
     StartBody,
+)
+from dispatchd.api.schemas.common import ErrorOut, ItemError, opt_isoformat
+from dispatchd.api.schemas.events import EventList, EventOut
+from dispatchd.api.schemas.explain import CandidateOut, ExcludedOut, ExplainOut, RouteOut
+from dispatchd.api.schemas.tasks import (
+    CommentBody,
+    CommentOut,
+    InputBody,
+    ReviewBody,
     TaskBatch,
     TaskBatchOut,
     TaskCreate,
@@ -36,8 +36,9 @@ from dispatchd.api.schemas import (
     TaskOut,
     TaskPatch,
 )
+from dispatchd.domain.ids import isoformat
 from dispatchd.domain.models import Priority, TaskStatus
-from dispatchd.engine.explain import explain
+from dispatchd.engine.explain import Explanation, explain
 from dispatchd.engine.tasks import Completion, TaskSpec
 from dispatchd.errors import DispatchError, ValidationFailed
 from dispatchd.store.base import TaskFilter
@@ -231,7 +232,40 @@ def _reason(value: str | None) -> Reason | None:
 async def explain_task(task_id: str, caller: CallerDep, rt: RuntimeDep) -> ExplainOut:
     """Why the task went where it went, or why it waits: every agent with its score or
     the reason it was left out, and the model routing."""
-    return ExplainOut.of(await explain(rt.store, rt.directory, rt.tasks.rules, task_id))
+    return _explain_out(await explain(rt.store, rt.directory, rt.tasks.rules, task_id))
+
+
+def _explain_out(e: Explanation) -> ExplainOut:
+    t = e.task
+    return ExplainOut(
+        task_id=t.id,
+        status=t.status,
+        assignee=t.assignee,
+        capabilities=list(t.capabilities),
+        priority=t.priority,
+        owner=t.owner,
+        owner_filter=e.owner_filter,
+        waiting=e.waiting,
+        best=e.ranking.best.agent_id if e.ranking.best else None,
+        candidates=[
+            CandidateOut(
+                agent_id=c.agent_id,
+                score=round(c.score, 6),
+                capability_match=round(c.capability_match, 6),
+                availability=c.availability,
+                load=c.load,
+                limit=c.limit,
+                last_assigned_at=opt_isoformat(c.last_assigned_at),
+            )
+            for c in e.ranking.candidates
+        ],
+        excluded=[
+            ExcludedOut(agent_id=x.agent_id, reason=x.reason.value, detail=x.detail)
+            for x in e.ranking.excluded
+        ],
+        model=RouteOut(model=e.route.model, tier=e.route.tier, reason=e.route.reason),
+        at=isoformat(e.at),
+    )
 
 
 @router.get("/{task_id}", response_model=TaskDetailOut)

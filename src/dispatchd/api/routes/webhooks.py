@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query, status
 
 from dispatchd.api.auth import CallerDep, RuntimeDep
 from dispatchd.api.routes.tasks import ERRORS
-from dispatchd.api.webhook_schemas import (
+from dispatchd.api.schemas.webhooks import (
     DeliveryList,
     DeliveryOut,
     WebhookCreate,

@@ -1,5 +1,4 @@
-"""Request and response models of the notification routes (no web framework here, so
-the SDK uses them as they are)."""
+"""The notification resource: a requester's news about its tasks, and acknowledging it."""
 
 from __future__ import annotations
 
@@ -7,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from dispatchd.api.schemas import Request
+from dispatchd.api.schemas.common import Request
 from dispatchd.domain.ids import isoformat
 from dispatchd.domain.notifications import Digest, Notification
 

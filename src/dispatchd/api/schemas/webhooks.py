@@ -1,5 +1,5 @@
-"""Request and response models of the webhook routes. A webhook's secret is shown once,
-in the answer to its creation, and never again."""
+"""The webhook resource: subscriptions and their deliveries. A webhook's secret is shown
+once, in the answer to its creation, and never again."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
-from dispatchd.api.schemas import Request, opt_isoformat
+from dispatchd.api.schemas.common import Request, opt_isoformat
 from dispatchd.domain.ids import isoformat
 from dispatchd.domain.webhooks import (
     MAX_URL,
@@ -128,6 +128,13 @@ class AttemptOut(BaseModel):
             duration_ms=r.duration_ms,
             next_attempt_at=opt_isoformat(r.next_attempt_at),
         )
+
+
+# OpenAPI tells this model from the task's AttemptOut by module path. The component keeps
+# the name it had before the schemas became a package, for clients generated from it;
+# the models that embed AttemptOut come below, so they take the renamed schema.
+AttemptOut.__module__ = "dispatchd.api.webhook_schemas"
+AttemptOut.model_rebuild(force=True)
 
 
 class DeliveryOut(BaseModel):

@@ -1,0 +1,96 @@
+"""The agent resource: registration, changes, heartbeats, and the agent as the API shows
+it."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, StringConstraints
+
+from dispatchd.api.schemas.common import Id, Request, Short, Tag, Weight, opt_isoformat
+from dispatchd.domain.ids import isoformat
+from dispatchd.domain.models import Agent, AgentStatus
+
+
+class AgentRegister(Request):
+    id: Id | None = Field(None, description="Defaults to the caller's X-Agent-ID")
+    capabilities: list[Tag] | dict[Tag, Weight] | None = Field(
+        None, description="Tags, or tags with weights in (0, 1]"
+    )
+    owner: Id | None = None
+    max_concurrent: int | None = Field(None, ge=1, le=10_000)
+    room: Id | None = None
+    wake_url: Annotated[str, StringConstraints(max_length=2000, pattern=r"^https?://")] | None = (
+        None
+    )
+    dispatch_model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    description: Short | None = None
+    status: AgentStatus | None = None
+
+
+class AgentPatch(Request):
+    capabilities: list[Tag] | dict[Tag, Weight] | None = None
+    owner: Id | None = None
+    max_concurrent: int | None = Field(None, ge=1, le=10_000)
+    room: Id | None = None
+    wake_url: Annotated[str, StringConstraints(max_length=2000, pattern=r"^https?://")] | None = (
+        None
+    )
+    dispatch_model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    description: Short | None = None
+    status: AgentStatus | None = None
+
+
+class HeartbeatBody(Request):
+    status: Literal["ready", "sleeping", "busy", "degraded"] | None = None
+
+
+class AgentOut(BaseModel):
+    id: str
+    capabilities: dict[str, float]
+    status: AgentStatus
+    owner: str | None
+    max_concurrent: int | None
+    room: str | None
+    wake_url: str | None
+    dispatch_model: str | None
+    description: str | None
+    draining: bool
+    active_tasks: int | None = None
+    last_heartbeat_at: str | None
+    created_at: str
+    updated_at: str
+
+    @classmethod
+    def of(cls, a: Agent, active: int | None = None) -> AgentOut:
+        return cls(
+            id=a.id,
+            capabilities=dict(a.capabilities),
+            status=a.status,
+            owner=a.owner,
+            max_concurrent=a.max_concurrent,
+            room=a.room,
+            wake_url=a.wake_url,
+            dispatch_model=a.dispatch_model,
+            description=a.description,
+            draining=a.drained,
+            active_tasks=active,
+            last_heartbeat_at=opt_isoformat(a.last_heartbeat_at),
+            created_at=isoformat(a.created_at),
+            updated_at=isoformat(a.updated_at),
+        )
+
+
+class AgentRegistered(BaseModel):
+    agent: AgentOut
+    token: str | None = Field(None, description="Returned once, on first registration")
+
+
+class AgentList(BaseModel):
+    items: list[AgentOut]
+    next_cursor: str | None
+
+
+class AgentRemoved(BaseModel):
+    id: str
+    requeued: list[str]

@@ -1,0 +1,45 @@
+"""What every resource's models share: the request base, the constrained strings, the
+error form."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from dispatchd.domain.ids import isoformat
+
+ID_PATTERN = r"^[A-Za-z0-9#@][A-Za-z0-9._:@#/+-]*$"
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^\s,]+$")]
+Title = Annotated[str, StringConstraints(min_length=1, max_length=500)]
+Text = Annotated[str, StringConstraints(max_length=200_000)]
+Short = Annotated[str, StringConstraints(max_length=2_000)]
+Weight = Annotated[float, Field(gt=0, le=1)]
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any]
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+# Why one item of a batch was refused: the error form without its envelope.
+class ItemError(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any]
+
+
+def opt_isoformat(value: datetime | None) -> str | None:
+    return isoformat(value) if value else None

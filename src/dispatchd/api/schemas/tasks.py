@@ -1,0 +1,246 @@
+"""The task resource: what a requester sends to create, change and discuss a task, and
+the task as the API shows it."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
+
+from dispatchd.api.schemas.common import Id, Request, Short, Tag, Text, Title, opt_isoformat
+from dispatchd.domain.ids import isoformat
+from dispatchd.domain.models import (
+    Attempt,
+    Comment,
+    Priority,
+    ProgressEntry,
+    Task,
+    TaskDetail,
+    TaskStatus,
+)
+
+
+class TaskCreate(Request):
+    title: Title
+    prompt: Text = ""
+    description: Text | None = Field(
+        None, description="Alias of prompt, as Mission Control names it"
+    )
+    capabilities: list[Tag] = Field(default_factory=list, max_length=32)
+    priority: Priority = Priority.MEDIUM
+    owner: Id | None = None
+    scope: Id | None = Field(None, description="The room the task belongs to")
+    assigned_to: Id | None = None
+    depends_on: list[Id] = Field(default_factory=list, max_length=100)
+    run_at: AwareDatetime | None = None
+    due_at: AwareDatetime | None = None
+    timeout_s: int | None = Field(None, ge=1, le=7 * 24 * 3600)
+    max_attempts: int | None = Field(None, ge=1, le=100)
+    review: bool = False
+    reviewer: Id | None = None
+    escalate_to: Tag | None = None
+    model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    labels: list[Tag] = Field(default_factory=list, max_length=50)
+    context: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+
+
+class TaskBatch(Request):
+    tasks: list[TaskCreate] = Field(min_length=1, max_length=1000)
+
+
+class TaskPatch(Request):
+    status: Literal["cancelled"] | None = Field(None, description="Set to cancel the task")
+    reason: Short | None = None
+    context: dict[str, Any] | None = Field(None, description="JSON merge patch (RFC 7386)")
+    priority: Priority | None = None
+
+
+class InputBody(Request):
+    answer: Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
+
+
+class CommentBody(Request):
+    body: Annotated[str, StringConstraints(min_length=1, max_length=50_000)]
+
+
+class ReviewBody(Request):
+    verdict: Literal["approved", "rejected"]
+    feedback: Short | None = None
+
+
+class AttemptOut(BaseModel):
+    number: int
+    agent_id: str
+    assigned_at: str
+    started_at: str | None
+    ended_at: str | None
+    outcome: str | None
+    error: str | None
+
+    @classmethod
+    def of(cls, a: Attempt) -> AttemptOut:
+        return cls(
+            number=a.number,
+            agent_id=a.agent_id,
+            assigned_at=isoformat(a.assigned_at),
+            started_at=opt_isoformat(a.started_at),
+            ended_at=opt_isoformat(a.ended_at),
+            outcome=a.outcome.value if a.outcome else None,
+            error=a.error,
+        )
+
+
+# OpenAPI tells this model from a webhook delivery's AttemptOut by module path. The
+# component keeps the name it had before the schemas became a package, for clients
+# generated from it; the models that embed AttemptOut come below, so they take the
+# renamed schema.
+AttemptOut.__module__ = "dispatchd.api.schemas"
+AttemptOut.model_rebuild(force=True)
+
+
+class ProgressOut(BaseModel):
+    attempt: int
+    agent_id: str
+    message: str | None
+    percent: float | None
+    created_at: str
+
+    @classmethod
+    def of(cls, p: ProgressEntry) -> ProgressOut:
+        return cls(
+            attempt=p.attempt,
+            agent_id=p.agent_id,
+            message=p.message,
+            percent=p.percent,
+            created_at=isoformat(p.created_at),
+        )
+
+
+class CommentOut(BaseModel):
+    task_id: str
+    author: str
+    body: str
+    created_at: str
+
+    @classmethod
+    def of(cls, c: Comment) -> CommentOut:
+        return cls(
+            task_id=c.task_id, author=c.author, body=c.body, created_at=isoformat(c.created_at)
+        )
+
+
+class TaskOut(BaseModel):
+    id: str
+    title: str
+    prompt: str
+    status: TaskStatus
+    priority: Priority
+    capabilities: list[str]
+    requester: str
+    assignee: str | None
+    assigned_to: str | None
+    owner: str | None
+    scope: str | None
+    attempt: int
+    max_attempts: int
+    context: dict[str, Any]
+    result: Any
+    summary: str | None
+    error: str | None
+    depends_on: list[str]
+    run_at: str | None
+    due_at: str | None
+    timeout_s: int | None
+    review: bool
+    reviewer: str | None
+    escalate_to: str | None
+    model: str | None
+    model_routed: bool
+    labels: list[str]
+    question: str | None
+    progress: dict[str, Any] | None
+    requeues: int
+    review_cycles: int
+    escalated: bool
+    retry_at: str | None
+    lease_expires_at: str | None
+    deadline_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    created_at: str
+    updated_at: str
+
+    @classmethod
+    def of(cls, t: Task) -> TaskOut:
+        progress = (
+            {"message": t.progress_message, "percent": t.progress_percent}
+            if t.progress_message is not None or t.progress_percent is not None
+            else None
+        )
+        return cls(
+            id=t.id,
+            title=t.title,
+            prompt=t.prompt,
+            status=t.status,
+            priority=t.priority,
+            capabilities=list(t.capabilities),
+            requester=t.requester,
+            assignee=t.assignee,
+            assigned_to=t.assigned_to,
+            owner=t.owner,
+            scope=t.scope,
+            attempt=t.attempt,
+            max_attempts=t.max_attempts,
+            context=dict(t.context),
+            result=t.result,
+            summary=t.summary,
+            error=t.error,
+            depends_on=list(t.depends_on),
+            run_at=opt_isoformat(t.run_at),
+            due_at=opt_isoformat(t.due_at),
+            timeout_s=t.timeout_s,
+            review=t.review,
+            reviewer=t.reviewer,
+            escalate_to=t.escalate_to,
+            model=t.model,
+            model_routed=t.model_routed,
+            labels=list(t.labels),
+            question=t.question,
+            progress=progress,
+            requeues=t.requeues,
+            review_cycles=t.review_cycles,
+            escalated=t.escalated,
+            retry_at=opt_isoformat(t.not_before),
+            lease_expires_at=opt_isoformat(t.lease_expires_at),
+            deadline_at=opt_isoformat(t.deadline_at),
+            started_at=opt_isoformat(t.started_at),
+            finished_at=opt_isoformat(t.finished_at),
+            created_at=isoformat(t.created_at),
+            updated_at=isoformat(t.updated_at),
+        )
+
+
+class TaskDetailOut(TaskOut):
+    attempts: list[AttemptOut]
+    progress_log: list[ProgressOut]
+    comments: list[CommentOut]
+
+    @classmethod
+    def of_detail(cls, d: TaskDetail) -> TaskDetailOut:
+        base = TaskOut.of(d.task).model_dump()
+        return cls(
+            **base,
+            attempts=[AttemptOut.of(a) for a in d.attempts],
+            progress_log=[ProgressOut.of(p) for p in d.progress],
+            comments=[CommentOut.of(c) for c in d.comments],
+        )
+
+
+class TaskList(BaseModel):
+    items: list[TaskOut]
+    next_cursor: str | None
+
+
+class TaskBatchOut(BaseModel):
+    items: list[TaskOut]
