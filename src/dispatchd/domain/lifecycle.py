@@ -131,8 +131,10 @@ class BackoffPolicy(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class AttemptPatch:
-    """What a transition changes on the task's current attempt record."""
+    """What a transition changes on an attempt record; fields left None keep their stored
+    value. The store applies it as it is (`store.base.PatchAttempt`)."""
 
+    task_id: str
     number: int
     started_at: datetime | None = None
     ended_at: datetime | None = None
@@ -263,7 +265,7 @@ def start(task: Task, now: datetime, policy: Policy) -> Change:
         deadline_at=now + timeout,
     )
     event = _event("task.started", new, now, task.assignee, attempt=task.attempt)
-    return Change(new, event, attempt_patch=AttemptPatch(task.attempt, started_at=now))
+    return Change(new, event, attempt_patch=AttemptPatch(task.id, task.attempt, started_at=now))
 
 
 def progress(
@@ -310,7 +312,7 @@ def provide_input(task: Task, now: datetime, policy: Policy, *, answer: str, by:
 
 
 def _end(task: Task, now: datetime, outcome: AttemptOutcome, error: str | None) -> AttemptPatch:
-    return AttemptPatch(task.attempt, ended_at=now, outcome=outcome, error=error)
+    return AttemptPatch(task.id, task.attempt, ended_at=now, outcome=outcome, error=error)
 
 
 _RELEASE: dict[str, Any] = {"lease_expires_at": None, "deadline_at": None, "question": None}

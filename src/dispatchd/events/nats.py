@@ -24,7 +24,7 @@ retention before they could be published (NATS down for longer than
 `events.retention_days`) are skipped, with an error in the log.
 
 On PostgreSQL one replica publishes at a time: the one holding the `nats` lease (a session
-advisory lock, see `events/lease.py`); the others stand by and take over when it goes.
+advisory lock, see `Store.lease`); the others stand by and take over when it goes.
 """
 
 from __future__ import annotations
@@ -47,10 +47,9 @@ from dispatchd.domain.ids import utcnow
 from dispatchd.domain.models import Event
 from dispatchd.engine.feed import EventFeed
 from dispatchd.errors import DispatchError
-from dispatchd.events.lease import Lease, lease_for
 from dispatchd.events.retention import past_pruned
 from dispatchd.jobs import first_of, stop_if_cancelled
-from dispatchd.store.base import SaveCursor, Store
+from dispatchd.store.base import Lease, SaveCursor, Store
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +91,7 @@ class NatsPublisher:
         self.feed = feed
         self.config = config
         self.servers = [server.strip() for server in config.url.split(",")]
-        self.lease = lease or lease_for(store, CURSOR, check_s=config.lease_check_s)
+        self.lease = lease or store.lease(CURSOR, check_s=config.lease_check_s)
         self.cursor: int | None = None  # the last event confirmed by NATS and saved
         self.head = 0  # where to start on a database that has no saved cursor yet
         self.published = 0

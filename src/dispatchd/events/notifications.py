@@ -14,7 +14,7 @@ read them (it was stopped for longer than `events.retention_days`) are skipped, 
 error in the log.
 
 On PostgreSQL one replica writes notifications at a time: the one holding the
-`notifications` lease (see `events/lease.py`). Its cursor only moves from the position it
+`notifications` lease (see `Store.lease`). Its cursor only moves from the position it
 was read at (`AdvanceCursor`), so even a replica that briefly acts after losing the lease
 writes nothing twice.
 """
@@ -32,12 +32,12 @@ from dispatchd.domain.models import Event
 from dispatchd.domain.notifications import DIGESTED, IMMEDIATE, Digest, immediate
 from dispatchd.engine.feed import EventFeed
 from dispatchd.errors import ConcurrentUpdate, DispatchError
-from dispatchd.events.lease import Lease, lease_for
 from dispatchd.events.retention import past_pruned
 from dispatchd.jobs import first_of
 from dispatchd.store.base import (
     AdvanceCursor,
     InsertNotification,
+    Lease,
     Op,
     SaveDigest,
     Store,
@@ -70,7 +70,7 @@ class Notifier:
         self.store = store
         self.feed = feed
         self.window = timedelta(seconds=config.batch_window_s)
-        self.lease = lease or lease_for(store, CURSOR, check_s=lease_check_s)
+        self.lease = lease or store.lease(CURSOR, check_s=lease_check_s)
         self.head = 0  # where to start on a database that has no saved cursor yet
         self.cursor = 0  # the last event handled
         self.saved: int | None = None  # the cursor as stored
