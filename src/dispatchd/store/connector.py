@@ -102,11 +102,10 @@ class Dialect:
     fragments: Mapping[str, str]
     # `:name` becomes the driver's placeholder (None: the driver takes `:name` itself).
     placeholder: str | None = None
-    # Tests of a JSON array column holding `param` and a JSON object having it as a key,
-    # and of a column's value being in the list bound as `param` (see `dump_list`).
+    # Tests of a JSON array column holding `param` and of a JSON object having it as a key.
     json_has: Callable[[str, str], str] = field(default=lambda col, p: "")
     json_has_key: Callable[[str, str], str] = field(default=lambda col, p: "")
-    in_list: Callable[[str, str], str] = field(default=lambda col, p: "")
+    # A list bound as one value (`:ids`, tested by the `{in_ids}` slot).
     dump_list: Callable[[list[Any]], Any] = field(default=list)
 
     def sql(self, text: str) -> str:

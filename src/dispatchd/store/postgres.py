@@ -58,12 +58,12 @@ POSTGRES = Dialect(
         "lock_event_order": f"SELECT pg_advisory_xact_lock({EVENT_ORDER_LOCK})",
         "notify": f"SELECT pg_notify('{NOTIFY_CHANNEL}', :last)",
         "lock_migrations": f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})",
+        "in_ids": " = ANY(:ids)",
         "migration_time": "TIMESTAMPTZ NOT NULL DEFAULT now()",
     },
     placeholder="%%(%s)s",
     json_has=lambda col, p: f"{col} @> jsonb_build_array({p}::text)",
     json_has_key=lambda col, p: f"{col} ? {p}",
-    in_list=lambda col, p: f"{col} = ANY({p})",
     dump_list=list,
 )
 

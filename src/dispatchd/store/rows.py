@@ -86,19 +86,27 @@ DELIVERY_COLUMNS = tuple(f.name for f in dataclasses.fields(Delivery))
 # --- records <-> rows ------------------------------------------------------------------------
 
 Convert = Callable[[Any], Any]
+_Plan = tuple[tuple[str, ...], tuple[tuple[str, Convert], ...]]
+_FIELDS: dict[Any, tuple[tuple[str, str, Any], ...]] = {}
+_PLANS: dict[tuple[Any, Codec, bool], _Plan] = {}
 
 
 def _kind(hint: Any) -> tuple[str, Any]:
-    """How a field of this declared type is stored: time, json, bool, enum, records (a
-    tuple of records, JSON with times as RFC 3339 text) or as it is (plain)."""
+    """How a field of this declared type is stored: time, json (`extra`: what the value is
+    turned into first, list or dict), bool, enum, records (a tuple of records, JSON with
+    times as RFC 3339 text) or as it is (plain)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         members = [a for a in args if a is not type(None)]
         return _kind(members[0]) if len(members) == 1 else ("json", None)
     if origin is tuple and dataclasses.is_dataclass(args[0]):
         return "records", args[0]
-    if origin in (tuple, list, dict, Mapping) or hint is Any:
-        return "json", origin is tuple
+    if origin in (tuple, list):
+        return "json", list
+    if origin in (dict, Mapping):
+        return "json", dict
+    if hint is Any:
+        return "json", None
     if hint is datetime:
         return "time", None
     if hint is bool:
@@ -108,10 +116,6 @@ def _kind(hint: Any) -> tuple[str, Any]:
     return "plain", None
 
 
-_FIELDS: dict[Any, tuple[tuple[str, str, Any], ...]] = {}
-_PLANS: dict[tuple[Any, Codec, bool], tuple[tuple[str, Convert], ...]] = {}
-
-
 def _fields(cls: Any) -> tuple[tuple[str, str, Any], ...]:
     if cls not in _FIELDS:
         hints = typing.get_type_hints(cls)
@@ -119,16 +123,8 @@ def _fields(cls: Any) -> tuple[tuple[str, str, Any], ...]:
     return _FIELDS[cls]
 
 
-def _plain_records(records: Sequence[Any]) -> list[dict[str, Any]]:
-    return [{k: isoformat(v) if isinstance(v, datetime) else v for k, v in _asdict(r).items()}
-            for r in records]  # fmt: skip
-
-
-def _asdict(record: Any) -> dict[str, Any]:
-    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
-
-
 def _dumper(kind: str, extra: Any, codec: Codec) -> Convert:
+    dump_json = codec.dump_json
     match kind:
         case "time":
             return codec.dump_time
@@ -137,15 +133,13 @@ def _dumper(kind: str, extra: Any, codec: Codec) -> Convert:
         case "enum":
             return lambda v: v.value
         case "json":
-            return lambda v: codec.dump_json(
-                dict(v) if isinstance(v, Mapping) else list(v) if isinstance(v, tuple) else v
-            )
-        case "records":
-            return lambda v: codec.dump_json(_plain_records(v))
-    return lambda v: v
+            return (lambda v: dump_json(extra(v))) if extra else dump_json
+        case _:  # records
+            return lambda v: dump_json([_plain_record(r) for r in v])
 
 
 def _loader(kind: str, extra: Any, codec: Codec) -> Convert:
+    load_json = codec.load_json
     match kind:
         case "time":
             return codec.load_time
@@ -154,10 +148,15 @@ def _loader(kind: str, extra: Any, codec: Codec) -> Convert:
         case "enum":
             return extra  # type: ignore[no-any-return]
         case "json":
-            return (lambda v: tuple(codec.load_json(v))) if extra else codec.load_json
-        case "records":
-            return lambda v: tuple(_record_from(extra, item) for item in codec.load_json(v) or ())
-    return lambda v: v
+            # Tuples in the records, lists in JSON.
+            return (lambda v: tuple(load_json(v))) if extra is list else load_json
+        case _:  # records
+            return lambda v: tuple(_record_from(extra, item) for item in load_json(v) or ())
+
+
+def _plain_record(record: Any) -> dict[str, Any]:
+    values = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    return {k: isoformat(v) if isinstance(v, datetime) else v for k, v in values.items()}
 
 
 def _record_from(cls: type[R], item: Mapping[str, Any]) -> R:
@@ -168,19 +167,26 @@ def _record_from(cls: type[R], item: Mapping[str, Any]) -> R:
     return cls(**values)
 
 
-def _plan(cls: Any, codec: Codec, load: bool) -> tuple[tuple[str, Convert], ...]:
-    """The conversion of each field, worked out once per record type and dialect."""
+def _plan(cls: Any, codec: Codec, load: bool) -> _Plan:
+    """Which fields pass as they are, and the conversion of the others; worked out once
+    per record type and dialect."""
     key = (cls, codec, load)
     if key not in _PLANS:
         make = _loader if load else _dumper
-        _PLANS[key] = tuple((name, make(kind, extra, codec)) for name, kind, extra in _fields(cls))
+        fields = _fields(cls)
+        plain = tuple(name for name, kind, _ in fields if kind == "plain")
+        converted = tuple(
+            (name, make(kind, extra, codec)) for name, kind, extra in fields if kind != "plain"
+        )
+        _PLANS[key] = (plain, converted)
     return _PLANS[key]
 
 
 def to_row(record: Any, codec: Codec) -> dict[str, Any]:
     """A record's fields as statement parameters (None stays NULL)."""
-    params = {}
-    for name, dump in _plan(type(record), codec, False):
+    plain, converted = _plan(type(record), codec, False)
+    params = {name: getattr(record, name) for name in plain}
+    for name, dump in converted:
         value = getattr(record, name)
         params[name] = None if value is None else dump(value)
     if isinstance(record, Task):
@@ -189,8 +195,9 @@ def to_row(record: Any, codec: Codec) -> dict[str, Any]:
 
 
 def from_row(cls: type[R], row: Row, codec: Codec) -> R:
-    values = {}
-    for name, load in _plan(cls, codec, True):
+    plain, converted = _plan(cls, codec, True)
+    values = {name: row[name] for name in plain}
+    for name, load in converted:
         value = row[name]
         values[name] = None if value is None else load(value)
     return cls(**values)

@@ -49,11 +49,11 @@ SQLITE = Dialect(
         "lock_event_order": "",
         "notify": "",
         "lock_migrations": "",
+        "in_ids": " IN (SELECT value FROM json_each(:ids))",
         "migration_time": "TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
     },
     json_has=lambda col, p: f"EXISTS (SELECT 1 FROM json_each({col}) WHERE value = {p})",
     json_has_key=lambda col, p: f"EXISTS (SELECT 1 FROM json_each({col}) WHERE key = {p})",
-    in_list=lambda col, p: f"{col} IN (SELECT value FROM json_each({p}))",
     dump_list=SQLITE_CODEC.dump_json,
 )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from dispatchd.domain.models import Agent, Attempt, Comment, Event, ProgressEntry, Task, TaskDetail
 from dispatchd.domain.notifications import Digest, Notification
@@ -32,6 +32,8 @@ from dispatchd.store.queries import Queries
 from dispatchd.store.rows import OPEN_DIGEST, digest_from_row, encode_cursor, from_row, to_row
 
 logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 
 class SQLStore:
@@ -106,36 +108,39 @@ class SQLStore:
 
     # --- reads ----------------------------------------------------------------------------
 
-    async def _tasks(self, sql: str, params: dict[str, Any]) -> list[Task]:
-        return [from_row(Task, r, self.codec) for r in await self.connector.fetch_all(sql, params)]
+    async def _one(self, cls: type[R], sql: str, **params: Any) -> R | None:
+        row = await self.connector.fetch_one(sql, params)
+        return from_row(cls, row, self.codec) if row else None
 
-    async def _agents(self, sql: str, params: dict[str, Any]) -> list[Agent]:
-        return [from_row(Agent, r, self.codec) for r in await self.connector.fetch_all(sql, params)]
+    async def _all(self, cls: type[R], sql: str, **params: Any) -> list[R]:
+        return [from_row(cls, r, self.codec) for r in await self.connector.fetch_all(sql, params)]
 
-    async def get_task(self, task_id: str) -> Task | None:
-        row = await self.connector.fetch_one(self.q.task, {"id": task_id})
-        return from_row(Task, row, self.codec) if row else None
-
-    async def get_tasks(self, task_ids: Sequence[str]) -> list[Task]:
-        ids = list(task_ids)
-        return (
-            await self._tasks(self.q.tasks, {"ids": self.connector.dialect.dump_list(ids)})
-            if ids
-            else []
+    async def _page(
+        self, cls: type[R], query: tuple[str, dict[str, Any]], limit: int, key: Callable[[R], Any]
+    ) -> Page[R]:
+        """A page of `limit` items, and the cursor of the next if there are more."""
+        sql, params = query
+        items = await self._all(cls, sql, **params, limit=limit + 1)
+        page = items[:limit]
+        return Page(
+            page, encode_cursor(str(key(page[-1]))) if len(items) > limit and page else None
         )
 
+    async def get_task(self, task_id: str) -> Task | None:
+        return await self._one(Task, self.q.task, id=task_id)
+
+    async def get_tasks(self, task_ids: Sequence[str]) -> list[Task]:
+        ids = self.connector.dialect.dump_list(list(task_ids))
+        return await self._all(Task, self.q.tasks, ids=ids) if task_ids else []
+
     async def find_by_idempotency_key(self, requester: str, key: str) -> Task | None:
-        params = {"requester": requester, "key": key}
-        row = await self.connector.fetch_one(self.q.task_by_key, params)
-        return from_row(Task, row, self.codec) if row else None
+        return await self._one(Task, self.q.task_by_key, requester=requester, key=key)
 
     async def list_tasks(
         self, flt: TaskFilter, *, limit: int, cursor: str | None, descending: bool = True
     ) -> Page[Task]:
-        sql, params = self.q.list_tasks(flt, cursor, descending)
-        tasks = await self._tasks(sql, {**params, "limit": limit + 1})
-        page = tasks[:limit]
-        return Page(page, encode_cursor(page[-1].id) if len(tasks) > limit and page else None)
+        query = self.q.list_tasks(flt, cursor, descending)
+        return await self._page(Task, query, limit, lambda t: t.id)
 
     async def task_detail(self, task_id: str) -> TaskDetail | None:
         q, codec = self.q, self.codec
@@ -158,28 +163,22 @@ class SQLStore:
         return await self.connector.transaction(body(), write=False)
 
     async def attempts(self, task_id: str) -> list[Attempt]:
-        rows = await self.connector.fetch_all(self.q.attempts, {"task_id": task_id})
-        return [from_row(Attempt, r, self.codec) for r in rows]
+        return await self._all(Attempt, self.q.attempts, task_id=task_id)
 
     async def active_tasks_of(self, agent_id: str) -> list[Task]:
-        return await self._tasks(self.q.active_tasks, {"agent_id": agent_id})
+        return await self._all(Task, self.q.active_tasks, agent_id=agent_id)
 
     async def get_agent(self, agent_id: str) -> Agent | None:
-        row = await self.connector.fetch_one(self.q.agent, {"id": agent_id})
-        return from_row(Agent, row, self.codec) if row else None
+        return await self._one(Agent, self.q.agent, id=agent_id)
 
     async def find_agent_by_token_hash(self, token_hash: str) -> Agent | None:
-        row = await self.connector.fetch_one(self.q.agent_by_hash, {"token_hash": token_hash})
-        return from_row(Agent, row, self.codec) if row else None
+        return await self._one(Agent, self.q.agent_by_hash, token_hash=token_hash)
 
     async def list_agents(
         self, flt: AgentFilter, *, limit: int, cursor: str | None
     ) -> Page[AgentLoad]:
-        sql, params = self.q.list_agents(flt, cursor)
-        agents = await self._agents(sql, {**params, "limit": limit + 1})
-        items = [AgentLoad(a, a.active) for a in agents[:limit]]
-        more = len(agents) > limit
-        return Page(items, encode_cursor(items[-1].agent.id) if more and items else None)
+        page = await self._page(Agent, self.q.list_agents(flt, cursor), limit, lambda a: a.id)
+        return Page([AgentLoad(a, a.active) for a in page.items], page.next_cursor)
 
     async def counts(self) -> Counts:
         q = self.q
@@ -216,13 +215,10 @@ class SQLStore:
         return await self.connector.transaction(body(), write=False)
 
     async def events_for_task(self, task_id: str) -> list[Event]:
-        rows = await self.connector.fetch_all(self.q.task_events, {"task_id": task_id})
-        return [from_row(Event, r, self.codec) for r in rows]
+        return await self._all(Event, self.q.task_events, task_id=task_id)
 
     async def read_events(self, *, after: int, limit: int) -> list[Event]:
-        params = {"after": after, "limit": limit}
-        rows = await self.connector.fetch_all(self.q.events_after, params)
-        return [from_row(Event, r, self.codec) for r in rows]
+        return await self._all(Event, self.q.events_after, after=after, limit=limit)
 
     async def last_event_id(self) -> int:
         row = await self.connector.fetch_one(self.q.last_event, {})
@@ -235,21 +231,18 @@ class SQLStore:
     # --- assignment -----------------------------------------------------------------------
 
     async def get_agents(self, agent_ids: Sequence[str]) -> list[Agent]:
-        ids = list(agent_ids)
-        return (
-            await self._agents(self.q.agents, {"ids": self.connector.dialect.dump_list(ids)})
-            if ids
-            else []
-        )
+        ids = self.connector.dialect.dump_list(list(agent_ids))
+        return await self._all(Agent, self.q.agents, ids=ids) if agent_ids else []
 
     async def all_agents(self) -> list[Agent]:
-        return await self._agents(self.q.all_agents, {})
+        return await self._all(Agent, self.q.all_agents)
 
     async def claimable(self, query: ClaimQuery) -> list[Task]:
-        return await self._tasks(*self.q.claimable(query, lock=False))
+        sql, params = self.q.claimable(query, lock=False)
+        return await self._all(Task, sql, **params)
 
     async def children(self, parent_id: str) -> list[Task]:
-        return await self._tasks(self.q.children, {"id": parent_id})
+        return await self._all(Task, self.q.children, id=parent_id)
 
     async def due(self, now: datetime, since: datetime, limit: int) -> Due:
         q, codec = self.q, self.codec
@@ -264,9 +257,8 @@ class SQLStore:
         return await self.connector.transaction(body(), write=False)
 
     async def next_deadline(self, since: datetime) -> datetime | None:
-        row = await self.connector.fetch_one(
-            self.q.next_deadline, {"since": self.codec.dump_time(since)}
-        )
+        params = {"since": self.codec.dump_time(since)}
+        row = await self.connector.fetch_one(self.q.next_deadline, params)
         return self.codec.load_time(row["x"]) if row and row["x"] else None
 
     # --- notifications --------------------------------------------------------------------
@@ -279,8 +271,7 @@ class SQLStore:
         self, *, after: int, limit: int, unacknowledged_only: bool = False
     ) -> list[Notification]:
         sql = self.q.unacknowledged if unacknowledged_only else self.q.notifications
-        rows = await self.connector.fetch_all(sql, {"after": after, "limit": limit})
-        return [from_row(Notification, r, self.codec) for r in rows]
+        return await self._all(Notification, sql, after=after, limit=limit)
 
     async def acknowledge_notifications(
         self,
@@ -304,18 +295,13 @@ class SQLStore:
         await self.connector.execute(self.q.insert_webhook, to_row(webhook, self.codec))
 
     async def get_webhook(self, webhook_id: str) -> Webhook | None:
-        row = await self.connector.fetch_one(self.q.webhook, {"id": webhook_id})
-        return from_row(Webhook, row, self.codec) if row else None
+        return await self._one(Webhook, self.q.webhook, id=webhook_id)
 
     async def list_webhooks(self, *, limit: int, cursor: str | None) -> Page[Webhook]:
-        sql, params = self.q.list_webhooks(cursor)
-        rows = await self.connector.fetch_all(sql, {**params, "limit": limit + 1})
-        items = [from_row(Webhook, r, self.codec) for r in rows[:limit]]
-        return Page(items, encode_cursor(items[-1].id) if len(rows) > limit and items else None)
+        return await self._page(Webhook, self.q.list_webhooks(cursor), limit, lambda w: w.id)
 
     async def active_webhooks(self) -> list[Webhook]:
-        rows = await self.connector.fetch_all(self.q.active_webhooks, {})
-        return [from_row(Webhook, r, self.codec) for r in rows]
+        return await self._all(Webhook, self.q.active_webhooks)
 
     async def update_webhook(
         self, webhook: Webhook, *, reset_breaker: bool = False, last_event_id: int | None = None
@@ -424,12 +410,8 @@ class SQLStore:
         limit: int,
         cursor: str | None = None,
     ) -> Page[Delivery]:
-        sql, params = self.q.list_deliveries(webhook_id, status, cursor)
-        rows = await self.connector.fetch_all(sql, {**params, "limit": limit + 1})
-        items = [from_row(Delivery, r, self.codec) for r in rows[:limit]]
-        return Page(
-            items, encode_cursor(str(items[-1].event_id)) if len(rows) > limit and items else None
-        )
+        query = self.q.list_deliveries(webhook_id, status, cursor)
+        return await self._page(Delivery, query, limit, lambda d: d.event_id)
 
     async def prune_deliveries(self, *, before: datetime, limit: int) -> int:
         q, dialect = self.q, self.connector.dialect
