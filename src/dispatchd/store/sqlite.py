@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import queue
 import sqlite3
 import threading
@@ -88,6 +89,8 @@ class SQLiteConnector:
         self._lock = threading.Lock()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
+        self._writer_conn: sqlite3.Connection | None = None
+        self._closed = False
 
     # --- connections ----------------------------------------------------------------------
 
@@ -120,6 +123,7 @@ class SQLiteConnector:
         await self._write(lambda conn: None)
 
     async def close(self) -> None:
+        self._closed = True
         writer, self._writer = self._writer, None
         if writer is not None:
             self._jobs.put(None)
@@ -144,6 +148,8 @@ class SQLiteConnector:
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn` in a transaction of its own on the writer thread."""
+        if self._closed:
+            raise StoreError("the store is closed")
         if self._writer is None:
             with self._lock:
                 if self._writer is None:
@@ -157,23 +163,37 @@ class SQLiteConnector:
         return await future
 
     def _write_loop(self) -> None:
-        conn: sqlite3.Connection | None = None
         while (job := self._jobs.get()) is not None:
             fn, loop, future = job
             result: Any = None
             error: BaseException | None = None
             try:
-                conn = conn or self._connect()
-                result = _translated(_in_transaction, conn, fn)
+                result = _translated(functools.partial(self._in_transaction, fn))
             except BaseException as exc:  # every failure goes to the job's caller
                 error = exc
             # RuntimeError: the caller's loop is closed, nobody is waiting.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_settle, future, result, error)
 
+    def _in_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        # The writer's connection is made by its first job (so that its failure is that
+        # job's), and used by the writer thread only.
+        conn = self._writer_conn = self._writer_conn or self._connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
-            return _translated(lambda conn, f: f(conn), self._reader_conn(), fn)
+            # Connecting is inside the translation: a reader thread's first connection to a
+            # file that is gone fails like any other statement (StoreError).
+            return _translated(lambda: fn(self._reader_conn()))
 
         return await asyncio.get_running_loop().run_in_executor(self._reader_pool, call)
 
@@ -212,25 +232,9 @@ class SQLiteStore(SQLStore):
         super().__init__(SQLiteConnector(path, readers=readers, synchronous=synchronous))
 
 
-def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-    conn.execute("BEGIN IMMEDIATE")
+def _translated(call: Callable[[], T]) -> T:
     try:
-        result = fn(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return result
-
-
-def _translated(
-    call: Callable[[sqlite3.Connection, Callable[[sqlite3.Connection], T]], T],
-    conn: sqlite3.Connection,
-    fn: Callable[[sqlite3.Connection], T],
-) -> T:
-    try:
-        return call(conn, fn)
+        return call()
     except sqlite3.IntegrityError as exc:
         text = str(exc)  # "UNIQUE constraint failed: tasks.requester, tasks.idempotency_key"
         if "UNIQUE" not in text:
