@@ -141,10 +141,11 @@ def _candidate_sql(indexed: bool) -> tuple[str, dict[str, Any]]:
     """The claim's candidate query for a one-tag agent, as the SQLite store issues it
     (`indexed`) or with its index pin taken out (the planner's own choice)."""
     from dispatchd.store.base import ClaimQuery
-    from dispatchd.store.sqlite import _claimable_sql
+    from dispatchd.store.queries import Queries
+    from dispatchd.store.sqlite import SQLITE
 
     query = ClaimQuery("claimer-skill-0", ["skill-0"], None, True, datetime.now(UTC), 1)
-    sql, params = _claimable_sql(query)
+    sql, params = Queries(SQLITE).claimable(query, lock=False)
     pin = "INDEXED BY tasks_queue "
     if not indexed:
         sql = sql.replace(pin, "", 1)

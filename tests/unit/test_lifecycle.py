@@ -229,7 +229,7 @@ def test_start_sets_lease_and_deadline() -> None:
     assert change.task.started_at == NOW
     assert change.task.lease_expires_at == NOW + POLICY.lease
     assert change.task.deadline_at == NOW + timedelta(seconds=30)
-    assert change.attempt_patch == lifecycle.AttemptPatch(1, started_at=NOW)
+    assert change.attempt_patch == lifecycle.AttemptPatch(change.task.id, 1, started_at=NOW)
     assert change.event.type == "task.started"
     default = lifecycle.start(make_task(S.ASSIGNED), NOW, POLICY)
     assert default.task.deadline_at == NOW + POLICY.default_timeout
@@ -269,7 +269,7 @@ def test_complete_without_review_finishes_the_attempt() -> None:
     assert change.task.lease_expires_at is None
     assert change.event.type == "task.completed"
     assert change.attempt_patch == lifecycle.AttemptPatch(
-        1, ended_at=NOW, outcome=AttemptOutcome.COMPLETED
+        change.task.id, 1, ended_at=NOW, outcome=AttemptOutcome.COMPLETED
     )
 
 
@@ -319,7 +319,7 @@ def test_fail_with_attempts_left_backs_off(held: TaskStatus) -> None:
     assert change.event.type == "task.retrying"
     assert change.event.data["reason"] == "failed"
     assert change.attempt_patch == lifecycle.AttemptPatch(
-        2, ended_at=NOW, outcome=AttemptOutcome.FAILED, error="boom"
+        change.task.id, 2, ended_at=NOW, outcome=AttemptOutcome.FAILED, error="boom"
     )
 
 
@@ -384,7 +384,7 @@ def test_cancel_ends_the_held_attempt(held: TaskStatus) -> None:
     assert change.event.type == "task.cancelled"
     assert change.event.data["previous"] == held.value
     assert change.attempt_patch == lifecycle.AttemptPatch(
-        1, ended_at=NOW, outcome=AttemptOutcome.CANCELLED, error="enough"
+        change.task.id, 1, ended_at=NOW, outcome=AttemptOutcome.CANCELLED, error="enough"
     )
 
 

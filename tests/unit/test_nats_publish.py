@@ -12,8 +12,9 @@ import pytest
 from dispatchd.api.schemas.events import EventOut
 from dispatchd.config import ConfigError, HermesConfig, load_settings
 from dispatchd.domain.models import Event
-from dispatchd.events.lease import LocalLease, lock_key
 from dispatchd.events.nats import NatsPublisher, backoff_s, encode, payload_of, subject_of
+from dispatchd.store.postgres import lock_key
+from dispatchd.store.sqlite import LocalLease
 
 EVENT = Event(
     type="task.completed",

@@ -21,7 +21,6 @@ from dispatchd.store.base import (
     AppendProgress,
     InsertTask,
     Op,
-    PatchAttempt,
     SaveAttempt,
     Store,
     UpdateTask,
@@ -51,17 +50,7 @@ def ops_for(change: Change, previous: Task | None) -> list[Op]:
     if change.new_attempt is not None:
         ops.append(SaveAttempt(change.new_attempt))
     if change.attempt_patch is not None:
-        patch = change.attempt_patch
-        ops.append(
-            PatchAttempt(
-                change.task.id,
-                patch.number,
-                started_at=patch.started_at,
-                ended_at=patch.ended_at,
-                outcome=patch.outcome,
-                error=patch.error,
-            )
-        )
+        ops.append(change.attempt_patch)
     if change.progress is not None:
         ops.append(AppendProgress(change.progress))
     ops.append(AppendEvent(change.event))

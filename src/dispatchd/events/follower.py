@@ -11,7 +11,7 @@ woken by the feed (a commit here, a NOTIFY from another replica) or for the cons
 timeout, never polling. On an error it logs what it was doing, waits (doubling, with
 jitter, capped) and resumes from the consumer's saved position, so the batch is tried
 again; only a cancellation stops it. A consumer that must act on one replica at a time
-follows only while it holds its lease (see `events/lease.py`).
+follows only while it holds its lease (`Store.lease`).
 """
 
 from __future__ import annotations
@@ -27,9 +27,15 @@ from dispatchd.domain.ids import utcnow
 from dispatchd.domain.models import Event
 from dispatchd.engine.feed import EventFeed
 from dispatchd.errors import ConcurrentUpdate, DispatchError
-from dispatchd.events.lease import Lease, LocalLease
 from dispatchd.jobs import first_of, stop_if_cancelled
-from dispatchd.store.base import RETENTION_CURSOR, AdvanceCursor, SaveCursor, Store
+from dispatchd.store.base import (
+    RETENTION_CURSOR,
+    AdvanceCursor,
+    Lease,
+    LocalLease,
+    SaveCursor,
+    Store,
+)
 
 log = logging.getLogger(__name__)
 

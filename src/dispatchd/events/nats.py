@@ -24,7 +24,7 @@ retention before they could be published (NATS down for longer than
 `events.retention_days`) are skipped, with an error in the log.
 
 On PostgreSQL one replica publishes at a time: the one holding the `nats` lease (a session
-advisory lock, see `events/lease.py`); the others stand by and take over when it goes.
+advisory lock, see `Store.lease`); the others stand by and take over when it goes.
 """
 
 from __future__ import annotations
@@ -48,8 +48,7 @@ from dispatchd.engine.feed import EventFeed
 from dispatchd.errors import DispatchError
 from dispatchd.events.follower import Backoff, Consumer, Follower, stored_cursor
 from dispatchd.events.follower import backoff_s as backoff_s
-from dispatchd.events.lease import Lease, lease_for
-from dispatchd.store.base import SaveCursor, Store
+from dispatchd.store.base import Lease, SaveCursor, Store
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,7 @@ class NatsPublisher(Consumer):
         self.store = store
         self.config = config
         self.servers = [server.strip() for server in config.url.split(",")]
-        self.lease = lease or lease_for(store, CURSOR, check_s=config.lease_check_s)
+        self.lease = lease or store.lease(CURSOR, check_s=config.lease_check_s)
         self.cursor: int | None = None  # the last event confirmed by NATS and saved
         self.head = 0  # where to start on a database that has no saved cursor yet
         self.published = 0

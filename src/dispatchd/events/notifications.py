@@ -14,7 +14,7 @@ read them (it was stopped for longer than `events.retention_days`) are skipped, 
 error in the log.
 
 On PostgreSQL one replica writes notifications at a time: the one holding the
-`notifications` lease (see `events/lease.py`). Its cursor only moves from the position it
+`notifications` lease (see `Store.lease`). Its cursor only moves from the position it
 was read at (`AdvanceCursor`), so even a replica that briefly acts after losing the lease
 writes nothing twice.
 """
@@ -31,10 +31,10 @@ from dispatchd.domain.models import Event
 from dispatchd.domain.notifications import DIGESTED, IMMEDIATE, Digest, immediate
 from dispatchd.engine.feed import EventFeed
 from dispatchd.events.follower import Backoff, Consumer, Follower, stored_cursor
-from dispatchd.events.lease import Lease, lease_for
 from dispatchd.store.base import (
     AdvanceCursor,
     InsertNotification,
+    Lease,
     Op,
     SaveDigest,
     Store,
@@ -80,7 +80,7 @@ class Notifier(Consumer):
             batch=BATCH,
             idle_s=IDLE_S,
             backoff=RETRY,
-            lease=lease or lease_for(store, CURSOR, check_s=lease_check_s),
+            lease=lease or store.lease(CURSOR, check_s=lease_check_s),
         )
 
     async def run(self, head: int) -> None:

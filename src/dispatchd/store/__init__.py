@@ -1,4 +1,4 @@
-"""Persistence behind one interface, with an SQLite and a PostgreSQL engine."""
+"""Persistence behind one interface: one SQL store over an SQLite or a PostgreSQL connector."""
 
 from __future__ import annotations
 

@@ -8,16 +8,17 @@ is the ownership check on every write: a transition computed from a stale read n
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, Protocol, TypeVar
 
+from dispatchd.domain.lifecycle import AttemptPatch
 from dispatchd.domain.models import (
     Agent,
     AgentStatus,
     Attempt,
-    AttemptOutcome,
     Comment,
     Event,
     Priority,
@@ -95,16 +96,9 @@ class SaveAttempt:
     new: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class PatchAttempt:
-    """Update an attempt record; fields left None keep their stored value."""
-
-    task_id: str
-    number: int
-    started_at: datetime | None = None
-    ended_at: datetime | None = None
-    outcome: AttemptOutcome | None = None
-    error: str | None = None
+# Update an attempt record; fields left None keep their stored value. The domain's own
+# record, applied as it is.
+PatchAttempt = AttemptPatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +322,35 @@ class Due:
         )
 
 
+class Lease(Protocol):
+    """One replica at a time in a role that must not run twice (see `Store.lease`)."""
+
+    async def acquire(self) -> None:
+        """Return once this replica holds the lease (waiting as long as it takes)."""
+        ...
+
+    async def lost(self) -> None:
+        """Return when the lease held since `acquire` is lost."""
+        ...
+
+    async def release(self) -> None:
+        """Give the lease up (nothing happens when it is not held)."""
+        ...
+
+
+class LocalLease:
+    """Always held: for a store one process owns (SQLite), and for roles that need no lease."""
+
+    async def acquire(self) -> None:
+        return None
+
+    async def lost(self) -> None:
+        await asyncio.Event().wait()
+
+    async def release(self) -> None:
+        return None
+
+
 class Store(Protocol):
     """Persistence for tasks, agents, attempts, progress, comments and the event log."""
 
@@ -352,6 +375,15 @@ class Store(Protocol):
     async def watch(self, advanced: Callable[[int], None]) -> None:
         """Call `advanced(last_event_id)` when another process commits; runs until
         cancelled (a no-op wait where no other process writes)."""
+        ...
+
+    def lease(self, name: str, *, check_s: float) -> Lease:
+        """The lease on the role `name`. On PostgreSQL a session advisory lock on a
+        connection of its own: the database releases it the moment that connection ends, so
+        a replica that dies hands the role over without a timeout to wait out; the holder
+        checks its connection every `check_s` and reports the lease lost when it is gone
+        (for a moment two replicas may then act: the roles tolerate that). On SQLite one
+        process owns the file, so the lease is always held."""
         ...
 
     async def commit(self, ops: Sequence[Op]) -> list[Event]:

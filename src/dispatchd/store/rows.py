@@ -1,33 +1,31 @@
-"""Turning domain records into rows and back, for either dialect.
+"""Domain records as rows and back, for either dialect.
 
-A `Codec` says how a dialect stores times, JSON and booleans; everything else is shared.
+A record's columns are its fields, converted by their declared types: times, JSON (tuples,
+mappings, free JSON), booleans and enums. A `Codec` says how a dialect stores the first
+three; everything else is shared.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
+import enum
 import json
+import types
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from dispatchd.domain.ids import isoformat, parse_iso
-from dispatchd.domain.models import (
-    Agent,
-    AgentStatus,
-    Attempt,
-    AttemptOutcome,
-    Comment,
-    Event,
-    Priority,
-    ProgressEntry,
-    Task,
-    TaskStatus,
-)
+from dispatchd.domain.models import Agent, Task
+from dispatchd.domain.notifications import Digest
+from dispatchd.domain.webhooks import Delivery, Webhook
 from dispatchd.errors import ValidationFailed
 
+R = TypeVar("R")
 Row = Mapping[str, Any]
 
 
@@ -68,271 +66,167 @@ def _jsonb(value: Any) -> Any:
     return Jsonb(value)
 
 
-def _decoded(value: Any) -> Any:
-    return value
-
-
 # psycopg hands back timestamptz as aware datetimes in the session's time zone and jsonb
 # already decoded (a JSON string comes back as a `str`, so it must not be decoded again).
 POSTGRES = Codec(
-    dump_time=_utc,
-    load_time=_utc,
-    dump_json=_jsonb,
-    load_json=_decoded,
-    dump_bool=bool,
+    dump_time=_utc, load_time=_utc, dump_json=_jsonb, load_json=lambda v: v, dump_bool=bool
 )
 
-
-TASK_TIMES = (
-    "run_at",
-    "due_at",
-    "not_before",
-    "lease_expires_at",
-    "deadline_at",
-    "started_at",
-    "finished_at",
-    "created_at",
-    "updated_at",
+# The columns of the tables written whole from a record: its fields, and a task's
+# priority_rank (the priority's order, for the queue index). An agent's `active` and
+# `last_assigned_at` are kept by the store as tasks are assigned and released, never
+# written from the record.
+TASK_COLUMNS = (*(f.name for f in dataclasses.fields(Task)), "priority_rank")
+AGENT_COLUMNS = tuple(
+    f.name for f in dataclasses.fields(Agent) if f.name not in ("active", "last_assigned_at")
 )
-TASK_JSON = ("capabilities", "context", "result", "depends_on", "labels")
-TASK_BOOLS = ("review", "escalated", "model_routed")
-TASK_COLUMNS = (
-    "id",
-    "title",
-    "prompt",
-    "status",
-    "priority",
-    "priority_rank",
-    "capabilities",
-    "requester",
-    "assignee",
-    "assigned_to",
-    "owner",
-    "scope",
-    "attempt",
-    "max_attempts",
-    "context",
-    "result",
-    "summary",
-    "error",
-    "depends_on",
-    "run_at",
-    "due_at",
-    "timeout_s",
-    "review",
-    "reviewer",
-    "escalate_to",
-    "escalated",
-    "model",
-    "model_routed",
-    "labels",
-    "idempotency_key",
-    "question",
-    "progress_message",
-    "progress_percent",
-    "requeues",
-    "review_cycles",
-    "dependents",
-    "not_before",
-    "lease_expires_at",
-    "deadline_at",
-    "started_at",
-    "finished_at",
-    "created_at",
-    "updated_at",
-    "version",
-)
+WEBHOOK_COLUMNS = tuple(f.name for f in dataclasses.fields(Webhook))
+DELIVERY_COLUMNS = tuple(f.name for f in dataclasses.fields(Delivery))
+
+# --- records <-> rows ------------------------------------------------------------------------
+
+Convert = Callable[[Any], Any]
+_Plan = tuple[tuple[str, ...], tuple[tuple[str, Convert], ...]]
+_FIELDS: dict[Any, tuple[tuple[str, str, Any], ...]] = {}
+_PLANS: dict[tuple[Any, Codec, bool], _Plan] = {}
 
 
-def dump_opt_time(codec: Codec, value: datetime | None) -> Any:
-    return None if value is None else codec.dump_time(value)
+def _kind(hint: Any) -> tuple[str, Any]:
+    """How a field of this declared type is stored: time, json (`extra`: what the value is
+    turned into first, list or dict), bool, enum, records (a tuple of records, JSON with
+    times as RFC 3339 text) or as it is (plain)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        members = [a for a in args if a is not type(None)]
+        return _kind(members[0]) if len(members) == 1 else ("json", None)
+    if origin is tuple and dataclasses.is_dataclass(args[0]):
+        return "records", args[0]
+    if origin in (tuple, list):
+        return "json", list
+    if origin in (dict, Mapping):
+        return "json", dict
+    if hint is Any:
+        return "json", None
+    if hint is datetime:
+        return "time", None
+    if hint is bool:
+        return "bool", None
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return "enum", hint
+    return "plain", None
 
 
-def load_opt_time(codec: Codec, value: Any) -> datetime | None:
-    return None if value is None else codec.load_time(value)
+def _fields(cls: Any) -> tuple[tuple[str, str, Any], ...]:
+    if cls not in _FIELDS:
+        hints = typing.get_type_hints(cls)
+        _FIELDS[cls] = tuple((f.name, *_kind(hints[f.name])) for f in dataclasses.fields(cls))
+    return _FIELDS[cls]
 
 
-def task_params(task: Task, codec: Codec) -> dict[str, Any]:
-    params: dict[str, Any] = {
-        name: getattr(task, name) for name in TASK_COLUMNS if name != "priority_rank"
-    }
-    params["status"] = task.status.value
-    params["priority"] = task.priority.value
-    params["priority_rank"] = task.priority.rank
-    params["capabilities"] = list(task.capabilities)
-    params["depends_on"] = list(task.depends_on)
-    params["labels"] = list(task.labels)
-    params["context"] = dict(task.context)
-    for name in TASK_JSON:
-        value = params[name]
-        params[name] = None if name == "result" and value is None else codec.dump_json(value)
-    for name in TASK_TIMES:
-        params[name] = dump_opt_time(codec, params[name])
-    for name in TASK_BOOLS:
-        params[name] = codec.dump_bool(params[name])
+def _dumper(kind: str, extra: Any, codec: Codec) -> Convert:
+    dump_json = codec.dump_json
+    match kind:
+        case "time":
+            return codec.dump_time
+        case "bool":
+            return codec.dump_bool
+        case "enum":
+            return lambda v: v.value
+        case "json":
+            return (lambda v: dump_json(extra(v))) if extra else dump_json
+        case _:  # records
+            return lambda v: dump_json([_plain_record(r) for r in v])
+
+
+def _loader(kind: str, extra: Any, codec: Codec) -> Convert:
+    load_json = codec.load_json
+    match kind:
+        case "time":
+            return codec.load_time
+        case "bool":
+            return bool
+        case "enum":
+            return extra  # type: ignore[no-any-return]
+        case "json":
+            # Tuples in the records, lists in JSON.
+            return (lambda v: tuple(load_json(v))) if extra is list else load_json
+        case _:  # records
+            return lambda v: tuple(_record_from(extra, item) for item in load_json(v) or ())
+
+
+def _plain_record(record: Any) -> dict[str, Any]:
+    values = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    return {k: isoformat(v) if isinstance(v, datetime) else v for k, v in values.items()}
+
+
+def _record_from(cls: type[R], item: Mapping[str, Any]) -> R:
+    values = {name: item[name] for name, _, _ in _fields(cls) if name in item}
+    for name, kind, _ in _fields(cls):
+        if kind == "time" and values.get(name) is not None:
+            values[name] = parse_iso(values[name])
+    return cls(**values)
+
+
+def _plan(cls: Any, codec: Codec, load: bool) -> _Plan:
+    """Which fields pass as they are, and the conversion of the others; worked out once
+    per record type and dialect."""
+    key = (cls, codec, load)
+    if key not in _PLANS:
+        make = _loader if load else _dumper
+        fields = _fields(cls)
+        plain = tuple(name for name, kind, _ in fields if kind == "plain")
+        converted = tuple(
+            (name, make(kind, extra, codec)) for name, kind, extra in fields if kind != "plain"
+        )
+        _PLANS[key] = (plain, converted)
+    return _PLANS[key]
+
+
+def to_row(record: Any, codec: Codec) -> dict[str, Any]:
+    """A record's fields as statement parameters (None stays NULL)."""
+    plain, converted = _plan(type(record), codec, False)
+    params = {name: getattr(record, name) for name in plain}
+    for name, dump in converted:
+        value = getattr(record, name)
+        params[name] = None if value is None else dump(value)
+    if isinstance(record, Task):
+        params["priority_rank"] = record.priority.rank
     return params
 
 
-def task_from_row(row: Row, codec: Codec) -> Task:
-    values = {name: row[name] for name in TASK_COLUMNS if name != "priority_rank"}
-    values["status"] = TaskStatus(values["status"])
-    values["priority"] = Priority(values["priority"])
-    for name in TASK_JSON:
-        raw = values[name]
-        values[name] = None if raw is None else codec.load_json(raw)
-    values["capabilities"] = tuple(values["capabilities"])
-    values["depends_on"] = tuple(values["depends_on"])
-    values["labels"] = tuple(values["labels"])
-    for name in TASK_TIMES:
-        values[name] = load_opt_time(codec, values[name])
-    for name in TASK_BOOLS:
-        values[name] = bool(values[name])
-    return Task(**values)
+def from_row(cls: type[R], row: Row, codec: Codec) -> R:
+    plain, converted = _plan(cls, codec, True)
+    values = {name: row[name] for name in plain}
+    for name, load in converted:
+        value = row[name]
+        values[name] = None if value is None else load(value)
+    return cls(**values)
 
 
-# The columns an agent's own writes set; `active` and `last_assigned_at` are kept by the
-# store as tasks are assigned and released.
-AGENT_COLUMNS = (
-    "id",
-    "capabilities",
-    "status",
-    "owner",
-    "max_concurrent",
-    "room",
-    "wake_url",
-    "dispatch_model",
-    "description",
-    "drained",
-    "token_hash",
-    "last_heartbeat_at",
-    "created_at",
-    "updated_at",
-    "version",
-)
-
-
-def agent_params(agent: Agent, codec: Codec) -> dict[str, Any]:
-    params: dict[str, Any] = {name: getattr(agent, name) for name in AGENT_COLUMNS}
-    params["capabilities"] = codec.dump_json(dict(agent.capabilities))
-    params["status"] = agent.status.value
-    params["drained"] = codec.dump_bool(agent.drained)
-    for name in ("last_heartbeat_at", "created_at", "updated_at"):
-        params[name] = dump_opt_time(codec, params[name])
-    return params
-
-
-def agent_from_row(row: Row, codec: Codec) -> Agent:
-    values = {name: row[name] for name in AGENT_COLUMNS}
-    values["capabilities"] = codec.load_json(values["capabilities"])
-    values["status"] = AgentStatus(values["status"])
-    values["drained"] = bool(values["drained"])
-    for name in ("last_heartbeat_at", "created_at", "updated_at"):
-        values[name] = load_opt_time(codec, values[name])
-    values["active"] = int(row["active"])
-    values["last_assigned_at"] = load_opt_time(codec, row["last_assigned_at"])
-    return Agent(**values)
-
-
-def attempt_params(attempt: Attempt, codec: Codec) -> dict[str, Any]:
+def digest_params(digest: Digest, at: datetime, codec: Codec) -> dict[str, Any]:
     return {
-        "task_id": attempt.task_id,
-        "number": attempt.number,
-        "agent_id": attempt.agent_id,
-        "assigned_at": codec.dump_time(attempt.assigned_at),
-        "started_at": dump_opt_time(codec, attempt.started_at),
-        "ended_at": dump_opt_time(codec, attempt.ended_at),
-        "outcome": attempt.outcome.value if attempt.outcome else None,
-        "error": attempt.error,
+        "name": OPEN_DIGEST,
+        "opened_at": codec.dump_time(digest.opened_at),
+        "closes_at": codec.dump_time(digest.closes_at),
+        "event_id": digest.event_id,
+        "data": codec.dump_json(digest.data()),
+        "updated_at": codec.dump_time(at),
     }
 
 
-def patch_attempt_params(patch: Any, codec: Codec) -> dict[str, Any]:
-    """Parameters of a `PatchAttempt` (typed loosely to keep rows.py free of store ops)."""
-    return {
-        "task_id": patch.task_id,
-        "number": patch.number,
-        "started_at": dump_opt_time(codec, patch.started_at),
-        "ended_at": dump_opt_time(codec, patch.ended_at),
-        "outcome": patch.outcome.value if patch.outcome else None,
-        "error": patch.error,
-    }
-
-
-def attempt_from_row(row: Row, codec: Codec) -> Attempt:
-    return Attempt(
-        task_id=row["task_id"],
-        number=row["number"],
-        agent_id=row["agent_id"],
-        assigned_at=codec.load_time(row["assigned_at"]),
-        started_at=load_opt_time(codec, row["started_at"]),
-        ended_at=load_opt_time(codec, row["ended_at"]),
-        outcome=AttemptOutcome(row["outcome"]) if row["outcome"] else None,
-        error=row["error"],
+def digest_from_row(row: Row, codec: Codec) -> Digest:
+    return Digest.from_data(
+        codec.load_time(row["opened_at"]),
+        codec.load_time(row["closes_at"]),
+        int(row["event_id"]),
+        codec.load_json(row["data"]),
     )
 
 
-def progress_params(entry: ProgressEntry, codec: Codec) -> dict[str, Any]:
-    return {
-        "task_id": entry.task_id,
-        "attempt": entry.attempt,
-        "agent_id": entry.agent_id,
-        "message": entry.message,
-        "percent": entry.percent,
-        "created_at": codec.dump_time(entry.created_at),
-    }
+# The name of the open notification digest's row.
+OPEN_DIGEST = "open"
 
-
-def progress_from_row(row: Row, codec: Codec) -> ProgressEntry:
-    return ProgressEntry(
-        task_id=row["task_id"],
-        attempt=row["attempt"],
-        agent_id=row["agent_id"],
-        message=row["message"],
-        percent=row["percent"],
-        created_at=codec.load_time(row["created_at"]),
-    )
-
-
-def comment_params(comment: Comment, codec: Codec) -> dict[str, Any]:
-    return {
-        "task_id": comment.task_id,
-        "author": comment.author,
-        "body": comment.body,
-        "created_at": codec.dump_time(comment.created_at),
-    }
-
-
-def comment_from_row(row: Row, codec: Codec) -> Comment:
-    return Comment(
-        task_id=row["task_id"],
-        author=row["author"],
-        body=row["body"],
-        created_at=codec.load_time(row["created_at"]),
-    )
-
-
-def event_params(event: Event, codec: Codec) -> dict[str, Any]:
-    return {
-        "type": event.type,
-        "task_id": event.task_id,
-        "agent_id": event.agent_id,
-        "data": codec.dump_json(dict(event.data)),
-        "created_at": codec.dump_time(event.created_at),
-    }
-
-
-def event_from_row(row: Row, codec: Codec) -> Event:
-    return Event(
-        id=int(row["id"]),
-        type=row["type"],
-        task_id=row["task_id"],
-        agent_id=row["agent_id"],
-        data=codec.load_json(row["data"]),
-        created_at=codec.load_time(row["created_at"]),
-    )
-
-
-# --- cursors ----------------------------------------------------------------------------
+# --- page cursors ----------------------------------------------------------------------------
 
 
 def encode_cursor(key: str) -> str:
@@ -350,6 +244,15 @@ def decode_cursor(cursor: str) -> str:
             "cursor is not one this server handed out", code="invalid_cursor", cursor=cursor
         )
     return key
+
+
+def delivery_cursor(cursor: str) -> int:
+    key = decode_cursor(cursor)
+    if not key.isascii() or not key.isdigit() or len(key) > 19:
+        raise ValidationFailed(
+            "cursor is not one this server handed out", code="invalid_cursor", cursor=cursor
+        )
+    return int(key)
 
 
 def counter_deltas(old: str | None, new: str | None) -> Sequence[tuple[str, int]]:

@@ -33,8 +33,10 @@ class Policy:
 
 @dataclass(frozen=True, slots=True)
 class AttemptPatch:
-    """What a transition changes on the task's current attempt record."""
+    """What a transition changes on an attempt record; fields left None keep their stored
+    value. The store applies it as it is (`store.base.PatchAttempt`)."""
 
+    task_id: str
     number: int
     started_at: datetime | None = None
     ended_at: datetime | None = None
@@ -73,7 +75,7 @@ def timeout_of(task: Task, policy: Policy) -> timedelta:
 
 
 def end(task: Task, now: datetime, outcome: AttemptOutcome, error: str | None) -> AttemptPatch:
-    return AttemptPatch(task.attempt, ended_at=now, outcome=outcome, error=error)
+    return AttemptPatch(task.id, task.attempt, ended_at=now, outcome=outcome, error=error)
 
 
 # What an attempt that ends lets go of: its lease, its deadline, an open question.

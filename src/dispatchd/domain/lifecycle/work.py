@@ -85,7 +85,7 @@ def start(task: Task, now: datetime, policy: Policy) -> Change:
         deadline_at=now + timeout,
     )
     event = new_event("task.started", new, now, task.assignee, attempt=task.attempt)
-    return Change(new, event, attempt_patch=AttemptPatch(task.attempt, started_at=now))
+    return Change(new, event, attempt_patch=AttemptPatch(task.id, task.attempt, started_at=now))
 
 
 def progress(

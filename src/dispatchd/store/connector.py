@@ -1,0 +1,148 @@
+"""The seam between the one SQL store and a database driver.
+
+A transaction body is written once, as a generator: it yields `Query` values and receives
+each one's result (a row count, a row, a list of rows), and returns its own. It does no I/O,
+so each connector drives it as its driver wants: SQLite runs the whole body inside its
+writer thread in one hop, PostgreSQL awaits each query on one pooled connection inside a
+transaction. Besides transactions a connector runs single statements (`execute`,
+`fetch_one`, `fetch_all`), and provides what only its database has (`watch`, `lease`).
+
+Queries are written once with `:name` placeholders and `{fragment}` slots that a `Dialect`
+fills in (row locks, JSON tests, the index pin), and translated to the driver's
+placeholder style once, when they are built.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Literal, Protocol, TypeVar
+
+from dispatchd.errors import DuplicateKey
+from dispatchd.store.base import Lease
+from dispatchd.store.rows import Codec
+
+T = TypeVar("T")
+Row = Mapping[str, Any]
+Kind = Literal["execute", "one", "all", "many", "script"]
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One statement of a transaction body. Its result, sent back into the body: the row
+    count (`execute`, `many`), the first row or None (`one`), every row (`all`), nothing
+    (`script`: several statements of a migration, without parameters)."""
+
+    kind: Kind
+    sql: str
+    params: Any = None
+
+
+def execute(sql: str, params: Mapping[str, Any] | None = None) -> Query:
+    return Query("execute", sql, params or {})
+
+
+def one(sql: str, params: Mapping[str, Any] | None = None) -> Query:
+    return Query("one", sql, params or {})
+
+
+def all_rows(sql: str, params: Mapping[str, Any] | None = None) -> Query:
+    return Query("all", sql, params or {})
+
+
+def many(sql: str, params: Sequence[Mapping[str, Any]]) -> Query:
+    return Query("many", sql, params)
+
+
+# A transaction body: yields queries, receives their results, returns its value.
+Body = Generator[Query, Any, T]
+
+
+class Connector(Protocol):
+    dialect: Dialect
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def execute(self, sql: str, params: Mapping[str, Any]) -> int:
+        """Run one writing statement in a transaction of its own; its row count."""
+        ...
+
+    async def fetch_one(self, sql: str, params: Mapping[str, Any]) -> Row | None: ...
+
+    async def fetch_all(self, sql: str, params: Mapping[str, Any]) -> list[Row]: ...
+
+    async def transaction(self, body: Body[T], *, write: bool = True) -> T:
+        """Run `body` on one connection: in a write transaction, or (`write` False) as
+        reads beside the writers. An exception from the body or a query rolls it back."""
+        ...
+
+    async def watch(self, advanced: Callable[[int], None]) -> None: ...
+
+    def lease(self, name: str, *, check_s: float) -> Lease: ...
+
+
+# `:name`, but neither `::type` casts nor a colon inside a word.
+_PLACEHOLDER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+# eq=False: compared and hashed as the one object each dialect is (the query cache's key).
+@dataclass(frozen=True, eq=False)
+class Dialect:
+    """What differs between the SQL of two databases, beyond the driver."""
+
+    name: str
+    codec: Codec
+    # Text put in the `{slot}`s of the queries.
+    fragments: Mapping[str, str]
+    # `:name` becomes the driver's placeholder (None: the driver takes `:name` itself).
+    placeholder: str | None = None
+    # Tests of a JSON array column holding `param` and of a JSON object having it as a key.
+    json_has: Callable[[str, str], str] = field(default=lambda col, p: "")
+    json_has_key: Callable[[str, str], str] = field(default=lambda col, p: "")
+    # A list bound as one value (`:ids`, tested by the `{in_ids}` slot).
+    dump_list: Callable[[list[Any]], Any] = field(default=list)
+
+    def sql(self, text: str) -> str:
+        return _translate(self, text)
+
+
+@lru_cache(maxsize=1024)
+def _translate(dialect: Dialect, text: str) -> str:
+    text = text.format_map(dialect.fragments) if "{" in text else text
+    if dialect.placeholder is None:
+        return text
+    pattern = dialect.placeholder
+    return _PLACEHOLDER.sub(lambda m: pattern % m.group(1), text.replace("%", "%%"))
+
+
+def duplicate_key(table: str, constraint: str) -> DuplicateKey:
+    """The one translation of a unique-key violation, from the driver's words for it
+    (PostgreSQL's constraint name, SQLite's list of the columns): which key met a copy."""
+    if "idempotency" in constraint:
+        key = "idempotency_key"
+    elif "token_hash" in constraint:
+        key = "token_hash"
+    else:
+        key = "id"
+    singular = table.removesuffix("s") or "row"
+    return DuplicateKey(
+        f"{singular} {key.replace('_', ' ')} already exists", field=key, constraint=constraint
+    )
+
+
+def drive(body: Body[T], run: Callable[[Query], Any]) -> T:
+    """Run `body` synchronously, each query through `run`."""
+    result: Any = None
+    try:
+        while True:
+            result = run(body.send(result))
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    finally:
+        body.close()

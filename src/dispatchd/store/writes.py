@@ -1,0 +1,229 @@
+"""The write transactions of the store, each written once as a body (see `connector`).
+
+A body yields its statements and receives their results; it does no I/O, so it runs the
+same on both databases. Every update names the version it was computed from and a row
+that moved on fails the whole transaction (`ConcurrentUpdate`).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Any, assert_never
+
+from dispatchd.domain.ids import utcnow
+from dispatchd.domain.models import Agent, Event, Task, TaskStatus
+from dispatchd.errors import AgentUnavailable, ConcurrentUpdate
+from dispatchd.store.base import (
+    RETENTION_CURSOR,
+    AdvanceCursor,
+    AppendComment,
+    AppendEvent,
+    AppendProgress,
+    ClaimPlan,
+    ClaimQuery,
+    ClaimView,
+    DeleteAgent,
+    InsertAgent,
+    InsertNotification,
+    InsertTask,
+    Op,
+    PatchAttempt,
+    Pruned,
+    RenewLeases,
+    SaveAttempt,
+    SaveCursor,
+    SaveDigest,
+    TakeSlot,
+    TouchTask,
+    UpdateAgent,
+    UpdateTask,
+)
+from dispatchd.store.connector import Body, all_rows, execute, many, one
+from dispatchd.store.queries import Queries
+from dispatchd.store.rows import OPEN_DIGEST, counter_deltas, digest_params, from_row, to_row
+
+
+def commit(q: Queries, ops: Sequence[Op]) -> Body[list[Event]]:
+    """Apply `ops`; the appended events with their ids."""
+    codec = q.dialect.codec
+    counts: dict[str, int] = defaultdict(int)
+    loads: dict[str, int] = defaultdict(int)
+    to_append: list[Event] = []
+    for op in ops:
+        if isinstance(op, AppendEvent):
+            to_append.append(op.event)
+        else:
+            yield from _apply(q, op, counts, loads)
+    for agent_id in sorted(loads):
+        if loads[agent_id]:
+            yield execute(q.add_load, {"id": agent_id, "delta": loads[agent_id]})
+    events: list[Event] = []
+    if to_append:
+        # Events last, under PostgreSQL's event-order lock held until the transaction ends:
+        # the next writer's ids come after ours and only once ours are visible. (SQLite's
+        # single writer gives the same order by itself.)
+        if q.lock_event_order:
+            yield execute(q.lock_event_order)
+        for event in to_append:
+            row = yield one(q.insert_event, to_row(event, codec))
+            events.append(replace(event, id=int(row["id"])))
+        if q.notify:
+            # Delivered at commit, to every replica's listener.
+            yield execute(q.notify, {"last": str(events[-1].id)})
+    # In a fixed order, so that two commits never wait on each other's counter rows.
+    for status in sorted(counts):
+        if counts[status]:
+            yield execute(q.bump_count, {"status": status, "delta": counts[status]})
+    return events
+
+
+def _apply(q: Queries, op: Op, counts: dict[str, int], loads: dict[str, int]) -> Body[None]:
+    codec = q.dialect.codec
+    match op:
+        case InsertTask(task):
+            yield execute(q.insert_task, to_row(task, codec))
+            counts[task.status.value] += 1
+            if task.depends_on:
+                yield many(q.insert_dep, [{"parent": p, "child": task.id} for p in task.depends_on])
+            _count_load(loads, None, None, task)
+        case UpdateTask(task, previous, previous_assignee):
+            if (yield execute(q.update_task, to_row(task, codec))) != 1:
+                raise ConcurrentUpdate(f"task {task.id} changed meanwhile", task_id=task.id)
+            for status, delta in counter_deltas(previous.value, task.status.value):
+                counts[status] += delta
+            _count_load(loads, previous, previous_assignee, task)
+        case TouchTask(task_id, version):
+            if (yield execute(q.touch_task, {"id": task_id, "version": version})) != 1:
+                raise ConcurrentUpdate(f"task {task_id} changed meanwhile", task_id=task_id)
+        case TakeSlot(agent_id, limit, at, check_status, count):
+            params = {
+                "id": agent_id,
+                "limit": limit,
+                "at": codec.dump_time(at),
+                "planned": loads[agent_id],
+                "check": codec.dump_bool(check_status),
+                "count": count,
+            }
+            if (yield execute(q.take_slot, params)) != 1:
+                raise AgentUnavailable(
+                    f"agent {agent_id} cannot take a task now", agent_id=agent_id
+                )
+        case SaveAttempt(attempt):
+            yield execute(q.insert_attempt, to_row(attempt, codec))
+        case PatchAttempt():
+            yield execute(q.patch_attempt, to_row(op, codec))
+        case AppendProgress(entry):
+            yield execute(q.insert_progress, to_row(entry, codec))
+        case AppendComment(comment):
+            yield execute(q.insert_comment, to_row(comment, codec))
+        case InsertAgent(agent):
+            yield execute(q.insert_agent, to_row(agent, codec))
+        case UpdateAgent(agent):
+            if (yield execute(q.update_agent, to_row(agent, codec))) != 1:
+                raise ConcurrentUpdate(f"agent {agent.id} changed meanwhile", agent_id=agent.id)
+        case DeleteAgent(agent_id, version):
+            yield one(q.lock_agent, {"id": agent_id})
+            if (yield execute(q.delete_agent, {"id": agent_id, "version": version})) != 1:
+                raise ConcurrentUpdate(f"agent {agent_id} changed meanwhile", agent_id=agent_id)
+        case RenewLeases(agent_id, until):
+            yield execute(q.renew_leases, {"agent_id": agent_id, "until": codec.dump_time(until)})
+        case SaveCursor(name, last_event_id, at):
+            params = {"name": name, "last": last_event_id, "at": codec.dump_time(at)}
+            yield execute(q.save_cursor, params)
+        case AdvanceCursor(name, expected, last, at):
+            params = {"name": name, "last": last, "at": codec.dump_time(at)}
+            if expected is None:
+                moved = yield execute(q.cursor_insert, params)
+            else:
+                # On PostgreSQL this waits for a concurrent writer of the same cursor, then
+                # finds it moved.
+                moved = yield execute(q.cursor_update, {**params, "expected": expected})
+            if moved != 1:
+                raise ConcurrentUpdate(f"cursor {name} moved meanwhile", cursor=name)
+        case InsertNotification(notification):
+            yield execute(q.insert_notification, to_row(notification, codec))
+        case SaveDigest(digest, at):
+            if digest is None:
+                yield execute(q.drop_digest, {"name": OPEN_DIGEST})
+            else:
+                yield execute(q.save_digest, digest_params(digest, at, codec))
+        case AppendEvent():
+            raise AssertionError("events are appended by commit, after the other writes")
+        case _:
+            assert_never(op)
+
+
+def _count_load(
+    loads: dict[str, int], previous: TaskStatus | None, previous_assignee: str | None, task: Task
+) -> None:
+    """How a task's write changes agents' loads: -1 for the agent it leaves, +1 for the one
+    it goes to; nothing while it stays held by the same agent."""
+    was = previous_assignee if previous is not None and previous.active else None
+    now = task.assignee if task.status.active else None
+    if was != now:
+        if was is not None:
+            loads[was] -= 1
+        if now is not None:
+            loads[now] += 1
+
+
+def claim(q: Queries, query: ClaimQuery, plan: ClaimPlan) -> Body[list[Event]]:
+    """Lock the agent and what it may take, let `plan` turn that into writes, apply them.
+
+    On PostgreSQL the agent row is locked first (claims and pushes to one agent queue
+    there) and rows another claim holds are skipped; on SQLite the writer thread is the
+    only writer, so nothing read here can change before the commit.
+    """
+    codec = q.dialect.codec
+    row = yield one(q.lock_agent, {"id": query.agent_id})
+    agent = from_row(Agent, row, codec) if row else None
+    assigned: list[Task] = []
+    candidates: list[Task] = []
+    if agent is not None:
+        params = {"agent_id": query.agent_id, "limit": query.limit}
+        assigned = [from_row(Task, r, codec) for r in (yield all_rows(q.assigned, params))]
+        sql, params = q.claimable(query, lock=True)
+        candidates = [from_row(Task, r, codec) for r in (yield all_rows(sql, params))]
+    ops = plan(ClaimView(agent, assigned, candidates))
+    return (yield from commit(q, ops)) if ops else []
+
+
+def prune(
+    q: Queries, events_before: datetime | None, tasks_before: datetime | None, limit: int
+) -> Body[Pruned]:
+    codec = q.dialect.codec
+    events = tasks = notifications = 0
+    if events_before is not None:
+        params: dict[str, Any] = {"before": codec.dump_time(events_before), "limit": limit}
+        notifications = yield execute(q.prune_notifications, params)
+        # Under the event-order lock: no commit appends while the prefix is cut.
+        if q.lock_event_order:
+            yield execute(q.lock_event_order)
+        rows = yield all_rows(q.oldest_events, {"limit": limit})
+        # A prefix of the log only (it stops at the first newer event), so that every
+        # reader's cursor past it stays whole.
+        through = None
+        for row in rows:
+            if codec.load_time(row["created_at"]) >= events_before:
+                break
+            through = int(row["id"])
+        if through is not None:
+            events = yield execute(q.drop_events, {"through": through})
+            params = {"name": RETENTION_CURSOR, "last": through, "at": codec.dump_time(utcnow())}
+            yield execute(q.save_cursor, params)
+    if tasks_before is not None:
+        params = {"before": codec.dump_time(tasks_before), "limit": limit}
+        found = yield all_rows(q.finished_tasks, params)
+        ids = q.dialect.dump_list([r["id"] for r in found])
+        for sql in q.drop_task_rows if found else ():
+            yield execute(sql, {"ids": ids})
+        by_status: dict[str, int] = defaultdict(int)
+        for row in found:
+            by_status[row["status"]] -= 1
+        for status in sorted(by_status):
+            yield execute(q.bump_count, {"status": status, "delta": by_status[status]})
+        tasks = len(found)
+    return Pruned(events=events, tasks=tasks, notifications=notifications)
