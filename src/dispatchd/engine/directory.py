@@ -19,12 +19,13 @@ import bisect
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 
-from dispatchd.domain.models import Agent, Task
+from dispatchd.domain.models import Agent, Event, Task
 from dispatchd.domain.scoring import (
     AVAILABILITY,
     Candidate,
     best,
     capability_match,
+    limit_of,
     unavailable,
 )
 from dispatchd.store.base import Store
@@ -55,6 +56,13 @@ class Directory:
         self._by_tag: dict[str, set[str]] = {}
         self._ranked: dict[str, list[RankKey]] = {}
         self._ranks: dict[str, list[tuple[str, RankKey]]] = {}
+        # Tasks whose assignment was counted here before its `task.assigned` event arrives.
+        self._noted: set[str] = set()
+
+    @property
+    def local(self) -> bool:
+        """The copies are the agent rows as stored (no external service reshapes them)."""
+        return self.overlay is _as_is
 
     async def load(self) -> None:
         agents = await self.overlay(await self.store.all_agents())
@@ -94,13 +102,47 @@ class Directory:
                 self._by_tag.get(tag, set()).discard(agent_id)
         self._unrank(agent_id)
 
-    def note_assigned(self, agent_id: str, now: datetime) -> None:
+    def note_assigned(self, agent_id: str, now: datetime, task_id: str | None = None) -> None:
+        """Count a task handed to the agent by this process; with `task_id`, its
+        `task.assigned` event is then not counted again (`apply_load`)."""
         agent = self.agents.get(agent_id)
         if agent is not None:
             self.agents[agent_id] = taken = agent.evolve(
                 active=agent.active + 1, last_assigned_at=now
             )
             self._rank(taken)
+            if task_id is not None:
+                self._noted.add(task_id)
+
+    def forget(self, task_ids: Iterable[str]) -> None:
+        """These noted assignments were not committed (the agents are re-read instead)."""
+        self._noted.difference_update(task_ids)
+
+    def apply_load(self, event: Event) -> bool:
+        """Move the agent's load as `event` says, when it says exactly how: an assignment
+        raises it by one (unless already noted here), a completion by its holder lowers it
+        by one. False when the agent must be re-read instead: another kind of event, or a
+        count that reaches the agent's limit or falls below zero, either of which may come
+        from an event that a re-read had already counted."""
+        agent = self.agents.get(event.agent_id or "")
+        if agent is None or event.task_id is None:
+            return False
+        if event.type == "task.assigned":
+            if event.task_id in self._noted:
+                self._noted.discard(event.task_id)
+                return True
+            moved = agent.evolve(active=agent.active + 1, last_assigned_at=event.created_at)
+            self.agents[agent.id] = moved
+            self._rank(moved)
+            return moved.active < limit_of(moved, self.default_limit)
+        if event.type == "task.completed":
+            if agent.active <= 0:
+                return False
+            moved = agent.evolve(active=agent.active - 1)
+            self.agents[agent.id] = moved
+            self._rank(moved)
+            return True
+        return False
 
     def _rank(self, agent: Agent) -> None:
         self._unrank(agent.id)
