@@ -95,6 +95,7 @@ async def test_an_agent_with_room_but_no_claim_gets_the_task_at_creation(
     client: httpx.AsyncClient, register: Callable[..., Any], runtime: Runtime
 ) -> None:
     await register("w", ["code"])
+    await caught_up(runtime)
     task = await create_code_task(client, title="pushed")
     assert (task["status"], task["assignee"]) == ("assigned", "w")
     out = await claim(client, "w")
@@ -107,6 +108,7 @@ async def test_a_claim_narrowed_to_other_tags_is_not_given_the_task(
     client: httpx.AsyncClient, register: Callable[..., Any], runtime: Runtime
 ) -> None:
     await register("w", ["code", "docs"])
+    await caught_up(runtime)
     job = asyncio.create_task(claim(client, "w", wait_s=0.5, capabilities=["docs"]))
     await eventually(
         lambda: any(w.waiting for w in runtime.claims.waiters._by_agent.get("w", [])),
@@ -128,7 +130,9 @@ async def test_the_directory_follows_loads_from_events_without_reading_agents(
     await caught_up(runtime)
     calls = count_calls(runtime, ("get_agent", "get_agents"))
     for round_ in range(3):
+        await caught_up(runtime)
         task = await create_code_task(client, title=f"t{round_}")
+        assert task["status"] == "assigned"
         out = await claim(client, "w")
         assert [t["id"] for t in out["tasks"]] == [task["id"]]
         r = await client.post(
@@ -141,3 +145,21 @@ async def test_the_directory_follows_loads_from_events_without_reading_agents(
     # And the copy agrees with the row.
     row = await runtime.store.get_agent("w")
     assert row is not None and row.active == 0
+
+
+@BOTH
+async def test_the_holder_reporting_its_attempt_needs_no_read_of_past_attempts(
+    client: httpx.AsyncClient, register: Callable[..., Any], runtime: Runtime
+) -> None:
+    await register("w", ["code"])
+    await caught_up(runtime)
+    task = await create_code_task(client, title="fenced")
+    out = await claim(client, "w")
+    assert out["tasks"][0]["attempt"] == 1
+    calls = count_calls(runtime, ("attempts",))
+    url = f"/api/v1/tasks/{task['id']}"
+    r = await client.post(f"{url}/progress", json={"attempt": 2}, headers=as_agent("w"))
+    assert r.status_code == 409, r.text  # a newer attempt than the one it holds: fenced
+    r = await client.post(f"{url}/complete", json={"attempt": 1}, headers=as_agent("w"))
+    assert r.status_code == 200, r.text
+    assert calls == Counter(), calls

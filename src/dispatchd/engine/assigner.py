@@ -93,13 +93,14 @@ class Assigner:
         self.waiters = waiters
         self.waker = waker
         self.placer = placer or Placer(directory, waiters, waker, rules, policy)
+        directory.position = lambda: feed.latest
         # With an external capability/availability service, its answers change without
         # events here: reload the directory this often.
         self.refresh_s = refresh_s
         self.cursor = 0
         self._wake = asyncio.Event()
         self._tasks_due: set[str] = set()
-        # One pass over the events at a time: the loop's or a creation's `catch_up`.
+        # Held while a pass over the events is under way (see `caught_up`).
         self._stepping = asyncio.Lock()
         self.assigned = 0
 
@@ -119,16 +120,14 @@ class Assigner:
         self.feed.listen(self._advanced)
         await self.directory.load()
         await self.fill(list(self.directory.agents))
-        self.placer.catch_up = self.catch_up
+        self.placer.caught_up = self.caught_up
 
-    async def catch_up(self) -> None:
-        """Act on every event logged so far, so that the directory is as current as it
-        would be for the assigner's own next choice (the creation of a task chooses its
-        agent right after this)."""
-        # A pass under way may have moved the cursor before acting: wait for it too.
-        if self.feed.latest > self.cursor or self._tasks_due or self._stepping.locked():
-            async with self._stepping:
-                await self.step()
+    def caught_up(self) -> bool:
+        """Whether the assigner has acted on every event logged so far, so that the
+        directory is as current as it would be for its own next choice."""
+        return (
+            self.feed.latest <= self.cursor and not self._tasks_due and not self._stepping.locked()
+        )
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -125,7 +125,7 @@ class TaskCreation:
         manual = placing = True
         for _ in range(MAX_TRIES):
             births = await self._births(specs, ids, caller, manual=manual)
-            placement = await self._place(births) if placing else Placement()
+            placement = self._place(births) if placing else Placement()
             lead = sorted([*births.slots, *placement.lead()], key=lambda slot: slot.agent_id)
             try:
                 done = await commit_changes(
@@ -150,12 +150,14 @@ class TaskCreation:
             return latest
         raise ConcurrentUpdate("the tasks' dependencies are changing too fast; try again")
 
-    async def _place(self, births: Births) -> Placement:
+    def _place(self, births: Births) -> Placement:
         placer = self.placer
-        if placer is None or placer.catch_up is None or not births.open:
+        if placer is None or placer.caught_up is None or not births.open:
             return Placement()
-        # Choose as the assigner would, having seen every agent registered or freed so far.
-        await placer.catch_up()
+        if not placer.caught_up():
+            # Events the assigner has not acted on yet may change the choice (an agent
+            # registered or freed a moment ago): the tasks go to it, in order, as before.
+            return Placement()
         # An agent named in the batch is left out: its slot is reserved apart.
         named = {slot.agent_id for slot in births.slots}
         return placer.plan(births.open, births.steps[0][0].task.created_at, skip=named)

@@ -58,6 +58,12 @@ class Directory:
         self._ranks: dict[str, list[tuple[str, RankKey]]] = {}
         # Tasks whose assignment was counted here before its `task.assigned` event arrives.
         self._noted: set[str] = set()
+        # Where the event log stood when each agent was last read: the events up to there
+        # are in the row read, and must not move its load again (`apply_load`). The
+        # assigner sets `position` to its feed's head.
+        self.position: Callable[[], int] = lambda: 0
+        self._read_at: dict[str, int] = {}
+        self._loaded_at = 0
 
     @property
     def local(self) -> bool:
@@ -66,6 +72,8 @@ class Directory:
 
     async def load(self) -> None:
         agents = await self.overlay(await self.store.all_agents())
+        self._loaded_at = self.position()
+        self._read_at.clear()
         self.agents.clear()
         self._by_tag.clear()
         self._ranked.clear()
@@ -78,6 +86,11 @@ class Directory:
         if not ids:
             return []
         fresh = await self.overlay(await self.store.get_agents(ids))
+        # A commit told to the feed after this read began may be in it too; its event is
+        # then skipped, the count a hint either way (the store checks every slot).
+        at = self.position()
+        for agent_id in ids:
+            self._read_at[agent_id] = at
         for agent_id in set(ids) - {a.id for a in fresh}:
             self.drop(agent_id)
         for agent in fresh:
@@ -120,16 +133,21 @@ class Directory:
 
     def apply_load(self, event: Event) -> bool:
         """Move the agent's load as `event` says, when it says exactly how: an assignment
-        raises it by one (unless already noted here), a completion by its holder lowers it
-        by one. False when the agent must be re-read instead: another kind of event, or a
-        count that reaches the agent's limit or falls below zero, either of which may come
-        from an event that a re-read had already counted."""
+        raises it by one (unless already noted here, or in the row as last read), a
+        completion by its holder lowers it by one (likewise). False when the agent must be
+        re-read instead: another kind of event, or a count that reaches the agent's limit
+        or falls below zero, either of which may come from an event that a re-read had
+        already counted."""
         agent = self.agents.get(event.agent_id or "")
         if agent is None or event.task_id is None:
             return False
+        noted = event.task_id in self._noted
+        self._noted.discard(event.task_id)
+        read_at = max(self._read_at.get(agent.id, 0), self._loaded_at)
+        if event.id is not None and event.id <= read_at:
+            return event.type in ("task.assigned", "task.completed")  # in the row read
         if event.type == "task.assigned":
-            if event.task_id in self._noted:
-                self._noted.discard(event.task_id)
+            if noted:
                 return True
             moved = agent.evolve(active=agent.active + 1, last_assigned_at=event.created_at)
             self.agents[agent.id] = moved

@@ -11,7 +11,7 @@ The choice is a hint, as everywhere: each hand-over reserves the agent's slot in
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -69,9 +69,9 @@ class Placer:
         self.waker = waker
         self.rules = rules
         self.policy = policy
-        # Brings the directory up to the event log; set while push assignment runs
+        # Whether the directory is up to the event log; set while push assignment runs
         # (without it, new tasks are left for the assigner, as without one they wait).
-        self.catch_up: Callable[[], Awaitable[None]] | None = None
+        self.caught_up: Callable[[], bool] | None = None
 
     def plan(
         self, tasks: Iterable[Task], now: datetime, *, skip: Collection[str] = ()

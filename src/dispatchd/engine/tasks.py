@@ -115,7 +115,9 @@ class TaskService:
     # --- worker actions -----------------------------------------------------------------
 
     async def _as_holder(self, task: Task, caller: Caller, attempt: int | None) -> None:
-        if task.assignee == caller.agent_id and attempt is None:
+        if task.assignee == caller.agent_id:
+            # The holder's check needs no past attempts (only the number it sent).
+            require_holder(task, caller, (), attempt)
             return
         past = await self.store.attempts(task.id)
         require_holder(task, caller, past, attempt)
