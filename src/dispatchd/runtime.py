@@ -153,7 +153,7 @@ class Runtime:
             waker=self.waker,
             refresh_s=external.refresh_s if external else None,
         )
-        self.tasks.handed = self.assigner.handed
+        self.tasks.creation.placer = self.assigner.placer
         self.sweeper = Sweeper(
             self.store,
             policy,

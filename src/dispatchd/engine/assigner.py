@@ -17,22 +17,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from datetime import datetime
 
 from dispatchd.domain.ids import utcnow
 from dispatchd.domain.lifecycle import Policy
-from dispatchd.domain.models import Agent, AgentStatus, Event, Task, TaskStatus
+from dispatchd.domain.models import AgentStatus, Event, Task, TaskStatus
 from dispatchd.domain.scoring import limit_of
 from dispatchd.engine.directory import Directory
 from dispatchd.engine.feed import EventFeed
-from dispatchd.engine.rules import Rules, hand_over
-from dispatchd.engine.transitions import MAX_TRIES
+from dispatchd.engine.placement import Placement, Placer, queue_key
+from dispatchd.engine.rules import Rules
+from dispatchd.engine.transitions import MAX_TRIES, writes_for
 from dispatchd.engine.waiters import Waiters
 from dispatchd.engine.wake import Waker
 from dispatchd.errors import AgentUnavailable, ConcurrentUpdate, DispatchError
 from dispatchd.jobs import stop_if_cancelled
-from dispatchd.store.base import ClaimQuery, Op, Store, TakeSlot
+from dispatchd.store.base import ClaimQuery, Op, Store
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,6 @@ _ROOM = frozenset(
 )
 
 
-def _queue_key(task: Task) -> tuple[int, int, datetime, datetime, str]:
-    due = task.due_at or task.created_at
-    return (-task.priority.rank, task.due_at is None, due, task.created_at, task.id)
-
-
 class Assigner:
     def __init__(
         self,
@@ -87,6 +82,7 @@ class Assigner:
         *,
         waiters: Waiters,
         waker: Waker,
+        placer: Placer | None = None,
         refresh_s: float | None = None,
     ) -> None:
         self.store = store
@@ -96,12 +92,16 @@ class Assigner:
         self.policy = policy
         self.waiters = waiters
         self.waker = waker
+        self.placer = placer or Placer(directory, waiters, waker, rules, policy)
+        directory.position = lambda: feed.latest
         # With an external capability/availability service, its answers change without
         # events here: reload the directory this often.
         self.refresh_s = refresh_s
         self.cursor = 0
         self._wake = asyncio.Event()
         self._tasks_due: set[str] = set()
+        # Held while a pass over the events is under way (see `caught_up`).
+        self._stepping = asyncio.Lock()
         self.assigned = 0
 
     # --- driving ----------------------------------------------------------------------
@@ -120,6 +120,14 @@ class Assigner:
         self.feed.listen(self._advanced)
         await self.directory.load()
         await self.fill(list(self.directory.agents))
+        self.placer.caught_up = self.caught_up
+
+    def caught_up(self) -> bool:
+        """Whether the assigner has acted on every event logged so far, so that the
+        directory is as current as it would be for its own next choice."""
+        return (
+            self.feed.latest <= self.cursor and not self._tasks_due and not self._stepping.locked()
+        )
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -140,7 +148,8 @@ class Assigner:
                 continue
             self._wake.clear()
             try:
-                await self.step()
+                async with self._stepping:
+                    await self.step()
             except DispatchError as exc:
                 log.warning("assignment pass failed: %s", exc, extra={"action": "assign"})
                 await asyncio.sleep(0.1)
@@ -169,7 +178,9 @@ class Assigner:
 
     async def handle(self, events: Sequence[Event]) -> None:
         touched: set[str] = set()
-        tasks: list[str] = []
+        # Tasks that may be given to an agent, in the order they became so; a task
+        # assigned later in the same events is left out (no read to find that out).
+        tasks: dict[str, None] = {}
         roomy: set[str] = set()
         known = self.directory.agents
         for event in events:
@@ -177,13 +188,17 @@ class Assigner:
             agent_id = holder if isinstance(holder, str) else event.agent_id
             if event.type.startswith("agent.") and event.agent_id:
                 touched.add(event.agent_id)
-            elif event.type in _LOAD and agent_id in known:
-                # The load on the agent row moved: re-read it (requesters are not agents).
+            elif event.type in _LOAD and agent_id in known and not self.directory.apply_load(event):
+                # The load on the agent row moved and the event does not say exactly how:
+                # re-read the row (requesters are not agents).
                 touched.add(agent_id)
             if event.type == "task.assigned" and event.agent_id:
                 self.waiters.wake(event.agent_id)
-            if event.type in _ASSIGNABLE and event.task_id and _makes_assignable(event):
-                tasks.append(event.task_id)
+            if event.task_id:
+                if event.type in _ASSIGNABLE and _makes_assignable(event):
+                    tasks[event.task_id] = None
+                elif event.type in _SETTLED:
+                    tasks.pop(event.task_id, None)
             if event.type in _ROOM and agent_id:
                 roomy.add(agent_id)
         if touched:
@@ -197,7 +212,7 @@ class Assigner:
         """Give each of these tasks, if still waiting, to its best agent, in queue order."""
         now = utcnow()
         found = await self.store.get_tasks(sorted(set(task_ids)))
-        ready = [t for t in sorted(found, key=_queue_key) if _ready(t, now)]
+        ready = [t for t in sorted(found, key=queue_key) if _ready(t, now)]
         for start in range(0, len(ready), CHUNK):
             await self.assign_many(ready[start : start + CHUNK])
 
@@ -209,46 +224,23 @@ class Assigner:
         if len(tasks) == 1:
             await self.assign(tasks[0])
             return
-        now = utcnow()
-        writes: list[Op] = []
-        slots: dict[str, TakeSlot] = {}
-        chosen: list[tuple[Agent, Task]] = []
-        for task in tasks:
-            choice = self.directory.best(
-                task,
-                default_limit=self.rules.default_limit,
-                owner_filter=self.rules.owner_filter,
-                skip=set(),
-            )
-            if choice is None:
-                continue
-            agent = self.directory.agents[choice.agent_id]
-            handover = hand_over(task, agent, now, self.rules, self.policy, start=False)
-            for op in handover.ops:
-                if isinstance(op, TakeSlot):
-                    held = slots.get(op.agent_id)
-                    slots[op.agent_id] = op if held is None else replace(held, count=held.count + 1)
-                else:
-                    writes.append(op)
-            chosen.append((agent, handover.task))
-            self.directory.note_assigned(agent.id, now)
-        if not chosen:
+        placement = self.placer.plan(tasks, utcnow())
+        if not placement:
             return
-        # Every agent row first, in id order, then the tasks: two replicas' batches (and a
-        # claim, which locks its agent row first too) never hold rows the other waits for.
-        ops: list[Op] = [slots[agent_id] for agent_id in sorted(slots)] + writes
         try:
-            await self.store.commit(ops)
+            await self.store.commit(_writes(placement))
         except (AgentUnavailable, ConcurrentUpdate):
-            await self.directory.refresh({agent.id for agent, _ in chosen})
+            await self.placer.undo(placement)
             for task in tasks:
                 fresh = await self.store.get_task(task.id)
                 if fresh is not None and _ready(fresh, utcnow()):
                     await self.assign(fresh)
             return
-        self.assigned += len(chosen)
-        for agent, task in chosen:
-            self._handed(agent, task)
+        except BaseException:
+            await self.placer.undo(placement)
+            raise
+        self.assigned += len(placement.given)
+        self.placer.settle(placement)
 
     async def fill(self, agent_ids: Sequence[str]) -> None:
         """Offer each agent with room the best queued tasks it may take."""
@@ -285,54 +277,43 @@ class Assigner:
         """Commit `task` to its best agent; None when nobody can take it now."""
         skip: set[str] = set()
         for _ in range(MAX_TRIES):
-            choice = self.directory.best(
-                task,
-                default_limit=self.rules.default_limit,
-                owner_filter=self.rules.owner_filter,
-                skip=skip,
-            )
-            if choice is None:
-                return None
-            agent = self.directory.agents[choice.agent_id]
             now = utcnow()
-            handover = hand_over(task, agent, now, self.rules, self.policy, start=False)
+            placement = self.placer.plan([task], now, skip=skip)
+            if not placement:
+                return None
             try:
-                await self.store.commit(handover.ops)
+                await self.store.commit(_writes(placement))
             except AgentUnavailable:
                 # Our copy of the agent was stale: re-read it and choose again.
-                skip.add(agent.id)
-                await self.directory.refresh([agent.id])
+                skip.update(placement.slots)
+                await self.placer.undo(placement)
                 continue
             except ConcurrentUpdate:
+                await self.placer.undo(placement)
                 fresh = await self.store.get_task(task.id)
                 if fresh is None or not _ready(fresh, now):
                     return None
                 task = fresh
                 continue
+            except BaseException:
+                await self.placer.undo(placement)
+                raise
             self.assigned += 1
-            self.directory.note_assigned(agent.id, now)
-            self._handed(agent, handover.task)
-            return handover.task
+            self.placer.settle(placement)
+            return placement.given[0][1]
         return None
 
-    def handed(self, agent_id: str, task: Task) -> None:
-        """A task was given to `agent_id` outside the assigner (named at creation)."""
-        agent = self.directory.agents.get(agent_id)
-        if agent is None:
-            self.waiters.wake(agent_id)
-            return
-        self.directory.note_assigned(agent_id, task.updated_at)
-        self._handed(agent, task)
 
-    def _handed(self, agent: Agent, task: Task) -> None:
-        self.waiters.wake(agent.id)
-        if agent.status is AgentStatus.SLEEPING:
-            self.waker.wake(agent, task)
+def _writes(placement: Placement) -> list[Op]:
+    writes, _ = writes_for(placement.changes)
+    return [*placement.lead(), *writes]
 
 
 _OUT = frozenset({AgentStatus.OFFLINE, AgentStatus.DEGRADED})
 # Task events that move an agent's load.
 _LOAD = frozenset({"task.assigned", *(t for t in _ROOM if t.startswith("task."))})
+# Events after which a task is no longer waiting for an agent.
+_SETTLED = frozenset({"task.assigned", "task.cancelled"})
 
 
 def _ready(task: Task, now: datetime) -> bool:

@@ -90,18 +90,32 @@ class ClaimService:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(wait_s, 0.0)
         while True:
-            with self.waiters.armed(agent_id) as woken:
+            with self.waiters.armed(
+                agent_id, max_tasks=max_tasks, max_capacity=max_capacity, only=only
+            ) as waiter:
                 claimed = await self._once(ask)
                 remaining = deadline - loop.time()
                 if claimed.tasks or claimed.reason in _FINAL or remaining <= 0:
                     return claimed
                 if self.waiters.closed:
                     return claimed
-                try:
-                    async with asyncio.timeout(remaining):  # see EventFeed.wait
-                        await woken
-                except TimeoutError:
-                    return await self._once(ask)
+                if waiter.future.done():
+                    given = waiter.future.result()  # woken while it looked: look again
+                else:
+                    waiter.waiting = True
+                    try:
+                        # Shielded: a claim taken by an assigner must not lose its answer
+                        # to its own deadline (see EventFeed.wait for `asyncio.timeout`).
+                        async with asyncio.timeout(remaining):
+                            given = await asyncio.shield(waiter.future)
+                    except TimeoutError:
+                        waiter.waiting = False
+                        if not waiter.taken:
+                            return await self._once(ask)
+                        given = await waiter.future  # the hand-over is committing
+                    waiter.waiting = False
+                if given:
+                    return Claimed(list(given))
                 if self.waiters.closed:
                     return await self._once(ask)
 
@@ -116,7 +130,17 @@ class ClaimService:
         return await self._transaction(ask)
 
     async def _transaction(self, ask: _Ask) -> Claimed:
-        agent = await self._agent(ask.agent_id)
+        known = self._known(ask.agent_id)
+        if known is not None:
+            try:
+                return await self._attempt(ask, known, trusted=False)
+            except _Stale:
+                pass  # the copy is behind the row: read the row and plan again
+        return await self._attempt(ask, await self._agent(ask.agent_id), trusted=True)
+
+    async def _attempt(self, ask: _Ask, agent: Agent, *, trusted: bool) -> Claimed:
+        """`agent` decides which tasks are looked at; unless `trusted` (read just now), its
+        capabilities and owner must be those of the row the transaction locks."""
         tags = set(agent.capabilities)
         if ask.only is not None:
             tags &= ask.only
@@ -133,13 +157,26 @@ class ClaimService:
         def plan(view: ClaimView) -> Sequence[Op]:
             if view.agent is None:
                 raise _not_registered(ask.agent_id)
+            seen = agent
+            if not trusted:
+                # The copy chose what was read; the locked row decides the rest.
+                if (view.agent.capabilities, view.agent.owner) != (agent.capabilities, agent.owner):
+                    raise _Stale()
+                seen = view.agent
             ops, claimed.tasks, claimed.reason = self._plan(
-                view, agent, max_tasks=ask.max_tasks, max_capacity=ask.max_capacity
+                view, seen, max_tasks=ask.max_tasks, max_capacity=ask.max_capacity
             )
             return ops
 
         await self.store.claim(query, plan)
         return claimed
+
+    def _known(self, agent_id: str) -> Agent | None:
+        """The directory's copy of the agent, when no external service reshapes the row
+        (saves reading the row before the claim's transaction reads it again)."""
+        if self.directory is None or not self.directory.local:
+            return None
+        return self.directory.agents.get(agent_id)
 
     async def _agent(self, agent_id: str) -> Agent:
         """The agent as assignment sees it: its row as stored now, with capabilities and
@@ -206,6 +243,10 @@ class ClaimService:
             else:
                 reason = "no_tasks_available"
         return ops, taken, reason
+
+
+class _Stale(Exception):
+    """The directory's copy of the claiming agent is older than its row."""
 
 
 # An empty claim for these reasons will not change by waiting for work.

@@ -19,12 +19,13 @@ import bisect
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 
-from dispatchd.domain.models import Agent, Task
+from dispatchd.domain.models import Agent, Event, Task
 from dispatchd.domain.scoring import (
     AVAILABILITY,
     Candidate,
     best,
     capability_match,
+    limit_of,
     unavailable,
 )
 from dispatchd.store.base import Store
@@ -55,9 +56,24 @@ class Directory:
         self._by_tag: dict[str, set[str]] = {}
         self._ranked: dict[str, list[RankKey]] = {}
         self._ranks: dict[str, list[tuple[str, RankKey]]] = {}
+        # Tasks whose assignment was counted here before its `task.assigned` event arrives.
+        self._noted: set[str] = set()
+        # Where the event log stood when each agent was last read: the events up to there
+        # are in the row read, and must not move its load again (`apply_load`). The
+        # assigner sets `position` to its feed's head.
+        self.position: Callable[[], int] = lambda: 0
+        self._read_at: dict[str, int] = {}
+        self._loaded_at = 0
+
+    @property
+    def local(self) -> bool:
+        """The copies are the agent rows as stored (no external service reshapes them)."""
+        return self.overlay is _as_is
 
     async def load(self) -> None:
         agents = await self.overlay(await self.store.all_agents())
+        self._loaded_at = self.position()
+        self._read_at.clear()
         self.agents.clear()
         self._by_tag.clear()
         self._ranked.clear()
@@ -70,6 +86,11 @@ class Directory:
         if not ids:
             return []
         fresh = await self.overlay(await self.store.get_agents(ids))
+        # A commit told to the feed after this read began may be in it too; its event is
+        # then skipped, the count a hint either way (the store checks every slot).
+        at = self.position()
+        for agent_id in ids:
+            self._read_at[agent_id] = at
         for agent_id in set(ids) - {a.id for a in fresh}:
             self.drop(agent_id)
         for agent in fresh:
@@ -94,13 +115,52 @@ class Directory:
                 self._by_tag.get(tag, set()).discard(agent_id)
         self._unrank(agent_id)
 
-    def note_assigned(self, agent_id: str, now: datetime) -> None:
+    def note_assigned(self, agent_id: str, now: datetime, task_id: str | None = None) -> None:
+        """Count a task handed to the agent by this process; with `task_id`, its
+        `task.assigned` event is then not counted again (`apply_load`)."""
         agent = self.agents.get(agent_id)
         if agent is not None:
             self.agents[agent_id] = taken = agent.evolve(
                 active=agent.active + 1, last_assigned_at=now
             )
             self._rank(taken)
+            if task_id is not None:
+                self._noted.add(task_id)
+
+    def forget(self, task_ids: Iterable[str]) -> None:
+        """These noted assignments were not committed (the agents are re-read instead)."""
+        self._noted.difference_update(task_ids)
+
+    def apply_load(self, event: Event) -> bool:
+        """Move the agent's load as `event` says, when it says exactly how: an assignment
+        raises it by one (unless already noted here, or in the row as last read), a
+        completion by its holder lowers it by one (likewise). False when the agent must be
+        re-read instead: another kind of event, or a count that reaches the agent's limit
+        or falls below zero, either of which may come from an event that a re-read had
+        already counted."""
+        agent = self.agents.get(event.agent_id or "")
+        if agent is None or event.task_id is None:
+            return False
+        noted = event.task_id in self._noted
+        self._noted.discard(event.task_id)
+        read_at = max(self._read_at.get(agent.id, 0), self._loaded_at)
+        if event.id is not None and event.id <= read_at:
+            return event.type in ("task.assigned", "task.completed")  # in the row read
+        if event.type == "task.assigned":
+            if noted:
+                return True
+            moved = agent.evolve(active=agent.active + 1, last_assigned_at=event.created_at)
+            self.agents[agent.id] = moved
+            self._rank(moved)
+            return moved.active < limit_of(moved, self.default_limit)
+        if event.type == "task.completed":
+            if agent.active <= 0:
+                return False
+            moved = agent.evolve(active=agent.active - 1)
+            self.agents[agent.id] = moved
+            self._rank(moved)
+            return True
+        return False
 
     def _rank(self, agent: Agent) -> None:
         self._unrank(agent.id)

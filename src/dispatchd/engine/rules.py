@@ -11,7 +11,7 @@ from dispatchd.domain import lifecycle, routing
 from dispatchd.domain.lifecycle import Change, Policy
 from dispatchd.domain.models import Agent, Task
 from dispatchd.domain.scoring import limit_of
-from dispatchd.engine.transitions import ops_for
+from dispatchd.engine.transitions import writes_for
 from dispatchd.store.base import Op, TakeSlot
 
 
@@ -33,10 +33,8 @@ class Handover:
 
     ops: list[Op]
     changes: list[tuple[Change, Task]]
-
-    @property
-    def task(self) -> Task:
-        return self.changes[-1][0].task
+    # The task as the ops store it.
+    task: Task
 
 
 def hand_over(
@@ -62,7 +60,6 @@ def hand_over(
     if start:
         changes.append((lifecycle.start(assigned.task, now, policy), assigned.task))
     slots = limit if limit is not None else limit_of(agent, rules.default_limit)
-    ops: list[Op] = [TakeSlot(agent.id, slots, now, check_status=rules.row_status)]
-    for change, previous in changes:
-        ops.extend(ops_for(change, previous))
-    return Handover(ops, changes)
+    writes, stored = writes_for(changes)
+    ops: list[Op] = [TakeSlot(agent.id, slots, now, check_status=rules.row_status), *writes]
+    return Handover(ops, changes, stored[task.id])

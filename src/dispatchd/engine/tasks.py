@@ -1,10 +1,11 @@
-"""Task operations: creation, reads, and the actions requesters and workers take."""
+"""Task operations: reads, and the actions requesters and workers take (creation is in
+`creation`, which the service fronts)."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -14,10 +15,9 @@ from dispatchd.domain.access import (
     require_holder,
     require_requester_or_admin,
 )
-from dispatchd.domain.ids import new_id, utcnow
+from dispatchd.domain.ids import utcnow
 from dispatchd.domain.lifecycle import Change, Policy
 from dispatchd.domain.models import (
-    Agent,
     Comment,
     Event,
     Priority,
@@ -25,13 +25,15 @@ from dispatchd.domain.models import (
     TaskDetail,
     TaskStatus,
 )
-from dispatchd.engine.rules import Rules, hand_over
+
+# TaskSpec is imported from here by the API.
+from dispatchd.engine.creation import Created, TaskCreation
+from dispatchd.engine.creation import TaskSpec as TaskSpec
+from dispatchd.engine.rules import Rules
 from dispatchd.engine.transitions import MAX_TRIES, commit_changes, transact
 from dispatchd.errors import (
-    AgentUnavailable,
     ConcurrentUpdate,
     DispatchError,
-    DuplicateKey,
     Forbidden,
     NotFound,
     ValidationFailed,
@@ -39,47 +41,12 @@ from dispatchd.errors import (
 from dispatchd.store.base import (
     AppendComment,
     AppendEvent,
-    Op,
     Page,
     Store,
     TaskFilter,
-    TouchTask,
 )
 
-
-@dataclass(frozen=True, slots=True)
-class TaskSpec:
-    """What a requester asks for; see SPEC §4 for each field."""
-
-    title: str
-    prompt: str = ""
-    capabilities: Sequence[str] = ()
-    priority: Priority = Priority.MEDIUM
-    owner: str | None = None
-    scope: str | None = None
-    assigned_to: str | None = None
-    depends_on: Sequence[str] = ()
-    run_at: datetime | None = None
-    due_at: datetime | None = None
-    timeout_s: int | None = None
-    max_attempts: int | None = None
-    review: bool = False
-    reviewer: str | None = None
-    escalate_to: str | None = None
-    model: str | None = None
-    labels: Sequence[str] = ()
-    context: Mapping[str, Any] = field(default_factory=dict)
-    idempotency_key: str | None = None
-
-
 Step = tuple[Change, Task | None]
-
-
-@dataclass(slots=True)
-class Births:
-    steps: list[Step] = field(default_factory=list)
-    touches: list[Op] = field(default_factory=list)
-    slots: list[Op] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,12 +55,6 @@ class Completion:
     result: Any = None
     summary: str | None = None
     attempt: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Created:
-    task: Task
-    created: bool
 
 
 class TaskService:
@@ -110,157 +71,23 @@ class TaskService:
         self.rules = rules or Rules()
         self.default_max_attempts = default_max_attempts
         self._random = random.SystemRandom()
-        # Told of each task handed to an agent named at creation (to wake it).
-        self.handed: Callable[[str, Task], None] | None = None
+        self.creation = TaskCreation(
+            store, policy, rules=self.rules, default_max_attempts=default_max_attempts
+        )
 
     async def _transact(
         self, task_id: str, compute: Callable[[Task], Awaitable[list[Step]]]
     ) -> Task:
         return await transact(self.store, task_id, compute, escalate_to=self.rules.escalate_to)
 
-    # --- creation -----------------------------------------------------------------------
+    # --- creation (engine/creation.py) ---------------------------------------------------
 
     async def create(self, spec: TaskSpec, caller: Caller) -> Created:
-        if spec.idempotency_key is not None:
-            existing = await self.store.find_by_idempotency_key(
-                caller.agent_id, spec.idempotency_key
-            )
-            if existing is not None:
-                return Created(existing, created=False)
-        try:
-            tasks = await self._commit_births([spec], caller)
-        except DuplicateKey as exc:
-            if exc.details.get("field") != "idempotency_key" or spec.idempotency_key is None:
-                raise
-            existing = await self.store.find_by_idempotency_key(
-                caller.agent_id, spec.idempotency_key
-            )
-            if existing is None:  # pragma: no cover - the key exists, so the task does
-                raise
-            return Created(existing, created=False)
-        return Created(tasks[0], created=True)
+        return await self.creation.create(spec, caller)
 
     async def create_batch(self, specs: Sequence[TaskSpec], caller: Caller) -> list[Task]:
         """Create every task in one transaction: all of them or none."""
-        keys = [s.idempotency_key for s in specs if s.idempotency_key is not None]
-        if len(set(keys)) != len(keys):
-            raise ValidationFailed(
-                "idempotency keys repeat within the batch", code="duplicate_idempotency_key"
-            )
-        return await self._commit_births(specs, caller)
-
-    async def _commit_births(self, specs: Sequence[TaskSpec], caller: Caller) -> list[Task]:
-        """Create the tasks; a parent that moved meanwhile makes the whole batch recompute.
-
-        Each unfinished parent is touched (its version bumped) in the same commit, so a
-        parent finishing at the same moment either sees the new child or makes this
-        commit fail and retry: no child is left blocked on a parent that already ended.
-        """
-        ids = [new_id() for _ in specs]
-        manual = True
-        for _ in range(MAX_TRIES):
-            births = await self._births(specs, ids, caller, manual=manual)
-            try:
-                await commit_changes(self.store, births.steps, births.touches, lead=births.slots)
-            except AgentUnavailable:
-                # The named agent filled up or went away meanwhile: the tasks stay
-                # pending with `assigned_to` kept, to start when it has room.
-                manual = False
-                continue
-            except ConcurrentUpdate:
-                continue
-            latest: dict[str, Task] = {}
-            for change, _ in births.steps:
-                latest[change.task.id] = change.task
-            if self.handed is not None:
-                for task in latest.values():
-                    if task.status is TaskStatus.ASSIGNED and task.assignee is not None:
-                        self.handed(task.assignee, task)
-            return list(latest.values())
-        raise ConcurrentUpdate("the tasks' dependencies are changing too fast; try again")
-
-    async def _births(
-        self, specs: Sequence[TaskSpec], ids: Sequence[str], caller: Caller, *, manual: bool
-    ) -> Births:
-        now = utcnow()
-        parent_ids = {pid for spec in specs for pid in spec.depends_on}
-        parents = {t.id: t for t in await self.store.get_tasks(sorted(parent_ids))}
-        missing = sorted(parent_ids - parents.keys())
-        if missing:
-            raise ValidationFailed(
-                f"depends_on names unknown tasks: {', '.join(missing)}",
-                code="unknown_dependency",
-                missing=missing,
-            )
-        births = Births(
-            touches=[TouchTask(p.id, p.version) for p in parents.values() if not p.status.terminal]
-        )
-        steps = births.steps
-        named: dict[str, Agent | None] = {}
-        for spec, task_id in zip(specs, ids, strict=True):
-            task = self._new_task(spec, task_id, caller, now)
-            deps = [parents[pid] for pid in spec.depends_on]
-            waiting = any(p.status is not TaskStatus.COMPLETED for p in deps)
-            deferred = spec.run_at is not None and spec.run_at > now
-            born = lifecycle.create(task, now, blocked=waiting or deferred)
-            steps.append((born, None))
-            dead = next((p for p in deps if p.status in _DEAD), None)
-            if dead is not None:
-                steps.append(
-                    (
-                        lifecycle.dependency_failed(
-                            born.task, now, parent=dead.id, reason=dead.status.value
-                        ),
-                        born.task,
-                    )
-                )
-                continue
-            if deps and not waiting and not deferred:
-                # Parents done already: the task is pending from the start, with their results.
-                pending = born.task.evolve(context=_with_inputs(born.task.context, deps))
-                born = lifecycle.Change(pending, born.event)
-                steps[-1] = (born, None)
-            if manual and spec.assigned_to is not None and born.task.status is TaskStatus.PENDING:
-                # Manual assignment skips scoring, not drain or capacity (SPEC §3.6): the
-                # slot is reserved in the commit, which fails if the agent has no room.
-                if spec.assigned_to not in named:
-                    named[spec.assigned_to] = await self.store.get_agent(spec.assigned_to)
-                agent = named[spec.assigned_to]
-                if agent is not None:
-                    handover = hand_over(
-                        born.task, agent, now, self.rules, self.policy, start=False
-                    )
-                    births.slots.append(handover.ops[0])
-                    steps.extend(handover.changes)
-        return births
-
-    def _new_task(self, spec: TaskSpec, task_id: str, caller: Caller, now: datetime) -> Task:
-        return Task(
-            id=task_id,
-            title=spec.title,
-            prompt=spec.prompt,
-            status=TaskStatus.PENDING,
-            priority=spec.priority,
-            capabilities=tuple(dict.fromkeys(spec.capabilities)),
-            requester=caller.agent_id,
-            created_at=now,
-            updated_at=now,
-            owner=spec.owner,
-            scope=spec.scope,
-            assigned_to=spec.assigned_to,
-            max_attempts=spec.max_attempts or self.default_max_attempts,
-            context=dict(spec.context),
-            depends_on=tuple(dict.fromkeys(spec.depends_on)),
-            run_at=spec.run_at,
-            due_at=spec.due_at,
-            timeout_s=spec.timeout_s,
-            review=spec.review,
-            reviewer=spec.reviewer,
-            escalate_to=spec.escalate_to,
-            model=spec.model,
-            labels=tuple(dict.fromkeys(spec.labels)),
-            idempotency_key=spec.idempotency_key,
-        )
+        return await self.creation.create_batch(specs, caller)
 
     # --- reads --------------------------------------------------------------------------
 
@@ -288,7 +115,9 @@ class TaskService:
     # --- worker actions -----------------------------------------------------------------
 
     async def _as_holder(self, task: Task, caller: Caller, attempt: int | None) -> None:
-        if task.assignee == caller.agent_id and attempt is None:
+        if task.assignee == caller.agent_id:
+            # The holder's check needs no past attempts (only the number it sent).
+            require_holder(task, caller, (), attempt)
             return
         past = await self.store.attempts(task.id)
         require_holder(task, caller, past, attempt)
@@ -523,12 +352,3 @@ class TaskService:
         )
         await self.store.commit([AppendComment(comment), AppendEvent(event)])
         return comment
-
-
-_DEAD = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMED_OUT})
-
-
-def _with_inputs(context: Mapping[str, Any], parents: Sequence[Task]) -> dict[str, Any]:
-    merged = dict(context)
-    merged["inputs"] = {p.id: p.result for p in parents}
-    return merged

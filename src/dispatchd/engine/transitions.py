@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from dispatchd.domain.ids import utcnow
-from dispatchd.domain.lifecycle import Change
-from dispatchd.domain.models import Event, Task
+from dispatchd.domain.lifecycle import AttemptPatch, Change
+from dispatchd.domain.models import Attempt, Event, Task
 from dispatchd.engine.followups import follow_ups
 from dispatchd.errors import ConcurrentUpdate, NotFound
 from dispatchd.store.base import (
@@ -57,6 +57,77 @@ def ops_for(change: Change, previous: Task | None) -> list[Op]:
     return ops
 
 
+def writes_for(steps: Sequence[tuple[Change, Task | None]]) -> tuple[list[Op], dict[str, Task]]:
+    """The writes of several transitions, and each task as it will be stored.
+
+    A task that moves more than once here (created, assigned and started in one commit;
+    started and completed) is written once, at its last state and one version past the
+    row it was read at, and an attempt opened here is inserted with what later steps
+    patch into it: the same rows and events as writing each step, fewer statements.
+    Events keep their order. Steps that do not chain (each from the task the one before
+    it produced) are written one by one.
+    """
+    first: dict[str, Task | None] = {}
+    last: dict[str, Task] = {}
+    for change, previous in steps:
+        task_id = change.task.id
+        if task_id in last and previous is not last[task_id]:
+            return _each(steps)
+        first.setdefault(task_id, previous)
+        last[task_id] = change.task
+    stored: dict[str, Task] = {}
+    for task_id, final in last.items():
+        before = first[task_id]
+        version = 1 if before is None else before.version + 1
+        stored[task_id] = final if final.version == version else final.evolve(version=version)
+    ops: list[Op] = []
+    written: set[str] = set()
+    opened: dict[tuple[str, int], int] = {}  # attempt → its SaveAttempt's index in `ops`
+    for change, _ in steps:
+        task_id = change.task.id
+        if task_id not in written:
+            ops.append(_task_write(stored[task_id], first[task_id]))
+            written.add(task_id)
+        if change.new_attempt is not None:
+            attempt = change.new_attempt
+            opened[(task_id, attempt.number)] = len(ops)
+            ops.append(SaveAttempt(attempt))
+        patch = change.attempt_patch
+        if patch is not None:
+            at = opened.get((task_id, patch.number))
+            saved = ops[at] if at is not None else None
+            if at is not None and isinstance(saved, SaveAttempt):
+                ops[at] = SaveAttempt(_patched(saved.attempt, patch))
+            else:
+                ops.append(patch)
+        if change.progress is not None:
+            ops.append(AppendProgress(change.progress))
+        ops.append(AppendEvent(change.event))
+    return ops, stored
+
+
+def _each(steps: Sequence[tuple[Change, Task | None]]) -> tuple[list[Op], dict[str, Task]]:
+    ops: list[Op] = []
+    for change, previous in steps:
+        ops.extend(ops_for(change, previous))
+    return ops, {change.task.id: change.task for change, _ in steps}
+
+
+def _task_write(task: Task, previous: Task | None) -> Op:
+    if previous is None:
+        return InsertTask(task)
+    return UpdateTask(task, previous.status, previous.assignee)
+
+
+def _patched(attempt: Attempt, patch: AttemptPatch) -> Attempt:
+    return attempt.evolve(
+        started_at=patch.started_at or attempt.started_at,
+        ended_at=patch.ended_at or attempt.ended_at,
+        outcome=patch.outcome or attempt.outcome,
+        error=patch.error if patch.error is not None else attempt.error,
+    )
+
+
 async def commit_changes(
     store: Store,
     steps: Sequence[tuple[Change, Task | None]],
@@ -68,13 +139,9 @@ async def commit_changes(
     """Commit several transitions (and any extra writes) in one transaction, with what
     they set off: escalation of a last failure, unblocking or failing dependent tasks."""
     more, notices = await follow_ups(store, steps, utcnow(), escalate_to=escalate_to)
-    ops: list[Op] = list(lead)
-    for change, previous in [*steps, *more]:
-        ops.extend(ops_for(change, previous))
-    ops.extend(notices)
-    ops.extend(extra)
-    events = await store.commit(ops)
-    return Committed(events, {change.task.id: change.task for change, _ in [*steps, *more]})
+    writes, stored = writes_for([*steps, *more])
+    events = await store.commit([*lead, *writes, *notices, *extra])
+    return Committed(events, stored)
 
 
 async def transact(

@@ -1,0 +1,280 @@
+"""Task creation: one task or a batch, with its dependencies, in one commit.
+
+A task that is pending from the start is handed to its best agent in the same commit when
+the directory knows one with room (and started, when that agent has a claim waiting; see
+`placement`), so the usual create → assign → claim takes one transaction instead of three.
+A task named for an agent (`assigned_to`) reserves that agent's slot the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from dispatchd.domain import lifecycle
+from dispatchd.domain.access import Caller
+from dispatchd.domain.ids import new_id, utcnow
+from dispatchd.domain.lifecycle import Change, Policy
+from dispatchd.domain.models import Agent, Priority, Task, TaskStatus
+from dispatchd.engine.placement import Placement, Placer
+from dispatchd.engine.rules import Rules, hand_over
+from dispatchd.engine.transitions import MAX_TRIES, commit_changes
+from dispatchd.errors import AgentUnavailable, ConcurrentUpdate, DuplicateKey, ValidationFailed
+from dispatchd.store.base import Op, Store, TakeSlot, TouchTask
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """What a requester asks for; see SPEC §4 for each field."""
+
+    title: str
+    prompt: str = ""
+    capabilities: Sequence[str] = ()
+    priority: Priority = Priority.MEDIUM
+    owner: str | None = None
+    scope: str | None = None
+    assigned_to: str | None = None
+    depends_on: Sequence[str] = ()
+    run_at: datetime | None = None
+    due_at: datetime | None = None
+    timeout_s: int | None = None
+    max_attempts: int | None = None
+    review: bool = False
+    reviewer: str | None = None
+    escalate_to: str | None = None
+    model: str | None = None
+    labels: Sequence[str] = ()
+    context: Mapping[str, Any] = field(default_factory=dict)
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    task: Task
+    created: bool
+
+
+Step = tuple[Change, Task | None]
+
+
+@dataclass(slots=True)
+class Births:
+    steps: list[Step] = field(default_factory=list)
+    touches: list[Op] = field(default_factory=list)
+    # Slots of the agents named by `assigned_to`.
+    slots: list[TakeSlot] = field(default_factory=list)
+    # Tasks pending from the start and named for nobody: for the placer.
+    open: list[Task] = field(default_factory=list)
+
+
+class TaskCreation:
+    def __init__(
+        self,
+        store: Store,
+        policy: Policy,
+        *,
+        rules: Rules | None = None,
+        default_max_attempts: int = 3,
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.rules = rules or Rules()
+        self.default_max_attempts = default_max_attempts
+        # Chooses agents for new tasks; None (no background assignment): they wait.
+        self.placer: Placer | None = None
+
+    async def create(self, spec: TaskSpec, caller: Caller) -> Created:
+        if spec.idempotency_key is not None:
+            existing = await self.store.find_by_idempotency_key(
+                caller.agent_id, spec.idempotency_key
+            )
+            if existing is not None:
+                return Created(existing, created=False)
+        try:
+            tasks = await self._commit_births([spec], caller)
+        except DuplicateKey as exc:
+            if exc.details.get("field") != "idempotency_key" or spec.idempotency_key is None:
+                raise
+            existing = await self.store.find_by_idempotency_key(
+                caller.agent_id, spec.idempotency_key
+            )
+            if existing is None:  # pragma: no cover - the key exists, so the task does
+                raise
+            return Created(existing, created=False)
+        return Created(tasks[0], created=True)
+
+    async def create_batch(self, specs: Sequence[TaskSpec], caller: Caller) -> list[Task]:
+        """Create every task in one transaction: all of them or none."""
+        keys = [s.idempotency_key for s in specs if s.idempotency_key is not None]
+        if len(set(keys)) != len(keys):
+            raise ValidationFailed(
+                "idempotency keys repeat within the batch", code="duplicate_idempotency_key"
+            )
+        return await self._commit_births(specs, caller)
+
+    async def _commit_births(self, specs: Sequence[TaskSpec], caller: Caller) -> list[Task]:
+        """Create the tasks; a parent that moved meanwhile makes the whole batch recompute.
+
+        Each unfinished parent is touched (its version bumped) in the same commit, so a
+        parent finishing at the same moment either sees the new child or makes this
+        commit fail and retry: no child is left blocked on a parent that already ended.
+        """
+        ids = [new_id() for _ in specs]
+        manual = placing = True
+        for _ in range(MAX_TRIES):
+            births = await self._births(specs, ids, caller, manual=manual)
+            placement = self._place(births) if placing else Placement()
+            lead = sorted([*births.slots, *placement.lead()], key=lambda slot: slot.agent_id)
+            try:
+                done = await commit_changes(
+                    self.store, [*births.steps, *placement.changes], births.touches, lead=lead
+                )
+            except AgentUnavailable:
+                # A chosen or named agent filled up or went away meanwhile: the tasks stay
+                # pending (with `assigned_to` kept) for the assigner, which re-reads it.
+                await self._undo(placement)
+                manual = placing = False
+                continue
+            except ConcurrentUpdate:
+                await self._undo(placement)
+                continue
+            except BaseException:
+                await self._undo(placement)
+                raise
+            if self.placer is not None:
+                self.placer.settle(placement, done.tasks)
+            latest = [done.tasks[task_id] for task_id in ids]
+            self._tell_named(births, placement, latest)
+            return latest
+        raise ConcurrentUpdate("the tasks' dependencies are changing too fast; try again")
+
+    def _place(self, births: Births) -> Placement:
+        placer = self.placer
+        if placer is None or placer.caught_up is None or not births.open:
+            return Placement()
+        if not placer.caught_up():
+            # Events the assigner has not acted on yet may change the choice (an agent
+            # registered or freed a moment ago): the tasks go to it, in order, as before.
+            return Placement()
+        # An agent named in the batch is left out: its slot is reserved apart.
+        named = {slot.agent_id for slot in births.slots}
+        return placer.plan(births.open, births.steps[0][0].task.created_at, skip=named)
+
+    async def _undo(self, placement: Placement) -> None:
+        if self.placer is not None and placement:
+            await self.placer.undo(placement)
+
+    def _tell_named(self, births: Births, placement: Placement, latest: list[Task]) -> None:
+        """Tell the assigner of tasks handed to the agent named at creation (to wake it)."""
+        if self.placer is None or not births.slots:
+            return
+        placed = set(placement.task_ids())
+        for task in latest:
+            if (
+                task.id not in placed
+                and task.status is TaskStatus.ASSIGNED
+                and task.assignee is not None
+            ):
+                self.placer.named(task.assignee, task)
+
+    async def _births(
+        self, specs: Sequence[TaskSpec], ids: Sequence[str], caller: Caller, *, manual: bool
+    ) -> Births:
+        now = utcnow()
+        parent_ids = {pid for spec in specs for pid in spec.depends_on}
+        parents = (
+            {t.id: t for t in await self.store.get_tasks(sorted(parent_ids))} if parent_ids else {}
+        )
+        missing = sorted(parent_ids - parents.keys())
+        if missing:
+            raise ValidationFailed(
+                f"depends_on names unknown tasks: {', '.join(missing)}",
+                code="unknown_dependency",
+                missing=missing,
+            )
+        births = Births(
+            touches=[TouchTask(p.id, p.version) for p in parents.values() if not p.status.terminal]
+        )
+        steps = births.steps
+        named: dict[str, Agent | None] = {}
+        for spec, task_id in zip(specs, ids, strict=True):
+            task = self._new_task(spec, task_id, caller, now)
+            deps = [parents[pid] for pid in spec.depends_on]
+            waiting = any(p.status is not TaskStatus.COMPLETED for p in deps)
+            deferred = spec.run_at is not None and spec.run_at > now
+            born = lifecycle.create(task, now, blocked=waiting or deferred)
+            steps.append((born, None))
+            dead = next((p for p in deps if p.status in _DEAD), None)
+            if dead is not None:
+                steps.append(
+                    (
+                        lifecycle.dependency_failed(
+                            born.task, now, parent=dead.id, reason=dead.status.value
+                        ),
+                        born.task,
+                    )
+                )
+                continue
+            if deps and not waiting and not deferred:
+                # Parents done already: the task is pending from the start, with their results.
+                pending = born.task.evolve(context=_with_inputs(born.task.context, deps))
+                born = lifecycle.Change(pending, born.event)
+                steps[-1] = (born, None)
+            if born.task.status is not TaskStatus.PENDING:
+                continue
+            if spec.assigned_to is None:
+                births.open.append(born.task)
+            elif manual:
+                # Manual assignment skips scoring, not drain or capacity (SPEC §3.6): the
+                # slot is reserved in the commit, which fails if the agent has no room.
+                if spec.assigned_to not in named:
+                    named[spec.assigned_to] = await self.store.get_agent(spec.assigned_to)
+                agent = named[spec.assigned_to]
+                if agent is not None:
+                    handover = hand_over(
+                        born.task, agent, now, self.rules, self.policy, start=False
+                    )
+                    slot = handover.ops[0]
+                    assert isinstance(slot, TakeSlot)
+                    births.slots.append(slot)
+                    steps.extend(handover.changes)
+        return births
+
+    def _new_task(self, spec: TaskSpec, task_id: str, caller: Caller, now: datetime) -> Task:
+        return Task(
+            id=task_id,
+            title=spec.title,
+            prompt=spec.prompt,
+            status=TaskStatus.PENDING,
+            priority=spec.priority,
+            capabilities=tuple(dict.fromkeys(spec.capabilities)),
+            requester=caller.agent_id,
+            created_at=now,
+            updated_at=now,
+            owner=spec.owner,
+            scope=spec.scope,
+            assigned_to=spec.assigned_to,
+            max_attempts=spec.max_attempts or self.default_max_attempts,
+            context=dict(spec.context),
+            depends_on=tuple(dict.fromkeys(spec.depends_on)),
+            run_at=spec.run_at,
+            due_at=spec.due_at,
+            timeout_s=spec.timeout_s,
+            review=spec.review,
+            reviewer=spec.reviewer,
+            escalate_to=spec.escalate_to,
+            model=spec.model,
+            labels=tuple(dict.fromkeys(spec.labels)),
+            idempotency_key=spec.idempotency_key,
+        )
+
+
+_DEAD = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMED_OUT})
+
+
+def _with_inputs(context: Mapping[str, Any], parents: Sequence[Task]) -> dict[str, Any]:
+    merged = dict(context)
+    merged["inputs"] = {p.id: p.result for p in parents}
+    return merged

@@ -1,0 +1,165 @@
+"""The usual lifecycle takes as few transactions and reads as it can (bench/README.md).
+
+* A task created while an agent with room is known is assigned in its creation's commit;
+  if that agent has a claim waiting, the task is also started there and the claim answers
+  with it, without a transaction of its own.
+* The assigner follows agents' loads from the events that say how they moved, instead of
+  re-reading the agent rows; a claim uses the directory's copy of its agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from dispatchd.runtime import Runtime
+from tests.api.conftest import as_agent
+from tests.api.helpers import BOTH, create_code_task, eventually, task_events
+
+CLAIM = "/api/v1/tasks/claim"
+
+
+def count_calls(runtime: Runtime, names: tuple[str, ...]) -> Counter[str]:
+    calls: Counter[str] = Counter()
+    store = runtime.store
+    for name in names:
+        method = getattr(store, name)
+
+        def counted(*args: Any, _name: str = name, _method: Any = method, **kw: Any) -> Any:
+            calls[_name] += 1
+            return _method(*args, **kw)
+
+        setattr(store, name, counted)
+    return calls
+
+
+async def caught_up(runtime: Runtime) -> None:
+    await eventually(
+        lambda: (
+            runtime.assigner.cursor == runtime.feed.latest
+            and not runtime.assigner._stepping.locked()
+        ),
+        "the assigner to act on every event",
+    )
+
+
+async def claim(client: httpx.AsyncClient, agent_id: str, **body: Any) -> dict[str, Any]:
+    r = await client.post(CLAIM, json=body, headers=as_agent(agent_id))
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+async def waiting(runtime: Runtime, client: httpx.AsyncClient, agent_id: str) -> asyncio.Task[Any]:
+    job = asyncio.create_task(claim(client, agent_id, wait_s=10))
+    await eventually(
+        lambda: any(w.waiting for w in runtime.claims.waiters._by_agent.get(agent_id, [])),
+        f"{agent_id}'s claim to wait",
+    )
+    return job
+
+
+@BOTH
+async def test_a_waiting_claim_gets_the_new_task_from_the_creating_commit(
+    client: httpx.AsyncClient, register: Callable[..., Any], runtime: Runtime
+) -> None:
+    await register("w", ["code"])
+    job = await waiting(runtime, client, "w")
+    await caught_up(runtime)
+    calls = count_calls(runtime, ("claim", "get_agent", "get_agents"))
+    task = await create_code_task(client, title="hot")
+    # The creation's answer already shows the task started by its agent.
+    assert (task["status"], task["assignee"]) == ("running", "w")
+    out = await job
+    assert [t["id"] for t in out["tasks"]] == [task["id"]] and out["reason"] is None
+    assert out["tasks"][0]["status"] == "running" and out["tasks"][0]["attempt"] == 1
+    await caught_up(runtime)
+    # No claim transaction, no read of the agent.
+    assert calls == Counter(), calls
+    # One commit: the creation's (its events are stamped at the same instant).
+    events = await task_events(client, task["id"])
+    assert [e["type"] for e in events] == ["task.created", "task.assigned", "task.started"]
+    assert len({e["created_at"] for e in events}) == 1
+    r = await client.get(f"/api/v1/tasks/{task['id']}")
+    body = r.json()
+    assert body["status"] == "running" and body["attempts"][0]["started_at"] is not None
+    r = await client.get("/api/v1/agents/w")
+    assert r.json()["active_tasks"] == 1
+
+
+@BOTH
+async def test_an_agent_with_room_but_no_claim_gets_the_task_at_creation(
+    client: httpx.AsyncClient, register: Callable[..., Any], runtime: Runtime
+) -> None:
+    await register("w", ["code"])
+    await caught_up(runtime)
+    task = await create_code_task(client, title="pushed")
+    assert (task["status"], task["assignee"]) == ("assigned", "w")
+    out = await claim(client, "w")
+    assert [t["id"] for t in out["tasks"]] == [task["id"]]
+    assert out["tasks"][0]["status"] == "running"
+
+
+@BOTH
+async def test_a_claim_narrowed_to_other_tags_is_not_given_the_task(
+    client: httpx.AsyncClient, register: Callable[..., Any], runtime: Runtime
+) -> None:
+    await register("w", ["code", "docs"])
+    await caught_up(runtime)
+    job = asyncio.create_task(claim(client, "w", wait_s=0.5, capabilities=["docs"]))
+    await eventually(
+        lambda: any(w.waiting for w in runtime.claims.waiters._by_agent.get("w", [])),
+        "the claim to wait",
+    )
+    task = await create_code_task(client, title="code only")
+    # Assigned (pushed) to w, but not started for a claim that does not take `code`; the
+    # claim is woken and, as before, starts what is assigned to its agent.
+    assert task["status"] == "assigned"
+    out = await job
+    assert [t["id"] for t in out["tasks"]] == [task["id"]]
+
+
+@BOTH
+async def test_the_directory_follows_loads_from_events_without_reading_agents(
+    client: httpx.AsyncClient, register: Callable[..., Any], runtime: Runtime
+) -> None:
+    await register("w", ["code"], max_concurrent=3)
+    await caught_up(runtime)
+    calls = count_calls(runtime, ("get_agent", "get_agents"))
+    for round_ in range(3):
+        await caught_up(runtime)
+        task = await create_code_task(client, title=f"t{round_}")
+        assert task["status"] == "assigned"
+        out = await claim(client, "w")
+        assert [t["id"] for t in out["tasks"]] == [task["id"]]
+        r = await client.post(
+            f"/api/v1/tasks/{task['id']}/complete", json={"result": 1}, headers=as_agent("w")
+        )
+        assert r.status_code == 200, r.text
+    await caught_up(runtime)
+    assert runtime.directory.agents["w"].active == 0
+    assert calls == Counter(), calls
+    # And the copy agrees with the row.
+    row = await runtime.store.get_agent("w")
+    assert row is not None and row.active == 0
+
+
+@BOTH
+async def test_the_holder_reporting_its_attempt_needs_no_read_of_past_attempts(
+    client: httpx.AsyncClient, register: Callable[..., Any], runtime: Runtime
+) -> None:
+    await register("w", ["code"])
+    await caught_up(runtime)
+    task = await create_code_task(client, title="fenced")
+    out = await claim(client, "w")
+    assert out["tasks"][0]["attempt"] == 1
+    calls = count_calls(runtime, ("attempts",))
+    url = f"/api/v1/tasks/{task['id']}"
+    r = await client.post(f"{url}/progress", json={"attempt": 2}, headers=as_agent("w"))
+    assert r.status_code == 409, r.text  # a newer attempt than the one it holds: fenced
+    r = await client.post(f"{url}/complete", json={"attempt": 1}, headers=as_agent("w"))
+    assert r.status_code == 200, r.text
+    assert calls == Counter(), calls

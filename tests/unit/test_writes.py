@@ -1,0 +1,87 @@
+"""`writes_for`: a task that moves several times in one commit is written once, with the
+same final row, attempt and events as writing each step would leave."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from dispatchd.domain import lifecycle
+from dispatchd.domain.lifecycle import Policy
+from dispatchd.domain.models import AttemptOutcome, Priority, Task, TaskStatus
+from dispatchd.engine.transitions import ops_for, writes_for
+from dispatchd.store.base import AppendEvent, InsertTask, PatchAttempt, SaveAttempt, UpdateTask
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+POLICY = Policy()
+
+
+def new_task(task_id: str = "t1") -> Task:
+    return Task(
+        id=task_id,
+        title="x",
+        prompt="",
+        priority=Priority.MEDIUM,
+        capabilities=(),
+        status=TaskStatus.PENDING,
+        requester="r",
+        created_at=T0,
+        updated_at=T0,
+    )
+
+
+def test_created_assigned_and_started_is_one_insert_of_the_running_task() -> None:
+    born = lifecycle.create(new_task(), T0, blocked=False)
+    assigned = lifecycle.assign(born.task, "w", T0)
+    started = lifecycle.start(assigned.task, T0, POLICY)
+    steps = [(born, None), (assigned, born.task), (started, assigned.task)]
+    ops, stored = writes_for(steps)
+    task = stored["t1"]
+    assert task.status is TaskStatus.RUNNING and task.assignee == "w" and task.version == 1
+    assert [type(op) for op in ops] == [
+        InsertTask,
+        AppendEvent,
+        SaveAttempt,
+        AppendEvent,
+        AppendEvent,
+    ]
+    assert ops[0] == InsertTask(task)
+    saved = ops[2]
+    assert isinstance(saved, SaveAttempt)
+    assert saved.attempt.started_at == T0 and saved.attempt.agent_id == "w"
+    events = [op.event.type for op in ops if isinstance(op, AppendEvent)]
+    assert events == ["task.created", "task.assigned", "task.started"]
+    # The row is the last step's, but for its version: one write.
+    assert task == started.task.evolve(version=1)
+
+
+def test_started_and_completed_from_assigned_is_one_versioned_update() -> None:
+    assigned = lifecycle.assign(new_task().evolve(version=4), "w", T0).task
+    later = T0 + timedelta(seconds=5)
+    started = lifecycle.start(assigned, later, POLICY)
+    done = lifecycle.complete(started.task, later, result={"ok": 1}, summary=None)
+    ops, stored = writes_for([(started, assigned), (done, started.task)])
+    task = stored["t1"]
+    assert task.status is TaskStatus.COMPLETED and task.version == assigned.version + 1
+    assert ops[0] == UpdateTask(task, TaskStatus.ASSIGNED, "w")
+    patches = [op for op in ops if isinstance(op, PatchAttempt)]
+    assert [p.started_at for p in patches] == [later, None]
+    assert patches[1].outcome is AttemptOutcome.COMPLETED
+    assert sum(isinstance(op, UpdateTask) for op in ops) == 1
+
+
+def test_steps_that_do_not_chain_are_written_one_by_one() -> None:
+    task = new_task().evolve(version=2)
+    one = lifecycle.cancel(task, T0, by="r", reason=None)
+    # A second change computed from the same (not the changed) task.
+    two = lifecycle.cancel(task, T0, by="r", reason="again")
+    ops, stored = writes_for([(one, task), (two, task)])
+    assert ops == [*ops_for(one, task), *ops_for(two, task)]
+    assert stored["t1"] is two.task
+
+
+def test_single_steps_are_written_as_before() -> None:
+    born = lifecycle.create(new_task("a"), T0, blocked=False)
+    other = lifecycle.create(new_task("b"), T0, blocked=True)
+    ops, stored = writes_for([(born, None), (other, None)])
+    assert ops == [*ops_for(born, None), *ops_for(other, None)]
+    assert stored == {"a": born.task, "b": other.task}
