@@ -322,7 +322,9 @@ def test_client_recovers_when_the_server_comes_back(tmp_path: Path, unique: str)
         client = Client(
             server.api_url,
             agent_id=f"back-{unique}",
-            retries=60,
+            # About a minute of retries (0.125 s apiece on average): longer than a restart
+            # takes on a busy machine (ServerProcess gives a start 30 s).
+            retries=500,
             backoff_base=0.05,
             backoff_cap=0.25,
             transport=transport,
@@ -341,6 +343,8 @@ def test_client_recovers_when_the_server_comes_back(tmp_path: Path, unique: str)
             caller.start()
             assert transport.refused.wait(20), "the call should first find the server down"
             server.start()
-            caller.join(30)
+            # The call ends before the client is closed: closing it under a call in flight
+            # could leave the connection that call opens behind.
+            caller.join(150)
     assert len(results) == 1 and isinstance(results[0], Agent), results
     assert results[0].id == f"back-{unique}"

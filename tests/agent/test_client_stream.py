@@ -51,7 +51,9 @@ async def test_stream_resumes_across_a_server_restart(tmp_path: Path, unique: st
     async with AsyncClient(
         f"http://127.0.0.1:{port}",
         agent_id=f"watch-{unique}",
-        retries=60,
+        # About a minute of reconnecting (0.125 s apiece on average): longer than a restart
+        # takes on a busy machine (ServerProcess gives a start 30 s).
+        retries=500,
         backoff_base=0.05,
         backoff_cap=0.25,
         transport=transport,

@@ -10,6 +10,7 @@ else: no broker address, no credential.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import sys
 from collections.abc import AsyncIterator
@@ -412,3 +413,22 @@ async def test_listening_beyond_loopback_is_warned_about(
         async with LocalApi(client, host="127.0.0.1"):
             pass
         assert "beyond this machine" not in caplog.text
+
+
+def test_a_start_cancelled_midway_leaves_no_socket_open() -> None:
+    """A runner stopped while its local API starts: the server is stopped all the same.
+    (Run in a loop of its own, closed before collecting, so that a listening socket left
+    behind is reported here, under the suite's `error` warning filter.)"""
+
+    async def cancel_the_start() -> None:
+        async with AsyncClient("http://127.0.0.1:9", agent_id="w") as client:
+            api = LocalApi(client)
+            starting = asyncio.create_task(api.start())
+            await asyncio.sleep(0)  # the server's task exists; it has not started yet
+            starting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await starting
+            await api.close()
+
+    asyncio.run(cancel_the_start())
+    gc.collect()

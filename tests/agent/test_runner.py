@@ -162,22 +162,28 @@ async def test_a_timeout_stops_the_agent_and_says_so(
     agent_script: Path,
     unique: str,
 ) -> None:
-    cap = f"slow-{unique}"
-    runner = runner_for(live_server, unique, [sys.executable, str(agent_script)])
+    cap, stubborn_cap = f"slow-{unique}", f"stubborn-{unique}"
+    agent = [sys.executable, str(agent_script)]
+    runner = runner_for(live_server, unique, agent)
     runner.add_route(capabilities=[cap], timeout=0.5)
+    # TERM is ignored from before the agent starts (the disposition survives `exec`): a
+    # Python slower to start than the timeout on a busy machine would die of TERM before
+    # it could ignore it.
+    ignore_term = ["sh", "-c", 'trap "" TERM; exec "$0" "$@"', *agent]
+    runner.add_route(capabilities=[stubborn_cap], timeout=1, command=ignore_term)
     await start_runner(runner)
     polite = await requester.create_task(
         "sleeps", prompt="sleep", capabilities=[cap], max_attempts=1
     )
     stubborn = await requester.create_task(
-        "ignores TERM", prompt="ignore-term", capabilities=[cap], max_attempts=1
+        "ignores TERM", prompt="ignore-term", capabilities=[stubborn_cap], max_attempts=1
     )
     first = await settled(requester, polite.id, "failed")
     assert first.error is not None and "timed out" in first.error
     assert [c.body for c in first.comments] == ["agent timed out after 0.5s and was stopped (TERM)"]
     second = await settled(requester, stubborn.id, "failed")
     assert [c.body for c in second.comments] == [
-        "agent timed out after 0.5s and was stopped (TERM, then KILL)"
+        "agent timed out after 1s and was stopped (TERM, then KILL)"
     ]
 
 

@@ -27,15 +27,17 @@ StartWorker = Callable[[Worker], Awaitable[asyncio.Task[None]]]
 
 
 @pytest.fixture
-async def start_worker() -> AsyncIterator[StartWorker]:
-    async with serving() as start:
-        yield start
-
-
-@pytest.fixture
 async def agent_client(live_server: LiveServer, unique: str) -> AsyncIterator[AsyncClient]:
     async with AsyncClient(live_server.url, agent_id=f"worker-{unique}") as client:
         yield client
+
+
+@pytest.fixture
+async def start_worker(agent_client: AsyncClient) -> AsyncIterator[StartWorker]:
+    """Workers stopped at the end of the test, before `agent_client` (which they use) is
+    closed: a client closed under calls in flight can open a connection nobody closes."""
+    async with serving() as start:
+        yield start
 
 
 def worker_for(client: AsyncClient, **options: Any) -> Worker:
@@ -415,7 +417,7 @@ async def test_a_refused_report_fails_the_attempt_instead_of_leaving_it_held(
 
 
 async def test_a_task_held_with_nobody_on_it_is_taken_up(
-    live_server: LiveServer, requester: AsyncClient, start_worker: StartWorker, unique: str
+    live_server: LiveServer, requester: AsyncClient, unique: str
 ) -> None:
     """An earlier run of the agent claimed a task and died (or a claim's answer was lost):
     the broker shows it running with this agent. The worker runs it under that attempt."""
@@ -426,7 +428,9 @@ async def test_a_task_held_with_nobody_on_it_is_taken_up(
         task = await requester.create_task("orphan", capabilities=[cap])
         claimed = await earlier.claim(1, 5.0)
         assert [t.id for t in claimed.tasks] == [task.id]
-    async with AsyncClient(live_server.url, agent_id=agent_id) as client:
+    # The worker is stopped before its client closes: a client closed under the worker's
+    # calls in flight leaves the connection one of them was opening to the garbage collector.
+    async with AsyncClient(live_server.url, agent_id=agent_id) as client, serving() as start_worker:
         worker = worker_for(client)
 
         @worker.handler(cap)

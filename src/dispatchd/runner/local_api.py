@@ -139,6 +139,24 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
+async def _abandon(
+    server: uvicorn.Server, serving: asyncio.Task[None], sock: socket.socket
+) -> None:
+    """Stop a server that did not finish starting, and close its socket."""
+    try:
+        # uvicorn closes what it opened only once started: a stop asked earlier skips that.
+        while not server.started:
+            if serving.done():
+                return
+            await asyncio.sleep(0.01)
+        if not serving.done():
+            server.should_exit = True
+            with contextlib.suppress(Exception):
+                await serving
+    finally:
+        sock.close()
+
+
 class _Server(uvicorn.Server):
     """uvicorn inside the runner's event loop: the runner, not the server, owns the
     process's signals."""
@@ -195,12 +213,18 @@ class LocalApi:
         sock = _listen(self.host, self.port)
         server = _Server(config)
         serving = asyncio.create_task(server.serve([sock]), name="dispatchd-local-api")
-        while not server.started:
-            if serving.done():
-                sock.close()
-                serving.result()
-                raise RuntimeError("the local agent API stopped while starting")
-            await asyncio.sleep(0.01)
+        try:
+            while not server.started:
+                if serving.done():
+                    serving.result()
+                    raise RuntimeError("the local agent API stopped while starting")
+                await asyncio.sleep(0.01)
+        except BaseException:
+            # Failed or cancelled while starting: the server is stopped all the same (in a
+            # task of its own, so that a second cancellation cannot cut it short), or its
+            # socket would stay open with nobody left to close it.
+            await asyncio.shield(asyncio.create_task(_abandon(server, serving, sock)))
+            raise
         self._server, self._serving = server, serving
         self.port = sock.getsockname()[1]
         log.debug("local agent API on %s", self.url)
