@@ -102,6 +102,20 @@ def test_a_digest_names_each_task_once_per_list() -> None:
     assert Digest.from_data(digest.opened_at, digest.closes_at, 1, data) == digest
 
 
+def test_a_digest_copy_can_change_without_changing_the_original() -> None:
+    digest = Digest.open(T0, WINDOW, 1)
+    digest.add(event("task.progress", 1, "a", message="one", percent=10), None)
+    digest.add(event("task.completed", 2, "b", summary="done"), None)
+    before = digest.data()
+    copied = digest.copy()
+    assert copied == digest
+    copied.add(event("task.progress", 3, "a", message="two", percent=90), None)
+    copied.add(event("task.completed", 4, "c", summary="also"), None)
+    assert digest.data() == before
+    assert copied.data()["progress"][0]["percent"] == 90
+    assert len(copied.data()["completed"]) == 2
+
+
 # --- the notifier over a store ----------------------------------------------------------------
 
 

@@ -15,7 +15,6 @@ bound and every task is still named.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -119,7 +118,19 @@ class Digest:
         return cls(opened_at=at, closes_at=at + window, event_id=event_id)
 
     def copy(self) -> Digest:
-        return copy.deepcopy(self)
+        """A copy that `add` can change without touching this one. Completed items are
+        only ever appended, progress items are updated in place (their values are
+        replaced, never changed inside), so copying the lists and the progress items is
+        enough: a deep copy of the whole digest on every batch cost a quarter of the
+        server's time on the latency benchmark."""
+        return Digest(
+            opened_at=self.opened_at,
+            closes_at=self.closes_at,
+            event_id=self.event_id,
+            completed=list(self.completed),
+            progress=[dict(item) for item in self.progress],
+            updates=self.updates,
+        )
 
     @property
     def size(self) -> int:
