@@ -122,32 +122,35 @@ def fail(
     retryable: bool,
     jitter: float,
 ) -> Change:
-    new, retrying = _retry_or_final(
+    return _ended(
         task, Action.FAIL, S.FAILED, now, policy, error=error, retryable=retryable, jitter=jitter
     )
-    ended = end(task, now, AttemptOutcome.FAILED, error)
-    if retrying:
-        event = new_event(
-            "task.retrying",
-            new,
-            now,
-            task.assignee,
-            error=error,
-            attempt=task.attempt,
-            retry_at=iso(new.not_before),
-            reason="failed",
-        )
-    else:
-        event = new_event("task.failed", new, now, task.assignee, error=error, final=True)
-    return Change(new, event, attempt_patch=ended)
 
 
 def time_out(task: Task, now: datetime, policy: Policy, *, jitter: float) -> Change:
     error = f"timed out after {timeout_of(task, policy).total_seconds():g}s"
-    new, retrying = _retry_or_final(
+    return _ended(
         task, Action.TIME_OUT, S.TIMED_OUT, now, policy, error=error, retryable=True, jitter=jitter
     )
-    ended = end(task, now, AttemptOutcome.TIMED_OUT, error)
+
+
+def _ended(
+    task: Task,
+    action: Action,
+    final: S,
+    now: datetime,
+    policy: Policy,
+    *,
+    error: str,
+    retryable: bool,
+    jitter: float,
+) -> Change:
+    """An attempt that failed or timed out: a retry after a backoff while attempts are left
+    (`task.retrying`, with the reason), else the final state's own event."""
+    new, retrying = _retry_or_final(
+        task, action, final, now, policy, error=error, retryable=retryable, jitter=jitter
+    )
+    ended = end(task, now, AttemptOutcome(final.value), error)
     if retrying:
         event = new_event(
             "task.retrying",
@@ -157,10 +160,10 @@ def time_out(task: Task, now: datetime, policy: Policy, *, jitter: float) -> Cha
             error=error,
             attempt=task.attempt,
             retry_at=iso(new.not_before),
-            reason="timed_out",
+            reason=final.value,
         )
     else:
-        event = new_event("task.timed_out", new, now, task.assignee, error=error, final=True)
+        event = new_event(f"task.{final.value}", new, now, task.assignee, error=error, final=True)
     return Change(new, event, attempt_patch=ended)
 
 
