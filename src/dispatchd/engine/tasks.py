@@ -69,7 +69,6 @@ class TaskService:
         self.store = store
         self.policy = policy
         self.rules = rules or Rules()
-        self.default_max_attempts = default_max_attempts
         self._random = random.SystemRandom()
         self.creation = TaskCreation(
             store, policy, rules=self.rules, default_max_attempts=default_max_attempts
