@@ -45,6 +45,10 @@ SQLITE = Dialect(
         # pending task; the queue index already holds them in claim order, so the first
         # rows that fit end the scan (a claim stays ~0.1 ms at a million pending tasks).
         "queue_index": " INDEXED BY tasks_queue",
+        # The same preference would scan every pending (or blocked) task for the few whose
+        # backoff (run_at) falls in the sweep's window: each sweep would grow with the queue.
+        "by_not_before": " INDEXED BY tasks_not_before",
+        "by_run_at": " INDEXED BY tasks_run_at",
         "queue_order": "priority_rank DESC, due_at IS NULL, due_at, created_at, id",
         "capable": "NOT EXISTS (SELECT 1 FROM json_each(tasks.capabilities) c "
         "WHERE c.value NOT IN (SELECT value FROM json_each(:caps)))",
