@@ -155,3 +155,53 @@ class Agent:
 
     def close(self) -> None:
         self.client.close()
+
+
+class Lines:
+    """The lines a running command prints, read by a thread so that a test can wait for one
+    with a timeout."""
+
+    def __init__(self, stream: Any) -> None:
+        self.seen: list[str] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join(10)
+
+    def _pump(self, stream: Any) -> None:
+        for line in stream:
+            with self._cond:
+                self.seen.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self.seen:
+                    if predicate(line):
+                        return line
+                remaining = deadline - time.monotonic()
+                if self._closed or remaining <= 0:
+                    raise AssertionError(f"no such line in {self.seen}")
+                self._cond.wait(remaining)
+
+
+def stop(process: subprocess.Popen[str], *readers: Lines) -> str:
+    """Stop a long-running command (SIGTERM) and close its pipes; what it wrote on standard
+    error."""
+    process.terminate()
+    process.wait(10)
+    for reader in readers:
+        reader.join()
+    assert process.stderr is not None and process.stdout is not None
+    err = process.stderr.read()
+    process.stderr.close()
+    process.stdout.close()
+    return err
