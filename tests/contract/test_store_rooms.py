@@ -13,6 +13,7 @@ from dispatchd.errors import ConcurrentUpdate, Conflict, DuplicateKey, NotFound
 from dispatchd.store.base import AppendEvent, InsertAgent, InsertTask, Store, UpdateTask
 from dispatchd.store.rooms import DeleteRoom, InsertRoom, RequireRoom, UpdateRoom
 from tests.contract.test_store import T0, all_pages, insert, make_agent, make_event, make_task
+from tests.contract.test_store_engine import query
 
 S = TaskStatus
 SECOND = timedelta(seconds=1)
@@ -169,3 +170,24 @@ async def test_room_tasks_and_events_newest_first(store: Store) -> None:
         "room.interrupted",
         "task.started",
     ]
+
+
+async def test_claims_see_only_their_rooms_tasks(store: Store) -> None:
+    await store.commit([InsertAgent(make_agent("me", room="infra"))])
+    plain = make_task(created_at=T0)
+    mine = make_task(scope="infra", created_at=T0 + SECOND)
+    theirs = make_task(scope="research", created_at=T0 + 2 * SECOND)
+    named = make_task(scope="research", assigned_to="me", created_at=T0 + 3 * SECOND)
+    await insert(store, plain, mine, theirs, named)
+    in_infra = await store.claimable(query("me", room="infra", now=T0 + timedelta(hours=1)))
+    assert {t.id for t in in_infra} == {plain.id, mine.id}
+    roomless = await store.claimable(query("me", now=T0 + timedelta(hours=1)))
+    assert {t.id for t in roomless} == {plain.id}
+    seen: list[set[str]] = []
+
+    def plan(view: Any) -> list[Any]:
+        seen.append({t.id for t in view.candidates})
+        return []
+
+    await store.claim(query("me", room="infra", now=T0 + timedelta(hours=1)), plan)
+    assert seen == [{plain.id, mine.id}]

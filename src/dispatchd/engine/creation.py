@@ -232,7 +232,8 @@ class TaskCreation:
                 if spec.assigned_to not in named:
                     named[spec.assigned_to] = await self.store.get_agent(spec.assigned_to)
                 agent = named[spec.assigned_to]
-                if agent is not None:
+                # Outside the task's room it may not have the task: it waits (explain says).
+                if agent is not None and spec.scope in (None, agent.room):
                     handover = hand_over(
                         born.task, agent, now, self.rules, self.policy, start=False
                     )
