@@ -105,17 +105,23 @@ async def test_room_activity_over_many_rooms(store: Store) -> None:
     )
     waiting = make_task(scope="infra", status=S.WAITING_INPUT, assignee="infra-1")
     failed_old = make_task(
-        scope="research", status=S.FAILED, finished_at=T0, updated_at=T0 + SECOND
+        scope="research", status=S.FAILED, finished_at=T0, updated_at=T0 + SECOND, attempt=1
     )
     done_new = make_task(
-        scope="research", status=S.COMPLETED, finished_at=T0 + SECOND, updated_at=T0 + 2 * SECOND
+        scope="research",
+        status=S.COMPLETED,
+        finished_at=T0 + SECOND,
+        updated_at=T0 + 2 * SECOND,
+        attempt=1,
     )
     await insert(
         store,
         waiting,
         make_task(scope="infra", status=S.PENDING),
         make_task(scope="infra", status=S.BLOCKED),
-        make_task(scope="infra", status=S.FAILED, finished_at=T0),
+        make_task(scope="infra", status=S.FAILED, finished_at=T0, attempt=2),
+        # Never worked on: says nothing of the room's agents.
+        make_task(scope="infra", status=S.CANCELLED, finished_at=T0 + SECOND),
         failed_old,
         done_new,
         make_task(status=S.RUNNING, assignee="roomless"),

@@ -71,7 +71,7 @@ class RoomAgentStatus(StrEnum):
 class RoomActivity:
     """The rows a room's status is derived from, as the store reads them for many rooms
     at once: its agents, the tasks in its agents' hands, how many wait, when it last moved,
-    and the status of its last finished task."""
+    and the status of the last task its agents worked on that finished."""
 
     agents: Sequence[Agent] = ()
     active: Sequence[Task] = ()

@@ -438,11 +438,13 @@ FROM tasks
 WHERE scope{in_ids} GROUP BY scope;
 
 -- name: room_last_finished
+-- The last task an agent of the room worked on (attempt > 0) that finished: one that never
+-- ran (failed with a parent, cancelled while queued) says nothing of the room's agents.
 SELECT scope, status FROM (
     SELECT scope, status, row_number() OVER (PARTITION BY scope ORDER BY finished_at DESC, id
         DESC) AS n
     FROM tasks
-    WHERE scope{in_ids} AND status IN {terminal} AND finished_at IS NOT NULL
+    WHERE scope{in_ids} AND status IN {terminal} AND finished_at IS NOT NULL AND attempt > 0
 ) AS last
 WHERE n = 1;
 
