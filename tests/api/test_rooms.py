@@ -94,12 +94,16 @@ async def test_create_read_list_change_remove(
     assert r.status_code == 200, r.text
     assert r.json()["name"] == "#ops" and r.json()["workspace"] is None
     assert (await room(client))["name"] == "#ops"
+    # The same again changes nothing and logs nothing.
+    r = await client.patch("/api/v1/rooms/infra", json={"name": "#ops"}, headers=admin)
+    assert r.status_code == 200 and r.json()["updated_at"] == (await room(client))["updated_at"]
 
     r = await client.delete("/api/v1/rooms/infra", headers=admin)
     assert r.status_code == 200 and r.json() == {"id": "infra"}
     assert_error(await client.get("/api/v1/rooms/infra"), 404, "not_found")
 
     types = [(e["type"], e["data"].get("room")) for e in await all_events(client, admin)]
+    assert types.count(("room.updated", "infra")) == 1
     assert ("room.created", "infra") in types
     assert ("room.updated", "infra") in types
     assert ("room.removed", "infra") in types

@@ -93,6 +93,8 @@ class RoomService:
             room = await self.get(room_id)
             new = room.evolve(updated_at=utcnow(), version=room.version + 1, **changes)
             changed = sorted(k for k in changes if getattr(room, k) != getattr(new, k))
+            if not changed:
+                return await self.status(room_id)  # nothing to write, nor to tell
             event = _room_event("room.updated", new.id, caller, fields=changed)
             try:
                 await self.store.commit([UpdateRoom(new), AppendEvent(event)])
