@@ -414,6 +414,11 @@ WHERE id = :id;
 SELECT * FROM rooms
 WHERE id = :id{for_update};
 
+-- name: require_room
+-- Shared: dispatches into one room do not wait on each other, a removal waits on them.
+SELECT id FROM rooms
+WHERE id = :id{for_share};
+
 -- name: delete_room
 DELETE FROM rooms
 WHERE id = :id AND version = :version;

@@ -43,8 +43,9 @@ class DeleteRoom:
 
 @dataclass(frozen=True, slots=True)
 class RequireRoom:
-    """Fail the commit with `NotFound` unless the room exists (on PostgreSQL this locks
-    the row, so a removal waits for the commit and then sees what it wrote)."""
+    """Fail the commit with `NotFound` unless the room exists (on PostgreSQL this holds a
+    share lock on the row, so a removal waits for the commit and then sees what it wrote,
+    while other dispatches into the room go ahead)."""
 
     room_id: str
 

@@ -159,7 +159,7 @@ def _apply(q: Queries, op: Op, counts: dict[str, int], loads: dict[str, int]) ->
         case DeleteRoom(room_id, version):
             yield from _delete_room(q, room_id, version)
         case RequireRoom(room_id):
-            if (yield one(q.lock_room, {"id": room_id})) is None:
+            if (yield one(q.require_room, {"id": room_id})) is None:
                 raise NotFound(f"no room {room_id}", room=room_id)
         case AppendEvent():
             raise AssertionError("events are appended by commit, after the other writes")
