@@ -23,6 +23,7 @@ from dispatchd.domain.models import (
     Event,
     Priority,
     ProgressEntry,
+    Review,
     Task,
     TaskDetail,
     TaskStatus,
@@ -104,6 +105,13 @@ PatchAttempt = AttemptPatch
 @dataclass(frozen=True, slots=True)
 class AppendProgress:
     entry: ProgressEntry
+
+
+@dataclass(frozen=True, slots=True)
+class AppendReview:
+    """Record a verdict on a task's work (its `reviews`)."""
+
+    review: Review
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +200,7 @@ Op = (
     | SaveAttempt
     | PatchAttempt
     | AppendProgress
+    | AppendReview
     | AppendComment
     | InsertAgent
     | UpdateAgent
@@ -408,6 +417,14 @@ class Store(Protocol):
     async def task_detail(self, task_id: str) -> TaskDetail | None: ...
 
     async def attempts(self, task_id: str) -> list[Attempt]: ...
+
+    async def reviews(self, task_id: str) -> list[Review]:
+        """The verdicts on a task's work, oldest first."""
+        ...
+
+    async def open_reviews(self, task_id: str) -> list[Task]:
+        """The unfinished review tasks (`kind` review) of the task `task_id`."""
+        ...
 
     async def active_tasks_of(self, agent_id: str) -> list[Task]: ...
 

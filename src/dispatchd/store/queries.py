@@ -36,6 +36,7 @@ TASK_ROWS = (
     ("attempts", "task_id"),
     ("progress", "task_id"),
     ("comments", "task_id"),
+    ("task_reviews", "task_id"),
     ("task_deps", "parent_id"),
     ("task_deps", "child_id"),
     ("tasks", "id"),
@@ -175,6 +176,8 @@ class Queries:
         sql = (
             "SELECT * FROM tasks{queue_index} WHERE status = 'pending' "
             "AND (not_before IS NULL OR not_before <= :now) "
+            # Never the agent the task is kept from (a review: the one that did the work).
+            "AND (excluded_agent IS NULL OR excluded_agent <> :agent_id) "
             f"AND (assigned_to = :agent_id OR ({' AND '.join(matching)})) "
             "ORDER BY {queue_order} LIMIT :limit" + ("{skip_locked}" if lock else "")
         )

@@ -61,6 +61,7 @@ def spec_of(body: TaskCreate, key: str | None = None) -> TaskSpec:
             code="idempotency_key_mismatch",
         )
     prompt = body.prompt or body.description or ""
+    reviewer, reviewer_kind = body.reviewer_of()
     return TaskSpec(
         title=body.title,
         prompt=prompt,
@@ -75,7 +76,8 @@ def spec_of(body: TaskCreate, key: str | None = None) -> TaskSpec:
         timeout_s=body.timeout_s,
         max_attempts=body.max_attempts,
         review=body.review,
-        reviewer=body.reviewer,
+        reviewer=reviewer,
+        reviewer_kind=reviewer_kind,
         escalate_to=body.escalate_to,
         model=body.model,
         labels=body.labels,
