@@ -236,6 +236,8 @@ class TaskFilter:
     priority: Sequence[Priority] = ()
     owner: str | None = None
     label: str | None = None
+    # The review tasks of this task.
+    review_of: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

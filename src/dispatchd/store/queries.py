@@ -112,7 +112,7 @@ class Queries:
                 names = [f"{column}_{i}" for i in range(len(values))]
                 params.update(zip(names, values, strict=True))
                 clauses.append(f"{column} IN ({', '.join(':' + n for n in names)})")
-        for column in ("requester", "assignee", "scope", "owner"):
+        for column in ("requester", "assignee", "scope", "owner", "review_of"):
             if (value := getattr(flt, column)) is not None:
                 params[column] = value
                 clauses.append(f"{column} = :{column}")

@@ -167,6 +167,7 @@ async def list_tasks(
     capability: Filter = None,
     owner: Filter = None,
     label: Filter = None,
+    review_of: Filter = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     order: Literal["asc", "desc"] = "desc",
@@ -180,6 +181,7 @@ async def list_tasks(
         capability=capability,
         owner=owner,
         label=label,
+        review_of=review_of,
     )
     page = await rt.tasks.page(flt, limit=limit, cursor=cursor, descending=order == "desc")
     return TaskList(items=[TaskOut.of(t) for t in page.items], next_cursor=page.next_cursor)
