@@ -382,3 +382,57 @@ async def test_an_unknown_reviewer_agent_is_accepted(client: httpx.AsyncClient) 
     # Agents come and go: the review task waits for the agent as a task named for it does.
     task = await create_task(client, review=True, reviewer={"agent": "not-yet"})
     assert task["reviewer"] == {"agent": "not-yet", "capability": None}
+
+
+async def test_a_reviewer_that_vanishes_sends_the_review_back_to_its_queue(
+    client: httpx.AsyncClient, register: Register, admin: dict[str, str]
+) -> None:
+    await register("w1")
+    await register("rev", ["review"])
+    task = await create_task(
+        client, capabilities=["code"], review=True, reviewer={"capability": "review"}
+    )
+    await worked(client, task["id"], "w1", "v1")
+    review = await open_review(client, task["id"], 1)
+    await wait_assigned(client, review["id"], "rev")
+    await act(client, review["id"], "start", "rev")
+    r = await client.delete("/api/v1/agents/rev", headers=admin)
+    assert r.status_code == 200, r.text
+    back = await wait_task(client, review["id"], lambda t: t["status"] == "pending", "requeued")
+    assert back["assignee"] is None and back["attempts"][0]["outcome"] == "lost"
+    assert (await detail(client, task["id"]))["status"] == "review"
+    await register("rev2", ["review"])
+    await verdict(client, review["id"], "rev2", "approved", "fine")
+    await wait_task(client, task["id"], lambda t: t["status"] == "completed", "approved")
+
+
+async def test_review_tasks_completed_in_a_batch_apply_their_verdicts(
+    client: httpx.AsyncClient, register: Register
+) -> None:
+    await register("w1")
+    await register("rev", ["review"])
+    tasks = [
+        await create_task(
+            client, capabilities=["code"], review=True, reviewer={"capability": "review"}
+        )
+        for _ in range(2)
+    ]
+    for task in tasks:
+        await worked(client, task["id"], "w1", "v1")
+    reviews = [await open_review(client, task["id"], 1) for task in tasks]
+    for review in reviews:
+        await wait_assigned(client, review["id"], "rev")
+    items = [
+        {"task_id": reviews[0]["id"], "result": {"verdict": "approved"}},
+        {"task_id": reviews[1]["id"], "result": {"verdict": "perhaps"}},
+    ]
+    r = await client.post(
+        "/api/v1/tasks/batch/complete", json={"items": items}, headers=as_agent("rev")
+    )
+    assert r.status_code == 200, r.text
+    first, second = r.json()["items"]
+    assert first["ok"] and not second["ok"]
+    assert second["error"]["code"] == "invalid_verdict"
+    assert (await detail(client, tasks[0]["id"]))["status"] == "completed"
+    assert (await detail(client, tasks[1]["id"]))["status"] == "review"
+    assert (await detail(client, reviews[1]["id"]))["status"] == "assigned"
