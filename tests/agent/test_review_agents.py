@@ -21,7 +21,7 @@ from dispatchd.client import AsyncClient
 from dispatchd.runner.review import ReviewVerdict, UnderReview
 from dispatchd.runner.worker import Job, Worker
 from tests.agent.conftest import LiveServer
-from tests.agent.helpers import serving, settled
+from tests.agent.helpers import serving
 from tests.api.helpers import eventually
 from tests.integration.server import clean_env, dispatchd_command
 
@@ -62,6 +62,17 @@ async def cli_worker(
             await process.wait()
 
 
+async def finished(client: AsyncClient, task_id: str) -> Any:
+    """The task once completed or failed: four agent runs and two worker processes'
+    start, given time on a busy machine."""
+
+    async def probe() -> Any:
+        task = await client.get_task(task_id)
+        return task if task.status.value in ("completed", "failed") else None
+
+    return await eventually(probe, f"task {task_id} to finish", limit_s=90)
+
+
 def records(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -96,7 +107,7 @@ async def test_a_reviewer_command_rejects_once_and_the_worker_revises(
             review=True,
             reviewer={"capability": review},
         )
-        done = await settled(requester, task.id, "completed", "failed")
+        done = await finished(requester, task.id)
         assert done.status.value == "completed", done.error
     assert done.assignee == f"w-{unique}" and done.review_cycles == 1
     assert done.result == (
@@ -145,7 +156,7 @@ async def test_a_reviewer_output_without_a_verdict_fails_the_review_attempt(
             detail = await requester.get_task(page.items[0].id)
             return detail if any(a.outcome == "failed" for a in detail.attempts) else None
 
-        review_task = await eventually(failed_review, "a failed review attempt", limit_s=30)
+        review_task = await eventually(failed_review, "a failed review attempt", limit_s=90)
         assert "no `VERDICT: APPROVED` or `VERDICT: REJECTED` line" in (
             next(a.error for a in review_task.attempts if a.outcome == "failed") or ""
         )
@@ -196,7 +207,7 @@ async def test_a_review_handler_of_a_worker(
         task = await requester.create_task(
             "Do it", prompt="the job", capabilities=[code], review=True, reviewer=f"r-{unique}"
         )
-        done = await settled(requester, task.id, "completed", "failed")
+        done = await finished(requester, task.id)
     assert done.status.value == "completed", done.error
     assert done.result == "attempt 2, feedback needs tests"
     assert [(w.cycle, w.prompt, w.worker) for w in seen] == [
