@@ -111,6 +111,8 @@ class Task:
     model_routed: bool = False
     labels: tuple[str, ...] = ()
     idempotency_key: str | None = None
+    # The schedule that fired this task, if one did (docs/schedules.md).
+    schedule_id: str | None = None
     question: str | None = None
     progress_message: str | None = None
     progress_percent: float | None = None

@@ -48,6 +48,8 @@ class TaskSpec:
     labels: Sequence[str] = ()
     context: Mapping[str, Any] = field(default_factory=dict)
     idempotency_key: str | None = None
+    # Set by a schedule's firing only (docs/schedules.md).
+    schedule_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,22 +116,43 @@ class TaskCreation:
             )
         return await self._commit_births(specs, caller)
 
-    async def _commit_births(self, specs: Sequence[TaskSpec], caller: Caller) -> list[Task]:
+    async def create_with(
+        self, spec: TaskSpec, caller: Caller, task_id: str, first: Sequence[Op], extra: Sequence[Op]
+    ) -> Task:
+        """Create one task with id `task_id` and, in the same commit, the writes `first`
+        (before any other: a schedule's fire record) and `extra` (after: its event and the
+        schedule itself). Any of them failing writes nothing."""
+        return (await self._commit_births([spec], caller, ids=[task_id], first=first, extra=extra))[
+            0
+        ]
+
+    async def _commit_births(
+        self,
+        specs: Sequence[TaskSpec],
+        caller: Caller,
+        *,
+        ids: Sequence[str] | None = None,
+        first: Sequence[Op] = (),
+        extra: Sequence[Op] = (),
+    ) -> list[Task]:
         """Create the tasks; a parent that moved meanwhile makes the whole batch recompute.
 
         Each unfinished parent is touched (its version bumped) in the same commit, so a
         parent finishing at the same moment either sees the new child or makes this
         commit fail and retry: no child is left blocked on a parent that already ended.
         """
-        ids = [new_id() for _ in specs]
+        ids = list(ids) if ids is not None else [new_id() for _ in specs]
         manual = placing = True
         for _ in range(MAX_TRIES):
             births = await self._births(specs, ids, caller, manual=manual)
             placement = self._place(births) if placing else Placement()
-            lead = sorted([*births.slots, *placement.lead()], key=lambda slot: slot.agent_id)
+            slots = sorted([*births.slots, *placement.lead()], key=lambda slot: slot.agent_id)
             try:
                 done = await commit_changes(
-                    self.store, [*births.steps, *placement.changes], births.touches, lead=lead
+                    self.store,
+                    [*births.steps, *placement.changes],
+                    [*births.touches, *extra],
+                    lead=[*first, *slots],
                 )
             except AgentUnavailable:
                 # A chosen or named agent filled up or went away meanwhile: the tasks stay
@@ -268,6 +291,7 @@ class TaskCreation:
             model=spec.model,
             labels=tuple(dict.fromkeys(spec.labels)),
             idempotency_key=spec.idempotency_key,
+            schedule_id=spec.schedule_id,
         )
 
 

@@ -29,6 +29,10 @@ from dispatchd.domain.models import (
 )
 from dispatchd.domain.notifications import Digest, Notification
 from dispatchd.domain.webhooks import Advance, Delivery, DeliveryStatus, Head, Outcome, Webhook
+from dispatchd.store.base_schedules import InsertFire as InsertFire
+from dispatchd.store.base_schedules import InsertSchedule as InsertSchedule
+from dispatchd.store.base_schedules import ScheduleReads
+from dispatchd.store.base_schedules import UpdateSchedule as UpdateSchedule
 
 # --- write operations -----------------------------------------------------------------
 
@@ -201,6 +205,9 @@ Op = (
     | AdvanceCursor
     | InsertNotification
     | SaveDigest
+    | InsertSchedule
+    | UpdateSchedule
+    | InsertFire
 )
 
 # The cursor under which retention records the last event id it deleted.
@@ -351,7 +358,7 @@ class LocalLease:
         return None
 
 
-class Store(Protocol):
+class Store(ScheduleReads, Protocol):
     """Persistence for tasks, agents, attempts, progress, comments and the event log."""
 
     dialect: str
@@ -474,7 +481,7 @@ class Store(Protocol):
         ...
 
     async def next_deadline(self, since: datetime) -> datetime | None:
-        """The earliest deadline `due` would act on, from the indexes."""
+        """The earliest deadline `due` would act on (or schedule fire time), from the indexes."""
         ...
 
     # --- notifications (docs/events.md#notifications) -------------------------------------

@@ -16,6 +16,8 @@ from dispatchd.store.connector import Dialect
 from dispatchd.store.rows import (
     AGENT_COLUMNS,
     DELIVERY_COLUMNS,
+    FIRE_COLUMNS,
+    SCHEDULE_COLUMNS,
     TASK_COLUMNS,
     WEBHOOK_COLUMNS,
     decode_cursor,
@@ -79,6 +81,9 @@ class Queries:
             insert_agent=d.sql(insert_sql("agents", AGENT_COLUMNS)),
             update_agent=d.sql(update_versioned_sql("agents", AGENT_COLUMNS)),
             insert_webhook=d.sql(insert_sql("webhooks", WEBHOOK_COLUMNS)),
+            insert_schedule=d.sql(insert_sql("schedules", SCHEDULE_COLUMNS)),
+            update_schedule=d.sql(update_versioned_sql("schedules", SCHEDULE_COLUMNS)),
+            insert_fire=d.sql(insert_sql("schedule_fires", FIRE_COLUMNS)),
             insert_delivery=d.sql(
                 insert_sql("webhook_deliveries", DELIVERY_COLUMNS)
                 + " ON CONFLICT (webhook_id, event_id) DO NOTHING"
@@ -184,6 +189,12 @@ class Queries:
         if cursor is None:
             return self.dialect.sql("SELECT * FROM webhooks ORDER BY id LIMIT :limit"), {}
         sql = "SELECT * FROM webhooks WHERE id > :cursor ORDER BY id LIMIT :limit"
+        return self.dialect.sql(sql), {"cursor": decode_cursor(cursor)}
+
+    def list_schedules(self, cursor: str | None) -> tuple[str, dict[str, Any]]:
+        if cursor is None:
+            return self.dialect.sql("SELECT * FROM schedules ORDER BY id LIMIT :limit"), {}
+        sql = "SELECT * FROM schedules WHERE id > :cursor ORDER BY id LIMIT :limit"
         return self.dialect.sql(sql), {"cursor": decode_cursor(cursor)}
 
     def list_deliveries(

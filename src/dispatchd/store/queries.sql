@@ -250,6 +250,7 @@ SELECT min(x) AS x FROM (
     UNION ALL SELECT min(not_before) FROM tasks WHERE not_before > :since AND status = 'pending'
     UNION ALL SELECT min(run_at) FROM tasks
         WHERE status = 'blocked' AND run_at IS NOT NULL AND {parents_done}
+    UNION ALL SELECT min(next_fire_at) FROM schedules WHERE next_fire_at IS NOT NULL
 ) AS deadlines;
 
 -- --- retention ---------------------------------------------------------------------------
@@ -403,3 +404,27 @@ ORDER BY updated_at LIMIT :limit;
 -- name: drop_deliveries
 DELETE FROM webhook_deliveries
 WHERE id{in_ids};
+
+-- --- schedules (docs/schedules.md) -------------------------------------------------------
+
+-- name: schedule
+SELECT * FROM schedules
+WHERE id = :id;
+
+-- name: due_schedules
+SELECT * FROM schedules
+WHERE next_fire_at IS NOT NULL AND next_fire_at <= :now
+ORDER BY next_fire_at LIMIT :limit;
+
+-- name: delete_schedule
+DELETE FROM schedules
+WHERE id = :id;
+
+-- name: delete_fires
+DELETE FROM schedule_fires
+WHERE schedule_id = :id;
+
+-- name: schedule_fires
+SELECT * FROM schedule_fires
+WHERE schedule_id = :id
+ORDER BY fire_time DESC LIMIT :limit;

@@ -27,7 +27,9 @@ from dispatchd.store.base import (
     ClaimView,
     DeleteAgent,
     InsertAgent,
+    InsertFire,
     InsertNotification,
+    InsertSchedule,
     InsertTask,
     Op,
     PatchAttempt,
@@ -39,6 +41,7 @@ from dispatchd.store.base import (
     TakeSlot,
     TouchTask,
     UpdateAgent,
+    UpdateSchedule,
     UpdateTask,
 )
 from dispatchd.store.connector import Body, all_rows, execute, many, one
@@ -150,6 +153,13 @@ def _apply(q: Queries, op: Op, counts: dict[str, int], loads: dict[str, int]) ->
                 yield execute(q.drop_digest, {"name": OPEN_DIGEST})
             else:
                 yield execute(q.save_digest, digest_params(digest, at, codec))
+        case InsertSchedule(schedule):
+            yield execute(q.insert_schedule, to_row(schedule, codec))
+        case UpdateSchedule(schedule):
+            if (yield execute(q.update_schedule, to_row(schedule, codec))) != 1:
+                raise ConcurrentUpdate(f"schedule {schedule.id} changed meanwhile")
+        case InsertFire(fire):
+            yield execute(q.insert_fire, to_row(fire, codec))
         case AppendEvent():
             raise AssertionError("events are appended by commit, after the other writes")
         case _:

@@ -64,6 +64,14 @@ from dispatchd.api.schemas.notifications import (
     NotificationOut,
     OpenDigestOut,
 )
+from dispatchd.api.schemas.schedules import (
+    ScheduleCreate,
+    ScheduleDetailOut,
+    ScheduleList,
+    ScheduleOut,
+    SchedulePatch,
+    ScheduleRemoved,
+)
 from dispatchd.api.schemas.tasks import (
     AttemptOut,
     CommentBody,
@@ -137,6 +145,12 @@ __all__ = [
     "Request",
     "ReviewBody",
     "RouteOut",
+    "ScheduleCreate",
+    "ScheduleDetailOut",
+    "ScheduleList",
+    "ScheduleOut",
+    "SchedulePatch",
+    "ScheduleRemoved",
     "Short",
     "StartBody",
     "Tag",

@@ -158,6 +158,7 @@ class TaskOut(BaseModel):
     model: str | None
     model_routed: bool
     labels: list[str]
+    schedule_id: str | None = Field(None, description="the schedule that fired this task")
     question: str | None
     progress: dict[str, Any] | None
     requeues: int
@@ -206,6 +207,7 @@ class TaskOut(BaseModel):
             model=t.model,
             model_routed=t.model_routed,
             labels=list(t.labels),
+            schedule_id=t.schedule_id,
             question=t.question,
             progress=progress,
             requeues=t.requeues,
