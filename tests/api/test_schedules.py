@@ -4,6 +4,7 @@ by hand, the misfire and overlap policies on a fixed clock, and bad input."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -99,7 +100,7 @@ async def test_macros_and_preview(client: httpx.AsyncClient, admin: dict[str, st
     r = await client.get(f"{URL}/{s['id']}", params={"preview": 5}, headers=admin)
     times = [ts(t) for t in r.json()["preview"]]
     assert len(times) == 5 and times[0] == ts(s["next_fire_at"])
-    assert all(b - a == timedelta(hours=1) for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a == timedelta(hours=1) for a, b in pairwise(times))
     assert all((t.minute, t.second) == (0, 0) for t in times)
 
 
