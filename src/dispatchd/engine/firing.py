@@ -174,7 +174,14 @@ class Firer:
                 first=[InsertFire(fire)],
                 extra=[AppendEvent(event), UpdateSchedule(moved)],
             )
-        except (DuplicateKey, ConcurrentUpdate):
+        except ConcurrentUpdate:
+            return None
+        except DuplicateKey:
+            # Fired already: by another replica, or before a restart. A schedule still
+            # pointing at that time (its fire record outlived an edit) moves past it.
+            current = await self.store.get_schedule(schedule.id)
+            if current is not None and current.next_fire_at == fire_time:
+                await self._advance(current, after, now, None)
             return None
         self.fired += 1
         return task
