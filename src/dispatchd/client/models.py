@@ -18,6 +18,9 @@ from dispatchd.api.schemas.explain import ExplainOut
 from dispatchd.api.schemas.notifications import NotificationList as NotificationPage
 from dispatchd.api.schemas.notifications import NotificationOut as Notification
 from dispatchd.api.schemas.notifications import OpenDigestOut as OpenDigest
+from dispatchd.api.schemas.schedules import ScheduleDetailOut as ScheduleDetail
+from dispatchd.api.schemas.schedules import ScheduleOut as Schedule
+from dispatchd.api.schemas.schedules import ScheduleRemoved
 from dispatchd.api.schemas.tasks import CommentOut as Comment
 from dispatchd.api.schemas.tasks import TaskDetailOut as TaskDetail
 from dispatchd.api.schemas.tasks import TaskOut as Task
@@ -44,6 +47,9 @@ __all__ = [
     "Priority",
     "QueueOut",
     "Registration",
+    "Schedule",
+    "ScheduleDetail",
+    "ScheduleRemoved",
     "Task",
     "TaskDetail",
     "TaskStatus",
