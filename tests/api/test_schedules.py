@@ -3,18 +3,22 @@ by hand, the misfire and overlap policies on a fixed clock, and bad input."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 
+from dispatchd.domain.access import Caller
 from dispatchd.domain.ids import utcnow
 from dispatchd.domain.schedules import Schedule
 from dispatchd.runtime import Runtime
 from dispatchd.store.base import UpdateSchedule
+from tests.api.conftest import make_settings
 from tests.api.helpers import assert_error, eventually, ts
 
 URL = "/api/v1/schedules"
@@ -365,3 +369,46 @@ async def test_schedules_are_for_admins(client: httpx.AsyncClient, admin: dict[s
     s = await make(client, admin)
     assert_error(await client.get(URL), 403, None)
     assert_error(await client.post(f"{URL}/{s['id']}/run"), 403, None)
+
+
+# --- two replicas on PostgreSQL ------------------------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_two_runtimes_on_one_database_fire_each_time_once(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    tick = {"assignment": {"tick_interval_ms": 50}}
+    a = Runtime.build(make_settings(tmp_path / "a", postgres_url, **tick))
+    b = Runtime.build(make_settings(tmp_path / "b", postgres_url, **tick))
+    async with a, b:
+        made = [
+            await a.schedules.create(
+                name=f"s{i}",
+                schedule="0 0 1 1 *",
+                task_template={"title": "tick"},
+                caller=Caller("admin"),
+            )
+            for i in range(10)
+        ]
+        due = utcnow() + timedelta(milliseconds=300)
+        for s in made:
+            await set_next_fire(a, s.id, due)
+        a.sweeper.poke()
+        b.sweeper.poke()
+
+        async def all_fired() -> bool:
+            fired = [await a.store.get_schedule(s.id) for s in made]
+            return all(s is not None and s.last_fire_at == due for s in fired)
+
+        await eventually(all_fired, "both replicas to fire the schedules")
+        # Each replica looking again at the same moment finds nothing left to fire.
+        later = due + timedelta(seconds=1)
+        assert await asyncio.gather(a.firer.fire_due(later), b.firer.fire_due(later)) == [0, 0]
+        events = await a.store.read_events(after=0, limit=10_000)
+        fired = [e for e in events if e.type == "schedule.fired"]
+        assert sorted(e.data["schedule_id"] for e in fired) == sorted(s.id for s in made)
+        for s in made:
+            fires = await a.store.schedule_fires(s.id, limit=10)
+            assert [f.fire_time for f in fires] == [due]
+        assert a.firer.fired + b.firer.fired == len(made)
