@@ -412,3 +412,17 @@ async def test_two_runtimes_on_one_database_fire_each_time_once(
             fires = await a.store.schedule_fires(s.id, limit=10)
             assert [f.fire_time for f in fires] == [due]
         assert a.firer.fired + b.firer.fired == len(made)
+
+
+async def test_a_fired_task_is_assigned_like_any_other(
+    client: httpx.AsyncClient, admin: dict[str, str], register: Any
+) -> None:
+    await register("iris", capabilities=("report",))
+    s = await make(client, admin, task_template={**TEMPLATE, "assigned_to": "iris"})
+    task = (await client.post(f"{URL}/{s['id']}/run", headers=admin)).json()
+
+    async def assigned() -> bool:
+        r = await client.get(f"/api/v1/tasks/{task['id']}")
+        return bool(r.json()["assignee"] == "iris")
+
+    await eventually(assigned, "the fired task to go to iris")

@@ -108,6 +108,8 @@ class Firer:
                     await self._advance(schedule, after, now, fire_time)
                     continue
                 task = await self._fire(schedule, fire_time, after, None)
+            except ConcurrentUpdate:
+                continue  # the previous task or the schedule moved: look again
             except DispatchError as exc:
                 # A template that no longer makes a task (a dependency pruned, say): the
                 # fire time passes, with an event saying why.

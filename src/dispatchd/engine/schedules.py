@@ -69,6 +69,9 @@ def check_template(template: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def template_spec(template: Mapping[str, Any]) -> TaskSpec:
+    """The task a template makes (a template stored before the task model changed may no
+    longer be valid: that is a `ValidationFailed`, never a crash of the sweeper)."""
+    check_template(template)
     body = TaskCreate.model_validate(template)
     return TaskSpec(
         title=body.title,
