@@ -195,3 +195,26 @@ async def test_a_restarted_firer_with_an_old_read_fires_nothing_again(
         assert moved is not None and moved.next_fire_at == due + timedelta(hours=1)
     finally:
         await after.close()
+
+
+async def test_a_schedule_that_cannot_fire_is_paused_and_the_others_fire(store: Store) -> None:
+    due = datetime(2026, 3, 29, 2, 0, tzinfo=UTC)
+    broken = make_schedule(timezone="Mars/Olympus_Mons", next_fire_at=due)
+    bad_template = make_schedule(
+        schedule="0 * * * *", timezone="UTC", next_fire_at=due, task_template={"nope": 1}
+    )
+    good = make_schedule(schedule="0 * * * *", timezone="UTC", next_fire_at=due)
+    await store.commit([InsertSchedule(x) for x in (broken, bad_template, good)])
+    assert await firer_on(store).fire_due(due + timedelta(seconds=1)) == 1
+    stopped = await store.get_schedule(broken.id)
+    assert stopped is not None and stopped.paused and stopped.next_fire_at is None
+    passed = await store.get_schedule(bad_template.id)
+    assert passed is not None and passed.next_fire_at == due + timedelta(hours=1)
+    assert passed.last_task_id is None
+    failed = [
+        e.data["schedule_id"]
+        for e in await store.read_events(after=0, limit=100)
+        if e.type == "schedule.fire_failed"
+    ]
+    assert sorted(failed) == sorted([broken.id, bad_template.id])
+    assert [e.data["schedule_id"] for e in await fired_events(store)] == [good.id]

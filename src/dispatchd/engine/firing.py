@@ -35,12 +35,14 @@ from dispatchd.errors import (
     DuplicateKey,
     InvalidTransition,
     NotFound,
+    ValidationFailed,
 )
 from dispatchd.store.base import AppendEvent, InsertFire, Store, UpdateSchedule
 
 log = logging.getLogger(__name__)
 
 BATCH = 100
+MAX_BATCHES = 10
 # Looks at one schedule before leaving it to the next sweep (a schedule firing every
 # missed time of a long downtime, or one another replica keeps moving).
 MAX_STEPS = 1000
@@ -55,19 +57,26 @@ class Firer:
     async def fire_due(self, now: datetime | None = None) -> int:
         """Fire every schedule whose next fire time has come; how many tasks were made."""
         made = 0
-        while True:
+        # Bounded: schedules that cannot fire stay due, and are looked at next sweep.
+        for _ in range(MAX_BATCHES):
             moment = now or utcnow()
             due = await self.store.due_schedules(moment, BATCH)
             for schedule in due:
-                made += await self._catch_up(schedule.id, moment)
+                try:
+                    made += await self._catch_up(schedule.id, moment)
+                except DispatchError as exc:
+                    # One schedule that cannot be read or fired must not hold up the
+                    # others, nor the task deadlines swept with them.
+                    log.warning("schedule %s: %s", schedule.id, exc, extra={"action": "fire"})
             if len(due) < BATCH:
-                return made
+                break
+        return made
 
     async def run_now(self, schedule: Schedule, caller: Caller) -> Task:
         """Fire once now, outside the schedule (its next fire time stays as it is); the
         overlap policy does not apply: it was asked for."""
-        now = utcnow()
         for _ in range(MAX_STEPS):
+            now = utcnow()
             task = await self._fire(schedule, now, schedule.next_fire_at, caller.agent_id)
             if task is not None:
                 return task
@@ -88,7 +97,16 @@ class Firer:
             schedule = await self.store.get_schedule(schedule_id)
             if schedule is None:
                 return made
-            decided = plan(schedule, now)
+            try:
+                decided = plan(schedule, now)
+            except ValidationFailed as exc:
+                # Its fire times cannot be worked out any more (a time zone gone from the
+                # system's database): it is paused, with an event saying why, rather
+                # than looked at again and again.
+                log.warning("schedule %s paused: %s", schedule.id, exc.message)
+                stopped = schedule.evolve(paused=True)
+                await self._advance(stopped, None, now, now, error=exc.message)
+                return made
             if not decided.fire:
                 if decided.next_fire_at != schedule.next_fire_at:
                     # Only missed times, and the policy fires none of them: wait for the next.

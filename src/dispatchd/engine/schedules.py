@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from dispatchd.api.schemas.tasks import TaskCreate
 from dispatchd.domain.access import Caller
-from dispatchd.domain.ids import new_id, utcnow
+from dispatchd.domain.ids import isoformat, new_id, utcnow
 from dispatchd.domain.models import Event
 from dispatchd.domain.schedules import (
     MAX_PREVIEW,
@@ -104,7 +104,7 @@ def schedule_event(kind: str, schedule: Schedule, at: datetime, by: str | None) 
             "schedule_id": schedule.id,
             "name": schedule.name,
             "paused": schedule.paused,
-            "next_fire_at": schedule.next_fire_at.isoformat() if schedule.next_fire_at else None,
+            "next_fire_at": isoformat(schedule.next_fire_at) if schedule.next_fire_at else None,
         },
     )
 
