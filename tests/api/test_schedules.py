@@ -17,7 +17,7 @@ from dispatchd.domain.access import Caller
 from dispatchd.domain.ids import utcnow
 from dispatchd.domain.schedules import Schedule
 from dispatchd.runtime import Runtime
-from dispatchd.store.base import UpdateSchedule
+from dispatchd.store.base import TaskFilter, UpdateSchedule
 from tests.api.conftest import make_settings
 from tests.api.helpers import assert_error, eventually, ts
 
@@ -426,3 +426,49 @@ async def test_a_fired_task_is_assigned_like_any_other(
         return bool(r.json()["assignee"] == "iris")
 
     await eventually(assigned, "the fired task to go to iris")
+
+
+@pytest.fixture
+async def quiet(tmp_path: Path) -> Any:
+    """A runtime with no sweeper of its own: only the fixed clock of the test fires."""
+    async with Runtime.build(make_settings(tmp_path), background=False) as rt:
+        yield rt
+
+
+@pytest.mark.parametrize(
+    ("first", "start", "end", "local_times"),
+    [
+        # Clocks go back: 02:30 happens twice, fires once.
+        (
+            "2026-10-25T02:30:00+02:00",
+            "2026-10-24T22:00:00+00:00",
+            "2026-10-26T03:00:00+00:00",
+            ["2026-10-25 02:30 CEST", "2026-10-26 02:30 CET"],
+        ),
+        # Clocks go forward: 02:30 does not exist, fires at 03:00.
+        (
+            "2026-03-29T03:00:00+02:00",
+            "2026-03-28T22:00:00+00:00",
+            "2026-03-30T03:00:00+00:00",
+            ["2026-03-29 03:00 CEST", "2026-03-30 02:30 CEST"],
+        ),
+    ],
+)
+async def test_firing_across_daylight_saving_changes_on_a_fixed_clock(
+    quiet: Runtime, first: str, start: str, end: str, local_times: list[str]
+) -> None:
+    s = await quiet.schedules.create(
+        name="nightly",
+        schedule="30 2 * * *",
+        timezone="Europe/Berlin",
+        task_template={"title": "Nightly"},
+        caller=Caller("admin"),
+    )
+    await set_next_fire(quiet, s.id, datetime.fromisoformat(first))
+    now = datetime.fromisoformat(start)
+    while now <= datetime.fromisoformat(end):
+        await quiet.firer.fire_due(now)
+        now += timedelta(minutes=10)
+    page = await quiet.store.list_tasks(TaskFilter(), limit=100, cursor=None, descending=False)
+    titles = [t.title for t in page.items if t.schedule_id == s.id]
+    assert titles == [f"Nightly — {x}" for x in local_times]
