@@ -53,6 +53,8 @@ POSTGRES = Dialect(
         # A row another claim is taking is passed over, never waited for.
         "skip_locked": " FOR UPDATE SKIP LOCKED",
         "queue_index": "",
+        "by_not_before": "",
+        "by_run_at": "",
         "queue_order": "priority_rank DESC, due_at NULLS LAST, created_at, id",
         "capable": "tasks.capabilities <@ :caps",
         "lock_event_order": f"SELECT pg_advisory_xact_lock({EVENT_ORDER_LOCK})",

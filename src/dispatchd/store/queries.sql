@@ -232,14 +232,14 @@ SELECT * FROM tasks
 WHERE lease_expires_at <= :now AND status = 'assigned' LIMIT :limit;
 
 -- name: due_ready
-SELECT * FROM tasks
+SELECT * FROM tasks{by_not_before}
 WHERE not_before > :since AND not_before <= :now AND status = 'pending'
 ORDER BY not_before LIMIT :limit;
 
 -- name: due_run_at
 -- Blocked tasks whose run_at came and whose parents are all completed; one still
 -- waiting on a parent is left to the parent's completion.
-SELECT * FROM tasks
+SELECT * FROM tasks{by_run_at}
 WHERE status = 'blocked' AND run_at IS NOT NULL AND run_at <= :now AND {parents_done} LIMIT
     :limit;
 
@@ -247,8 +247,9 @@ WHERE status = 'blocked' AND run_at IS NOT NULL AND run_at <= :now AND {parents_
 SELECT min(x) AS x FROM (
     SELECT min(deadline_at) AS x FROM tasks WHERE deadline_at IS NOT NULL
     UNION ALL SELECT min(lease_expires_at) FROM tasks WHERE lease_expires_at IS NOT NULL
-    UNION ALL SELECT min(not_before) FROM tasks WHERE not_before > :since AND status = 'pending'
-    UNION ALL SELECT min(run_at) FROM tasks
+    UNION ALL SELECT min(not_before) FROM tasks{by_not_before}
+        WHERE not_before > :since AND status = 'pending'
+    UNION ALL SELECT min(run_at) FROM tasks{by_run_at}
         WHERE status = 'blocked' AND run_at IS NOT NULL AND {parents_done}
     UNION ALL SELECT min(next_fire_at) FROM schedules WHERE next_fire_at IS NOT NULL
 ) AS deadlines;
