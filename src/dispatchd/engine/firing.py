@@ -35,6 +35,7 @@ from dispatchd.errors import (
     DuplicateKey,
     InvalidTransition,
     NotFound,
+    StoreError,
     ValidationFailed,
 )
 from dispatchd.store.base import AppendEvent, InsertFire, Store, UpdateSchedule
@@ -128,6 +129,8 @@ class Firer:
                 task = await self._fire(schedule, fire_time, after, None)
             except ConcurrentUpdate:
                 continue  # the previous task or the schedule moved: look again
+            except StoreError:
+                raise  # the database, not the schedule: the time fires when it is back
             except DispatchError as exc:
                 # A template that no longer makes a task (a dependency pruned, say): the
                 # fire time passes, with an event saying why.
