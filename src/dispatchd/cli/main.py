@@ -1,5 +1,6 @@
 """`dispatchd` commands: serve, worker, db upgrade, and the client commands (task, agent,
-events, notifications, stats) that talk to a broker through the SDK (docs/cli.md)."""
+room, schedule, events, notifications, stats) that talk to a broker through the SDK
+(docs/cli.md)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Annotated
 import typer
 
 from dispatchd import __version__
-from dispatchd.cli import agents, events, notifications, stats, tasks
+from dispatchd.cli import agents, events, notifications, rooms, schedules, stats, tasks
 from dispatchd.cli import worker as worker_module
 from dispatchd.config import ConfigError, Settings, load_settings
 
@@ -23,6 +24,8 @@ db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(tasks.app, name="task")
 app.add_typer(agents.app, name="agent")
+app.add_typer(rooms.app, name="room")
+app.add_typer(schedules.app, name="schedule")
 app.add_typer(events.app, name="events")
 app.command(name="notifications")(notifications.notifications)
 app.command(name="stats")(stats.stats)

@@ -30,7 +30,7 @@ END_STATES = frozenset(
 LONG_POLL_S = 30.0
 
 
-def _context(raw: str | None) -> dict[str, Any] | None:
+def parse_context(raw: str | None) -> dict[str, Any] | None:
     if raw is None:
         return None
     try:
@@ -42,7 +42,7 @@ def _context(raw: str | None) -> dict[str, Any] | None:
     return value
 
 
-def _split(values: list[str] | None) -> list[str]:
+def split_values(values: list[str] | None) -> list[str]:
     """Repeated options, each of which may also hold a comma-separated list."""
     return [v.strip() for raw in values or [] for v in raw.split(",") if v.strip()]
 
@@ -88,20 +88,20 @@ def create(
     json_: JsonOption = False,
 ) -> None:
     """Create a task."""
-    body = _context(context)
+    body = parse_context(context)
     text = sys.stdin.read() if prompt == "-" else prompt
     with connect(url, as_, token) as (client, _):
         task = client.create_task(
             title,
             prompt=text or "",
-            capabilities=_split(capability),
+            capabilities=split_values(capability),
             priority=priority,
             scope=room,
-            labels=_split(label),
+            labels=split_values(label),
             assigned_to=assigned_to,
             timeout_s=timeout,
             context=body,
-            depends_on=_split(depends_on),
+            depends_on=split_values(depends_on),
             max_attempts=max_attempts,
             review=review or None,
             reviewer=reviewer,
@@ -113,11 +113,11 @@ def create(
             if json_:
                 output.emit_json(task)
             else:
-                _line(task, "created")
+                task_line(task, "created")
             return
         if not json_:
-            _line(task, "created")
-        _finish(_follow(client, task.id, json_), json_)
+            task_line(task, "created")
+        finish(follow_live(client, task.id, json_), json_)
 
 
 @app.command("list")
@@ -147,8 +147,8 @@ def list_(
         page = client.list_tasks(
             limit=limit,
             cursor=cursor,
-            status=_split(status) or None,
-            priority=_split(priority) or None,
+            status=split_values(status) or None,
+            priority=split_values(priority) or None,
             requester=requester,
             assignee=assignee,
             scope=room,
@@ -309,7 +309,7 @@ def cancel(
     if json_:
         output.emit_json(task)
     else:
-        _line(task, "cancelled")
+        task_line(task, "cancelled")
 
 
 @app.command()
@@ -326,7 +326,7 @@ def retry(
     if json_:
         output.emit_json(task)
     else:
-        _line(task, "queued again")
+        task_line(task, "queued again")
 
 
 @app.command()
@@ -339,10 +339,10 @@ def wait(
 ) -> None:
     """Follow a task until it ends; exit 0 when it completed, 1 when it ended otherwise."""
     with connect(url, as_, token) as (client, _):
-        _finish(_follow(client, task_id, json_), json_)
+        finish(follow_live(client, task_id, json_), json_)
 
 
-def _line(task: Task, verb: str) -> None:
+def task_line(task: Task, verb: str) -> None:
     line = Text.assemble(
         (f"{verb} ", "bold"), task.id, "  ", output.state(task.status), "  ", task.title
     )
@@ -361,7 +361,7 @@ def _status_line(task: Task) -> Text:
     return line
 
 
-def _follow(client: Client, task_id: str, json_: bool) -> TaskDetail:
+def follow_live(client: Client, task_id: str, json_: bool) -> TaskDetail:
     """Wait for the task to end, showing its state as it changes: a live line with a
     spinner on a terminal, one line per change on standard error otherwise, nothing
     with `--json`."""
@@ -403,7 +403,7 @@ def follow(client: Client, task_id: str, on_change: Callable[[Task], None]) -> T
     return task
 
 
-def _finish(task: TaskDetail, json_: bool) -> None:
+def finish(task: TaskDetail, json_: bool) -> None:
     if json_:
         output.emit_json(task)
     else:
