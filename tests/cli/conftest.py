@@ -129,7 +129,9 @@ class Agent:
             time.sleep(0.1)
         raise AssertionError(f"no task labelled {self.name} came")
 
-    def work(self, outcome: str) -> None:
+    def work(self, outcome: str, then: Callable[[str], object] | None = None) -> None:
+        """Take the task and complete or fail it; then `then(task_id)`, if given."""
+
         def run() -> None:
             try:
                 expected = self._task_id()
@@ -142,6 +144,8 @@ class Agent:
                     self.client.complete_task(task.id, {"answer": 42}, "the answer")
                 else:
                     self.client.fail_task(task.id, "it broke", retryable=False)
+                if then is not None:
+                    then(task.id)
             except BaseException as exc:
                 self.errors.append(exc)
 

@@ -8,13 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from dispatchd.client import Client
 from tests.cli.conftest import Agent, Run, start
 from tests.integration.server import ServerProcess
 
 pytestmark = pytest.mark.slow
 
 
-def test_wait_follows_a_task_to_completion(server: ServerProcess, cli: Run, workdir: Path) -> None:
+def test_wait_follows_a_task_through_review_to_completion(
+    server: ServerProcess, cli: Run, workdir: Path, admin: Client
+) -> None:
     agent = Agent(server.api_url, "cli-worker-ok")
     try:
         waiting = start(
@@ -27,9 +30,11 @@ def test_wait_follows_a_task_to_completion(server: ServerProcess, cli: Run, work
             "cli-worker-ok",
             "--label",
             "cli-worker-ok",
+            "--review",
             "--wait",
         )
-        agent.work("complete")
+        # Completed, the task waits in review (and the command with it) for the verdict.
+        agent.work("complete", then=lambda task_id: admin.review_task(task_id, "approved", "fine"))
         out, err = waiting.communicate(timeout=60)
         agent.join()
     finally:
@@ -41,18 +46,30 @@ def test_wait_follows_a_task_to_completion(server: ServerProcess, cli: Run, work
     assert "the answer" in out
     # Without a terminal the live line becomes a line per change on standard error.
     assert "50% halfway" in err
+    assert "\nreview " in err
     task_id = first.split()[1]
 
-    # The finished task: `show` has its attempts, progress and comments.
+    # The finished task: `show` has its attempts, progress, comments and reviews.
     shown = cli("task", "show", task_id)
     assert shown.code == 0, shown.err
-    for part in ("attempts", "progress", "comments", "halfway", "on it", "cli-worker-ok"):
+    for part in (
+        "attempts",
+        "progress",
+        "comments",
+        "halfway",
+        "on it",
+        "cli-worker-ok",
+        "reviews",
+        "approved",
+        "fine",
+    ):
         assert part in shown.out
     detail = cli("task", "show", task_id, "--json").json()
     assert detail["status"] == "completed" and detail["result"] == {"answer": 42}
     assert [a["outcome"] for a in detail["attempts"]] == ["completed"]
     assert [p["message"] for p in detail["progress_log"]] == ["halfway"]
     assert [c["body"] for c in detail["comments"]] == ["on it"]
+    assert [(r["verdict"], r["feedback"]) for r in detail["reviews"]] == [("approved", "fine")]
 
     again = cli("task", "wait", task_id, "--json")
     assert again.code == 0 and again.json()["id"] == task_id

@@ -279,6 +279,16 @@ def detail(t: TaskDetail) -> Group:
         for c in t.comments:
             comments.add_row(output.ago(c.created_at), c.author, c.body)
         parts += [Text(), comments]
+    if t.reviews:
+        reviews = Table(title="reviews", title_justify="left", box=None, header_style="bold")
+        for column in ("WHEN", "CYCLE", "REVIEWER", "VERDICT", "FEEDBACK"):
+            reviews.add_column(column)
+        for r in t.reviews:
+            verdict = Text(r.verdict, style="green" if r.verdict == "approved" else "red")
+            reviews.add_row(
+                output.ago(r.created_at), str(r.cycle), r.reviewer, verdict, output.dash(r.feedback)
+            )
+        parts += [Text(), reviews]
     return Group(*parts)
 
 
