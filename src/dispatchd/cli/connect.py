@@ -26,7 +26,7 @@ UrlOption = Annotated[
     str | None,
     typer.Option(
         "--url",
-        help="The broker's API URL [env DISPATCH_API_URL; default http://127.0.0.1:8600].",
+        help="The broker's API URL (env DISPATCH_API_URL; default http://127.0.0.1:8600).",
         show_default=False,
     ),
 ]
@@ -34,7 +34,7 @@ AsOption = Annotated[
     str | None,
     typer.Option(
         "--as",
-        help="The agent id to act as [env DISPATCH_AGENT_ID; default your login name].",
+        help="The agent id to act as (env DISPATCH_AGENT_ID; default your login name).",
         show_default=False,
     ),
 ]
@@ -43,8 +43,8 @@ TokenOption = Annotated[
     typer.Option(
         "--token",
         help=(
-            "Bearer token [env DISPATCH_TOKEN, else DISPATCH_ADMIN_TOKEN, "
-            "else ./.dispatchd/admin_token]."
+            "Bearer token (env DISPATCH_TOKEN, else DISPATCH_ADMIN_TOKEN, "
+            "else ./.dispatchd/admin_token)."
         ),
         show_default=False,
     ),

@@ -22,13 +22,6 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-app.add_typer(tasks.app, name="task")
-app.add_typer(agents.app, name="agent")
-app.add_typer(rooms.app, name="room")
-app.add_typer(schedules.app, name="schedule")
-app.add_typer(events.app, name="events")
-app.command(name="notifications")(notifications.notifications)
-app.command(name="stats")(stats.stats)
 
 ConfigOption = Annotated[
     Path | None,
@@ -86,6 +79,16 @@ app.command(
 def version() -> None:
     """Print the version."""
     typer.echo(__version__)
+
+
+# The client commands, listed after the broker's own.
+app.add_typer(tasks.app, name="task")
+app.add_typer(agents.app, name="agent")
+app.add_typer(rooms.app, name="room")
+app.add_typer(schedules.app, name="schedule")
+app.add_typer(events.app, name="events")
+app.command(name="notifications")(notifications.notifications)
+app.command(name="stats")(stats.stats)
 
 
 def main() -> None:

@@ -134,7 +134,9 @@ def show(
 @app.command()
 def dispatch(
     room_id: Annotated[str, typer.Argument(metavar="ROOM")],
-    prompt: Annotated[str, typer.Argument(help="What to do; '-' reads it from standard input.")],
+    prompt: Annotated[
+        str, typer.Argument(metavar="PROMPT", help="What to do; '-' reads it from standard input.")
+    ],
     title: Annotated[str | None, typer.Option(help="Default: the prompt's first line.")] = None,
     priority: Annotated[Priority | None, typer.Option(help="Default: medium.")] = None,
     capability: Annotated[

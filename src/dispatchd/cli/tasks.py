@@ -49,7 +49,7 @@ def split_values(values: list[str] | None) -> list[str]:
 
 @app.command()
 def create(
-    title: Annotated[str, typer.Argument(help="The task's title.")],
+    title: Annotated[str, typer.Argument(metavar="TITLE", help="The task's title.")],
     prompt: Annotated[
         str | None, typer.Option(help="What to do, in full; '-' reads it from standard input.")
     ] = None,
