@@ -4,6 +4,7 @@ each command a real process."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -81,6 +82,8 @@ def start(cwd: Path, url: str, *args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as on a terminal, whatever the test runner's workers do with SIGINT.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
@@ -197,10 +200,10 @@ class Lines:
                 self._cond.wait(remaining)
 
 
-def stop(process: subprocess.Popen[str], *readers: Lines) -> str:
-    """Stop a long-running command (SIGTERM) and close its pipes; what it wrote on standard
-    error."""
-    process.terminate()
+def stop(process: subprocess.Popen[str], *readers: Lines, sig: int = signal.SIGTERM) -> str:
+    """Stop a long-running command (SIGTERM, or `sig`) and close its pipes; what it wrote
+    on standard error."""
+    process.send_signal(sig)
     process.wait(10)
     for reader in readers:
         reader.join()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -79,9 +80,14 @@ def test_events_watch_prints_each_event_as_it_happens(
         line = people_lines.wait_for(lambda line: task.id in line)
         assert "task.created" in line and "tester" in line
         assert not any("task.cancelled" in seen for seen in people_lines.seen)
+
+        # Ctrl-C ends a watch with one line and 130.
+        assert stop(people, people_lines, sig=signal.SIGINT) == "dispatchd: interrupted\n"
+        assert people.returncode == 130
     finally:
-        stop(as_json, json_lines)
-        stop(people, people_lines)
+        for process, lines in ((as_json, json_lines), (people, people_lines)):
+            if process.stdout is not None and not process.stdout.closed:
+                stop(process, lines)
 
 
 def test_notifications_and_stats(cli: Run, admin: Client) -> None:

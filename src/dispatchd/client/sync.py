@@ -58,10 +58,16 @@ def _blocking_iter(
         items = portal.call(_start, method, self.aio, args, kwargs)
         try:
             while True:
+                step = portal.start_task_soon(_step, items)
                 try:
-                    yield portal.call(items.__anext__)
+                    item = step.result()
                 except StopAsyncIteration:
                     return
+                except BaseException:
+                    # Interrupted while waiting (KeyboardInterrupt): stop the step too.
+                    step.cancel()
+                    raise
+                yield item
         finally:
             portal.call(_close, items)
 
@@ -78,7 +84,16 @@ async def _start(
     return method(client, *args, **kwargs)
 
 
+async def _step(items: AsyncIterator[R]) -> R:
+    return await items.__anext__()
+
+
 async def _close(items: AsyncIterator[Any]) -> None:
+    # A step the caller stopped waiting for (Ctrl-C in its thread) has been cancelled but
+    # may still be unwinding; closing a generator that is running raises, so wait for it.
+    with anyio.move_on_after(5):
+        while getattr(items, "ag_running", False):  # noqa: ASYNC110 (no event to wait on)
+            await anyio.sleep(0.01)
     aclose = getattr(items, "aclose", None)
     if aclose is not None:
         await aclose()
