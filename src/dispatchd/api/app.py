@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dispatchd import __version__
-from dispatchd.api import errors
+from dispatchd.api import errors, openapi
 from dispatchd.api.guard import BodyGuard
 from dispatchd.api.routes import (
     agents,
@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     if runtime is not None:
         app.state.runtime = runtime
     errors.install(app)
+    openapi.install(app)
     app.include_router(tasks.router)
     app.include_router(agents.router)
     app.include_router(events.router)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field, StringConstraints, model_validator
+from pydantic import BaseModel, Field, StringConstraints, model_validator
 
-from dispatchd.api.schemas.common import Id, Request, Short, Tag, Text, Title, opt_isoformat
+from dispatchd.api.schemas.common import Id, Request, Short, Tag, Text, Time, Title, opt_isoformat
 from dispatchd.domain.ids import isoformat
 from dispatchd.domain.models import (
     Attempt,
@@ -56,8 +56,8 @@ class TaskCreate(Request):
     scope: Id | None = Field(None, description="The room the task belongs to")
     assigned_to: Id | None = None
     depends_on: list[Id] = Field(default_factory=list, max_length=100)
-    run_at: AwareDatetime | None = None
-    due_at: AwareDatetime | None = None
+    run_at: Time | None = None
+    due_at: Time | None = None
     timeout_s: int | None = Field(None, ge=1, le=7 * 24 * 3600)
     max_attempts: int | None = Field(None, ge=1, le=100)
     review: bool = False
