@@ -101,6 +101,9 @@ class Task:
     run_at: datetime | None = None
     due_at: datetime | None = None
     timeout_s: int | None = None
+    # How long a question may wait for its answer before the task fails (None: for ever,
+    # unless configuration sets a default).
+    input_timeout_s: int | None = None
     review: bool = False
     reviewer: str | None = None
     escalate_to: str | None = None
@@ -121,6 +124,9 @@ class Task:
     not_before: datetime | None = None
     lease_expires_at: datetime | None = None
     deadline_at: datetime | None = None
+    # While the task waits for input: the run time it had left when it asked, in ms. Its
+    # run deadline and lease are cleared while it waits, and restored from this.
+    run_left_ms: int | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
     version: int = 1

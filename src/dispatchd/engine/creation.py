@@ -40,6 +40,7 @@ class TaskSpec:
     run_at: datetime | None = None
     due_at: datetime | None = None
     timeout_s: int | None = None
+    input_timeout_s: int | None = None
     max_attempts: int | None = None
     review: bool = False
     reviewer: str | None = None
@@ -262,6 +263,7 @@ class TaskCreation:
             run_at=spec.run_at,
             due_at=spec.due_at,
             timeout_s=spec.timeout_s,
+            input_timeout_s=spec.input_timeout_s,
             review=spec.review,
             reviewer=spec.reviewer,
             escalate_to=spec.escalate_to,

@@ -135,7 +135,8 @@ class DeleteAgent:
 
 @dataclass(frozen=True, slots=True)
 class RenewLeases:
-    """Extend the lease of every running (or waiting_input) task of an agent (heartbeat).
+    """Extend the lease of every running task of an agent (heartbeat); a task waiting for
+    input has no lease until its answer arrives.
 
     Bumps each task's version, so that a lease sweep computed before the renewal cannot land.
     """

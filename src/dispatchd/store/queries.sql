@@ -30,9 +30,10 @@ VALUES (:type, :task_id, :agent_id, :data, :created_at)
 RETURNING id;
 
 -- name: renew_leases
+-- A task waiting for input has no lease (it stops counting until the answer arrives).
 UPDATE tasks
 SET lease_expires_at = :until, version = version + 1
-WHERE assignee = :agent_id AND status IN ('running', 'waiting_input');
+WHERE assignee = :agent_id AND status = 'running';
 
 -- name: insert_dep
 INSERT INTO task_deps (parent_id, child_id)
@@ -225,7 +226,7 @@ WHERE deadline_at <= :now AND status IN ('running', 'waiting_input') LIMIT :limi
 
 -- name: due_lease_lost
 SELECT * FROM tasks
-WHERE lease_expires_at <= :now AND status IN ('running', 'waiting_input') LIMIT :limit;
+WHERE lease_expires_at <= :now AND status = 'running' LIMIT :limit;
 
 -- name: due_not_started
 SELECT * FROM tasks

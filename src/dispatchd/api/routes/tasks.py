@@ -73,6 +73,7 @@ def spec_of(body: TaskCreate, key: str | None = None) -> TaskSpec:
         run_at=body.run_at,
         due_at=body.due_at,
         timeout_s=body.timeout_s,
+        input_timeout_s=body.input_timeout_s,
         max_attempts=body.max_attempts,
         review=body.review,
         reviewer=body.reviewer,
