@@ -120,6 +120,8 @@ def full_task() -> Task:
         run_at=T0 - timedelta(days=1),
         due_at=datetime(2024, 3, 1, 10, 0, 0, 999999, tzinfo=india),
         timeout_s=600,
+        input_timeout_s=120,
+        run_left_ms=2**40,
         review=True,
         reviewer="reviewer-cap",
         escalate_to="senior",
@@ -772,20 +774,22 @@ async def test_counts_agents_by_status(store: Store) -> None:
     assert dict(counts.agents_by_status) == {"ready": 2, "busy": 1, "offline": 1, "draining": 2}
 
 
-async def test_renew_leases_touches_only_that_agents_held_tasks(store: Store) -> None:
+async def test_renew_leases_touches_only_that_agents_running_tasks(store: Store) -> None:
     old = T0
     until = T0 + timedelta(minutes=10, microseconds=42)
     mine_running = make_task(status=S.RUNNING, assignee="me", lease_expires_at=old)
     mine_assigned = make_task(status=S.ASSIGNED, assignee="me")
-    mine_waiting = make_task(status=S.WAITING_INPUT, assignee="me", lease_expires_at=old)
+    # A task waiting for input has no lease: a heartbeat must not give it one.
+    mine_waiting = make_task(status=S.WAITING_INPUT, assignee="me", run_left_ms=1500)
     theirs = make_task(status=S.RUNNING, assignee="them", lease_expires_at=old)
-    untouched = [mine_assigned, theirs]
-    await insert(store, mine_running, mine_waiting, *untouched)
+    untouched = [mine_assigned, mine_waiting, theirs]
+    await insert(store, mine_running, *untouched)
 
     await store.commit([RenewLeases("me", until)])
     # The version moves, so that a lease sweep computed before the renewal cannot land.
-    for task in (mine_running, mine_waiting):
-        assert await store.get_task(task.id) == task.evolve(lease_expires_at=until, version=2)
+    assert await store.get_task(mine_running.id) == mine_running.evolve(
+        lease_expires_at=until, version=2
+    )
     # An assigned task's lease is its start deadline: heartbeats do not extend it.
     for task in untouched:
         assert await store.get_task(task.id) == task
