@@ -134,6 +134,21 @@ class DeleteAgent:
 
 
 @dataclass(frozen=True, slots=True)
+class EventScope:
+    """Which events a reader wants beyond their types (docs/events.md#filters): those of one
+    task, of the tasks one requester created, of one room (events of the tasks scoped to it,
+    and events whose data names it as `room`, such as `room.interrupted`). Every filter
+    given must hold."""
+
+    task_id: str | None = None
+    requester: str | None = None
+    room: str | None = None
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.task_id, self.requester, self.room))
+
+
+@dataclass(frozen=True, slots=True)
 class RenewLeases:
     """Extend the lease of every running task of an agent (heartbeat); a task waiting for
     input has no lease until its answer arrives.
@@ -430,6 +445,13 @@ class Store(Protocol):
     async def events_for_task(self, task_id: str) -> list[Event]: ...
 
     async def read_events(self, *, after: int, limit: int) -> list[Event]: ...
+
+    async def read_events_where(
+        self, scope: EventScope, *, after: int, until: int, limit: int
+    ) -> list[Event]:
+        """Up to `limit` events with an id in `(after, until]` that `scope` selects, in
+        order: filtered in SQL, so a reader of one task or one room reads only those."""
+        ...
 
     async def last_event_id(self) -> int: ...
 

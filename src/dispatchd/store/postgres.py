@@ -60,6 +60,7 @@ POSTGRES = Dialect(
         "lock_migrations": f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})",
         "in_ids": " = ANY(:ids)",
         "migration_time": "TIMESTAMPTZ NOT NULL DEFAULT now()",
+        "event_room": "(e.data ->> 'room')",
     },
     placeholder="%%(%s)s",
     json_has=lambda col, p: f"{col} @> jsonb_build_array({p}::text)",

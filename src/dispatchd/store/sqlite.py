@@ -52,6 +52,7 @@ SQLITE = Dialect(
         "lock_migrations": "",
         "in_ids": " IN (SELECT value FROM json_each(:ids))",
         "migration_time": "TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+        "event_room": "json_extract(e.data, '$.room')",
     },
     json_has=lambda col, p: f"EXISTS (SELECT 1 FROM json_each({col}) WHERE value = {p})",
     json_has_key=lambda col, p: f"EXISTS (SELECT 1 FROM json_each({col}) WHERE key = {p})",

@@ -20,6 +20,7 @@ from dispatchd.store.base import (
     CommitListener,
     Counts,
     Due,
+    EventScope,
     Lease,
     Op,
     Page,
@@ -219,6 +220,12 @@ class SQLStore:
 
     async def read_events(self, *, after: int, limit: int) -> list[Event]:
         return await self._all(Event, self.q.events_after, after=after, limit=limit)
+
+    async def read_events_where(
+        self, scope: EventScope, *, after: int, until: int, limit: int
+    ) -> list[Event]:
+        sql, params = self.q.events_where(scope)
+        return await self._all(Event, sql, after=after, until=until, limit=limit, **params)
 
     async def last_event_id(self) -> int:
         row = await self.connector.fetch_one(self.q.last_event, {})
