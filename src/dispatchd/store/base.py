@@ -507,9 +507,16 @@ class Store(Protocol):
         ...
 
     async def list_notifications(
-        self, *, after: int, limit: int, unacknowledged_only: bool = False
+        self,
+        *,
+        after: int,
+        limit: int,
+        unacknowledged_only: bool = False,
+        requester: str | None = None,
     ) -> list[Notification]:
-        """Up to `limit` finished notifications with an id above `after`, oldest first."""
+        """Up to `limit` finished notifications with an id above `after`, oldest first;
+        with `requester`, only the entries about its tasks and the digests (whole: the
+        reader cuts them to its items, `domain.notifications.for_requester`)."""
         ...
 
     async def acknowledge_notifications(

@@ -92,8 +92,8 @@ SET last_event_id = :last, updated_at = :at
 WHERE name = :name AND last_event_id = :expected;
 
 -- name: insert_notification
-INSERT INTO notifications (kind, task_id, data, event_id, created_at)
-VALUES (:kind, :task_id, :data, :event_id, :created_at);
+INSERT INTO notifications (kind, task_id, data, event_id, created_at, requester)
+VALUES (:kind, :task_id, :data, :event_id, :created_at, :requester);
 
 -- name: save_digest
 INSERT INTO notification_digest (name, opened_at, closes_at, event_id, data, updated_at)
@@ -306,6 +306,17 @@ ORDER BY id LIMIT :limit;
 -- name: unacknowledged
 SELECT * FROM notifications
 WHERE id > :after AND acknowledged_at IS NULL
+ORDER BY id LIMIT :limit;
+
+-- name: requester_notifications
+-- A requester's entries, and the digests (cut to its items by the reader).
+SELECT * FROM notifications
+WHERE id > :after AND (requester = :requester OR kind = 'digest')
+ORDER BY id LIMIT :limit;
+
+-- name: requester_unacknowledged
+SELECT * FROM notifications
+WHERE id > :after AND (requester = :requester OR kind = 'digest') AND acknowledged_at IS NULL
 ORDER BY id LIMIT :limit;
 
 -- name: ack_up_to

@@ -275,8 +275,19 @@ class SQLStore:
         return digest_from_row(row, self.codec) if row else None
 
     async def list_notifications(
-        self, *, after: int, limit: int, unacknowledged_only: bool = False
+        self,
+        *,
+        after: int,
+        limit: int,
+        unacknowledged_only: bool = False,
+        requester: str | None = None,
     ) -> list[Notification]:
+        if requester is not None:
+            q = self.q
+            sql = q.requester_unacknowledged if unacknowledged_only else q.requester_notifications
+            return await self._all(
+                Notification, sql, after=after, limit=limit, requester=requester
+            )
         sql = self.q.unacknowledged if unacknowledged_only else self.q.notifications
         return await self._all(Notification, sql, after=after, limit=limit)
 

@@ -9,3 +9,12 @@ ALTER TABLE tasks ADD COLUMN run_left_ms BIGINT;
 -- aside (with no run time kept, the answer gives them their whole timeout again).
 UPDATE tasks SET deadline_at = NULL, lease_expires_at = NULL
 WHERE status = 'waiting_input';
+
+-- Readers for everyone: a notification names the requester of its task, who may read it
+-- without the admin token (docs/events.md#notifications). Digests name none (each of
+-- their items names its own), and are found by their kind.
+
+ALTER TABLE notifications ADD COLUMN requester TEXT;
+CREATE INDEX notifications_requester ON notifications (requester, id)
+    WHERE requester IS NOT NULL;
+CREATE INDEX notifications_digests ON notifications (id) WHERE kind = 'digest';
