@@ -29,6 +29,7 @@ from dispatchd.store.base import (
     AgentFilter,
     AppendComment,
     AppendEvent,
+    EventScope,
     AppendProgress,
     Counts,
     DeleteAgent,
@@ -848,3 +849,50 @@ async def test_concurrent_commits_all_land_with_unique_event_ids(
         assert len(page.items) == 50
     finally:
         await second.close()
+
+
+# --- event filters --------------------------------------------------------------------------
+
+
+async def test_read_events_where_filters_by_task_requester_and_room(store: Store) -> None:
+    mine = make_task(requester="alice", scope="infra")
+    theirs = make_task(requester="bob", scope="research")
+    other = make_task(requester="bob", scope="infra")
+    await insert(store, mine, theirs, other)
+    before = await store.last_event_id()
+    await store.commit(
+        [
+            AppendEvent(make_event("task.commented", mine.id)),
+            AppendEvent(make_event("task.commented", theirs.id)),
+            AppendEvent(make_event("room.interrupted", None, room="infra")),
+            AppendEvent(make_event("agent.registered", None)),
+            AppendEvent(make_event("task.commented", other.id)),
+        ]
+    )
+    head = await store.last_event_id()
+
+    async def where(limit: int = 100, until: int = head, **scope: str) -> list[tuple[str, Any]]:
+        found = await store.read_events_where(
+            EventScope(**scope), after=before, until=until, limit=limit
+        )
+        assert [e.id for e in found] == sorted(e.id or 0 for e in found)
+        return [(e.type, e.task_id) for e in found]
+
+    assert await where(task_id=theirs.id) == [("task.commented", theirs.id)]
+    assert await where(requester="bob") == [
+        ("task.commented", theirs.id),
+        ("task.commented", other.id),
+    ]
+    assert await where(room="infra") == [
+        ("task.commented", mine.id),
+        ("room.interrupted", None),
+        ("task.commented", other.id),
+    ]
+    assert await where(room="infra", requester="bob") == [("task.commented", other.id)]
+    assert await where(room="infra", limit=1) == [("task.commented", mine.id)]
+    # Bounded by `until`: nothing past the head the reader looked at.
+    assert await where(room="infra", until=head - 1) == [
+        ("task.commented", mine.id),
+        ("room.interrupted", None),
+    ]
+    assert await where(task_id="no-such-task") == []
