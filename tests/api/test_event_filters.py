@@ -58,9 +58,7 @@ def seen(events: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
     return [(e["type"], e["task_id"]) for e in events]
 
 
-async def test_task_requester_and_room_filters(
-    client: httpx.AsyncClient, runtime: Runtime
-) -> None:
+async def test_task_requester_and_room_filters(client: httpx.AsyncClient, runtime: Runtime) -> None:
     start = await head(client)
     mine = await new_task(client, "alice", scope="infra")
     theirs = await new_task(client, "bob", scope="research")

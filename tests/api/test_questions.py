@@ -75,9 +75,7 @@ async def test_a_question_outlasts_the_run_timeout_and_the_task_completes(
     answered = await act(client, task_id, "input", "alice", answer="yes")
     assert answered["status"] == "running"
     # The run time left when it asked counts on from the answer, not from zero.
-    assert ts(answered["deadline_at"]) - ts(answered["updated_at"]) == timedelta(
-        milliseconds=left
-    )
+    assert ts(answered["deadline_at"]) - ts(answered["updated_at"]) == timedelta(milliseconds=left)
     assert answered["run_left_ms"] is None and answered["lease_expires_at"] is not None
     done = await act(client, task_id, "complete", "w1", result={"restarted": True})
     assert done["status"] == "completed"
@@ -90,9 +88,7 @@ async def test_a_question_outlasts_the_run_timeout_and_the_task_completes(
 async def test_the_run_timeout_fires_after_the_answer_when_the_agent_overruns(
     client: httpx.AsyncClient, register: Register
 ) -> None:
-    task_id = await start_on_w1(
-        client, register, timeout_s=2, max_attempts=1, assigned_to="w1"
-    )
+    task_id = await start_on_w1(client, register, timeout_s=2, max_attempts=1, assigned_to="w1")
     await act(client, task_id, "input-request", "w1", question="Proceed?")
     await asyncio.sleep(2.5)
     answered = await act(client, task_id, "input", "alice", answer="yes")
@@ -181,9 +177,7 @@ async def test_a_question_answered_in_time_is_not_failed_by_its_input_timeout(
 
 async def test_a_bad_input_timeout_is_refused(client: httpx.AsyncClient, tmp_path: Path) -> None:
     for bad in (0, -1, "soon", 10**9):
-        r = await client.post(
-            "/api/v1/tasks", json={"title": "t", "input_timeout_s": bad}
-        )
+        r = await client.post("/api/v1/tasks", json={"title": "t", "input_timeout_s": bad})
         assert_error(r, 422, None)
     with pytest.raises(ValidationError, match="input_timeout_ms"):
         make_settings(tmp_path, assignment={"input_timeout_ms": 10})

@@ -233,9 +233,9 @@ async def test_a_requester_lists_its_entries_and_every_digest(store: Store) -> N
     assert for_alice[0] == replace(mine, id=listed[0].id)
     paged = await store.list_notifications(after=for_alice[0].id or 0, limit=1, requester="alice")
     assert [n.id for n in paged] == [listed[2].id]
-    assert [
-        n.id for n in await store.list_notifications(after=0, limit=10, requester="carol")
-    ] == [listed[2].id]
+    assert [n.id for n in await store.list_notifications(after=0, limit=10, requester="carol")] == [
+        listed[2].id
+    ]
     await store.acknowledge_notifications(ids=[listed[0].id or 0], by="admin", at=T0)
     unacked = await store.list_notifications(
         after=0, limit=10, requester="alice", unacknowledged_only=True

@@ -100,9 +100,7 @@ def immediate(event: Event, task: Task | None) -> Notification | None:
     if kind is Kind.QUESTION:
         body["question"] = data["question"]
     requester = task.requester if task is not None else None
-    return Notification(
-        kind, event.task_id, body, event.id, event.created_at, requester=requester
-    )
+    return Notification(kind, event.task_id, body, event.id, event.created_at, requester=requester)
 
 
 @dataclass(slots=True)
@@ -244,9 +242,7 @@ class Digest:
         if not completed and not progress:
             return None
         updates = sum(int(i.get("updates") or 0) for i in progress)
-        return Digest(
-            self.opened_at, self.closes_at, self.event_id, completed, progress, updates
-        )
+        return Digest(self.opened_at, self.closes_at, self.event_id, completed, progress, updates)
 
     def closed(self, at: datetime) -> Notification:
         """The finished entry this digest becomes when it closes at `at`."""
@@ -270,9 +266,7 @@ def for_requester(entry: Notification, requester: str) -> Notification | None:
     opened, closes = data.get("opened_at"), data.get("closes_at")
     if not isinstance(opened, str) or not isinstance(closes, str):
         return None
-    whole = Digest.from_data(
-        parse_iso(opened), parse_iso(closes), entry.event_id, dict(data)
-    )
+    whole = Digest.from_data(parse_iso(opened), parse_iso(closes), entry.event_id, dict(data))
     mine = whole.only(requester)
     if mine is None:
         return None

@@ -285,9 +285,7 @@ class SQLStore:
         if requester is not None:
             q = self.q
             sql = q.requester_unacknowledged if unacknowledged_only else q.requester_notifications
-            return await self._all(
-                Notification, sql, after=after, limit=limit, requester=requester
-            )
+            return await self._all(Notification, sql, after=after, limit=limit, requester=requester)
         sql = self.q.unacknowledged if unacknowledged_only else self.q.notifications
         return await self._all(Notification, sql, after=after, limit=limit)
 

@@ -104,9 +104,7 @@ async def stream_events(
 
     async def frames() -> AsyncIterator[ServerSentEvent]:
         try:
-            async for batch in rt.events.follow(
-                start, wanted, idle_s=keepalive, scope=scope
-            ):
+            async for batch in rt.events.follow(start, wanted, idle_s=keepalive, scope=scope):
                 for event in batch.events:
                     body = EventOut.of(event).model_dump_json()
                     yield ServerSentEvent(data=body, id=str(event.id), event=event.type)
