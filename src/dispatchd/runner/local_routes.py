@@ -166,7 +166,10 @@ async def _await_answer(
     while (remaining := deadline - loop.time()) > 0:
         read = asyncio.ensure_future(
             client.read_events(
-                cursor, types=list(_ANSWER_EVENTS), wait_s=min(remaining, _POLL_SLICE_S)
+                cursor,
+                types=list(_ANSWER_EVENTS),
+                task=asked.id,
+                wait_s=min(remaining, _POLL_SLICE_S),
             )
         )
         closed = asyncio.ensure_future(scope.closed.wait())

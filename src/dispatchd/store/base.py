@@ -135,10 +135,8 @@ class DeleteAgent:
 
 @dataclass(frozen=True, slots=True)
 class EventScope:
-    """Which events a reader wants beyond their types (docs/events.md#filters): those of one
-    task, of the tasks one requester created, of one room (events of the tasks scoped to it,
-    and events whose data names it as `room`, such as `room.interrupted`). Every filter
-    given must hold."""
+    """Events of one task, of one requester's tasks, of one room (its tasks' and those whose
+    data names it as `room`); every filter given must hold (docs/events.md#long-poll)."""
 
     task_id: str | None = None
     requester: str | None = None
@@ -515,8 +513,7 @@ class Store(Protocol):
         requester: str | None = None,
     ) -> list[Notification]:
         """Up to `limit` finished notifications with an id above `after`, oldest first;
-        with `requester`, only the entries about its tasks and the digests (whole: the
-        reader cuts them to its items, `domain.notifications.for_requester`)."""
+        with `requester`, only those about its tasks, and the digests (cut by the reader)."""
         ...
 
     async def acknowledge_notifications(
