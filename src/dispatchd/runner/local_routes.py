@@ -148,7 +148,12 @@ async def ask_question(task_id: str, body: QuestionBody, scope: Scope, ctx: Ctx)
     )
     answer: str | None = None
     if body.wait_s > 0:
-        answer, task = await _await_answer(ctx, scope, task, body.wait_s)
+        # The agent's process waits for a person: its timeout stops, as the broker's does.
+        scope.clock.hold()
+        try:
+            answer, task = await _await_answer(ctx, scope, task, body.wait_s)
+        finally:
+            scope.clock.release()
     return {"answer": answer, "task": task_view(task)}
 
 
