@@ -128,6 +128,7 @@ async def test_open_digest_is_saved_replaced_and_removed(store: Store) -> None:
         {
             "task_id": task.id,
             "title": "Résumé ✓",
+            "requester": task.requester,
             "agent_id": "w1",
             "summary": f"done {task.id}",
             "at": "2024-02-29T23:59:58.123456Z",
