@@ -17,7 +17,7 @@ from dispatchd.domain.models import Event
 from dispatchd.runtime import Runtime
 from dispatchd.store.base import AppendEvent
 from tests.api.conftest import as_agent
-from tests.api.helpers import BOTH, assert_error
+from tests.api.helpers import ADMIN, BOTH, Register, assert_error, wait_assigned
 
 pytestmark = BOTH
 
@@ -149,3 +149,28 @@ async def test_a_filtered_long_poll_answers_empty_after_wait_s(
 async def test_an_overlong_filter_is_refused(client: httpx.AsyncClient, name: str) -> None:
     assert_error(await client.get(URL, params={name: "x" * 201}), 422, None)
     assert_error(await client.get(f"{URL}/stream", params={name: "x" * 201}), 422, None)
+
+
+async def test_a_rooms_filter_holds_its_dispatched_work_and_its_interruption(
+    client: httpx.AsyncClient, register: Register
+) -> None:
+    start = await head(client)
+    r = await client.post("/api/v1/rooms", json={"id": "ops", "name": "#ops"}, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    await register("w-ops", ["code"], room="ops")  # takes the room's work: it is held
+    r = await client.post("/api/v1/rooms/ops/dispatch", json={"prompt": "check disks"})
+    assert r.status_code == 201, r.text
+    task_id = r.json()["id"]
+    await wait_assigned(client, task_id, "w-ops")
+    await new_task(client, "bob", scope="elsewhere")
+    r = await client.post("/api/v1/rooms/ops/interrupt", json={"reason": "stop"}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    assert r.json()["cancelled"] == [task_id]
+    got = (await read(client, after=start, room="ops"))["events"]
+    types = [e["type"] for e in got]
+    assert types[0] == "room.created" and types[-1] == "room.interrupted"
+    assert {"task.created", "task.assigned", "task.cancelled"} <= set(types)
+    assert got[-1]["data"]["room"] == "ops"
+    # The room's own events and its task's; not the agent's, not the other task's.
+    assert {e["task_id"] for e in got if e["task_id"]} == {task_id}
+    assert not [t for t in types if t.startswith("agent.")]

@@ -20,7 +20,9 @@ from dispatchd.domain.models import (
     Event,
     Priority,
     ProgressEntry,
+    ReviewerKind,
     Task,
+    TaskKind,
     TaskStatus,
 )
 from dispatchd.errors import ConcurrentUpdate, DuplicateKey
@@ -32,7 +34,6 @@ from dispatchd.store.base import (
     AppendProgress,
     Counts,
     DeleteAgent,
-    EventScope,
     InsertAgent,
     InsertTask,
     Page,
@@ -44,6 +45,7 @@ from dispatchd.store.base import (
     UpdateAgent,
     UpdateTask,
 )
+from dispatchd.store.readers import EventScope
 
 S = TaskStatus
 StoreFactory = Callable[[], Store]
@@ -125,6 +127,7 @@ def full_task() -> Task:
         run_left_ms=2**40,
         review=True,
         reviewer="reviewer-cap",
+        reviewer_kind=ReviewerKind.CAPABILITY,
         escalate_to="senior",
         escalated=True,
         model="model-x",
@@ -136,6 +139,10 @@ def full_task() -> Task:
         progress_percent=42.5,
         requeues=1,
         review_cycles=2,
+        kind=TaskKind.REVIEW,
+        review_of="task-ü",
+        excluded_agent="agent-ø",
+        preferred_agent="agent-ß",
         dependents=2,
         not_before=T0 + 1 * US,
         lease_expires_at=T0 + timedelta(minutes=5, microseconds=3),

@@ -9,6 +9,7 @@ import anyio
 from dispatchd.client._admin import AdminApi
 from dispatchd.client._agents import AgentsApi
 from dispatchd.client._events import EventsApi
+from dispatchd.client._rooms import RoomsApi
 from dispatchd.client._tasks import TasksApi
 from dispatchd.client.models import TaskDetail, TaskStatus
 
@@ -21,7 +22,7 @@ END_STATES = frozenset(
 LONG_POLL_S = 60.0
 
 
-class AsyncClient(TasksApi, AgentsApi, EventsApi, AdminApi):
+class AsyncClient(TasksApi, AgentsApi, RoomsApi, EventsApi, AdminApi):
     """An asynchronous client of one dispatchd server.
 
     ```python

@@ -17,7 +17,7 @@ from dispatchd.domain import lifecycle
 from dispatchd.domain.access import Caller
 from dispatchd.domain.ids import new_id, utcnow
 from dispatchd.domain.lifecycle import Change, Policy
-from dispatchd.domain.models import Agent, Priority, Task, TaskStatus
+from dispatchd.domain.models import Agent, Priority, ReviewerKind, Task, TaskStatus
 from dispatchd.engine.placement import Placement, Placer
 from dispatchd.engine.rules import Rules, hand_over
 from dispatchd.engine.transitions import MAX_TRIES, commit_changes
@@ -43,7 +43,9 @@ class TaskSpec:
     input_timeout_s: int | None = None
     max_attempts: int | None = None
     review: bool = False
+    # An agent id, or a capability when `reviewer_kind` says so (docs/review.md).
     reviewer: str | None = None
+    reviewer_kind: ReviewerKind | None = None
     escalate_to: str | None = None
     model: str | None = None
     labels: Sequence[str] = ()
@@ -86,7 +88,9 @@ class TaskCreation:
         # Chooses agents for new tasks; None (no background assignment): they wait.
         self.placer: Placer | None = None
 
-    async def create(self, spec: TaskSpec, caller: Caller) -> Created:
+    async def create(self, spec: TaskSpec, caller: Caller, guard: Sequence[Op] = ()) -> Created:
+        """`guard`: writes that must hold in the creation's commit (a room that must still
+        exist), which fails with theirs otherwise."""
         if spec.idempotency_key is not None:
             existing = await self.store.find_by_idempotency_key(
                 caller.agent_id, spec.idempotency_key
@@ -94,7 +98,7 @@ class TaskCreation:
             if existing is not None:
                 return Created(existing, created=False)
         try:
-            tasks = await self._commit_births([spec], caller)
+            tasks = await self._commit_births([spec], caller, guard)
         except DuplicateKey as exc:
             if exc.details.get("field") != "idempotency_key" or spec.idempotency_key is None:
                 raise
@@ -115,7 +119,9 @@ class TaskCreation:
             )
         return await self._commit_births(specs, caller)
 
-    async def _commit_births(self, specs: Sequence[TaskSpec], caller: Caller) -> list[Task]:
+    async def _commit_births(
+        self, specs: Sequence[TaskSpec], caller: Caller, guard: Sequence[Op] = ()
+    ) -> list[Task]:
         """Create the tasks; a parent that moved meanwhile makes the whole batch recompute.
 
         Each unfinished parent is touched (its version bumped) in the same commit, so a
@@ -130,7 +136,10 @@ class TaskCreation:
             lead = sorted([*births.slots, *placement.lead()], key=lambda slot: slot.agent_id)
             try:
                 done = await commit_changes(
-                    self.store, [*births.steps, *placement.changes], births.touches, lead=lead
+                    self.store,
+                    [*births.steps, *placement.changes],
+                    [*guard, *births.touches],
+                    lead=lead,
                 )
             except AgentUnavailable:
                 # A chosen or named agent filled up or went away meanwhile: the tasks stay
@@ -233,7 +242,8 @@ class TaskCreation:
                 if spec.assigned_to not in named:
                     named[spec.assigned_to] = await self.store.get_agent(spec.assigned_to)
                 agent = named[spec.assigned_to]
-                if agent is not None:
+                # Outside the task's room it may not have the task: it waits (explain says).
+                if agent is not None and spec.scope in (None, agent.room):
                     handover = hand_over(
                         born.task, agent, now, self.rules, self.policy, start=False
                     )
@@ -244,6 +254,7 @@ class TaskCreation:
         return births
 
     def _new_task(self, spec: TaskSpec, task_id: str, caller: Caller, now: datetime) -> Task:
+        kind = _check_reviewer(spec)
         return Task(
             id=task_id,
             title=spec.title,
@@ -266,6 +277,9 @@ class TaskCreation:
             input_timeout_s=spec.input_timeout_s,
             review=spec.review,
             reviewer=spec.reviewer,
+            reviewer_kind=kind,
+            # A reviewer named by id never gets the work it is to review.
+            excluded_agent=spec.reviewer if kind is ReviewerKind.AGENT else None,
             escalate_to=spec.escalate_to,
             model=spec.model,
             labels=tuple(dict.fromkeys(spec.labels)),
@@ -274,6 +288,25 @@ class TaskCreation:
 
 
 _DEAD = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMED_OUT})
+
+
+def _check_reviewer(spec: TaskSpec) -> ReviewerKind | None:
+    """What the spec's reviewer names. An agent id unknown today is accepted: agents come
+    and go, and the review task waits for it as a task named for it does."""
+    if spec.reviewer is None:
+        return None
+    if not spec.review:
+        raise ValidationFailed(
+            "reviewer needs review: true", code="reviewer_without_review", field="reviewer"
+        )
+    kind = spec.reviewer_kind or ReviewerKind.AGENT
+    if kind is ReviewerKind.AGENT and spec.reviewer == spec.assigned_to:
+        raise ValidationFailed(
+            "the reviewer cannot be the agent the task is assigned to",
+            code="reviewer_is_assignee",
+            field="reviewer",
+        )
+    return kind
 
 
 def _with_inputs(context: Mapping[str, Any], parents: Sequence[Task]) -> dict[str, Any]:

@@ -29,7 +29,8 @@ from typing import Any
 from dispatchd.domain.models import Event
 from dispatchd.engine.feed import EventFeed
 from dispatchd.errors import Gone, ValidationFailed
-from dispatchd.store.base import RETENTION_CURSOR, EventScope, Store
+from dispatchd.store.base import RETENTION_CURSOR, Store
+from dispatchd.store.readers import EventScope
 
 # Events scanned per store read while looking for ones that match.
 SCAN = 1000

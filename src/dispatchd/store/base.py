@@ -23,12 +23,15 @@ from dispatchd.domain.models import (
     Event,
     Priority,
     ProgressEntry,
+    Review,
     Task,
     TaskDetail,
     TaskStatus,
 )
 from dispatchd.domain.notifications import Digest, Notification
 from dispatchd.domain.webhooks import Advance, Delivery, DeliveryStatus, Head, Outcome, Webhook
+from dispatchd.store.readers import ReaderStore
+from dispatchd.store.rooms import DeleteRoom, InsertRoom, RequireRoom, RoomStore, UpdateRoom
 
 # --- write operations -----------------------------------------------------------------
 
@@ -107,6 +110,13 @@ class AppendProgress:
 
 
 @dataclass(frozen=True, slots=True)
+class AppendReview:
+    """Record a verdict on a task's work (its `reviews`)."""
+
+    review: Review
+
+
+@dataclass(frozen=True, slots=True)
 class AppendComment:
     comment: Comment
 
@@ -131,19 +141,6 @@ class DeleteAgent:
 
     agent_id: str
     version: int
-
-
-@dataclass(frozen=True, slots=True)
-class EventScope:
-    """Events of one task, of one requester's tasks, of one room (its tasks' and those whose
-    data names it as `room`); every filter given must hold (docs/events.md#long-poll)."""
-
-    task_id: str | None = None
-    requester: str | None = None
-    room: str | None = None
-
-    def __bool__(self) -> bool:
-        return any(v is not None for v in (self.task_id, self.requester, self.room))
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +203,7 @@ Op = (
     | SaveAttempt
     | PatchAttempt
     | AppendProgress
+    | AppendReview
     | AppendComment
     | InsertAgent
     | UpdateAgent
@@ -215,6 +213,10 @@ Op = (
     | AdvanceCursor
     | InsertNotification
     | SaveDigest
+    | InsertRoom
+    | UpdateRoom
+    | DeleteRoom
+    | RequireRoom
 )
 
 # The cursor under which retention records the last event id it deleted.
@@ -241,6 +243,8 @@ class TaskFilter:
     priority: Sequence[Priority] = ()
     owner: str | None = None
     label: str | None = None
+    # The review tasks of this task.
+    review_of: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +294,8 @@ class QueueStats:
 
 @dataclass(frozen=True, slots=True)
 class ClaimQuery:
-    """The pending tasks an agent may take: capable, owner-compatible, ready, in queue order.
+    """The pending tasks an agent may take: capable, owner-compatible, of its room or of
+    none (`room`: the agent's), ready, in queue order.
 
     `capabilities` are the agent's tags (a task qualifies when it requires a subset of
     them); with `owner_filter` a task with an owner qualifies only for an agent of the same
@@ -303,6 +308,7 @@ class ClaimQuery:
     owner_filter: bool
     now: datetime
     limit: int
+    room: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,8 +371,9 @@ class LocalLease:
         return None
 
 
-class Store(Protocol):
-    """Persistence for tasks, agents, attempts, progress, comments and the event log."""
+class Store(RoomStore, ReaderStore, Protocol):
+    """Persistence for tasks, agents, attempts, progress, comments and the event log;
+    rooms in `store.rooms`."""
 
     dialect: str
 
@@ -423,6 +430,14 @@ class Store(Protocol):
 
     async def attempts(self, task_id: str) -> list[Attempt]: ...
 
+    async def reviews(self, task_id: str) -> list[Review]:
+        """The verdicts on a task's work, oldest first."""
+        ...
+
+    async def open_reviews(self, task_id: str) -> list[Task]:
+        """The unfinished review tasks (`kind` review) of the task `task_id`."""
+        ...
+
     async def active_tasks_of(self, agent_id: str) -> list[Task]: ...
 
     async def get_agent(self, agent_id: str) -> Agent | None: ...
@@ -443,13 +458,6 @@ class Store(Protocol):
     async def events_for_task(self, task_id: str) -> list[Event]: ...
 
     async def read_events(self, *, after: int, limit: int) -> list[Event]: ...
-
-    async def read_events_where(
-        self, scope: EventScope, *, after: int, until: int, limit: int
-    ) -> list[Event]:
-        """Up to `limit` events with an id in `(after, until]` that `scope` selects, in
-        order: filtered in SQL, so a reader of one task or one room reads only those."""
-        ...
 
     async def last_event_id(self) -> int: ...
 
@@ -502,18 +510,6 @@ class Store(Protocol):
 
     async def open_digest(self) -> Digest | None:
         """The notification digest still collecting items (`SaveDigest`), if any."""
-        ...
-
-    async def list_notifications(
-        self,
-        *,
-        after: int,
-        limit: int,
-        unacknowledged_only: bool = False,
-        requester: str | None = None,
-    ) -> list[Notification]:
-        """Up to `limit` finished notifications with an id above `after`, oldest first;
-        with `requester`, only those about its tasks, and the digests (cut by the reader)."""
         ...
 
     async def acknowledge_notifications(

@@ -11,11 +11,13 @@ from typing import Any
 
 from dispatchd.domain.models import ACTIVE_STATES, TERMINAL_STATES
 from dispatchd.domain.webhooks import DeliveryStatus
-from dispatchd.store.base import AgentFilter, ClaimQuery, EventScope, TaskFilter
+from dispatchd.store.base import AgentFilter, ClaimQuery, TaskFilter
 from dispatchd.store.connector import Dialect
+from dispatchd.store.readers import EventScope
 from dispatchd.store.rows import (
     AGENT_COLUMNS,
     DELIVERY_COLUMNS,
+    ROOM_COLUMNS,
     TASK_COLUMNS,
     WEBHOOK_COLUMNS,
     decode_cursor,
@@ -36,6 +38,7 @@ TASK_ROWS = (
     ("attempts", "task_id"),
     ("progress", "task_id"),
     ("comments", "task_id"),
+    ("task_reviews", "task_id"),
     ("task_deps", "parent_id"),
     ("task_deps", "child_id"),
     ("tasks", "id"),
@@ -79,6 +82,8 @@ class Queries:
             insert_agent=d.sql(insert_sql("agents", AGENT_COLUMNS)),
             update_agent=d.sql(update_versioned_sql("agents", AGENT_COLUMNS)),
             insert_webhook=d.sql(insert_sql("webhooks", WEBHOOK_COLUMNS)),
+            insert_room=d.sql(insert_sql("rooms", ROOM_COLUMNS)),
+            update_room=d.sql(update_versioned_sql("rooms", ROOM_COLUMNS)),
             insert_delivery=d.sql(
                 insert_sql("webhook_deliveries", DELIVERY_COLUMNS)
                 + " ON CONFLICT (webhook_id, event_id) DO NOTHING"
@@ -111,7 +116,7 @@ class Queries:
                 names = [f"{column}_{i}" for i in range(len(values))]
                 params.update(zip(names, values, strict=True))
                 clauses.append(f"{column} IN ({', '.join(':' + n for n in names)})")
-        for column in ("requester", "assignee", "scope", "owner"):
+        for column in ("requester", "assignee", "scope", "owner", "review_of"):
             if (value := getattr(flt, column)) is not None:
                 params[column] = value
                 clauses.append(f"{column} = :{column}")
@@ -145,6 +150,7 @@ class Queries:
             clauses.append("t.requester = :requester")
         if scope.room is not None:
             params["room"] = scope.room
+            # `{event_room}` reads `data` unqualified: only events have that column here.
             clauses.append("(t.scope = :room OR {event_room} = :room)")
         sql = (
             f"SELECT e.* FROM events e{join} WHERE {' AND '.join(clauses)} "
@@ -196,9 +202,18 @@ class Queries:
             else:
                 params["owner"] = query.owner
                 matching.append("(owner IS NULL OR owner = :owner)")
+        # A task of a room goes only to that room's agents, even one naming its agent.
+        if query.room is None:
+            room = "scope IS NULL"
+        else:
+            params["room"] = query.room
+            room = "(scope IS NULL OR scope = :room)"
         sql = (
             "SELECT * FROM tasks{queue_index} WHERE status = 'pending' "
+            f"AND {room} "
             "AND (not_before IS NULL OR not_before <= :now) "
+            # Never the agent the task is kept from (a review: the one that did the work).
+            "AND (excluded_agent IS NULL OR excluded_agent <> :agent_id) "
             f"AND (assigned_to = :agent_id OR ({' AND '.join(matching)})) "
             "ORDER BY {queue_order} LIMIT :limit" + ("{skip_locked}" if lock else "")
         )
@@ -224,5 +239,24 @@ class Queries:
         sql = (
             f"SELECT * FROM webhook_deliveries WHERE {' AND '.join(clauses)} "
             "ORDER BY event_id DESC LIMIT :limit"
+        )
+        return self.dialect.sql(sql), params
+
+    def list_rooms(self, cursor: str | None) -> tuple[str, dict[str, Any]]:
+        if cursor is None:
+            return self.dialect.sql("SELECT * FROM rooms ORDER BY id LIMIT :limit"), {}
+        sql = "SELECT * FROM rooms WHERE id > :cursor ORDER BY id LIMIT :limit"
+        return self.dialect.sql(sql), {"cursor": decode_cursor(cursor)}
+
+    def room_tasks(self, room_id: str, statuses: Sequence[str]) -> tuple[str, dict[str, Any]]:
+        params: dict[str, Any] = {"room": room_id}
+        clauses = ["scope = :room"]
+        if statuses:
+            names = [f"status_{i}" for i in range(len(statuses))]
+            params.update(zip(names, statuses, strict=True))
+            clauses.append(f"status IN ({', '.join(':' + n for n in names)})")
+        sql = (
+            f"SELECT * FROM tasks WHERE {' AND '.join(clauses)} "
+            "ORDER BY created_at DESC, id DESC LIMIT :limit"
         )
         return self.dialect.sql(sql), params

@@ -15,7 +15,7 @@ from dispatchd.api.routes.tasks import ERRORS
 from dispatchd.api.schemas.events import EventList, EventOut
 from dispatchd.errors import DispatchError
 from dispatchd.events.reader import TypeFilter
-from dispatchd.store.base import EventScope
+from dispatchd.store.readers import EventScope
 
 router = APIRouter(prefix="/api/v1/events", tags=["events"], responses=ERRORS)
 

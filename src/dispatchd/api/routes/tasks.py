@@ -61,6 +61,7 @@ def spec_of(body: TaskCreate, key: str | None = None) -> TaskSpec:
             code="idempotency_key_mismatch",
         )
     prompt = body.prompt or body.description or ""
+    reviewer, reviewer_kind = body.reviewer_of()
     return TaskSpec(
         title=body.title,
         prompt=prompt,
@@ -76,7 +77,8 @@ def spec_of(body: TaskCreate, key: str | None = None) -> TaskSpec:
         input_timeout_s=body.input_timeout_s,
         max_attempts=body.max_attempts,
         review=body.review,
-        reviewer=body.reviewer,
+        reviewer=reviewer,
+        reviewer_kind=reviewer_kind,
         escalate_to=body.escalate_to,
         model=body.model,
         labels=body.labels,
@@ -166,6 +168,7 @@ async def list_tasks(
     capability: Filter = None,
     owner: Filter = None,
     label: Filter = None,
+    review_of: Filter = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     order: Literal["asc", "desc"] = "desc",
@@ -179,6 +182,7 @@ async def list_tasks(
         capability=capability,
         owner=owner,
         label=label,
+        review_of=review_of,
     )
     page = await rt.tasks.page(flt, limit=limit, cursor=cursor, descending=order == "desc")
     return TaskList(items=[TaskOut.of(t) for t in page.items], next_cursor=page.next_cursor)
