@@ -10,6 +10,7 @@ from dispatchd.client._admin import AdminApi
 from dispatchd.client._agents import AgentsApi
 from dispatchd.client._events import EventsApi
 from dispatchd.client._rooms import RoomsApi
+from dispatchd.client._schedules import SchedulesApi
 from dispatchd.client._tasks import TasksApi
 from dispatchd.client.models import TaskDetail, TaskStatus
 
@@ -22,7 +23,7 @@ END_STATES = frozenset(
 LONG_POLL_S = 60.0
 
 
-class AsyncClient(TasksApi, AgentsApi, RoomsApi, EventsApi, AdminApi):
+class AsyncClient(TasksApi, AgentsApi, RoomsApi, EventsApi, AdminApi, SchedulesApi):
     """An asynchronous client of one dispatchd server.
 
     ```python

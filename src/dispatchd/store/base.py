@@ -30,6 +30,10 @@ from dispatchd.domain.models import (
 )
 from dispatchd.domain.notifications import Digest, Notification
 from dispatchd.domain.webhooks import Advance, Delivery, DeliveryStatus, Head, Outcome, Webhook
+from dispatchd.store.base_schedules import InsertFire as InsertFire
+from dispatchd.store.base_schedules import InsertSchedule as InsertSchedule
+from dispatchd.store.base_schedules import ScheduleReads
+from dispatchd.store.base_schedules import UpdateSchedule as UpdateSchedule
 from dispatchd.store.readers import ReaderStore
 from dispatchd.store.rooms import DeleteRoom, InsertRoom, RequireRoom, RoomStore, UpdateRoom
 
@@ -217,6 +221,9 @@ Op = (
     | UpdateRoom
     | DeleteRoom
     | RequireRoom
+    | InsertSchedule
+    | UpdateSchedule
+    | InsertFire
 )
 
 # The cursor under which retention records the last event id it deleted.
@@ -371,9 +378,9 @@ class LocalLease:
         return None
 
 
-class Store(RoomStore, ReaderStore, Protocol):
+class Store(RoomStore, ScheduleReads, ReaderStore, Protocol):
     """Persistence for tasks, agents, attempts, progress, comments and the event log;
-    rooms in `store.rooms`."""
+    rooms in `store.rooms`, schedules in `store.base_schedules`."""
 
     dialect: str
 
@@ -503,7 +510,7 @@ class Store(RoomStore, ReaderStore, Protocol):
         ...
 
     async def next_deadline(self, since: datetime) -> datetime | None:
-        """The earliest deadline `due` would act on, from the indexes."""
+        """The earliest deadline `due` would act on (or schedule fire time), from the indexes."""
         ...
 
     # --- notifications (docs/events.md#notifications) -------------------------------------
