@@ -124,6 +124,9 @@ class AssignmentConfig(Section):
     wake_timeout_ms: int = Field(30_000, ge=1)
     default_timeout_ms: int = Field(300_000, ge=1000)
     lease_ms: int = Field(60_000, ge=1000)
+    # How long a task's question waits for an answer before the task fails with
+    # `input_timeout`, when the task names no `input_timeout_s` (None: it waits for ever).
+    input_timeout_ms: int | None = Field(None, ge=1000)
     # An agent not heard from (heartbeat, claim) for this long is marked offline.
     offline_after_ms: int = Field(180_000, ge=1000)
     max_concurrent_per_agent: int = Field(3, ge=1)

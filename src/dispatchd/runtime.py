@@ -56,6 +56,11 @@ def policy_of(settings: Settings) -> Policy:
         max_lost_requeues=settings.retry.max_lost_requeues,
         max_review_cycles=settings.review.max_cycles,
         wake_timeout=timedelta(milliseconds=settings.assignment.wake_timeout_ms),
+        input_timeout=(
+            timedelta(milliseconds=settings.assignment.input_timeout_ms)
+            if settings.assignment.input_timeout_ms is not None
+            else None
+        ),
     )
 
 

@@ -120,6 +120,9 @@ class Task:
     run_at: datetime | None = None
     due_at: datetime | None = None
     timeout_s: int | None = None
+    # How long a question may wait for its answer before the task fails (None: for ever,
+    # unless configuration sets a default).
+    input_timeout_s: int | None = None
     review: bool = False
     reviewer: str | None = None
     reviewer_kind: ReviewerKind | None = None
@@ -152,6 +155,9 @@ class Task:
     not_before: datetime | None = None
     lease_expires_at: datetime | None = None
     deadline_at: datetime | None = None
+    # While the task waits for input: the run time it had left when it asked, in ms. Its
+    # run deadline and lease are cleared while it waits, and restored from this.
+    run_left_ms: int | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
     version: int = 1
@@ -269,6 +275,7 @@ class TaskSpec:
     run_at: datetime | None = None
     due_at: datetime | None = None
     timeout_s: int | None = None
+    input_timeout_s: int | None = None
     max_attempts: int | None = None
     review: bool = False
     # An agent id, or a capability when `reviewer_kind` says so (docs/review.md).

@@ -263,6 +263,7 @@ class TaskCreation:
             run_at=spec.run_at,
             due_at=spec.due_at,
             timeout_s=spec.timeout_s,
+            input_timeout_s=spec.input_timeout_s,
             review=spec.review,
             reviewer=spec.reviewer,
             reviewer_kind=kind,

@@ -6,6 +6,8 @@ earliest one, sleeps until then (at most `tick`, and less when new work may have
 an earlier deadline), and acts on what has passed:
 
 * a running task past its timeout → timed out (retried with backoff, or final);
+* a task waiting for input past its input timeout → failed (`input_timeout`); while it
+  waits its run deadline and lease are set aside (`run_left_ms`), so neither fires;
 * a running task whose lease lapsed (no progress or heartbeat) → requeued as lost;
 * an assigned task not started in time (the wake timeout) → requeued;
   in both cases the agent, if it has not been heard from for as long, is marked offline
@@ -156,11 +158,14 @@ class Sweeper:
         now = utcnow()
         if not (_held_running(task) and task.deadline_at and task.deadline_at <= now):
             return []
+        if task.status is TaskStatus.WAITING_INPUT:
+            # A waiting task's only deadline is its input timeout: nobody answered.
+            return [(lifecycle.input_timed_out(task, now, self.policy), task)]
         return [(lifecycle.time_out(task, now, self.policy, jitter=self._random.random()), task)]
 
     async def _lease_lost(self, task: Task, now: datetime) -> Change | None:
         lease = task.lease_expires_at
-        if not (_held_running(task) and lease and lease <= now):
+        if not (task.status is TaskStatus.RUNNING and lease and lease <= now):
             return None
         reason = f"lease expired: no heartbeat or progress from {task.assignee}"
         return lifecycle.requeue(task, now, self.policy, reason=reason)

@@ -252,7 +252,7 @@ class TaskService:
     ) -> Task:
         async def compute(task: Task) -> list[tuple[Change, Task | None]]:
             await self._as_holder(task, caller, attempt)
-            return [(lifecycle.request_input(task, utcnow(), question=question), task)]
+            return [(lifecycle.request_input(task, utcnow(), self.policy, question=question), task)]
 
         return await self._transact(task_id, compute)
 

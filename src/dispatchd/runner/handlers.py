@@ -129,7 +129,7 @@ class Job:
         async with asyncio.timeout(timeout_s):
             while True:
                 page = await self.client.read_events(
-                    cursor, types="task.input_received", wait_s=30, limit=100
+                    cursor, types="task.input_received", task=self.id, wait_s=30, limit=100
                 )
                 cursor = page.next_cursor
                 for event in page.events:

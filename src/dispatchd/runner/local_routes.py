@@ -148,7 +148,12 @@ async def ask_question(task_id: str, body: QuestionBody, scope: Scope, ctx: Ctx)
     )
     answer: str | None = None
     if body.wait_s > 0:
-        answer, task = await _await_answer(ctx, scope, task, body.wait_s)
+        # The agent's process waits for a person: its timeout stops, as the broker's does.
+        scope.clock.hold()
+        try:
+            answer, task = await _await_answer(ctx, scope, task, body.wait_s)
+        finally:
+            scope.clock.release()
     return {"answer": answer, "task": task_view(task)}
 
 
@@ -166,7 +171,10 @@ async def _await_answer(
     while (remaining := deadline - loop.time()) > 0:
         read = asyncio.ensure_future(
             client.read_events(
-                cursor, types=list(_ANSWER_EVENTS), wait_s=min(remaining, _POLL_SLICE_S)
+                cursor,
+                types=list(_ANSWER_EVENTS),
+                task=asked.id,
+                wait_s=min(remaining, _POLL_SLICE_S),
             )
         )
         closed = asyncio.ensure_future(scope.closed.wait())

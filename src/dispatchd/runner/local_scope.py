@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from dispatchd.client import AsyncClient
 from dispatchd.client.models import Task
+from dispatchd.runner.process import Stopwatch
 
 Finished = Literal["completed", "failed"]
 
@@ -37,6 +38,8 @@ class TaskScope:
     finished: Finished | None = None
     followups: set[str] = field(default_factory=set, repr=False)
     closed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    # The agent's timeout; held while it waits for the answer to its question.
+    clock: Stopwatch = field(default_factory=Stopwatch, repr=False)
 
     def env(self) -> dict[str, str]:
         """The environment variables that point a subprocess at this scope."""

@@ -284,6 +284,7 @@ class Runner:
                 env=env,
                 cwd=self.options.cwd,
                 timeout_s=timeout,
+                clock=scope.clock,
                 grace_s=self.options.kill_grace_s,
                 output_cap=self.options.output_cap,
             )

@@ -35,9 +35,10 @@ VALUES (:type, :task_id, :agent_id, :data, :created_at)
 RETURNING id;
 
 -- name: renew_leases
+-- A task waiting for input has no lease (it stops counting until the answer arrives).
 UPDATE tasks
 SET lease_expires_at = :until, version = version + 1
-WHERE assignee = :agent_id AND status IN ('running', 'waiting_input');
+WHERE assignee = :agent_id AND status = 'running';
 
 -- name: insert_dep
 INSERT INTO task_deps (parent_id, child_id)
@@ -96,8 +97,8 @@ SET last_event_id = :last, updated_at = :at
 WHERE name = :name AND last_event_id = :expected;
 
 -- name: insert_notification
-INSERT INTO notifications (kind, task_id, data, event_id, created_at)
-VALUES (:kind, :task_id, :data, :event_id, :created_at);
+INSERT INTO notifications (kind, task_id, data, event_id, created_at, requester)
+VALUES (:kind, :task_id, :data, :event_id, :created_at, :requester);
 
 -- name: save_digest
 INSERT INTO notification_digest (name, opened_at, closes_at, event_id, data, updated_at)
@@ -240,7 +241,7 @@ WHERE deadline_at <= :now AND status IN ('running', 'waiting_input') LIMIT :limi
 
 -- name: due_lease_lost
 SELECT * FROM tasks
-WHERE lease_expires_at <= :now AND status IN ('running', 'waiting_input') LIMIT :limit;
+WHERE lease_expires_at <= :now AND status = 'running' LIMIT :limit;
 
 -- name: due_not_started
 SELECT * FROM tasks
@@ -322,6 +323,17 @@ ORDER BY id LIMIT :limit;
 -- name: unacknowledged
 SELECT * FROM notifications
 WHERE id > :after AND acknowledged_at IS NULL
+ORDER BY id LIMIT :limit;
+
+-- name: requester_notifications
+-- A requester's entries, and the digests (cut to its items by the reader).
+SELECT * FROM notifications
+WHERE id > :after AND (requester = :requester OR kind = 'digest')
+ORDER BY id LIMIT :limit;
+
+-- name: requester_unacknowledged
+SELECT * FROM notifications
+WHERE id > :after AND (requester = :requester OR kind = 'digest') AND acknowledged_at IS NULL
 ORDER BY id LIMIT :limit;
 
 -- name: ack_up_to

@@ -41,6 +41,7 @@ from dispatchd.store.base import (
 )
 from dispatchd.store.connector import Body, Connector, Query, all_rows, execute, one
 from dispatchd.store.queries import Queries
+from dispatchd.store.readers import EventScope
 from dispatchd.store.rows import OPEN_DIGEST, digest_from_row, encode_cursor, from_row, to_row
 
 logger = logging.getLogger(__name__)
@@ -240,6 +241,12 @@ class SQLStore:
     async def read_events(self, *, after: int, limit: int) -> list[Event]:
         return await self._all(Event, self.q.events_after, after=after, limit=limit)
 
+    async def read_events_where(
+        self, scope: EventScope, *, after: int, until: int, limit: int
+    ) -> list[Event]:
+        sql, params = self.q.events_where(scope)
+        return await self._all(Event, sql, after=after, until=until, limit=limit, **params)
+
     async def last_event_id(self) -> int:
         row = await self.connector.fetch_one(self.q.last_event, {})
         return int(row["n"]) if row else 0
@@ -288,8 +295,17 @@ class SQLStore:
         return digest_from_row(row, self.codec) if row else None
 
     async def list_notifications(
-        self, *, after: int, limit: int, unacknowledged_only: bool = False
+        self,
+        *,
+        after: int,
+        limit: int,
+        unacknowledged_only: bool = False,
+        requester: str | None = None,
     ) -> list[Notification]:
+        if requester is not None:
+            q = self.q
+            sql = q.requester_unacknowledged if unacknowledged_only else q.requester_notifications
+            return await self._all(Notification, sql, after=after, limit=limit, requester=requester)
         sql = self.q.unacknowledged if unacknowledged_only else self.q.notifications
         return await self._all(Notification, sql, after=after, limit=limit)
 

@@ -59,6 +59,13 @@ class TaskCreate(Request):
     run_at: Time | None = None
     due_at: Time | None = None
     timeout_s: int | None = Field(None, ge=1, le=7 * 24 * 3600)
+    input_timeout_s: int | None = Field(
+        None,
+        ge=1,
+        le=30 * 24 * 3600,
+        description="How long a question may wait for its answer before the task fails "
+        "(input_timeout); default from assignment.input_timeout_ms, none by default",
+    )
     max_attempts: int | None = Field(None, ge=1, le=100)
     review: bool = False
     reviewer: Id | ReviewerRef | None = Field(
@@ -103,6 +110,7 @@ class TaskCreate(Request):
             run_at=self.run_at,
             due_at=self.due_at,
             timeout_s=self.timeout_s,
+            input_timeout_s=self.input_timeout_s,
             max_attempts=self.max_attempts,
             review=self.review,
             reviewer=reviewer,
@@ -244,6 +252,7 @@ class TaskOut(BaseModel):
     run_at: str | None
     due_at: str | None
     timeout_s: int | None
+    input_timeout_s: int | None
     review: bool
     reviewer: ReviewerOut | None
     escalate_to: str | None
@@ -259,6 +268,7 @@ class TaskOut(BaseModel):
     retry_at: str | None
     lease_expires_at: str | None
     deadline_at: str | None
+    run_left_ms: int | None
     started_at: str | None
     finished_at: str | None
     created_at: str
@@ -297,6 +307,7 @@ class TaskOut(BaseModel):
             run_at=opt_isoformat(t.run_at),
             due_at=opt_isoformat(t.due_at),
             timeout_s=t.timeout_s,
+            input_timeout_s=t.input_timeout_s,
             review=t.review,
             reviewer=_reviewer_out(t),
             escalate_to=t.escalate_to,
@@ -312,6 +323,7 @@ class TaskOut(BaseModel):
             retry_at=opt_isoformat(t.not_before),
             lease_expires_at=opt_isoformat(t.lease_expires_at),
             deadline_at=opt_isoformat(t.deadline_at),
+            run_left_ms=t.run_left_ms,
             started_at=opt_isoformat(t.started_at),
             finished_at=opt_isoformat(t.finished_at),
             created_at=isoformat(t.created_at),

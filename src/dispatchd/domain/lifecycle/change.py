@@ -30,6 +30,8 @@ class Policy:
     max_review_cycles: int = 3
     # How long an assigned task may wait to be started before it goes elsewhere.
     wake_timeout: timedelta = timedelta(seconds=30)
+    # How long a question waits for its answer when the task names no limit (None: for ever).
+    input_timeout: timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +83,20 @@ def end(task: Task, now: datetime, outcome: AttemptOutcome, error: str | None) -
     return AttemptPatch(task.id, task.attempt, ended_at=now, outcome=outcome, error=error)
 
 
-# What an attempt that ends lets go of: its lease, its deadline, an open question.
-RELEASE: dict[str, Any] = {"lease_expires_at": None, "deadline_at": None, "question": None}
+# What an attempt that ends lets go of: its lease, its deadline, an open question (and the
+# run time it kept while the question waited).
+RELEASE: dict[str, Any] = {
+    "lease_expires_at": None,
+    "deadline_at": None,
+    "question": None,
+    "run_left_ms": None,
+}
+
+
+def input_timeout_of(task: Task, policy: Policy) -> timedelta | None:
+    if task.input_timeout_s is not None:
+        return timedelta(seconds=task.input_timeout_s)
+    return policy.input_timeout
 
 
 def iso(value: datetime | None) -> str | None:
