@@ -18,6 +18,7 @@ from dispatchd.domain.access import Caller
 from dispatchd.domain.ids import new_id, utcnow
 from dispatchd.domain.lifecycle import Change, Policy
 from dispatchd.domain.models import Agent, Priority, Task, TaskStatus
+from dispatchd.engine.budgets import DailyBudgets
 from dispatchd.engine.placement import Placement, Placer
 from dispatchd.engine.rules import Rules, hand_over
 from dispatchd.engine.transitions import MAX_TRIES, commit_changes
@@ -48,6 +49,7 @@ class TaskSpec:
     labels: Sequence[str] = ()
     context: Mapping[str, Any] = field(default_factory=dict)
     idempotency_key: str | None = None
+    max_cost_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +79,13 @@ class TaskCreation:
         *,
         rules: Rules | None = None,
         default_max_attempts: int = 3,
+        budgets: DailyBudgets | None = None,
     ) -> None:
         self.store = store
         self.policy = policy
         self.rules = rules or Rules()
         self.default_max_attempts = default_max_attempts
+        self.budgets = budgets or DailyBudgets()
         # Chooses agents for new tasks; None (no background assignment): they wait.
         self.placer: Placer | None = None
 
@@ -92,6 +96,7 @@ class TaskCreation:
             )
             if existing is not None:
                 return Created(existing, created=False)
+        await self.budgets.check(self.store, caller.agent_id, utcnow())
         try:
             tasks = await self._commit_births([spec], caller)
         except DuplicateKey as exc:
@@ -112,6 +117,7 @@ class TaskCreation:
             raise ValidationFailed(
                 "idempotency keys repeat within the batch", code="duplicate_idempotency_key"
             )
+        await self.budgets.check(self.store, caller.agent_id, utcnow())
         return await self._commit_births(specs, caller)
 
     async def _commit_births(self, specs: Sequence[TaskSpec], caller: Caller) -> list[Task]:
@@ -268,6 +274,7 @@ class TaskCreation:
             model=spec.model,
             labels=tuple(dict.fromkeys(spec.labels)),
             idempotency_key=spec.idempotency_key,
+            max_cost_usd=spec.max_cost_usd,
         )
 
 

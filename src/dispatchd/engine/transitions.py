@@ -17,6 +17,7 @@ from dispatchd.domain.models import Attempt, Event, Task
 from dispatchd.engine.followups import follow_ups
 from dispatchd.errors import ConcurrentUpdate, NotFound
 from dispatchd.store.base import (
+    AddCost,
     AppendEvent,
     AppendProgress,
     InsertTask,
@@ -53,6 +54,8 @@ def ops_for(change: Change, previous: Task | None) -> list[Op]:
         ops.append(change.attempt_patch)
     if change.progress is not None:
         ops.append(AppendProgress(change.progress))
+    if change.charge is not None:
+        ops.append(AddCost(change.charge))
     ops.append(AppendEvent(change.event))
     return ops
 
@@ -102,6 +105,8 @@ def writes_for(steps: Sequence[tuple[Change, Task | None]]) -> tuple[list[Op], d
                 ops.append(patch)
         if change.progress is not None:
             ops.append(AppendProgress(change.progress))
+        if change.charge is not None:
+            ops.append(AddCost(change.charge))
         ops.append(AppendEvent(change.event))
     return ops, stored
 
@@ -125,6 +130,7 @@ def _patched(attempt: Attempt, patch: AttemptPatch) -> Attempt:
         ended_at=patch.ended_at or attempt.ended_at,
         outcome=patch.outcome or attempt.outcome,
         error=patch.error if patch.error is not None else attempt.error,
+        cost=patch.cost if patch.cost is not None else attempt.cost,
     )
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Generic, Protocol, TypeVar
 
+from dispatchd.domain.costs import Charge, Cost
 from dispatchd.domain.lifecycle import AttemptPatch
 from dispatchd.domain.models import (
     Agent,
@@ -107,6 +108,13 @@ class AppendProgress:
 
 
 @dataclass(frozen=True, slots=True)
+class AddCost:
+    """Add what a cost report added to the ledger of its requester, agent and UTC day."""
+
+    charge: Charge
+
+
+@dataclass(frozen=True, slots=True)
 class AppendComment:
     comment: Comment
 
@@ -192,6 +200,7 @@ Op = (
     | SaveAttempt
     | PatchAttempt
     | AppendProgress
+    | AddCost
     | AppendComment
     | InsertAgent
     | UpdateAgent
@@ -272,6 +281,16 @@ class QueueStats:
     # Tasks that finished since the window's start, newest first (bounded):
     # (created_at, started_at, finished_at, status).
     finished: Sequence[tuple[datetime, datetime | None, datetime, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class CostTotal:
+    """One line of the cost ledger: what `agent` spent for `requester` on `day` (UTC)."""
+
+    day: date
+    requester: str
+    agent: str
+    cost: Cost
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,6 +464,17 @@ class Store(Protocol):
         before the same time; and up to `limit` finished tasks
         (completed, failed, cancelled, timed out) that finished before `tasks_before`, with
         their attempts, progress, comments and dependency edges. One transaction."""
+        ...
+
+    # --- costs (docs/costs.md) -------------------------------------------------------------
+
+    async def cost_totals(self, *, since: date, limit: int) -> list[CostTotal]:
+        """The ledger's lines from UTC day `since` on, by day, requester and agent; at
+        most `limit` of them."""
+        ...
+
+    async def spent_usd(self, requester: str, day: date) -> float:
+        """What `requester`'s tasks cost on UTC day `day`, over all agents."""
         ...
 
     # --- assignment -----------------------------------------------------------------------

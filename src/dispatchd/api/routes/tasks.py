@@ -21,6 +21,7 @@ from dispatchd.api.schemas.claims import (
     StartBody,
 )
 from dispatchd.api.schemas.common import ErrorOut, ItemError, opt_isoformat
+from dispatchd.api.schemas.costs import report_of
 from dispatchd.api.schemas.events import EventList, EventOut
 from dispatchd.api.schemas.explain import CandidateOut, ExcludedOut, ExplainOut, RouteOut
 from dispatchd.api.schemas.tasks import (
@@ -44,7 +45,7 @@ from dispatchd.errors import DispatchError, ValidationFailed
 from dispatchd.store.base import TaskFilter
 
 ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 413, 422)
+    code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 413, 422, 429)
 }
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"], responses=ERRORS)
@@ -81,6 +82,7 @@ def spec_of(body: TaskCreate, key: str | None = None) -> TaskSpec:
         labels=body.labels,
         context=body.context,
         idempotency_key=key or body.idempotency_key,
+        max_cost_usd=body.max_cost_usd,
     )
 
 
@@ -116,7 +118,9 @@ async def complete_batch(
     """Complete many held tasks in one transaction. Each item answers for itself: a task
     the caller may not complete gets its error (in the error form) and the rest go ahead."""
     items = [
-        Completion(i.task_id, result=i.result, summary=i.summary, attempt=i.attempt)
+        Completion(
+            i.task_id, result=i.result, summary=i.summary, attempt=i.attempt, cost=report_of(i.cost)
+        )
         for i in body.items
     ]
     answers = await rt.tasks.complete_many(items, caller)
@@ -310,7 +314,12 @@ async def report_progress(
     task_id: str, body: ProgressBody, caller: CallerDep, rt: RuntimeDep
 ) -> TaskOut:
     task = await rt.tasks.progress(
-        task_id, caller, message=body.message, percent=body.percent, attempt=body.attempt
+        task_id,
+        caller,
+        message=body.message,
+        percent=body.percent,
+        attempt=body.attempt,
+        cost=report_of(body.cost),
     )
     return TaskOut.of(task)
 
@@ -321,7 +330,12 @@ async def complete_task(
 ) -> TaskOut:
     body = body or CompleteBody()
     task = await rt.tasks.complete(
-        task_id, caller, result=body.result, summary=body.summary, attempt=body.attempt
+        task_id,
+        caller,
+        result=body.result,
+        summary=body.summary,
+        attempt=body.attempt,
+        cost=report_of(body.cost),
     )
     return TaskOut.of(task)
 
@@ -329,7 +343,12 @@ async def complete_task(
 @router.post("/{task_id}/fail", response_model=TaskOut)
 async def fail_task(task_id: str, body: FailBody, caller: CallerDep, rt: RuntimeDep) -> TaskOut:
     task = await rt.tasks.fail(
-        task_id, caller, error=body.error, retryable=body.retryable, attempt=body.attempt
+        task_id,
+        caller,
+        error=body.error,
+        retryable=body.retryable,
+        attempt=body.attempt,
+        cost=report_of(body.cost),
     )
     return TaskOut.of(task)
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
 
 from dispatchd.api.schemas.common import Id, Request, Short, Tag, Text, Title, opt_isoformat
+from dispatchd.api.schemas.costs import CostOut, Usd
 from dispatchd.domain.ids import isoformat
 from dispatchd.domain.models import (
     Attempt,
@@ -43,6 +44,9 @@ class TaskCreate(Request):
     labels: list[Tag] = Field(default_factory=list, max_length=50)
     context: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    max_cost_usd: Usd | None = Field(
+        None, description="A budget: the attempt that crosses it is stopped, the task fails"
+    )
 
 
 class TaskBatch(Request):
@@ -77,6 +81,7 @@ class AttemptOut(BaseModel):
     ended_at: str | None
     outcome: str | None
     error: str | None
+    cost: CostOut
 
     @classmethod
     def of(cls, a: Attempt) -> AttemptOut:
@@ -88,6 +93,7 @@ class AttemptOut(BaseModel):
             ended_at=opt_isoformat(a.ended_at),
             outcome=a.outcome.value if a.outcome else None,
             error=a.error,
+            cost=CostOut.of(a.cost),
         )
 
 
@@ -148,6 +154,7 @@ class TaskOut(BaseModel):
     result: Any
     summary: str | None
     error: str | None
+    error_code: str | None
     depends_on: list[str]
     run_at: str | None
     due_at: str | None
@@ -170,6 +177,8 @@ class TaskOut(BaseModel):
     finished_at: str | None
     created_at: str
     updated_at: str
+    cost: CostOut
+    max_cost_usd: float | None
 
     @classmethod
     def of(cls, t: Task) -> TaskOut:
@@ -196,6 +205,7 @@ class TaskOut(BaseModel):
             result=t.result,
             summary=t.summary,
             error=t.error,
+            error_code=t.error_code,
             depends_on=list(t.depends_on),
             run_at=opt_isoformat(t.run_at),
             due_at=opt_isoformat(t.due_at),
@@ -218,6 +228,8 @@ class TaskOut(BaseModel):
             finished_at=opt_isoformat(t.finished_at),
             created_at=isoformat(t.created_at),
             updated_at=isoformat(t.updated_at),
+            cost=CostOut.of(t.cost),
+            max_cost_usd=t.max_cost_usd,
         )
 
 

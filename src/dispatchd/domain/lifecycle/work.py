@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from dispatchd.domain.costs import Cost
 from dispatchd.domain.lifecycle.change import (
     AttemptPatch,
     Change,
@@ -67,6 +68,7 @@ def assign(
         deadline_at=None,
         started_at=None,
         question=None,
+        attempt_cost=Cost(),
     )
     attempt = Attempt(task_id=task.id, number=number, agent_id=agent_id, assigned_at=now)
     event = new_event("task.assigned", new, now, agent_id, attempt=number, model=new.model)
