@@ -27,9 +27,9 @@ class CostIn(Request):
 
 
 class CostOut(BaseModel):
-    usd: float
-    input_tokens: int
-    output_tokens: int
+    usd: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
 
     @classmethod
     def of(cls, c: Cost) -> CostOut:

@@ -81,7 +81,7 @@ class AttemptOut(BaseModel):
     ended_at: str | None
     outcome: str | None
     error: str | None
-    cost: CostOut
+    cost: CostOut = Field(default_factory=CostOut)
 
     @classmethod
     def of(cls, a: Attempt) -> AttemptOut:
@@ -154,7 +154,8 @@ class TaskOut(BaseModel):
     result: Any
     summary: str | None
     error: str | None
-    error_code: str | None
+    # The three below have defaults so that the SDK reads a server without costs too.
+    error_code: str | None = None
     depends_on: list[str]
     run_at: str | None
     due_at: str | None
@@ -177,8 +178,8 @@ class TaskOut(BaseModel):
     finished_at: str | None
     created_at: str
     updated_at: str
-    cost: CostOut
-    max_cost_usd: float | None
+    cost: CostOut = Field(default_factory=CostOut)
+    max_cost_usd: float | None = None
 
     @classmethod
     def of(cls, t: Task) -> TaskOut:
