@@ -16,6 +16,7 @@ import pytest
 from dispatchd.client import AsyncClient
 from dispatchd.runner.adapters import ClaudeCode
 from dispatchd.runner.runner import Runner
+from dispatchd.runner.worker import Job, Worker
 from tests.agent.conftest import LiveServer
 from tests.agent.helpers import serving, settled
 from tests.agent.test_runner import STANDIN_CLAUDE, runner_for
@@ -113,3 +114,24 @@ async def test_claude_code_reports_what_the_run_cost(
     # The stand-in prints the CLI's JSON: total_cost_usd 0.0123, usage 12 in, 48 out.
     assert done.cost.model_dump() == {"usd": 0.0123, "input_tokens": 12, "output_tokens": 48}
     assert [a.cost.usd for a in done.attempts] == [0.0123]
+
+
+async def test_a_worker_handler_reports_cost_on_progress_and_completion(
+    live_server: LiveServer, requester: AsyncClient, unique: str
+) -> None:
+    cap = f"worker-{unique}"
+    async with AsyncClient(live_server.url, agent_id=f"worker-{unique}") as client:
+        worker = Worker(client, claim_wait_s=2.0, heartbeat_s=1.0, grace_s=5.0)
+
+        @worker.handler(cap)
+        async def work(job: Job) -> None:
+            await job.progress("thinking", cost={"usd": 0.02, "input_tokens": 500})
+            await job.complete("done", "ok", cost={"usd": 0.05, "output_tokens": 70})
+
+        async with serving() as start:
+            await start(worker)
+            task = await requester.create_task("w", capabilities=[cap])
+            done = await settled(requester, task.id, "completed")
+    assert done.cost.model_dump() == {"usd": 0.05, "input_tokens": 500, "output_tokens": 70}
+    usd = await requester.create_task("budgeted", capabilities=[f"none-{unique}"], max_cost_usd=2)
+    assert usd.max_cost_usd == 2.0
