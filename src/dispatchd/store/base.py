@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from typing import Generic, Protocol, TypeVar
 
-from dispatchd.domain.costs import Charge, Cost
 from dispatchd.domain.lifecycle import AttemptPatch
 from dispatchd.domain.models import (
     Agent,
@@ -30,6 +29,9 @@ from dispatchd.domain.models import (
 )
 from dispatchd.domain.notifications import Digest, Notification
 from dispatchd.domain.webhooks import Advance, Delivery, DeliveryStatus, Head, Outcome, Webhook
+from dispatchd.store.base_costs import AddCost as AddCost
+from dispatchd.store.base_costs import CostReads
+from dispatchd.store.base_costs import CostTotal as CostTotal
 
 # --- write operations -----------------------------------------------------------------
 
@@ -105,13 +107,6 @@ PatchAttempt = AttemptPatch
 @dataclass(frozen=True, slots=True)
 class AppendProgress:
     entry: ProgressEntry
-
-
-@dataclass(frozen=True, slots=True)
-class AddCost:
-    """Add what a cost report added to the ledger of its requester, agent and UTC day."""
-
-    charge: Charge
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,16 +279,6 @@ class QueueStats:
 
 
 @dataclass(frozen=True, slots=True)
-class CostTotal:
-    """One line of the cost ledger: what `agent` spent for `requester` on `day` (UTC)."""
-
-    day: date
-    requester: str
-    agent: str
-    cost: Cost
-
-
-@dataclass(frozen=True, slots=True)
 class ClaimQuery:
     """The pending tasks an agent may take: capable, owner-compatible, ready, in queue order.
 
@@ -370,8 +355,9 @@ class LocalLease:
         return None
 
 
-class Store(Protocol):
-    """Persistence for tasks, agents, attempts, progress, comments and the event log."""
+class Store(CostReads, Protocol):
+    """Persistence for tasks, agents, attempts, progress, comments and the event log;
+    the cost ledger in `store.base_costs`."""
 
     dialect: str
 
@@ -464,17 +450,6 @@ class Store(Protocol):
         before the same time; and up to `limit` finished tasks
         (completed, failed, cancelled, timed out) that finished before `tasks_before`, with
         their attempts, progress, comments and dependency edges. One transaction."""
-        ...
-
-    # --- costs (docs/costs.md) -------------------------------------------------------------
-
-    async def cost_totals(self, *, since: date, limit: int) -> list[CostTotal]:
-        """The ledger's lines from UTC day `since` on, by day, requester and agent; at
-        most `limit` of them."""
-        ...
-
-    async def spent_usd(self, requester: str, day: date) -> float:
-        """What `requester`'s tasks cost on UTC day `day`, over all agents."""
         ...
 
     # --- assignment -----------------------------------------------------------------------
