@@ -61,6 +61,8 @@ POSTGRES = Dialect(
         "notify": f"SELECT pg_notify('{NOTIFY_CHANNEL}', :last)",
         "lock_migrations": f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})",
         "in_ids": " = ANY(:ids)",
+        "event_room": "data ->> 'room'",
+        "for_share": " FOR SHARE",
         "migration_time": "TIMESTAMPTZ NOT NULL DEFAULT now()",
     },
     placeholder="%%(%s)s",

@@ -56,6 +56,8 @@ SQLITE = Dialect(
         "notify": "",
         "lock_migrations": "",
         "in_ids": " IN (SELECT value FROM json_each(:ids))",
+        "event_room": "json_extract(data, '$.room')",
+        "for_share": "",
         "migration_time": "TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
     },
     json_has=lambda col, p: f"EXISTS (SELECT 1 FROM json_each({col}) WHERE value = {p})",

@@ -13,6 +13,7 @@ from dispatchd.domain.models import (
     AttemptOutcome,
     Event,
     ProgressEntry,
+    Review,
     Task,
     TaskStatus,
 )
@@ -55,6 +56,8 @@ class Change:
     new_attempt: Attempt | None = None
     attempt_patch: AttemptPatch | None = None
     progress: ProgressEntry | None = None
+    # A verdict on the task's work, recorded with the transition that applies it.
+    review: Review | None = None
     # What a cost report added, for the ledger of its requester, agent and day.
     charge: Charge | None = None
 
