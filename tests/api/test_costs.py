@@ -16,7 +16,18 @@ from prometheus_client.parser import text_string_to_metric_families
 from dispatchd.api.ops import create_ops_app
 from dispatchd.runtime import Runtime
 from tests.api.conftest import as_agent
-from tests.api.helpers import ADMIN, BOTH, act, assert_error, detail, eventually, task_events
+from tests.api.helpers import (
+    ADMIN,
+    BOTH,
+    act,
+    assert_error,
+    create_task,
+    detail,
+    eventually,
+    task_events,
+    wait_assigned,
+)
+from tests.api.test_review import open_review
 
 ZERO = {"usd": 0.0, "input_tokens": 0, "output_tokens": 0}
 
@@ -370,3 +381,33 @@ async def test_prometheus_counts_costs_by_requester_and_agent(
     found = await eventually(counted, "the cost counters")
     assert found["dispatchd_cost_tokens_totalinput"] == 300
     assert found["dispatchd_cost_tokens_totaloutput"] == 9
+
+
+async def test_a_reviewed_task_counts_each_attempt_and_its_review_apart(
+    client: httpx.AsyncClient, register
+) -> None:
+    await register("w1", ["spend"])
+    await register("aegis", ["audit"])
+    task = await create_task(client, capabilities=["spend"], review=True, reviewer="aegis")
+    await wait_assigned(client, task["id"], "w1")
+    first = await act(client, task["id"], "complete", "w1", result="v1", cost={"usd": 0.3})
+    assert first["status"] == "review" and first["cost"]["usd"] == 0.3
+    review = await open_review(client, task["id"], 1)
+    await wait_assigned(client, review["id"], "aegis")
+    rejected = {"verdict": "rejected", "feedback": "again"}
+    await act(client, review["id"], "complete", "aegis", result=rejected, cost={"usd": 0.05})
+    # The reviewer's cost is the review task's own.
+    await wait_assigned(client, task["id"], "w1", attempt=2)
+    again = await act(client, task["id"], "complete", "w1", result="v2", cost={"usd": 0.2})
+    assert again["cost"]["usd"] == 0.5
+    shown = await detail(client, task["id"])
+    assert [a["cost"]["usd"] for a in shown["attempts"]] == [0.3, 0.2]
+    r = await client.post(
+        f"/api/v1/tasks/{review['id']}/progress",
+        json={"cost": {"usd": 0.01}},
+        headers=as_agent("aegis"),
+    )
+    assert r.status_code == 409  # the review is done; its cost was reported with the verdict
+    assert (await detail(client, review["id"]))["cost"]["usd"] == 0.05
+    stats = await cost_stats(client)
+    assert stats["by_agent"]["w1"]["usd"] == 0.5 and stats["by_agent"]["aegis"]["usd"] == 0.05
