@@ -8,10 +8,11 @@ with a `ConfigError` that names the key and where it came from.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -204,6 +205,29 @@ class EventsConfig(Section):
     prune_interval_s: float = Field(300, gt=0)
 
 
+class BudgetsConfig(Section):
+    """Daily budgets per requester (docs/costs.md): a requester whose tasks have cost this
+    much today (UTC) gets 429 `budget_exceeded` on create until the next UTC midnight."""
+
+    # Every requester's budget in USD; unset, no limit.
+    requester_daily_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
+    # Budgets of named requesters, in place of the default (a JSON object in the
+    # environment: DISPATCH_BUDGETS__REQUESTERS='{"ci-bot": 5}').
+    requesters: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
+        default_factory=dict
+    )
+
+    @field_validator("requesters", mode="before")
+    @classmethod
+    def _json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError('must be a JSON object such as {"ci-bot": 5}') from None
+        return value
+
+
 class Settings(Section):
     server: ServerConfig = ServerConfig()
     database: DatabaseConfig = DatabaseConfig()
@@ -219,6 +243,7 @@ class Settings(Section):
     notifications: NotificationsConfig = NotificationsConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
     events: EventsConfig = EventsConfig()
+    budgets: BudgetsConfig = BudgetsConfig()
 
     @property
     def database_url(self) -> str:

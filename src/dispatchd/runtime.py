@@ -17,6 +17,7 @@ from dispatchd.config import Settings
 from dispatchd.domain.lifecycle import Policy
 from dispatchd.engine.agents import AgentService
 from dispatchd.engine.assigner import Assigner
+from dispatchd.engine.budgets import DailyBudgets
 from dispatchd.engine.claims import ClaimService
 from dispatchd.engine.deadlines import Sweeper
 from dispatchd.engine.directory import Directory
@@ -128,6 +129,9 @@ class Runtime:
             policy,
             rules=rules,
             default_max_attempts=self.settings.retry.max_attempts,
+            budgets=DailyBudgets(
+                self.settings.budgets.requester_daily_usd, dict(self.settings.budgets.requesters)
+            ),
         )
         self.agents = AgentService(self.store, policy, escalate_to=rules.escalate_to)
         self.rooms = RoomService(self.store, self.tasks)

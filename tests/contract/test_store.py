@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from dispatchd.domain.costs import Cost
 from dispatchd.domain.ids import new_id, utcnow
 from dispatchd.domain.models import (
     Agent,
@@ -151,6 +152,10 @@ def full_task() -> Task:
         started_at=T0 + 2 * US,
         finished_at=T0 + 999999 * US,
         version=7,
+        cost=Cost(1.234567891, 10**12, 7),
+        attempt_cost=Cost(0.5, 3, 4),
+        max_cost_usd=2.5,
+        error_code="budget_exceeded",
     )
 
 

@@ -47,7 +47,11 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
 
 async def _dispatch_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DispatchError)
-    return JSONResponse(exc.as_body(), status_code=exc.status)
+    response = JSONResponse(exc.as_body(), status_code=exc.status)
+    retry_after = exc.details.get("retry_after_s")
+    if exc.status == 429 and isinstance(retry_after, int):
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 async def _request_validation(request: Request, exc: Exception) -> JSONResponse:

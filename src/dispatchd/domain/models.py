@@ -9,6 +9,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Self
 
+from dispatchd.domain.costs import Cost
+
 JSON = Any
 
 
@@ -161,6 +163,13 @@ class Task:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     version: int = 1
+    # What the task has cost over all its attempts, and its current attempt so far
+    # (docs/costs.md); `max_cost_usd` is its budget.
+    cost: Cost = field(default_factory=Cost)
+    attempt_cost: Cost = field(default_factory=Cost)
+    max_cost_usd: float | None = None
+    # Why the task failed, as a code, when the reason has one (`budget_exceeded`).
+    error_code: str | None = None
 
     def evolve(self, **changes: Any) -> Self:
         return dataclasses.replace(self, **changes)
@@ -202,6 +211,8 @@ class Attempt:
     ended_at: datetime | None = None
     outcome: AttemptOutcome | None = None
     error: str | None = None
+    # The highest running total its agent reported.
+    cost: Cost = field(default_factory=Cost)
 
     def evolve(self, **changes: Any) -> Self:
         return dataclasses.replace(self, **changes)
@@ -288,3 +299,5 @@ class TaskSpec:
     idempotency_key: str | None = None
     # Set by a schedule's firing only (docs/schedules.md).
     schedule_id: str | None = None
+    # A budget: the attempt whose report crosses it is stopped (docs/costs.md).
+    max_cost_usd: float | None = None

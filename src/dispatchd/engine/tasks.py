@@ -15,6 +15,7 @@ from dispatchd.domain.access import (
     require_holder,
     require_requester_or_admin,
 )
+from dispatchd.domain.costs import CostReport
 from dispatchd.domain.ids import utcnow
 from dispatchd.domain.lifecycle import Change, Policy
 from dispatchd.domain.models import (
@@ -28,6 +29,7 @@ from dispatchd.domain.models import (
     TaskSpec,
     TaskStatus,
 )
+from dispatchd.engine.budgets import DailyBudgets
 from dispatchd.engine.creation import Created, TaskCreation
 from dispatchd.engine.rules import Rules
 from dispatchd.engine.transitions import MAX_TRIES, commit_changes, transact
@@ -56,6 +58,7 @@ class Completion:
     result: Any = None
     summary: str | None = None
     attempt: int | None = None
+    cost: CostReport | None = None
 
 
 class TaskService:
@@ -66,13 +69,18 @@ class TaskService:
         *,
         rules: Rules | None = None,
         default_max_attempts: int = 3,
+        budgets: DailyBudgets | None = None,
     ) -> None:
         self.store = store
         self.policy = policy
         self.rules = rules or Rules()
         self._random = random.SystemRandom()
         self.creation = TaskCreation(
-            store, policy, rules=self.rules, default_max_attempts=default_max_attempts
+            store,
+            policy,
+            rules=self.rules,
+            default_max_attempts=default_max_attempts,
+            budgets=budgets,
         )
 
     async def _transact(
@@ -139,20 +147,20 @@ class TaskService:
         message: str | None,
         percent: float | None,
         attempt: int | None = None,
+        cost: CostReport | None = None,
     ) -> Task:
         async def compute(task: Task) -> list[tuple[Change, Task | None]]:
             await self._as_holder(task, caller, attempt)
             now = utcnow()
+            steps: list[Step] = []
             if task.status is TaskStatus.ASSIGNED:
                 # Reporting progress is proof of work: an assigned task starts implicitly.
                 started = lifecycle.start(task, now, self.policy)
-                step = lifecycle.progress(
-                    started.task, now, self.policy, message=message, percent=percent
-                )
-                return [(started, task), (step, started.task)]
-            return [
-                (lifecycle.progress(task, now, self.policy, message=message, percent=percent), task)
-            ]
+                steps.append((started, task))
+                task = started.task
+            step = lifecycle.progress(task, now, self.policy, message=message, percent=percent)
+            steps.append((lifecycle.charged(step, task, cost, now), task))
+            return steps
 
         return await self._transact(task_id, compute)
 
@@ -164,10 +172,11 @@ class TaskService:
         result: Any,
         summary: str | None,
         attempt: int | None = None,
+        cost: CostReport | None = None,
     ) -> Task:
         async def compute(task: Task) -> list[tuple[Change, Task | None]]:
             await self._as_holder(task, caller, attempt)
-            return self._completion(task, utcnow(), result, summary)
+            return self._completion(task, utcnow(), result, summary, cost)
 
         return await self._transact(task_id, compute)
 
@@ -194,7 +203,7 @@ class TaskService:
                     continue
                 try:
                     await self._as_holder(task, caller, item.attempt)
-                    mine = self._completion(task, now, item.result, item.summary)
+                    mine = self._completion(task, now, item.result, item.summary, item.cost)
                 except DispatchError as exc:
                     answers[item.task_id] = exc
                     continue
@@ -211,7 +220,12 @@ class TaskService:
         raise ConcurrentUpdate("these tasks are changing too fast; try again")
 
     def _completion(
-        self, task: Task, now: datetime, result: Any, summary: str | None
+        self,
+        task: Task,
+        now: datetime,
+        result: Any,
+        summary: str | None,
+        cost: CostReport | None = None,
     ) -> list[Step]:
         if task.kind is TaskKind.REVIEW:
             # The verdict is checked before anything is written; `followups` applies it.
@@ -221,7 +235,8 @@ class TaskService:
             started = lifecycle.start(task, now, self.policy)
             steps.append((started, task))
             task = started.task
-        steps.append((lifecycle.complete(task, now, result=result, summary=summary), task))
+        done = lifecycle.complete(task, now, result=result, summary=summary)
+        steps.append((lifecycle.charged(done, task, cost, now), task))
         return steps
 
     async def fail(
@@ -232,18 +247,20 @@ class TaskService:
         error: str,
         retryable: bool = True,
         attempt: int | None = None,
+        cost: CostReport | None = None,
     ) -> Task:
         async def compute(task: Task) -> list[tuple[Change, Task | None]]:
             await self._as_holder(task, caller, attempt)
+            now = utcnow()
             change = lifecycle.fail(
                 task,
-                utcnow(),
+                now,
                 self.policy,
                 error=error,
                 retryable=retryable,
                 jitter=self._random.random(),
             )
-            return [(change, task)]
+            return [(lifecycle.charged(change, task, cost, now), task)]
 
         return await self._transact(task_id, compute)
 

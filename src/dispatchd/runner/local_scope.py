@@ -111,19 +111,33 @@ def readable(scope: TaskScope, task_id: str) -> str:
 
 
 async def complete(
-    scope: TaskScope, ctx: LocalContext, task_id: str, result: Any, summary: str | None
+    scope: TaskScope,
+    ctx: LocalContext,
+    task_id: str,
+    result: Any,
+    summary: str | None,
+    cost: Mapping[str, Any] | None = None,
 ) -> Task:
     """Complete the task and note that the agent reported it itself."""
-    task = await ctx.client.complete_task(task_id, result, summary, attempt=scope.attempt)
+    task = await ctx.client.complete_task(
+        task_id, result, summary, attempt=scope.attempt, cost=cost
+    )
     scope.finished = "completed"
     return task
 
 
 async def fail(
-    scope: TaskScope, ctx: LocalContext, task_id: str, error: str, retryable: bool
+    scope: TaskScope,
+    ctx: LocalContext,
+    task_id: str,
+    error: str,
+    retryable: bool,
+    cost: Mapping[str, Any] | None = None,
 ) -> Task:
     """Fail the task and note that the agent reported it itself."""
-    task = await ctx.client.fail_task(task_id, error, retryable=retryable, attempt=scope.attempt)
+    task = await ctx.client.fail_task(
+        task_id, error, retryable=retryable, attempt=scope.attempt, cost=cost
+    )
     scope.finished = "failed"
     return task
 

@@ -30,6 +30,9 @@ from dispatchd.domain.models import (
 )
 from dispatchd.domain.notifications import Digest, Notification
 from dispatchd.domain.webhooks import Advance, Delivery, DeliveryStatus, Head, Outcome, Webhook
+from dispatchd.store.base_costs import AddCost as AddCost
+from dispatchd.store.base_costs import CostReads
+from dispatchd.store.base_costs import CostTotal as CostTotal
 from dispatchd.store.base_schedules import InsertFire as InsertFire
 from dispatchd.store.base_schedules import InsertSchedule as InsertSchedule
 from dispatchd.store.base_schedules import ScheduleReads
@@ -208,6 +211,7 @@ Op = (
     | PatchAttempt
     | AppendProgress
     | AppendReview
+    | AddCost
     | AppendComment
     | InsertAgent
     | UpdateAgent
@@ -378,9 +382,10 @@ class LocalLease:
         return None
 
 
-class Store(RoomStore, ScheduleReads, ReaderStore, Protocol):
+class Store(RoomStore, ScheduleReads, ReaderStore, CostReads, Protocol):
     """Persistence for tasks, agents, attempts, progress, comments and the event log;
-    rooms in `store.rooms`, schedules in `store.base_schedules`."""
+    rooms in `store.rooms`, schedules in `store.base_schedules`, the cost ledger in
+    `store.base_costs`."""
 
     dialect: str
 

@@ -7,14 +7,24 @@
 
 -- name: insert_attempt
 INSERT INTO attempts (task_id, number, agent_id, assigned_at, started_at, ended_at, outcome,
-    error)
-VALUES (:task_id, :number, :agent_id, :assigned_at, :started_at, :ended_at, :outcome, :error);
+    error, cost)
+VALUES (:task_id, :number, :agent_id, :assigned_at, :started_at, :ended_at, :outcome, :error,
+    :cost);
 
 -- name: patch_attempt
 UPDATE attempts
 SET started_at = COALESCE(:started_at, started_at), ended_at = COALESCE(:ended_at, ended_at),
-    outcome = COALESCE(:outcome, outcome), error = COALESCE(:error, error)
+    outcome = COALESCE(:outcome, outcome), error = COALESCE(:error, error), cost = COALESCE(:cost,
+    cost)
 WHERE task_id = :task_id AND number = :number;
+
+-- name: add_cost
+-- What a cost report added, on the ledger line of its requester, UTC day and agent.
+INSERT INTO cost_totals (requester, day, agent, usd, input_tokens, output_tokens)
+VALUES (:requester, :day, :agent, :usd, :input_tokens, :output_tokens)
+ON CONFLICT (requester, day, agent) DO UPDATE
+SET usd = cost_totals.usd + excluded.usd, input_tokens = cost_totals.input_tokens +
+    excluded.input_tokens, output_tokens = cost_totals.output_tokens + excluded.output_tokens;
 
 -- name: insert_progress
 INSERT INTO progress (task_id, attempt, agent_id, message, percent, created_at)
@@ -221,6 +231,15 @@ SELECT created_at, started_at, finished_at, status
 FROM tasks
 WHERE finished_at >= :since AND status IN {terminal}
 ORDER BY finished_at DESC LIMIT :limit;
+
+-- name: cost_totals
+SELECT day, requester, agent, usd, input_tokens, output_tokens FROM cost_totals
+WHERE day >= :since
+ORDER BY day, requester, agent LIMIT :limit;
+
+-- name: spent_usd
+SELECT sum(usd) AS usd FROM cost_totals
+WHERE requester = :requester AND day = :day;
 
 -- --- assignment and deadlines ------------------------------------------------------------
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, TypeVar
 
+from dispatchd.domain.costs import Cost
 from dispatchd.domain.models import (
     Agent,
     Attempt,
@@ -30,6 +31,7 @@ from dispatchd.store.base import (
     ClaimPlan,
     ClaimQuery,
     CommitListener,
+    CostTotal,
     Counts,
     Due,
     Lease,
@@ -234,6 +236,25 @@ class SQLStore:
             return QueueStats(open_tasks, oldest and codec.load_time(oldest), finished)
 
         return await self.connector.transaction(body(), write=False)
+
+    async def cost_totals(self, *, since: date, limit: int) -> list[CostTotal]:
+        rows = await self.connector.fetch_all(
+            self.q.cost_totals, {"since": since.isoformat(), "limit": limit}
+        )
+        return [
+            CostTotal(
+                date.fromisoformat(r["day"]),
+                r["requester"],
+                r["agent"],
+                Cost(float(r["usd"]), int(r["input_tokens"]), int(r["output_tokens"])),
+            )
+            for r in rows
+        ]
+
+    async def spent_usd(self, requester: str, day: date) -> float:
+        params = {"requester": requester, "day": day.isoformat()}
+        row = await self.connector.fetch_one(self.q.spent_usd, params)
+        return float(row["usd"]) if row and row["usd"] is not None else 0.0
 
     async def events_for_task(self, task_id: str) -> list[Event]:
         return await self._all(Event, self.q.task_events, task_id=task_id)

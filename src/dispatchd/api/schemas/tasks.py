@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from dispatchd.api.schemas.common import Id, Request, Short, Tag, Text, Time, Title, opt_isoformat
+from dispatchd.api.schemas.costs import CostOut, Usd
 from dispatchd.domain.ids import isoformat
 from dispatchd.domain.models import (
     Attempt,
@@ -78,6 +79,9 @@ class TaskCreate(Request):
     labels: list[Tag] = Field(default_factory=list, max_length=50)
     context: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    max_cost_usd: Usd | None = Field(
+        None, description="A budget: the attempt that crosses it is stopped, the task fails"
+    )
 
     def reviewer_of(self) -> tuple[str | None, ReviewerKind | None]:
         """The reviewer named and what it names."""
@@ -120,6 +124,7 @@ class TaskCreate(Request):
             labels=self.labels,
             context=self.context,
             idempotency_key=key or self.idempotency_key,
+            max_cost_usd=self.max_cost_usd,
         )
 
 
@@ -177,6 +182,7 @@ class AttemptOut(BaseModel):
     ended_at: str | None
     outcome: str | None
     error: str | None
+    cost: CostOut = Field(default_factory=CostOut)
 
     @classmethod
     def of(cls, a: Attempt) -> AttemptOut:
@@ -188,6 +194,7 @@ class AttemptOut(BaseModel):
             ended_at=opt_isoformat(a.ended_at),
             outcome=a.outcome.value if a.outcome else None,
             error=a.error,
+            cost=CostOut.of(a.cost),
         )
 
 
@@ -248,6 +255,8 @@ class TaskOut(BaseModel):
     result: Any
     summary: str | None
     error: str | None
+    # The three below have defaults so that the SDK reads a server without costs too.
+    error_code: str | None = None
     depends_on: list[str]
     run_at: str | None
     due_at: str | None
@@ -277,6 +286,8 @@ class TaskOut(BaseModel):
     review_of: str | None = None
     excluded_agent: str | None = None
     preferred_agent: str | None = None
+    cost: CostOut = Field(default_factory=CostOut)
+    max_cost_usd: float | None = None
 
     @classmethod
     def of(cls, t: Task) -> TaskOut:
@@ -303,6 +314,7 @@ class TaskOut(BaseModel):
             result=t.result,
             summary=t.summary,
             error=t.error,
+            error_code=t.error_code,
             depends_on=list(t.depends_on),
             run_at=opt_isoformat(t.run_at),
             due_at=opt_isoformat(t.due_at),
@@ -332,6 +344,8 @@ class TaskOut(BaseModel):
             review_of=t.review_of,
             excluded_agent=t.excluded_agent,
             preferred_agent=t.preferred_agent,
+            cost=CostOut.of(t.cost),
+            max_cost_usd=t.max_cost_usd,
         )
 
 

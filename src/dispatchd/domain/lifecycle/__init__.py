@@ -13,6 +13,7 @@ they take a task: `work` (birth to running), `outcomes` (how an attempt ends), `
 from __future__ import annotations
 
 from dispatchd.domain.backoff import BackoffPolicy, backoff
+from dispatchd.domain.lifecycle.budget import charged
 from dispatchd.domain.lifecycle.change import AttemptPatch, Change, Policy
 from dispatchd.domain.lifecycle.edits import merge_patch, update
 from dispatchd.domain.lifecycle.outcomes import (
@@ -51,6 +52,7 @@ __all__ = [
     "assign",
     "backoff",
     "cancel",
+    "charged",
     "check",
     "complete",
     "create",

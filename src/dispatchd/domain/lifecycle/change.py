@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from dispatchd.domain.costs import Charge, Cost
 from dispatchd.domain.lifecycle.table import Action, check
 from dispatchd.domain.models import (
     Attempt,
@@ -45,6 +46,7 @@ class AttemptPatch:
     ended_at: datetime | None = None
     outcome: AttemptOutcome | None = None
     error: str | None = None
+    cost: Cost | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,8 @@ class Change:
     progress: ProgressEntry | None = None
     # A verdict on the task's work, recorded with the transition that applies it.
     review: Review | None = None
+    # What a cost report added, for the ledger of its requester, agent and day.
+    charge: Charge | None = None
 
 
 def new_event(kind: str, task: Task, now: datetime, agent: str | None, **data: Any) -> Event:
@@ -70,6 +74,9 @@ def move(task: Task, action: Action, target: TaskStatus, now: datetime, **change
     if target is TaskStatus.PENDING and task.model_routed:
         # Back in the queue: the next agent may route to another model.
         changes = {"model": None, "model_routed": False, **changes}
+    if "error" in changes and "error_code" not in changes:
+        # A new error text replaces the code of the old one.
+        changes["error_code"] = None
     return task.evolve(status=target, updated_at=now, version=task.version + 1, **changes)
 
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from dispatchd.domain.costs import Cost
 from dispatchd.domain.lifecycle.change import (
     AttemptPatch,
     Change,
@@ -71,6 +72,7 @@ def assign(
         run_left_ms=None,
         started_at=None,
         question=None,
+        attempt_cost=Cost(),
     )
     attempt = Attempt(task_id=task.id, number=number, agent_id=agent_id, assigned_at=now)
     event = new_event("task.assigned", new, now, agent_id, attempt=number, model=new.model)
