@@ -52,7 +52,7 @@ from dispatchd.domain.webhooks import (
 from dispatchd.engine.feed import EventFeed
 from dispatchd.events.follower import Backoff, Consumer, Follower
 from dispatchd.events.reader import TypeFilter
-from dispatchd.jobs import stop_if_cancelled
+from dispatchd.jobs import JobStatus, stop_if_cancelled
 from dispatchd.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,15 @@ class DeliveryWriter(Consumer):
         if written:
             self._written()
 
+    async def skip(self, event: Event) -> bool:
+        assert event.id is not None
+        behind = [h for h, cursor in self._cursors.items() if cursor < event.id]
+        if behind:
+            await self.store.enqueue_deliveries([Advance(h, event.id, ()) for h in behind])
+            for hook_id in behind:
+                self._cursors[hook_id] = event.id
+        return True
+
 
 class WebhookDispatcher:
     def __init__(
@@ -158,6 +167,7 @@ class WebhookDispatcher:
         self._jitter = jitter
         self._send_wake = asyncio.Event()
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self.sender_job = JobStatus("webhook sender")
         # Made on the first delivery: building one (its TLS context) costs tens of ms,
         # which a runtime that never sends should not pay.
         self._client: httpx.AsyncClient | None = None
@@ -208,8 +218,10 @@ class WebhookDispatcher:
             self._send_wake.clear()
             try:
                 wait_s = await self.send_due(spawn)
-            except Exception:
+                self.sender_job.ok()
+            except Exception as exc:
                 log.exception("webhook sender failed", extra={"action": "webhook"})
+                self.sender_job.failed(exc, "sending the due deliveries")
                 wait_s = RETRY_S
             await _wait(self._send_wake, wait_s)
 
