@@ -42,9 +42,16 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return errors
 
 
+# RFC 6750: a 401 says which scheme would do.
+CHALLENGE = 'Bearer realm="dispatchd"'
+
+
 async def _dispatch_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DispatchError)
-    return JSONResponse(exc.as_body(), status_code=exc.status)
+    response = JSONResponse(exc.as_body(), status_code=exc.status)
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = CHALLENGE
+    return response
 
 
 async def _request_validation(request: Request, exc: Exception) -> JSONResponse:

@@ -12,12 +12,15 @@ from typing import Any
 from dispatchd.domain import lifecycle
 from dispatchd.domain.access import (
     Caller,
+    already_ended,
+    already_started,
     require_holder,
     require_requester_or_admin,
 )
 from dispatchd.domain.ids import utcnow
 from dispatchd.domain.lifecycle import Change, Policy
 from dispatchd.domain.models import (
+    AttemptOutcome,
     Comment,
     Event,
     Priority,
@@ -33,6 +36,7 @@ from dispatchd.engine.rules import Rules
 from dispatchd.engine.transitions import MAX_TRIES, commit_changes, transact
 from dispatchd.errors import (
     ConcurrentUpdate,
+    Conflict,
     DispatchError,
     Forbidden,
     NotFound,
@@ -121,8 +125,22 @@ class TaskService:
         past = await self.store.attempts(task.id)
         require_holder(task, caller, past, attempt)
 
+    async def _repeat(
+        self,
+        task: Task,
+        caller: Caller,
+        attempt: int | None,
+        outcome: AttemptOutcome,
+        **same: Any,
+    ) -> bool:
+        """Whether the caller's attempt already ended the task this way (a retried call)."""
+        past = await self.store.attempts(task.id)
+        return already_ended(task, caller, past, attempt, outcome, **same)
+
     async def start(self, task_id: str, caller: Caller, *, attempt: int | None = None) -> Task:
         async def compute(task: Task) -> list[tuple[Change, Task | None]]:
+            if already_started(task, caller, attempt):
+                return []  # a repeat: answered with the task, as the first call was
             await self._as_holder(task, caller, attempt)
             return [(lifecycle.start(task, utcnow(), self.policy), task)]
 
@@ -163,8 +181,14 @@ class TaskService:
         attempt: int | None = None,
     ) -> Task:
         async def compute(task: Task) -> list[tuple[Change, Task | None]]:
-            await self._as_holder(task, caller, attempt)
-            return self._completion(task, utcnow(), result, summary)
+            try:
+                await self._as_holder(task, caller, attempt)
+                return self._completion(task, utcnow(), result, summary)
+            except Conflict:
+                done = AttemptOutcome.COMPLETED
+                if await self._repeat(task, caller, attempt, done, result=result, summary=summary):
+                    return []
+                raise
 
         return await self._transact(task_id, compute)
 
@@ -226,15 +250,20 @@ class TaskService:
         attempt: int | None = None,
     ) -> Task:
         async def compute(task: Task) -> list[tuple[Change, Task | None]]:
-            await self._as_holder(task, caller, attempt)
-            change = lifecycle.fail(
-                task,
-                utcnow(),
-                self.policy,
-                error=error,
-                retryable=retryable,
-                jitter=self._random.random(),
-            )
+            try:
+                await self._as_holder(task, caller, attempt)
+                change = lifecycle.fail(
+                    task,
+                    utcnow(),
+                    self.policy,
+                    error=error,
+                    retryable=retryable,
+                    jitter=self._random.random(),
+                )
+            except Conflict:
+                if await self._repeat(task, caller, attempt, AttemptOutcome.FAILED, error=error):
+                    return []
+                raise
             return [(change, task)]
 
         return await self._transact(task_id, compute)
