@@ -145,6 +145,17 @@ class AuthConfig(Section):
     agent_tokens: Literal["optional", "required"] = "optional"
 
 
+class LimitsConfig(Section):
+    """Per-caller rate limits (docs/security.md#rate-limits): a token bucket per
+    X-Agent-ID, refilled at `requests_per_second` and holding `burst` requests. Off (0) by
+    default, for the embedded setup; a shared deployment sets it. The admin and heartbeats
+    are never limited."""
+
+    requests_per_second: float = Field(0, ge=0, le=1_000_000)
+    # The bucket's size; unset: one second's worth (at least 1).
+    burst: int | None = Field(None, ge=1, le=1_000_000)
+
+
 class RetryConfig(Section):
     max_attempts: int = Field(3, ge=1, le=100)
     backoff_base_ms: int = Field(1000, ge=0)
@@ -210,6 +221,7 @@ class Settings(Section):
     assignment: AssignmentConfig = AssignmentConfig()
     logging: LoggingConfig = LoggingConfig()
     auth: AuthConfig = AuthConfig()
+    limits: LimitsConfig = LimitsConfig()
     retry: RetryConfig = RetryConfig()
     review: ReviewConfig = ReviewConfig()
     routing: RoutingConfig = RoutingConfig()

@@ -35,6 +35,7 @@ from dispatchd.events.retention import Pruner
 from dispatchd.events.subscriptions import WebhookService
 from dispatchd.events.webhooks import WebhookDispatcher
 from dispatchd.jobs import Jobs, supervise
+from dispatchd.limits import Limiter
 from dispatchd.metrics import Metrics
 from dispatchd.store import Store, open_store
 
@@ -111,6 +112,7 @@ class Runtime:
     waker: Waker = field(init=False)
     external: External | None = field(init=False)
     jobs: Jobs = field(init=False)
+    limiter: Limiter = field(init=False)
     _jobs: list[asyncio.Task[None]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -124,6 +126,8 @@ class Runtime:
         )
         self.agents = AgentService(self.store, policy, escalate_to=rules.escalate_to)
         self.metrics = Metrics()
+        # Per-caller rate limits, applied by the API (api/limits.py).
+        self.limiter = Limiter(self.settings.limits)
         # What each background job is doing, for /health and /metrics.
         self.jobs = Jobs(self.metrics.job_event)
         self.feed = EventFeed(self.store)
