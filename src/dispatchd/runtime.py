@@ -37,6 +37,7 @@ from dispatchd.events.webhooks import WebhookDispatcher
 from dispatchd.jobs import Jobs, supervise
 from dispatchd.limits import Limiter
 from dispatchd.metrics import Metrics
+from dispatchd.outbound import Outbound
 from dispatchd.store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,11 @@ class Runtime:
             rules=rules,
             default_max_attempts=self.settings.retry.max_attempts,
         )
-        self.agents = AgentService(self.store, policy, escalate_to=rules.escalate_to)
+        # Where webhooks and wake URLs may point (docs/security.md).
+        self.outbound = Outbound(self.settings.outbound)
+        self.agents = AgentService(
+            self.store, policy, escalate_to=rules.escalate_to, outbound=self.outbound
+        )
         self.metrics = Metrics()
         # Per-caller rate limits, applied by the API (api/limits.py).
         self.limiter = Limiter(self.settings.limits)
@@ -140,7 +145,9 @@ class Runtime:
             default_limit=rules.default_limit,
         )
         waiters = Waiters()
-        self.waker = Waker(service_wake=external.service_wake if external else None)
+        self.waker = Waker(
+            service_wake=external.service_wake if external else None, outbound=self.outbound
+        )
         offline_after = timedelta(milliseconds=self.settings.assignment.offline_after_ms)
         self.claims = ClaimService(
             self.store,
@@ -173,8 +180,12 @@ class Runtime:
         self.events = EventReader(self.store, self.feed)
         self.pruner = Pruner(self.store, self.settings.events)
         # Webhook deliveries (docs/webhooks.md); the admin routes manage the subscriptions.
-        self.webhook_dispatcher = WebhookDispatcher(self.store, self.feed, self.settings.webhooks)
-        self.webhooks = WebhookService(self.store, self.webhook_dispatcher.changed)
+        self.webhook_dispatcher = WebhookDispatcher(
+            self.store, self.feed, self.settings.webhooks, outbound=self.outbound
+        )
+        self.webhooks = WebhookService(
+            self.store, self.webhook_dispatcher.changed, outbound=self.outbound
+        )
         # Events to NATS, when `hermes.url` is set (docs/events.md).
         self.nats = (
             NatsPublisher(self.store, self.feed, self.settings.hermes)

@@ -53,6 +53,7 @@ from dispatchd.engine.feed import EventFeed
 from dispatchd.events.follower import Backoff, Consumer, Follower
 from dispatchd.events.reader import TypeFilter
 from dispatchd.jobs import JobStatus, stop_if_cancelled
+from dispatchd.outbound import Outbound, OutboundRefused
 from dispatchd.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -158,9 +159,12 @@ class WebhookDispatcher:
         *,
         clock: Callable[[], datetime] = utcnow,
         jitter: Callable[[], float] = random.random,
+        outbound: Outbound | None = None,
     ) -> None:
         self.store = store
         self.config = config
+        # Where deliveries may go, checked on the address each request is sent to.
+        self.outbound = outbound
         self.policy = policy_of(config)
         self.lease = timedelta(seconds=config.timeout_s + LEASE_MARGIN_S)
         self._clock = clock
@@ -300,7 +304,13 @@ class WebhookDispatcher:
         timeout_s = self.config.timeout_s
         try:
             async with asyncio.timeout(timeout_s):
-                request = self._http().stream("POST", hook.url, content=body, headers=headers)
+                url, extensions = hook.url, dict[str, Any]()
+                if self.outbound is not None:
+                    url, pinned, extensions = await self.outbound.pin(hook.url)
+                    headers.update(pinned)
+                request = self._http().stream(
+                    "POST", url, content=body, headers=headers, extensions=extensions
+                )
                 async with request as response:
                     if 200 <= response.status_code < 300:
                         return True, response.status_code, None
@@ -309,6 +319,8 @@ class WebhookDispatcher:
                     return False, response.status_code, f"{error}: {excerpt}" if excerpt else error
         except TimeoutError:
             return False, None, f"no answer within {timeout_s:g} s"
+        except OutboundRefused as exc:
+            return False, None, str(exc)[:EXCERPT]
         except Exception as exc:  # any failure to deliver is a failed attempt
             return False, None, f"{type(exc).__name__}: {exc}"[:EXCERPT]
 
