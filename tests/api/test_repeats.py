@@ -107,3 +107,28 @@ async def test_a_retried_fail_of_an_attempt_since_retried_answers_the_task(
     assert again.status_code == 200, again.text
     assert again.json()["id"] == task["id"]
     assert len(await task_events(client, task["id"], "task.retrying")) == 1
+
+
+async def test_a_batch_completion_sent_again_answers_each_task(
+    client: httpx.AsyncClient, register: Register
+) -> None:
+    await register("w1", max_concurrent=5)
+    tasks = [await create_task(client, assigned_to="w1", title=f"t{i}") for i in range(2)]
+    items = [{"task_id": t["id"], "result": {"n": i}} for i, t in enumerate(tasks)]
+    first = await client.post(
+        "/api/v1/tasks/batch/complete", json={"items": items}, headers=as_agent("w1")
+    )
+    assert first.status_code == 200 and all(o["ok"] for o in first.json()["items"])
+    again = await client.post(
+        "/api/v1/tasks/batch/complete", json={"items": items}, headers=as_agent("w1")
+    )
+    assert again.status_code == 200
+    assert [o["task"] for o in again.json()["items"]] == [o["task"] for o in first.json()["items"]]
+    other = [{**items[0], "result": "something else"}]
+    r = await client.post(
+        "/api/v1/tasks/batch/complete", json={"items": other}, headers=as_agent("w1")
+    )
+    [out] = r.json()["items"]
+    assert not out["ok"] and out["error"]["code"] == "invalid_transition"
+    for t in tasks:
+        assert len(await task_events(client, t["id"], "task.completed")) == 1

@@ -216,6 +216,12 @@ class TaskService:
                 try:
                     await self._as_holder(task, caller, item.attempt)
                     mine = self._completion(task, now, item.result, item.summary)
+                except Conflict as exc:
+                    same = {"result": item.result, "summary": item.summary}
+                    completed = AttemptOutcome.COMPLETED
+                    repeat = await self._repeat(task, caller, item.attempt, completed, **same)
+                    answers[item.task_id] = task if repeat else exc
+                    continue
                 except DispatchError as exc:
                     answers[item.task_id] = exc
                     continue
