@@ -21,9 +21,12 @@ from dispatchd.engine.claims import ClaimService
 from dispatchd.engine.deadlines import Sweeper
 from dispatchd.engine.directory import Directory
 from dispatchd.engine.feed import EventFeed
+from dispatchd.engine.firing import Firer
 from dispatchd.engine.presence import Presence
 from dispatchd.engine.providers import External, connect
+from dispatchd.engine.rooms import RoomService
 from dispatchd.engine.rules import Rules
+from dispatchd.engine.schedules import ScheduleService
 from dispatchd.engine.tasks import TaskService
 from dispatchd.engine.waiters import Waiters
 from dispatchd.engine.wake import Waker
@@ -104,6 +107,7 @@ class Runtime:
     tasks: TaskService = field(init=False)
     agents: AgentService = field(init=False)
     claims: ClaimService = field(init=False)
+    rooms: RoomService = field(init=False)
     metrics: Metrics = field(init=False)
     feed: EventFeed = field(init=False)
     directory: Directory = field(init=False)
@@ -130,6 +134,7 @@ class Runtime:
         self.agents = AgentService(
             self.store, policy, escalate_to=rules.escalate_to, outbound=self.outbound
         )
+        self.rooms = RoomService(self.store, self.tasks)
         self.metrics = Metrics()
         # Per-caller rate limits, applied by the API (api/limits.py).
         self.limiter = Limiter(self.settings.limits)
@@ -177,6 +182,10 @@ class Runtime:
             escalate_to=rules.escalate_to,
         )
         self.feed.listen(self.sweeper.poke)
+        # Schedules (docs/schedules.md): their next fire times are deadlines of the sweeper.
+        self.firer = Firer(self.store, self.tasks)
+        self.sweeper.firer = self.firer
+        self.schedules = ScheduleService(self.store, self.sweeper.poke)
         self.events = EventReader(self.store, self.feed)
         self.pruner = Pruner(self.store, self.settings.events)
         # Webhook deliveries (docs/webhooks.md); the admin routes manage the subscriptions.

@@ -13,7 +13,16 @@ from dispatchd import __version__
 from dispatchd.api import errors
 from dispatchd.api.guard import BodyGuard
 from dispatchd.api.limits import RateLimit
-from dispatchd.api.routes import agents, events, notifications, stats, tasks, webhooks
+from dispatchd.api.routes import (
+    agents,
+    events,
+    notifications,
+    rooms,
+    schedules,
+    stats,
+    tasks,
+    webhooks,
+)
 from dispatchd.config import Settings
 from dispatchd.metrics import Metrics
 from dispatchd.runtime import Runtime
@@ -79,7 +88,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(events.router)
     app.include_router(stats.router)
     app.include_router(webhooks.router)
+    app.include_router(rooms.router)
     app.include_router(notifications.router)
+    app.include_router(schedules.router)
     limit = (runtime.settings if runtime else settings or Settings()).server.max_body_bytes
     app.add_middleware(BodyGuard, max_body_bytes=limit)
     # Outside the body guard: a caller over its limit is refused before its body is read.

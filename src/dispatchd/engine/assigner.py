@@ -331,8 +331,8 @@ class Assigner:
             agent = self.directory.agents.get(agent_id)
             if agent is None or agent.drained or agent.status in _OUT:
                 return
-            room = limit_of(agent, self.rules.default_limit) - agent.active
-            if room <= 0:
+            free = limit_of(agent, self.rules.default_limit) - agent.active
+            if free <= 0:
                 return
             query = ClaimQuery(
                 agent_id=agent.id,
@@ -340,15 +340,16 @@ class Assigner:
                 owner=agent.owner,
                 owner_filter=self.rules.owner_filter,
                 now=utcnow(),
-                limit=room + len(self.set_aside),
+                limit=free + len(self.set_aside),
+                room=agent.room,
             )
             tasks = [t for t in await self.store.claimable(query) if t.id not in self.set_aside]
-            tasks = tasks[:room]
+            tasks = tasks[:free]
             before = self.assigned
             # Each task goes to whoever is best for it, which may be another agent that
             # gained room in the same moment; then this one looks further down the queue.
             await self.assign_many(tasks)
-            if len(tasks) < room or self.assigned == before:
+            if len(tasks) < free or self.assigned == before:
                 return
 
     # --- one assignment -----------------------------------------------------------------

@@ -17,37 +17,12 @@ from dispatchd.domain import lifecycle
 from dispatchd.domain.access import Caller
 from dispatchd.domain.ids import new_id, utcnow
 from dispatchd.domain.lifecycle import Change, Policy
-from dispatchd.domain.models import Agent, Priority, Task, TaskStatus
+from dispatchd.domain.models import Agent, ReviewerKind, Task, TaskSpec, TaskStatus
 from dispatchd.engine.placement import Placement, Placer
 from dispatchd.engine.rules import Rules, hand_over
 from dispatchd.engine.transitions import MAX_TRIES, commit_changes
 from dispatchd.errors import AgentUnavailable, ConcurrentUpdate, DuplicateKey, ValidationFailed
 from dispatchd.store.base import Op, Store, TakeSlot, TouchTask
-
-
-@dataclass(frozen=True, slots=True)
-class TaskSpec:
-    """What a requester asks for; see SPEC §4 for each field."""
-
-    title: str
-    prompt: str = ""
-    capabilities: Sequence[str] = ()
-    priority: Priority = Priority.MEDIUM
-    owner: str | None = None
-    scope: str | None = None
-    assigned_to: str | None = None
-    depends_on: Sequence[str] = ()
-    run_at: datetime | None = None
-    due_at: datetime | None = None
-    timeout_s: int | None = None
-    max_attempts: int | None = None
-    review: bool = False
-    reviewer: str | None = None
-    escalate_to: str | None = None
-    model: str | None = None
-    labels: Sequence[str] = ()
-    context: Mapping[str, Any] = field(default_factory=dict)
-    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +60,9 @@ class TaskCreation:
         # Chooses agents for new tasks; None (no background assignment): they wait.
         self.placer: Placer | None = None
 
-    async def create(self, spec: TaskSpec, caller: Caller) -> Created:
+    async def create(self, spec: TaskSpec, caller: Caller, guard: Sequence[Op] = ()) -> Created:
+        """`guard`: writes that must hold in the creation's commit (a room that must still
+        exist), which fails with theirs otherwise."""
         if spec.idempotency_key is not None:
             existing = await self.store.find_by_idempotency_key(
                 caller.agent_id, spec.idempotency_key
@@ -93,7 +70,7 @@ class TaskCreation:
             if existing is not None:
                 return Created(existing, created=False)
         try:
-            tasks = await self._commit_births([spec], caller)
+            tasks = await self._commit_births([spec], caller, guard)
         except DuplicateKey as exc:
             if exc.details.get("field") != "idempotency_key" or spec.idempotency_key is None:
                 raise
@@ -114,22 +91,44 @@ class TaskCreation:
             )
         return await self._commit_births(specs, caller)
 
-    async def _commit_births(self, specs: Sequence[TaskSpec], caller: Caller) -> list[Task]:
+    async def create_with(
+        self, spec: TaskSpec, caller: Caller, task_id: str, first: Sequence[Op], extra: Sequence[Op]
+    ) -> Task:
+        """Create one task with id `task_id` and, in the same commit, the writes `first`
+        (before any other: a schedule's fire record) and `extra` (after: its event and the
+        schedule itself). Any of them failing writes nothing."""
+        return (await self._commit_births([spec], caller, ids=[task_id], first=first, extra=extra))[
+            0
+        ]
+
+    async def _commit_births(
+        self,
+        specs: Sequence[TaskSpec],
+        caller: Caller,
+        guard: Sequence[Op] = (),
+        *,
+        ids: Sequence[str] | None = None,
+        first: Sequence[Op] = (),
+        extra: Sequence[Op] = (),
+    ) -> list[Task]:
         """Create the tasks; a parent that moved meanwhile makes the whole batch recompute.
 
         Each unfinished parent is touched (its version bumped) in the same commit, so a
         parent finishing at the same moment either sees the new child or makes this
         commit fail and retry: no child is left blocked on a parent that already ended.
         """
-        ids = [new_id() for _ in specs]
+        ids = list(ids) if ids is not None else [new_id() for _ in specs]
         manual = placing = True
         for _ in range(MAX_TRIES):
             births = await self._births(specs, ids, caller, manual=manual)
             placement = self._place(births) if placing else Placement()
-            lead = sorted([*births.slots, *placement.lead()], key=lambda slot: slot.agent_id)
+            slots = sorted([*births.slots, *placement.lead()], key=lambda slot: slot.agent_id)
             try:
                 done = await commit_changes(
-                    self.store, [*births.steps, *placement.changes], births.touches, lead=lead
+                    self.store,
+                    [*births.steps, *placement.changes],
+                    [*guard, *births.touches, *extra],
+                    lead=[*first, *slots],
                 )
             except AgentUnavailable:
                 # A chosen or named agent filled up or went away meanwhile: the tasks stay
@@ -232,7 +231,8 @@ class TaskCreation:
                 if spec.assigned_to not in named:
                     named[spec.assigned_to] = await self.store.get_agent(spec.assigned_to)
                 agent = named[spec.assigned_to]
-                if agent is not None:
+                # Outside the task's room it may not have the task: it waits (explain says).
+                if agent is not None and spec.scope in (None, agent.room):
                     handover = hand_over(
                         born.task, agent, now, self.rules, self.policy, start=False
                     )
@@ -243,6 +243,7 @@ class TaskCreation:
         return births
 
     def _new_task(self, spec: TaskSpec, task_id: str, caller: Caller, now: datetime) -> Task:
+        kind = _check_reviewer(spec)
         return Task(
             id=task_id,
             title=spec.title,
@@ -264,14 +265,37 @@ class TaskCreation:
             timeout_s=spec.timeout_s,
             review=spec.review,
             reviewer=spec.reviewer,
+            reviewer_kind=kind,
+            # A reviewer named by id never gets the work it is to review.
+            excluded_agent=spec.reviewer if kind is ReviewerKind.AGENT else None,
             escalate_to=spec.escalate_to,
             model=spec.model,
             labels=tuple(dict.fromkeys(spec.labels)),
             idempotency_key=spec.idempotency_key,
+            schedule_id=spec.schedule_id,
         )
 
 
 _DEAD = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMED_OUT})
+
+
+def _check_reviewer(spec: TaskSpec) -> ReviewerKind | None:
+    """What the spec's reviewer names. An agent id unknown today is accepted: agents come
+    and go, and the review task waits for it as a task named for it does."""
+    if spec.reviewer is None:
+        return None
+    if not spec.review:
+        raise ValidationFailed(
+            "reviewer needs review: true", code="reviewer_without_review", field="reviewer"
+        )
+    kind = spec.reviewer_kind or ReviewerKind.AGENT
+    if kind is ReviewerKind.AGENT and spec.reviewer == spec.assigned_to:
+        raise ValidationFailed(
+            "the reviewer cannot be the agent the task is assigned to",
+            code="reviewer_is_assignee",
+            field="reviewer",
+        )
+    return kind
 
 
 def _with_inputs(context: Mapping[str, Any], parents: Sequence[Task]) -> dict[str, Any]:

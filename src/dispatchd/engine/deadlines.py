@@ -11,7 +11,8 @@ an earlier deadline), and acts on what has passed:
   in both cases the agent, if it has not been heard from for as long, is marked offline
   in the same commit, so the assigner never hands the task straight back to it;
 * a pending task whose backoff ended → offered to the assigner;
-* a blocked task whose `run_at` came → pending, if its dependencies are done.
+* a blocked task whose `run_at` came → pending, if its dependencies are done;
+* a schedule whose `next_fire_at` came → fired (`engine/firing.py`).
 
 Each action re-reads the task and re-checks the deadline before it writes, with the
 task's version: a heartbeat or a completion that lands first wins, and a task that
@@ -30,7 +31,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from dispatchd.domain import lifecycle
 from dispatchd.domain.access import Caller
@@ -54,6 +55,10 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Step = tuple[Change, Task | None]
 Kick = Callable[[list[str]], None]
+
+
+class Firing(Protocol):
+    async def fire_due(self, now: datetime | None = None) -> int: ...
 
 
 class Sweeper:
@@ -80,6 +85,8 @@ class Sweeper:
         self.job = JobStatus("sweeper")
         self._task_failures: dict[str, int] = {}
         self.set_aside: dict[str, str] = {}
+        # Fires the schedules whose time came (None: schedules are not fired here).
+        self.firer: Firing | None = None
 
     def poke(self, _last: int = 0) -> None:
         """New work may carry an earlier deadline than the one slept for."""
@@ -142,6 +149,17 @@ class Sweeper:
             if due.ready:
                 self.kick([t.id for t in due.ready])
             total += len(due)
+            if self.firer is not None:
+                try:
+                    total += await self.firer.fire_due(now)
+                except DispatchError:
+                    raise
+                except Exception as exc:
+                    # Schedules that cannot be fired must not hold up the task deadlines.
+                    log.error(
+                        "firing the due schedules failed", exc_info=exc, extra={"action": "sweep"}
+                    )
+                    self.job.failed(exc, "firing the due schedules")
             full = max(
                 len(due.timed_out),
                 len(due.lease_lost),

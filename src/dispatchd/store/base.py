@@ -23,12 +23,18 @@ from dispatchd.domain.models import (
     Event,
     Priority,
     ProgressEntry,
+    Review,
     Task,
     TaskDetail,
     TaskStatus,
 )
 from dispatchd.domain.notifications import Digest, Notification
 from dispatchd.domain.webhooks import Advance, Delivery, DeliveryStatus, Head, Outcome, Webhook
+from dispatchd.store.base_schedules import InsertFire as InsertFire
+from dispatchd.store.base_schedules import InsertSchedule as InsertSchedule
+from dispatchd.store.base_schedules import ScheduleReads
+from dispatchd.store.base_schedules import UpdateSchedule as UpdateSchedule
+from dispatchd.store.rooms import DeleteRoom, InsertRoom, RequireRoom, RoomStore, UpdateRoom
 
 # --- write operations -----------------------------------------------------------------
 
@@ -104,6 +110,13 @@ PatchAttempt = AttemptPatch
 @dataclass(frozen=True, slots=True)
 class AppendProgress:
     entry: ProgressEntry
+
+
+@dataclass(frozen=True, slots=True)
+class AppendReview:
+    """Record a verdict on a task's work (its `reviews`)."""
+
+    review: Review
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +205,7 @@ Op = (
     | SaveAttempt
     | PatchAttempt
     | AppendProgress
+    | AppendReview
     | AppendComment
     | InsertAgent
     | UpdateAgent
@@ -201,6 +215,13 @@ Op = (
     | AdvanceCursor
     | InsertNotification
     | SaveDigest
+    | InsertRoom
+    | UpdateRoom
+    | DeleteRoom
+    | RequireRoom
+    | InsertSchedule
+    | UpdateSchedule
+    | InsertFire
 )
 
 # The cursor under which retention records the last event id it deleted.
@@ -227,6 +248,8 @@ class TaskFilter:
     priority: Sequence[Priority] = ()
     owner: str | None = None
     label: str | None = None
+    # The review tasks of this task.
+    review_of: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +299,8 @@ class QueueStats:
 
 @dataclass(frozen=True, slots=True)
 class ClaimQuery:
-    """The pending tasks an agent may take: capable, owner-compatible, ready, in queue order.
+    """The pending tasks an agent may take: capable, owner-compatible, of its room or of
+    none (`room`: the agent's), ready, in queue order.
 
     `capabilities` are the agent's tags (a task qualifies when it requires a subset of
     them); with `owner_filter` a task with an owner qualifies only for an agent of the same
@@ -289,6 +313,7 @@ class ClaimQuery:
     owner_filter: bool
     now: datetime
     limit: int
+    room: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,8 +376,9 @@ class LocalLease:
         return None
 
 
-class Store(Protocol):
-    """Persistence for tasks, agents, attempts, progress, comments and the event log."""
+class Store(RoomStore, ScheduleReads, Protocol):
+    """Persistence for tasks, agents, attempts, progress, comments and the event log;
+    rooms in `store.rooms`, schedules in `store.base_schedules`."""
 
     dialect: str
 
@@ -408,6 +434,14 @@ class Store(Protocol):
     async def task_detail(self, task_id: str) -> TaskDetail | None: ...
 
     async def attempts(self, task_id: str) -> list[Attempt]: ...
+
+    async def reviews(self, task_id: str) -> list[Review]:
+        """The verdicts on a task's work, oldest first."""
+        ...
+
+    async def open_reviews(self, task_id: str) -> list[Task]:
+        """The unfinished review tasks (`kind` review) of the task `task_id`."""
+        ...
 
     async def active_tasks_of(self, agent_id: str) -> list[Task]: ...
 
@@ -474,7 +508,7 @@ class Store(Protocol):
         ...
 
     async def next_deadline(self, since: datetime) -> datetime | None:
-        """The earliest deadline `due` would act on, from the indexes."""
+        """The earliest deadline `due` would act on (or schedule fire time), from the indexes."""
         ...
 
     # --- notifications (docs/events.md#notifications) -------------------------------------

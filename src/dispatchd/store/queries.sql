@@ -20,6 +20,11 @@ WHERE task_id = :task_id AND number = :number;
 INSERT INTO progress (task_id, attempt, agent_id, message, percent, created_at)
 VALUES (:task_id, :attempt, :agent_id, :message, :percent, :created_at);
 
+-- name: insert_review
+INSERT INTO task_reviews (task_id, cycle, reviewer, verdict, feedback, created_at,
+    review_task_id)
+VALUES (:task_id, :cycle, :reviewer, :verdict, :feedback, :created_at, :review_task_id);
+
 -- name: insert_comment
 INSERT INTO comments (task_id, author, body, created_at)
 VALUES (:task_id, :author, :body, :created_at);
@@ -143,6 +148,16 @@ SELECT * FROM comments
 WHERE task_id = :task_id
 ORDER BY id;
 
+-- name: reviews
+SELECT * FROM task_reviews
+WHERE task_id = :task_id
+ORDER BY id;
+
+-- name: open_reviews
+SELECT * FROM tasks
+WHERE review_of = :task_id AND status NOT IN {terminal}
+ORDER BY id;
+
 -- name: active_tasks
 SELECT * FROM tasks
 WHERE assignee = :agent_id AND status IN {active}
@@ -232,14 +247,14 @@ SELECT * FROM tasks
 WHERE lease_expires_at <= :now AND status = 'assigned' LIMIT :limit;
 
 -- name: due_ready
-SELECT * FROM tasks
+SELECT * FROM tasks{by_not_before}
 WHERE not_before > :since AND not_before <= :now AND status = 'pending'
 ORDER BY not_before LIMIT :limit;
 
 -- name: due_run_at
 -- Blocked tasks whose run_at came and whose parents are all completed; one still
 -- waiting on a parent is left to the parent's completion.
-SELECT * FROM tasks
+SELECT * FROM tasks{by_run_at}
 WHERE status = 'blocked' AND run_at IS NOT NULL AND run_at <= :now AND {parents_done} LIMIT
     :limit;
 
@@ -247,9 +262,11 @@ WHERE status = 'blocked' AND run_at IS NOT NULL AND run_at <= :now AND {parents_
 SELECT min(x) AS x FROM (
     SELECT min(deadline_at) AS x FROM tasks WHERE deadline_at IS NOT NULL
     UNION ALL SELECT min(lease_expires_at) FROM tasks WHERE lease_expires_at IS NOT NULL
-    UNION ALL SELECT min(not_before) FROM tasks WHERE not_before > :since AND status = 'pending'
-    UNION ALL SELECT min(run_at) FROM tasks
+    UNION ALL SELECT min(not_before) FROM tasks{by_not_before}
+        WHERE not_before > :since AND status = 'pending'
+    UNION ALL SELECT min(run_at) FROM tasks{by_run_at}
         WHERE status = 'blocked' AND run_at IS NOT NULL AND {parents_done}
+    UNION ALL SELECT min(next_fire_at) FROM schedules WHERE next_fire_at IS NOT NULL
 ) AS deadlines;
 
 -- --- retention ---------------------------------------------------------------------------
@@ -403,3 +420,83 @@ ORDER BY updated_at LIMIT :limit;
 -- name: drop_deliveries
 DELETE FROM webhook_deliveries
 WHERE id{in_ids};
+
+-- --- rooms (docs/rooms.md) -------------------------------------------------------------
+
+-- name: room
+SELECT * FROM rooms
+WHERE id = :id;
+
+-- name: lock_room
+SELECT * FROM rooms
+WHERE id = :id{for_update};
+
+-- name: require_room
+-- Shared: dispatches into one room do not wait on each other, a removal waits on them.
+SELECT id FROM rooms
+WHERE id = :id{for_share};
+
+-- name: delete_room
+DELETE FROM rooms
+WHERE id = :id AND version = :version;
+
+-- name: room_unfinished
+SELECT count(*) AS n FROM tasks
+WHERE scope = :id AND status NOT IN {terminal};
+
+-- name: room_agents
+SELECT * FROM agents
+WHERE room{in_ids}
+ORDER BY id;
+
+-- name: room_active
+SELECT * FROM tasks
+WHERE scope{in_ids} AND status IN {active};
+
+-- name: room_counts
+SELECT scope, max(updated_at) AS last_at, sum(CASE WHEN status IN ('pending', 'blocked') THEN 1
+    ELSE 0 END) AS pending
+FROM tasks
+WHERE scope{in_ids} GROUP BY scope;
+
+-- name: room_last_finished
+-- The last task an agent of the room worked on (attempt > 0) that finished: one that never
+-- ran (failed with a parent, cancelled while queued) says nothing of the room's agents.
+SELECT scope, status FROM (
+    SELECT scope, status, row_number() OVER (PARTITION BY scope ORDER BY finished_at DESC, id
+        DESC) AS n
+    FROM tasks
+    WHERE scope{in_ids} AND status IN {terminal} AND finished_at IS NOT NULL AND attempt > 0
+) AS last
+WHERE n = 1;
+
+-- name: room_events
+-- The events of the room's tasks, and the room's own (`room.*`, naming it in `data.room`).
+SELECT * FROM events
+WHERE task_id IN (SELECT id FROM tasks WHERE scope = :room) OR (type LIKE 'room.%' AND
+    {event_room} = :room)
+ORDER BY id DESC LIMIT :limit;
+
+-- --- schedules (docs/schedules.md) -------------------------------------------------------
+
+-- name: schedule
+SELECT * FROM schedules
+WHERE id = :id;
+
+-- name: due_schedules
+SELECT * FROM schedules
+WHERE next_fire_at IS NOT NULL AND next_fire_at <= :now
+ORDER BY next_fire_at LIMIT :limit;
+
+-- name: delete_schedule
+DELETE FROM schedules
+WHERE id = :id;
+
+-- name: delete_fires
+DELETE FROM schedule_fires
+WHERE schedule_id = :id;
+
+-- name: schedule_fires
+SELECT * FROM schedule_fires
+WHERE schedule_id = :id
+ORDER BY fire_time DESC LIMIT :limit;

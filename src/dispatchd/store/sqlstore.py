@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from dispatchd.domain.models import Agent, Attempt, Comment, Event, ProgressEntry, Task, TaskDetail
+from dispatchd.domain.models import (
+    Agent,
+    Attempt,
+    Comment,
+    Event,
+    ProgressEntry,
+    Review,
+    Task,
+    TaskDetail,
+    TaskStatus,
+)
 from dispatchd.domain.notifications import Digest, Notification
+from dispatchd.domain.rooms import Room, RoomActivity
+from dispatchd.domain.schedules import Fire, Schedule
 from dispatchd.domain.webhooks import Advance, Delivery, DeliveryStatus, Head, Outcome, Webhook
 from dispatchd.errors import ConcurrentUpdate
 from dispatchd.store import migrations, writes
@@ -153,17 +165,25 @@ class SQLStore:
             attempts = yield all_rows(q.attempts, params)
             progress = yield all_rows(q.progress, params)
             comments = yield all_rows(q.comments, params)
+            reviews = yield all_rows(q.reviews, params)
             return TaskDetail(
                 task=from_row(Task, row, codec),
                 attempts=tuple(from_row(Attempt, r, codec) for r in attempts),
                 progress=tuple(from_row(ProgressEntry, r, codec) for r in progress),
                 comments=tuple(from_row(Comment, r, codec) for r in comments),
+                reviews=tuple(from_row(Review, r, codec) for r in reviews),
             )
 
         return await self.connector.transaction(body(), write=False)
 
     async def attempts(self, task_id: str) -> list[Attempt]:
         return await self._all(Attempt, self.q.attempts, task_id=task_id)
+
+    async def reviews(self, task_id: str) -> list[Review]:
+        return await self._all(Review, self.q.reviews, task_id=task_id)
+
+    async def open_reviews(self, task_id: str) -> list[Task]:
+        return await self._all(Task, self.q.open_reviews, task_id=task_id)
 
     async def active_tasks_of(self, agent_id: str) -> list[Task]:
         return await self._all(Task, self.q.active_tasks, agent_id=agent_id)
@@ -424,6 +444,79 @@ class SQLStore:
             return len(ids)
 
         return await self.connector.transaction(body())
+
+    # --- rooms ----------------------------------------------------------------------------
+
+    async def get_room(self, room_id: str) -> Room | None:
+        return await self._one(Room, self.q.room, id=room_id)
+
+    async def list_rooms(self, *, limit: int, cursor: str | None) -> Page[Room]:
+        return await self._page(Room, self.q.list_rooms(cursor), limit, lambda r: r.id)
+
+    async def room_activity(self, room_ids: Sequence[str]) -> Mapping[str, RoomActivity]:
+        if not room_ids:
+            return {}
+        q, codec = self.q, self.codec
+        params = {"ids": self.connector.dialect.dump_list(sorted(set(room_ids)))}
+
+        def body() -> Body[dict[str, RoomActivity]]:
+            agents: dict[str, list[Agent]] = {}
+            for row in (yield all_rows(q.room_agents, params)):
+                agent = from_row(Agent, row, codec)
+                agents.setdefault(agent.room or "", []).append(agent)
+            active: dict[str, list[Task]] = {}
+            for row in (yield all_rows(q.room_active, params)):
+                task = from_row(Task, row, codec)
+                active.setdefault(task.scope or "", []).append(task)
+            counts = {r["scope"]: r for r in (yield all_rows(q.room_counts, params))}
+            last = {r["scope"]: r["status"] for r in (yield all_rows(q.room_last_finished, params))}
+            found = {}
+            for room_id in room_ids:
+                count = counts.get(room_id)
+                found[room_id] = RoomActivity(
+                    agents=agents.get(room_id, []),
+                    active=active.get(room_id, []),
+                    pending=int(count["pending"] or 0) if count else 0,
+                    last_task_at=codec.load_time(count["last_at"]) if count else None,
+                    last_finished=TaskStatus(last[room_id]) if room_id in last else None,
+                )
+            return found
+
+        return await self.connector.transaction(body(), write=False)
+
+    async def room_tasks(
+        self, room_id: str, *, limit: int, statuses: Sequence[str] = ()
+    ) -> list[Task]:
+        sql, params = self.q.room_tasks(room_id, statuses)
+        return await self._all(Task, sql, **params, limit=limit)
+
+    async def room_events(self, room_id: str, *, limit: int) -> list[Event]:
+        return await self._all(Event, self.q.room_events, room=room_id, limit=limit)
+
+    # --- schedules ------------------------------------------------------------------------
+
+    async def get_schedule(self, schedule_id: str) -> Schedule | None:
+        return await self._one(Schedule, self.q.schedule, id=schedule_id)
+
+    async def list_schedules(self, *, limit: int, cursor: str | None) -> Page[Schedule]:
+        return await self._page(Schedule, self.q.list_schedules(cursor), limit, lambda s: s.id)
+
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        q = self.q
+
+        def body() -> Body[bool]:
+            found: bool = (yield execute(q.delete_schedule, {"id": schedule_id})) == 1
+            yield execute(q.delete_fires, {"id": schedule_id})
+            return found
+
+        return await self.connector.transaction(body())
+
+    async def due_schedules(self, now: datetime, limit: int) -> list[Schedule]:
+        params = {"now": self.codec.dump_time(now), "limit": limit}
+        return await self._all(Schedule, self.q.due_schedules, **params)
+
+    async def schedule_fires(self, schedule_id: str, *, limit: int) -> list[Fire]:
+        return await self._all(Fire, self.q.schedule_fires, id=schedule_id, limit=limit)
 
 
 _QUERIES: dict[str, Queries] = {}
