@@ -8,6 +8,7 @@ with a `ConfigError` that names the key and where it came from.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -149,6 +150,45 @@ class AuthConfig(Section):
     agent_tokens: Literal["optional", "required"] = "optional"
 
 
+class LimitsConfig(Section):
+    """Per-caller rate limits (docs/security.md#rate-limits): a token bucket per
+    X-Agent-ID, refilled at `requests_per_second` and holding `burst` requests. Off (0) by
+    default, for the embedded setup; a shared deployment sets it. The admin and heartbeats
+    are never limited."""
+
+    requests_per_second: float = Field(0, ge=0, le=1_000_000)
+    # The bucket's size; unset: one second's worth (at least 1).
+    burst: int | None = Field(None, ge=1, le=1_000_000)
+
+
+class OutboundConfig(Section):
+    """Where webhooks and wake URLs may point (docs/security.md#outbound-requests): public
+    addresses, loopback while `allow_loopback` (the embedded default; a shared server turns
+    it off), and the networks listed in `allow_networks`; never link-local (cloud
+    metadata) or private ranges otherwise."""
+
+    allow_loopback: bool = True
+    # CIDRs ("10.1.0.0/16", "fd00::/8"); in the environment, a comma-separated list.
+    allow_networks: tuple[str, ...] = ()
+
+    @field_validator("allow_networks", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not a network in CIDR form: {exc}") from None
+        return value
+
+
 class RetryConfig(Section):
     max_attempts: int = Field(3, ge=1, le=100)
     backoff_base_ms: int = Field(1000, ge=0)
@@ -237,6 +277,8 @@ class Settings(Section):
     assignment: AssignmentConfig = AssignmentConfig()
     logging: LoggingConfig = LoggingConfig()
     auth: AuthConfig = AuthConfig()
+    limits: LimitsConfig = LimitsConfig()
+    outbound: OutboundConfig = OutboundConfig()
     retry: RetryConfig = RetryConfig()
     review: ReviewConfig = ReviewConfig()
     routing: RoutingConfig = RoutingConfig()

@@ -333,8 +333,12 @@ async def test_only_an_admin_acknowledges(client: httpx.AsyncClient, register: R
     _, token = await register("w1", ["code"])
     for headers in (as_agent("alice"), as_agent("w1", token)):
         assert (await client.get(URL, headers=headers)).status_code == 200
+    for headers, status, code in (
+        (as_agent("alice"), 401, "admin_token_required"),
+        (as_agent("w1", token), 403, "admin_required"),
+    ):
         r = await client.post(f"{URL}/ack", json={"up_to": "1"}, headers=headers)
-        assert_error(r, 403, "admin_required")
+        assert_error(r, status, code)
     assert_error(await client.get(URL, headers={"X-Agent-ID": ""}), 401, "missing_agent_id")
 
 

@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dispatchd import __version__
 from dispatchd.api import errors, openapi
 from dispatchd.api.guard import BodyGuard
+from dispatchd.api.limits import RateLimit
 from dispatchd.api.routes import (
     agents,
     events,
@@ -93,6 +94,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(schedules.router)
     limit = (runtime.settings if runtime else settings or Settings()).server.max_body_bytes
     app.add_middleware(BodyGuard, max_body_bytes=limit)
+    # Outside the body guard: a caller over its limit is refused before its body is read.
+    app.add_middleware(RateLimit)
     if runtime is not None:
         app.add_middleware(RequestMetrics, metrics=runtime.metrics)
     else:

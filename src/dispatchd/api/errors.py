@@ -45,12 +45,18 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return errors
 
 
+# RFC 6750: a 401 says which scheme would do.
+CHALLENGE = 'Bearer realm="dispatchd"'
+
+
 async def _dispatch_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DispatchError)
     response = JSONResponse(exc.as_body(), status_code=exc.status)
     retry_after = exc.details.get("retry_after_s")
     if exc.status == 429 and isinstance(retry_after, int):
         response.headers["Retry-After"] = str(retry_after)
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = CHALLENGE
     return response
 
 

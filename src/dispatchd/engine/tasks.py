@@ -12,6 +12,8 @@ from typing import Any
 from dispatchd.domain import lifecycle, review
 from dispatchd.domain.access import (
     Caller,
+    already_ended,
+    already_started,
     require_holder,
     require_requester_or_admin,
 )
@@ -19,6 +21,7 @@ from dispatchd.domain.costs import CostReport
 from dispatchd.domain.ids import utcnow
 from dispatchd.domain.lifecycle import Change, Policy
 from dispatchd.domain.models import (
+    AttemptOutcome,
     Comment,
     Event,
     Priority,
@@ -35,6 +38,7 @@ from dispatchd.engine.rules import Rules
 from dispatchd.engine.transitions import MAX_TRIES, commit_changes, transact
 from dispatchd.errors import (
     ConcurrentUpdate,
+    Conflict,
     DispatchError,
     Forbidden,
     NotFound,
@@ -132,8 +136,22 @@ class TaskService:
         past = await self.store.attempts(task.id)
         require_holder(task, caller, past, attempt)
 
+    async def _repeat(
+        self,
+        task: Task,
+        caller: Caller,
+        attempt: int | None,
+        outcome: AttemptOutcome,
+        **same: Any,
+    ) -> bool:
+        """Whether the caller's attempt already ended the task this way (a retried call)."""
+        past = await self.store.attempts(task.id)
+        return already_ended(task, caller, past, attempt, outcome, **same)
+
     async def start(self, task_id: str, caller: Caller, *, attempt: int | None = None) -> Task:
         async def compute(task: Task) -> list[tuple[Change, Task | None]]:
+            if already_started(task, caller, attempt):
+                return []  # a repeat: answered with the task, as the first call was
             await self._as_holder(task, caller, attempt)
             return [(lifecycle.start(task, utcnow(), self.policy), task)]
 
@@ -175,8 +193,14 @@ class TaskService:
         cost: CostReport | None = None,
     ) -> Task:
         async def compute(task: Task) -> list[tuple[Change, Task | None]]:
-            await self._as_holder(task, caller, attempt)
-            return self._completion(task, utcnow(), result, summary, cost)
+            try:
+                await self._as_holder(task, caller, attempt)
+                return self._completion(task, utcnow(), result, summary, cost)
+            except Conflict:
+                done = AttemptOutcome.COMPLETED
+                if await self._repeat(task, caller, attempt, done, result=result, summary=summary):
+                    return []
+                raise
 
         return await self._transact(task_id, compute)
 
@@ -204,6 +228,12 @@ class TaskService:
                 try:
                     await self._as_holder(task, caller, item.attempt)
                     mine = self._completion(task, now, item.result, item.summary, item.cost)
+                except Conflict as exc:
+                    same = {"result": item.result, "summary": item.summary}
+                    completed = AttemptOutcome.COMPLETED
+                    repeat = await self._repeat(task, caller, item.attempt, completed, **same)
+                    answers[item.task_id] = task if repeat else exc
+                    continue
                 except DispatchError as exc:
                     answers[item.task_id] = exc
                     continue
@@ -250,16 +280,21 @@ class TaskService:
         cost: CostReport | None = None,
     ) -> Task:
         async def compute(task: Task) -> list[tuple[Change, Task | None]]:
-            await self._as_holder(task, caller, attempt)
             now = utcnow()
-            change = lifecycle.fail(
-                task,
-                now,
-                self.policy,
-                error=error,
-                retryable=retryable,
-                jitter=self._random.random(),
-            )
+            try:
+                await self._as_holder(task, caller, attempt)
+                change = lifecycle.fail(
+                    task,
+                    now,
+                    self.policy,
+                    error=error,
+                    retryable=retryable,
+                    jitter=self._random.random(),
+                )
+            except Conflict:
+                if await self._repeat(task, caller, attempt, AttemptOutcome.FAILED, error=error):
+                    return []
+                raise
             return [(lifecycle.charged(change, task, cost, now), task)]
 
         return await self._transact(task_id, compute)

@@ -173,3 +173,8 @@ class MetricsFollower(Consumer):
         # Moved before counting: a batch that fails half-way is not counted twice.
         self.cursor = last
         self.metrics.observe(events, tasks)
+
+    async def skip(self, event: Event) -> bool:
+        assert event.id is not None
+        self.cursor = event.id
+        return True

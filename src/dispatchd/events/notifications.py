@@ -153,6 +153,12 @@ class Notifier(Consumer):
             self.digest = digest
         self.cursor = last
 
+    async def skip(self, event: Event) -> bool:
+        assert event.id is not None
+        await self._commit([], event.id)
+        self.cursor = event.id
+        return True
+
     async def _commit(self, ops: list[Op], last: int | None = None) -> None:
         """Commit `ops` with the cursor's move to `last` (None: it stays, but must still be
         where it was read)."""
