@@ -204,7 +204,7 @@ def stop(process: subprocess.Popen[str], *readers: Lines, sig: int = signal.SIGT
     """Stop a long-running command (SIGTERM, or `sig`) and close its pipes; what it wrote
     on standard error."""
     process.send_signal(sig)
-    process.wait(10)
+    process.wait(30)
     for reader in readers:
         reader.join()
     assert process.stderr is not None and process.stdout is not None

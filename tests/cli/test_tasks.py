@@ -8,6 +8,7 @@ import pytest
 
 from dispatchd.client import Client
 from tests.cli.conftest import Run
+from tests.integration.server import ServerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -112,16 +113,25 @@ def test_refused_input_and_usage_errors(cli: Run) -> None:
         assert result.out == ""
 
 
-def test_credentials_decide_3_and_4(cli: Run, admin: Client) -> None:
+def test_credentials_decide_3_and_4(cli: Run, server: ServerProcess) -> None:
     wrong = cli("task", "list", "--token", "not-a-token")
     assert wrong.code == 3, wrong.err
     assert len(wrong.err.splitlines()) == 1
 
-    # Without the admin token an agent may not drain (403).
-    admin.register_agent(agent_id="someone", capabilities=["x"])
-    plain = cli("agent", "drain", "someone", env={"DISPATCH_ADMIN_TOKEN": ""})
+    # No token on an admin route: the caller has not said who it is (401).
+    anonymous = cli("agent", "drain", "someone", env={"DISPATCH_ADMIN_TOKEN": ""})
+    assert anonymous.code == 3, anonymous.err
+
+    # An agent with its own token is known, and may not drain (403).
+    with Client(server.api_url, agent_id="someone") as agent:
+        token = agent.register_agent(capabilities=["x"]).token
+    assert token is not None
+    plain = cli(
+        "agent", "drain", "someone", "--as", "someone", "--token", token,
+        env={"DISPATCH_ADMIN_TOKEN": ""},
+    )  # fmt: skip
     assert plain.code == 4, plain.err
-    assert len(plain.err.splitlines()) == 1
+    assert plain.out == "" and len(plain.err.splitlines()) == 1
 
 
 def test_an_unreachable_broker_exits_5_quickly(cli: Run) -> None:

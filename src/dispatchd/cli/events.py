@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 import typer
 from rich.text import Text
@@ -16,6 +16,14 @@ from dispatchd.client import Client, TransportError
 from dispatchd.client.models import Event
 
 app = typer.Typer(help="Follow the event log.", no_args_is_help=True)
+
+
+class Filters(TypedDict):
+    types: str | None
+    task: str | None
+    room: str | None
+    requester: str | None
+
 
 # Waits between reconnections grow to this many seconds.
 BACKOFF_CAP_S = 5.0
@@ -82,6 +90,13 @@ def watch(
         str | None,
         typer.Option(help="Start after this event id (a cursor) instead of at the end of the log."),
     ] = None,
+    task: Annotated[str | None, typer.Option(help="Only the events of this task.")] = None,
+    room: Annotated[
+        str | None, typer.Option(help="Only the events of this room and its tasks.")
+    ] = None,
+    requester: Annotated[
+        str | None, typer.Option(help="Only the events of the tasks this requester created.")
+    ] = None,
     from_start: Annotated[
         bool, typer.Option("--from-start", help="Start at the oldest event kept.")
     ] = False,
@@ -103,14 +118,15 @@ def watch(
         # once, and a reconnection before the first event resumes from here.
         head = client.read_events("latest", limit=1).next_cursor
         cursor: str | None = None if from_start else (after or head)
-        _follow(client, target.url, cursor, types, reconnect_for, json_)
+        filters = Filters(types=types, task=task, room=room, requester=requester)
+        _follow(client, target.url, cursor, filters, reconnect_for, json_)
 
 
 def _follow(
     client: Client,
     url: str,
     cursor: str | None,
-    types: str | None,
+    filters: Filters,
     reconnect_for: float,
     json_: bool,
 ) -> None:
@@ -120,7 +136,7 @@ def _follow(
     retry = 0
     while True:
         try:
-            for event in client.stream_events(cursor, types=types):
+            for event in client.stream_events(cursor, **filters):
                 if lost_since is not None:
                     err.print("reconnected", style="green")
                     lost_since, retry = None, 0

@@ -20,6 +20,12 @@ def notifications(
     ack: Annotated[
         bool, typer.Option("--ack", help="Acknowledge the notifications shown.")
     ] = False,
+    wait: Annotated[
+        float,
+        typer.Option(
+            min=0, max=60, help="Seconds to wait for a notification when there is none yet."
+        ),
+    ] = 0.0,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 100,
     url: UrlOption = None,
     as_: AsOption = None,
@@ -27,9 +33,11 @@ def notifications(
     json_: JsonOption = False,
 ) -> None:
     """Failures, timeouts, escalations and questions, and digests of completions and
-    progress, oldest first."""
+    progress, oldest first: all of them with the admin token, else those of your tasks."""
     with connect(url, as_, token) as (client, _):
-        page = client.list_notifications(after, limit=limit, unacknowledged=unacknowledged)
+        page = client.list_notifications(
+            after, limit=limit, unacknowledged=unacknowledged, wait_s=wait
+        )
         if ack and page.items:
             client.ack_notifications(up_to=page.items[-1].id)
     if json_:

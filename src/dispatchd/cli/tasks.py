@@ -405,9 +405,9 @@ def follow(client: Client, task_id: str, on_change: Callable[[Task], None]) -> T
     task = client.get_task(task_id)
     on_change(task)
     while task.status not in END_STATES:
-        page = client.read_events(cursor, types="task", wait_s=LONG_POLL_S, limit=500)
+        page = client.read_events(cursor, task=task_id, wait_s=LONG_POLL_S, limit=500)
         cursor = page.next_cursor
-        if any(e.task_id == task_id for e in page.events):
+        if page.events:
             task = client.get_task(task_id)
             on_change(task)
     return task

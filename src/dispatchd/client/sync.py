@@ -56,18 +56,20 @@ def _blocking_iter(
     def iterate(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> Generator[R, None, None]:
         portal = self._portal
         items = portal.call(_start, method, self.aio, args, kwargs)
+        step: Future[Any] | None = None
         try:
             while True:
                 step = portal.start_task_soon(_step, items)
-                try:
-                    item = step.result()
-                except StopAsyncIteration:
-                    return
-                except BaseException:
-                    # Interrupted while waiting (KeyboardInterrupt): stop the step too.
-                    step.cancel()
-                    raise
+                item = step.result()
+                step = None
                 yield item
+        except StopAsyncIteration:
+            return
+        except BaseException:
+            # Interrupted while waiting (KeyboardInterrupt): stop the step too.
+            if step is not None:
+                step.cancel()
+            raise
         finally:
             portal.call(_close, items)
 
@@ -91,9 +93,11 @@ async def _step(items: AsyncIterator[R]) -> R:
 async def _close(items: AsyncIterator[Any]) -> None:
     # A step the caller stopped waiting for (Ctrl-C in its thread) has been cancelled but
     # may still be unwinding; closing a generator that is running raises, so wait for it.
-    with anyio.move_on_after(5):
+    with anyio.move_on_after(2):
         while getattr(items, "ag_running", False):  # noqa: ASYNC110 (no event to wait on)
             await anyio.sleep(0.01)
+    if getattr(items, "ag_running", False):
+        return  # a step nobody holds: the client's close cancels it
     aclose = getattr(items, "aclose", None)
     if aclose is not None:
         await aclose()
@@ -132,6 +136,9 @@ class _LoopThread:
             if self._last is not None:
                 with suppress(Exception):
                     await self._last()
+            # What still runs (a stream's step its caller was interrupted waiting for)
+            # is cancelled rather than waited for: the loop is going away.
+            await portal.stop(cancel_remaining=True)
 
     def _request_stop(self, last: Callable[[], Awaitable[None]] | None) -> None:
         assert self._stopping is not None
