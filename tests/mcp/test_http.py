@@ -8,10 +8,10 @@ from contextlib import asynccontextmanager
 
 import httpx
 import httpx2
-from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from dispatchd.client import AsyncClient
+from mcp import Client
 from tests.agent.conftest import LiveServer
 from tests.mcp.helpers import call, call_error
 from tests.mcp.test_stdio_tools import TOOLS
