@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
@@ -176,10 +176,9 @@ def build_server(connect: Connect, *, name: str = "dispatchd") -> MCPServer:
         limit: Annotated[int, Field(ge=1, le=200, description="how many entries at most")] = 20,
     ) -> Annotated[CallToolResult, RoomHistory]:
         async with broker(ctx) as client:
-            items = await client.room_history(room, limit=limit)
-        entries = [views.history_entry(_plain(i)) for i in items]
-        summary = "\n".join(e.line for e in entries) if entries else f"{room}: no history yet"
-        return reply(RoomHistory(room=room, entries=entries, summary=summary), summary)
+            found = await client.room_history(room, limit=limit)
+        result = views.history(room, found.model_dump(mode="json"), limit)
+        return reply(result, result.summary)
 
     @server.tool(
         description=(
@@ -370,12 +369,6 @@ def build_server(connect: Connect, *, name: str = "dispatchd") -> MCPServer:
         return reply(result, summary)
 
     return server
-
-
-def _plain(item: Any) -> dict[str, Any]:
-    if isinstance(item, BaseModel):
-        return item.model_dump(mode="json")
-    return dict(item)
 
 
 async def _waiting_task(client: AsyncClient, room: str) -> str:

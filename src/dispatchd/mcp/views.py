@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -57,6 +57,7 @@ class RoomView(BaseModel):
     name: str | None = None
     workspace: str | None = None
     agent_status: str = Field(description="idle, working, waiting_input or error")
+    status_reason: str | None = Field(None, description="why the status is error")
     agents: list[str] = Field(default_factory=list)
     current_task: CurrentTask | None = None
     last_activity_at: str | None = None
@@ -77,7 +78,7 @@ class RoomStatus(BaseModel):
 class HistoryEntry(BaseModel):
     """One line of a room's history: a task with its outcome, or an event of the room."""
 
-    kind: str = Field(description="task or event")
+    kind: Literal["task", "event"]
     at: str | None = None
     data: dict[str, Any]
     line: str
@@ -85,7 +86,7 @@ class HistoryEntry(BaseModel):
 
 class RoomHistory(BaseModel):
     room: str
-    entries: list[HistoryEntry]
+    entries: list[HistoryEntry] = Field(description="tasks and events together, newest first")
     summary: str
 
 
@@ -201,6 +202,7 @@ def room_view(data: Mapping[str, Any], now: datetime | None = None) -> RoomView:
         name=data.get("name"),
         workspace=data.get("workspace"),
         agent_status=str(data.get("agent_status") or "idle"),
+        status_reason=data.get("status_reason"),
         agents=[str(a) for a in data.get("agents") or []],
         current_task=CurrentTask.model_validate(current) if current else None,
         last_activity_at=data.get("last_activity_at"),
@@ -224,9 +226,7 @@ def room_line(room: RoomView, now: datetime | None = None) -> str:
         if progress:
             text += f" ({progress})"
     elif room.agent_status == "error":
-        text = "error" + (
-            f": last task '{cut(task.title, 60)}' {task.status}" if task else ": no live agent"
-        )
+        text = f"error: {cut(room.status_reason or 'no live agent, or its last task failed')}"
     else:
         text = room.agent_status.replace("_", " ")
     if room.last_activity_at and room.agent_status in ("idle", "error"):
@@ -256,21 +256,33 @@ def rooms_summary(rooms: Iterable[RoomView]) -> str:
     return "\n".join(lines) if lines else "no rooms"
 
 
-def history_entry(item: Mapping[str, Any]) -> HistoryEntry:
-    """A history item of the room API: a task (it has a status) or an event (a type)."""
-    data = dict(item)
-    if "type" in data and "status" not in data:
-        at = data.get("created_at")
-        text = f"{data['type']}"
-        if data.get("task_id"):
-            text += f" {data['task_id']}"
-        details = data.get("data")
-        if isinstance(details, Mapping) and details.get("reason"):
-            text += f": {cut(details['reason'])}"
-        return HistoryEntry(kind="event", at=at, data=data, line=text)
+def history(room: str, data: Mapping[str, Any], limit: int) -> RoomHistory:
+    """The room's tasks (with outcomes) and events, merged newest first."""
+    entries = [_task_entry(t) for t in data.get("tasks") or []]
+    entries += [_event_entry(e) for e in data.get("events") or []]
+    entries.sort(key=lambda e: e.at or "", reverse=True)
+    entries = entries[:limit]
+    summary = "\n".join(f"{e.at}: {e.line}" for e in entries) or f"{room}: no history yet"
+    return RoomHistory(room=room, entries=entries, summary=summary)
+
+
+def _task_entry(data: Mapping[str, Any]) -> HistoryEntry:
     task = task_view(data)
     at = task.finished_at or task.updated_at or task.created_at
-    return HistoryEntry(kind="task", at=at, data=data, line=task_line(task))
+    return HistoryEntry(kind="task", at=at, data=dict(data), line=task_line(task))
+
+
+def _event_entry(data: Mapping[str, Any]) -> HistoryEntry:
+    text = str(data.get("type"))
+    if data.get("task_id"):
+        text += f" {data['task_id']}"
+    details = data.get("data")
+    if isinstance(details, Mapping):
+        for key in ("reason", "question", "answer", "error", "message"):
+            if details.get(key):
+                text += f": {cut(details[key])}"
+                break
+    return HistoryEntry(kind="event", at=data.get("created_at"), data=dict(data), line=text)
 
 
 def notification_view(data: Mapping[str, Any]) -> NotificationView:
