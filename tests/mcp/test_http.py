@@ -105,3 +105,24 @@ async def test_an_agent_token_works_for_its_own_agent_only(
     assert other.json()["error"]["code"] == "token_mismatch"
     # Without X-Agent-ID the caller is `mcp`, whose token this is not.
     assert unnamed.status_code == 401
+
+
+async def test_a_foreign_host_or_origin_is_refused_on_a_loopback_server(
+    live_server: LiveServer,
+) -> None:
+    """DNS rebinding: a page on another site that resolves its name to 127.0.0.1 must not
+    reach the tools, even with a token the browser somehow holds."""
+    auth = {**ACCEPT, "Authorization": f"Bearer {live_server.admin_token}"}
+    async with httpx.AsyncClient() as http:
+        host = await http.post(
+            f"{live_server.url}/mcp", json=INITIALIZE, headers={**auth, "Host": "evil.example"}
+        )
+        origin = await http.post(
+            f"{live_server.url}/mcp",
+            json=INITIALIZE,
+            headers={**auth, "Origin": "http://evil.example"},
+        )
+        fine = await http.post(f"{live_server.url}/mcp", json=INITIALIZE, headers=auth)
+    assert host.status_code in (403, 421), host.text
+    assert origin.status_code == 403, origin.text
+    assert fine.status_code == 200, fine.text
