@@ -3,16 +3,21 @@ behind the API's bearer tokens, calling the broker as the caller."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 import httpx2
 from mcp.client.streamable_http import streamable_http_client
+from mcp_types import CallToolResult
 
 from dispatchd.client import AsyncClient
 from mcp import Client
 from tests.agent.conftest import LiveServer
+from tests.integration.server import ServerProcess
 from tests.mcp.helpers import call, call_error
 from tests.mcp.test_stdio_tools import TOOLS
 
@@ -126,3 +131,29 @@ async def test_a_foreign_host_or_origin_is_refused_on_a_loopback_server(
     assert host.status_code in (403, 421), host.text
     assert origin.status_code == 403, origin.text
     assert fine.status_code == 200, fine.text
+
+
+async def test_sigterm_answers_a_waiting_check_task_and_the_server_stops(
+    tmp_path: Path,
+) -> None:
+    """A check_task waiting over /mcp holds the shutdown up no more than the API's own
+    long-polls do: the server stops well inside ServerProcess.stop's 15 s."""
+    token = "mcp-shutdown-admin-token"
+    with ServerProcess(tmp_path / "data", env={"DISPATCH_ADMIN_TOKEN": token}) as server:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with http_session(server.api_url, headers) as session:
+            task = (await call(session, "dispatch_task", {"prompt": "nobody takes this"}))["task"]
+            waiting = asyncio.create_task(
+                session.call_tool("check_task", {"task_id": task["id"], "wait_s": 120})
+            )
+            await asyncio.sleep(1.0)  # time for the call to reach the server and wait
+            started = time.monotonic()
+            assert await asyncio.to_thread(server.stop) == 0
+            assert time.monotonic() - started < 15
+            # The wait was answered (the task as it is), not cut off.
+            answered = await asyncio.wait_for(waiting, 5)
+            assert isinstance(answered, CallToolResult) and not answered.is_error
+            assert isinstance(answered.structured_content, dict)
+            check = answered.structured_content
+            assert (check["changed"], check["task"]["status"]) == (False, "pending")
+            assert check["waited_s"] < 15

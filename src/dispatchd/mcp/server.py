@@ -249,16 +249,17 @@ def build_server(connect: Connect, *, name: str = "dispatchd") -> MCPServer:
         started = anyio.current_time()
         async with broker(ctx) as client:
             before, after = await _wait_for_change(client, task_id, wait_s)
+        waited = anyio.current_time() - started
         view = views.task_view(after.model_dump(mode="json"))
         changed = _status_of(after) != _status_of(before)
         summary = views.task_line(view)
         if wait_s > 0 and not changed and view.status not in FINAL:
-            summary += f" (no change in {wait_s:g}s)"
+            summary += f" (no change in {round(waited)}s)"
         check = TaskCheck(
             task=view,
             changed=changed,
             previous_status=_status_of(before),
-            waited_s=round(anyio.current_time() - started, 3),
+            waited_s=round(waited, 3),
             summary=summary,
         )
         return reply(check, summary)
