@@ -292,5 +292,12 @@ async def test_errors_are_tool_errors_with_the_apis_message_and_the_server_lives
         )
         assert "422" in invalid and "capabilities" in invalid
         assert "no_such_tool" in await call_error(session, "no_such_tool", {})
+        # A misspelt argument is refused, not dropped (which would dispatch unscoped work).
+        typo = await call_error(
+            session, "dispatch_task", {"prompt": "misspelt room", "rooom": "infra"}
+        )
+        assert "'rooom'" in typo and "room" in typo
+        recent = await call(session, "list_tasks", {"limit": 200})
+        assert "misspelt room" not in [t["title"] for t in recent["tasks"]]
         alive = await call(session, "list_tasks", {"limit": 1})
         assert len(alive["tasks"]) <= 1

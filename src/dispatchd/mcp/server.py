@@ -17,12 +17,12 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from mcp_types import CallToolResult, InputRequiredResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from dispatchd import __version__
@@ -114,10 +114,30 @@ def _status_of(task: Task) -> str:
     return str(task.status)
 
 
-def build_server(connect: Connect, *, name: str = "dispatchd") -> MCPServer:
+class ControlPlane(MCPServer[Any]):
+    """An MCP server whose tools refuse arguments they do not take. (The SDK drops them
+    silently: an LLM's `rooom="infra"` would dispatch an unscoped task instead of telling
+    it about the typo.)"""
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        tool = next((t for t in await self.list_tools() if t.name == name), None)
+        if tool is not None:
+            known = set(tool.input_schema.get("properties") or {})
+            unknown = sorted(set(arguments) - known)
+            if unknown:
+                raise ToolError(
+                    f"{name} has no argument {', '.join(map(repr, unknown))}; "
+                    f"its arguments are {', '.join(sorted(known)) or 'none'}"
+                )
+        return await super().call_tool(name, arguments, context)
+
+
+def build_server(connect: Connect, *, name: str = "dispatchd") -> MCPServer[Any]:
     """The MCP server with the control-plane tools, each calling the broker through the
     client `connect` gives for the call."""
-    server: MCPServer = MCPServer(name, instructions=INSTRUCTIONS, version=__version__)
+    server = ControlPlane(name, instructions=INSTRUCTIONS, version=__version__)
 
     @asynccontextmanager
     async def broker(ctx: Context) -> AsyncIterator[AsyncClient]:
