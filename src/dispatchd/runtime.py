@@ -23,6 +23,7 @@ from dispatchd.engine.directory import Directory
 from dispatchd.engine.feed import EventFeed
 from dispatchd.engine.presence import Presence
 from dispatchd.engine.providers import External, connect
+from dispatchd.engine.rooms import RoomService
 from dispatchd.engine.rules import Rules
 from dispatchd.engine.tasks import TaskService
 from dispatchd.engine.waiters import Waiters
@@ -101,6 +102,7 @@ class Runtime:
     tasks: TaskService = field(init=False)
     agents: AgentService = field(init=False)
     claims: ClaimService = field(init=False)
+    rooms: RoomService = field(init=False)
     metrics: Metrics = field(init=False)
     feed: EventFeed = field(init=False)
     directory: Directory = field(init=False)
@@ -121,6 +123,7 @@ class Runtime:
             default_max_attempts=self.settings.retry.max_attempts,
         )
         self.agents = AgentService(self.store, policy, escalate_to=rules.escalate_to)
+        self.rooms = RoomService(self.store, self.tasks)
         self.metrics = Metrics()
         self.feed = EventFeed(self.store)
         self.store.on_commit(self.feed.committed)

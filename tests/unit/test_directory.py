@@ -21,11 +21,12 @@ from dispatchd.store.base import Store
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TAGS = ("code", "docs", "ops")
 OWNERS = (None, "team-a", "team-b")
+ROOMS = (None, "infra", "research")
 LIMIT = 3
 
 agents_st = st.lists(
     st.builds(
-        lambda n, caps, status, owner, limit, active, idle, drained: Agent(
+        lambda n, caps, status, owner, limit, active, idle, drained, room: Agent(
             id=f"agent-{n:03d}",
             capabilities=caps,
             status=status,
@@ -34,6 +35,7 @@ agents_st = st.lists(
             owner=owner,
             max_concurrent=limit,
             drained=drained,
+            room=room,
             active=active,
             last_assigned_at=None if idle is None else T0 + timedelta(seconds=idle),
         ),
@@ -46,13 +48,14 @@ agents_st = st.lists(
         active=st.integers(0, 4),
         idle=st.one_of(st.none(), st.integers(0, 5)),
         drained=st.booleans(),
+        room=st.sampled_from(ROOMS),
     ),
     max_size=40,
     unique_by=lambda a: a.id,
 )
 
 tasks_st = st.builds(
-    lambda caps, priority, owner: Task(
+    lambda caps, priority, owner, scope: Task(
         id="task-1",
         title="t",
         prompt="p",
@@ -63,10 +66,12 @@ tasks_st = st.builds(
         created_at=T0,
         updated_at=T0,
         owner=owner,
+        scope=scope,
     ),
     caps=st.lists(st.sampled_from(TAGS), max_size=2, unique=True),
     priority=st.sampled_from(list(Priority)),
     owner=st.sampled_from(OWNERS),
+    scope=st.sampled_from(ROOMS),
 )
 
 
@@ -122,6 +127,10 @@ def test_best_follows_assignments_updates_and_removals(
             directory.put(freed)
         if step % 4 == 2:
             directory.drop(got)
+        if step % 5 == 3:
+            # Agents move to another room (or leave theirs).
+            for agent in list(directory.agents.values())[:2]:
+                directory.put(agent.evolve(room=ROOMS[(ROOMS.index(agent.room) + 1) % 3]))
 
 
 def test_an_agent_that_gains_room_is_ranked_again() -> None:

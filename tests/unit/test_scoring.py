@@ -58,6 +58,25 @@ def ranking(task: Task, agents: list[Agent], *, owner_filter: bool = True) -> sc
 # --- exclusions -------------------------------------------------------------------------
 
 
+def test_a_task_of_a_room_goes_only_to_its_agents() -> None:
+    task = make_task(scope="infra")
+    assert why(task, make_agent(room="infra")) is None
+    assert why(task, make_agent(room="research")) is Exclusion.NOT_IN_ROOM
+    assert why(task, make_agent()) is Exclusion.NOT_IN_ROOM
+    # Capabilities still filter inside the room.
+    assert why(task, make_agent(room="infra", capabilities=("docs",))) is (
+        Exclusion.MISSING_CAPABILITY
+    )
+    # Naming an agent outside the room does not take the task out of it.
+    named = make_task(scope="infra", assigned_to="a1")
+    assert why(named, make_agent(room="research")) is Exclusion.NOT_IN_ROOM
+    assert why(named, make_agent(room="infra", capabilities=())) is None
+    # A task of no room goes to agents in rooms as to any other.
+    assert why(make_task(), make_agent(room="infra")) is None
+    found = exclusion(task, make_agent(room="research"), default_limit=LIMIT, owner_filter=True)
+    assert found is not None and "infra" in found.detail
+
+
 def test_an_able_ready_agent_is_not_excluded() -> None:
     assert exclusion(make_task(), make_agent(), default_limit=LIMIT, owner_filter=True) is None
 

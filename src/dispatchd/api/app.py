@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dispatchd import __version__
 from dispatchd.api import errors, mcp_http
 from dispatchd.api.guard import BodyGuard
-from dispatchd.api.routes import agents, events, notifications, stats, tasks, webhooks
+from dispatchd.api.routes import agents, events, notifications, rooms, stats, tasks, webhooks
 from dispatchd.config import Settings
 from dispatchd.metrics import Metrics
 from dispatchd.runtime import Runtime
@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(events.router)
     app.include_router(stats.router)
     app.include_router(webhooks.router)
+    app.include_router(rooms.router)
     app.include_router(notifications.router)
     # The MCP toolset over streamable HTTP (SPEC §6), behind the same bearer tokens.
     app.router.routes.append(mcp_http.route())

@@ -18,6 +18,12 @@ from dispatchd.api.schemas.explain import ExplainOut
 from dispatchd.api.schemas.notifications import NotificationList as NotificationPage
 from dispatchd.api.schemas.notifications import NotificationOut as Notification
 from dispatchd.api.schemas.notifications import OpenDigestOut as OpenDigest
+from dispatchd.api.schemas.rooms import CurrentTaskOut as RoomTask
+from dispatchd.api.schemas.rooms import HistoryTaskOut as RoomHistoryTask
+from dispatchd.api.schemas.rooms import InterruptOut as RoomInterrupted
+from dispatchd.api.schemas.rooms import RoomHistoryOut as RoomHistory
+from dispatchd.api.schemas.rooms import RoomOut as Room
+from dispatchd.api.schemas.rooms import RoomRemoved
 from dispatchd.api.schemas.tasks import CommentOut as Comment
 from dispatchd.api.schemas.tasks import TaskDetailOut as TaskDetail
 from dispatchd.api.schemas.tasks import TaskOut as Task
@@ -25,6 +31,7 @@ from dispatchd.api.schemas.webhooks import DeliveryOut as Delivery
 from dispatchd.api.schemas.webhooks import WebhookCreated, WebhookRemoved
 from dispatchd.api.schemas.webhooks import WebhookOut as Webhook
 from dispatchd.domain.models import AgentStatus, Priority, TaskStatus
+from dispatchd.domain.rooms import RoomAgentStatus
 
 __all__ = [
     "Agent",
@@ -44,6 +51,13 @@ __all__ = [
     "Priority",
     "QueueOut",
     "Registration",
+    "Room",
+    "RoomAgentStatus",
+    "RoomHistory",
+    "RoomHistoryTask",
+    "RoomInterrupted",
+    "RoomRemoved",
+    "RoomTask",
     "Task",
     "TaskDetail",
     "TaskStatus",

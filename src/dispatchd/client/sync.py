@@ -248,6 +248,16 @@ class Client:
     iter_agents = _blocking_iter(AsyncClient.iter_agents)
     drain_agent = _blocking(AsyncClient.drain_agent)
     undrain_agent = _blocking(AsyncClient.undrain_agent)
+    # rooms
+    create_room = _blocking(AsyncClient.create_room)
+    list_rooms = _blocking(AsyncClient.list_rooms)
+    iter_rooms = _blocking_iter(AsyncClient.iter_rooms)
+    get_room = _blocking(AsyncClient.get_room)
+    update_room = _blocking(AsyncClient.update_room)
+    delete_room = _blocking(AsyncClient.delete_room)
+    room_history = _blocking(AsyncClient.room_history)
+    dispatch = _blocking(AsyncClient.dispatch)
+    interrupt_room = _blocking(AsyncClient.interrupt_room)
     # events
     read_events = _blocking(AsyncClient.read_events)
     stream_events = _blocking_iter(AsyncClient.stream_events)

@@ -41,6 +41,7 @@ PRIORITY_WEIGHT: Mapping[Priority, float] = {
 class Exclusion(StrEnum):
     """Why an agent is not a candidate for a task, in the order the checks run."""
 
+    NOT_IN_ROOM = "not_in_room"  # the task belongs to a room the agent is not in
     NOT_NAMED = "not_named"  # the task was assigned to another agent by name
     MISSING_CAPABILITY = "missing_capability"
     OWNER_MISMATCH = "owner_mismatch"
@@ -101,8 +102,14 @@ def exclusion(
 ) -> Excluded | None:
     """Why `agent` may not take `task` now, or None when it may.
 
-    A task named for an agent (`assigned_to`) skips the matching (capabilities, owner)
-    but not drain, availability or capacity, wherever it is assigned from."""
+    A task of a room (`scope`) goes only to the agents in that room, even one naming its
+    agent. A task named for an agent (`assigned_to`) skips the matching (capabilities,
+    owner) but not drain, availability or capacity, wherever it is assigned from."""
+    if task.scope is not None and agent.room != task.scope:
+        where = f"in room {agent.room}" if agent.room else "in no room"
+        return Excluded(
+            agent.id, Exclusion.NOT_IN_ROOM, f"{where}, the task's room is {task.scope}"
+        )
     if task.assigned_to is not None:
         if task.assigned_to != agent.id:
             return Excluded(agent.id, Exclusion.NOT_NAMED, f"the task names {task.assigned_to}")

@@ -252,8 +252,8 @@ class Assigner:
             agent = self.directory.agents.get(agent_id)
             if agent is None or agent.drained or agent.status in _OUT:
                 return
-            room = limit_of(agent, self.rules.default_limit) - agent.active
-            if room <= 0:
+            free = limit_of(agent, self.rules.default_limit) - agent.active
+            if free <= 0:
                 return
             query = ClaimQuery(
                 agent_id=agent.id,
@@ -261,14 +261,15 @@ class Assigner:
                 owner=agent.owner,
                 owner_filter=self.rules.owner_filter,
                 now=utcnow(),
-                limit=room,
+                limit=free,
+                room=agent.room,
             )
             tasks = await self.store.claimable(query)
             before = self.assigned
             # Each task goes to whoever is best for it, which may be another agent that
             # gained room in the same moment; then this one looks further down the queue.
             await self.assign_many(tasks)
-            if len(tasks) < room or self.assigned == before:
+            if len(tasks) < free or self.assigned == before:
                 return
 
     # --- one assignment -----------------------------------------------------------------

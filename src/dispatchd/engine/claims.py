@@ -140,7 +140,7 @@ class ClaimService:
 
     async def _attempt(self, ask: _Ask, agent: Agent, *, trusted: bool) -> Claimed:
         """`agent` decides which tasks are looked at; unless `trusted` (read just now), its
-        capabilities and owner must be those of the row the transaction locks."""
+        capabilities, owner and room must be those of the row the transaction locks."""
         tags = set(agent.capabilities)
         if ask.only is not None:
             tags &= ask.only
@@ -151,6 +151,7 @@ class ClaimService:
             owner_filter=self.rules.owner_filter,
             now=utcnow(),
             limit=ask.max_tasks,
+            room=agent.room,
         )
         claimed = Claimed()
 
@@ -160,7 +161,8 @@ class ClaimService:
             seen = agent
             if not trusted:
                 # The copy chose what was read; the locked row decides the rest.
-                if (view.agent.capabilities, view.agent.owner) != (agent.capabilities, agent.owner):
+                locked = (view.agent.capabilities, view.agent.owner, view.agent.room)
+                if locked != (agent.capabilities, agent.owner, agent.room):
                     raise _Stale()
                 seen = view.agent
             ops, claimed.tasks, claimed.reason = self._plan(

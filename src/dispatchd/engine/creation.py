@@ -85,7 +85,9 @@ class TaskCreation:
         # Chooses agents for new tasks; None (no background assignment): they wait.
         self.placer: Placer | None = None
 
-    async def create(self, spec: TaskSpec, caller: Caller) -> Created:
+    async def create(self, spec: TaskSpec, caller: Caller, guard: Sequence[Op] = ()) -> Created:
+        """`guard`: writes that must hold in the creation's commit (a room that must still
+        exist), which fails with theirs otherwise."""
         if spec.idempotency_key is not None:
             existing = await self.store.find_by_idempotency_key(
                 caller.agent_id, spec.idempotency_key
@@ -93,7 +95,7 @@ class TaskCreation:
             if existing is not None:
                 return Created(existing, created=False)
         try:
-            tasks = await self._commit_births([spec], caller)
+            tasks = await self._commit_births([spec], caller, guard)
         except DuplicateKey as exc:
             if exc.details.get("field") != "idempotency_key" or spec.idempotency_key is None:
                 raise
@@ -114,7 +116,9 @@ class TaskCreation:
             )
         return await self._commit_births(specs, caller)
 
-    async def _commit_births(self, specs: Sequence[TaskSpec], caller: Caller) -> list[Task]:
+    async def _commit_births(
+        self, specs: Sequence[TaskSpec], caller: Caller, guard: Sequence[Op] = ()
+    ) -> list[Task]:
         """Create the tasks; a parent that moved meanwhile makes the whole batch recompute.
 
         Each unfinished parent is touched (its version bumped) in the same commit, so a
@@ -129,7 +133,10 @@ class TaskCreation:
             lead = sorted([*births.slots, *placement.lead()], key=lambda slot: slot.agent_id)
             try:
                 done = await commit_changes(
-                    self.store, [*births.steps, *placement.changes], births.touches, lead=lead
+                    self.store,
+                    [*births.steps, *placement.changes],
+                    [*guard, *births.touches],
+                    lead=lead,
                 )
             except AgentUnavailable:
                 # A chosen or named agent filled up or went away meanwhile: the tasks stay
@@ -232,7 +239,8 @@ class TaskCreation:
                 if spec.assigned_to not in named:
                     named[spec.assigned_to] = await self.store.get_agent(spec.assigned_to)
                 agent = named[spec.assigned_to]
-                if agent is not None:
+                # Outside the task's room it may not have the task: it waits (explain says).
+                if agent is not None and spec.scope in (None, agent.room):
                     handover = hand_over(
                         born.task, agent, now, self.rules, self.policy, start=False
                     )

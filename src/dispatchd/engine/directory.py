@@ -54,6 +54,8 @@ class Directory:
         self.default_limit = default_limit
         self.agents: dict[str, Agent] = {}
         self._by_tag: dict[str, set[str]] = {}
+        # Agents by room: the only candidates for a task of that room.
+        self._by_room: dict[str, set[str]] = {}
         self._ranked: dict[str, list[RankKey]] = {}
         self._ranks: dict[str, list[tuple[str, RankKey]]] = {}
         # Tasks whose assignment was counted here before its `task.assigned` event arrives.
@@ -76,6 +78,7 @@ class Directory:
         self._read_at.clear()
         self.agents.clear()
         self._by_tag.clear()
+        self._by_room.clear()
         self._ranked.clear()
         self._ranks.clear()
         for agent in agents:
@@ -103,9 +106,13 @@ class Directory:
             for tag in old.capabilities:
                 if tag not in agent.capabilities:
                     self._by_tag.get(tag, set()).discard(agent.id)
+            if old.room is not None and old.room != agent.room:
+                self._by_room.get(old.room, set()).discard(agent.id)
         self.agents[agent.id] = agent
         for tag in agent.capabilities:
             self._by_tag.setdefault(tag, set()).add(agent.id)
+        if agent.room is not None:
+            self._by_room.setdefault(agent.room, set()).add(agent.id)
         self._rank(agent)
 
     def drop(self, agent_id: str) -> None:
@@ -113,6 +120,8 @@ class Directory:
         if old is not None:
             for tag in old.capabilities:
                 self._by_tag.get(tag, set()).discard(agent_id)
+            if old.room is not None:
+                self._by_room.get(old.room, set()).discard(agent_id)
         self._unrank(agent_id)
 
     def note_assigned(self, agent_id: str, now: datetime, task_id: str | None = None) -> None:
@@ -195,12 +204,18 @@ class Directory:
             if all(tag in self.agents[agent_id].capabilities for tag in tags)
         ]
 
+    def in_room(self, room: str) -> list[Agent]:
+        return [self.agents[agent_id] for agent_id in sorted(self._by_room.get(room, ()))]
+
     def best(
         self, task: Task, *, default_limit: int, owner_filter: bool, skip: set[str]
     ) -> Candidate | None:
         if task.assigned_to is not None:
             named = self.agents.get(task.assigned_to)
             pool = [named] if named is not None else []
+        elif task.scope is not None:
+            # A room holds a few agents: score them all (`best` checks room and tags).
+            pool = self.in_room(task.scope)
         elif len(task.capabilities) <= 1:
             pool = self._head(task, owner_filter=owner_filter, skip=skip)
         else:

@@ -63,6 +63,11 @@ async def _waiting(store: Store, task: Task, ranking: Ranking, now: datetime) ->
         return None
     if task.not_before is not None and task.not_before > now:
         return f"backing off until {task.not_before.isoformat()}"
+    if task.scope is not None and not ranking.candidates:
+        inside = [e for e in ranking.excluded if e.reason is not scoring.Exclusion.NOT_IN_ROOM]
+        if not inside:
+            return f"no agent in room {task.scope}"
+        return f"no agent in room {task.scope} can take it now: see excluded"
     if task.assigned_to is not None and not ranking.candidates:
         return f"waiting for {task.assigned_to}, named by the requester, to have room"
     if not ranking.candidates:

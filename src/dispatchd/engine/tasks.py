@@ -41,6 +41,7 @@ from dispatchd.errors import (
 from dispatchd.store.base import (
     AppendComment,
     AppendEvent,
+    Op,
     Page,
     Store,
     TaskFilter,
@@ -81,8 +82,8 @@ class TaskService:
 
     # --- creation (engine/creation.py) ---------------------------------------------------
 
-    async def create(self, spec: TaskSpec, caller: Caller) -> Created:
-        return await self.creation.create(spec, caller)
+    async def create(self, spec: TaskSpec, caller: Caller, guard: Sequence[Op] = ()) -> Created:
+        return await self.creation.create(spec, caller, guard)
 
     async def create_batch(self, specs: Sequence[TaskSpec], caller: Caller) -> list[Task]:
         """Create every task in one transaction: all of them or none."""

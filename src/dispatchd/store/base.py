@@ -29,6 +29,7 @@ from dispatchd.domain.models import (
 )
 from dispatchd.domain.notifications import Digest, Notification
 from dispatchd.domain.webhooks import Advance, Delivery, DeliveryStatus, Head, Outcome, Webhook
+from dispatchd.store.rooms import DeleteRoom, InsertRoom, RequireRoom, RoomStore, UpdateRoom
 
 # --- write operations -----------------------------------------------------------------
 
@@ -201,6 +202,10 @@ Op = (
     | AdvanceCursor
     | InsertNotification
     | SaveDigest
+    | InsertRoom
+    | UpdateRoom
+    | DeleteRoom
+    | RequireRoom
 )
 
 # The cursor under which retention records the last event id it deleted.
@@ -276,7 +281,8 @@ class QueueStats:
 
 @dataclass(frozen=True, slots=True)
 class ClaimQuery:
-    """The pending tasks an agent may take: capable, owner-compatible, ready, in queue order.
+    """The pending tasks an agent may take: capable, owner-compatible, of its room or of
+    none (`room`: the agent's), ready, in queue order.
 
     `capabilities` are the agent's tags (a task qualifies when it requires a subset of
     them); with `owner_filter` a task with an owner qualifies only for an agent of the same
@@ -289,6 +295,7 @@ class ClaimQuery:
     owner_filter: bool
     now: datetime
     limit: int
+    room: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,8 +358,9 @@ class LocalLease:
         return None
 
 
-class Store(Protocol):
-    """Persistence for tasks, agents, attempts, progress, comments and the event log."""
+class Store(RoomStore, Protocol):
+    """Persistence for tasks, agents, attempts, progress, comments and the event log;
+    rooms in `store.rooms`."""
 
     dialect: str
 

@@ -16,6 +16,7 @@ from dispatchd.store.connector import Dialect
 from dispatchd.store.rows import (
     AGENT_COLUMNS,
     DELIVERY_COLUMNS,
+    ROOM_COLUMNS,
     TASK_COLUMNS,
     WEBHOOK_COLUMNS,
     decode_cursor,
@@ -79,6 +80,8 @@ class Queries:
             insert_agent=d.sql(insert_sql("agents", AGENT_COLUMNS)),
             update_agent=d.sql(update_versioned_sql("agents", AGENT_COLUMNS)),
             insert_webhook=d.sql(insert_sql("webhooks", WEBHOOK_COLUMNS)),
+            insert_room=d.sql(insert_sql("rooms", ROOM_COLUMNS)),
+            update_room=d.sql(update_versioned_sql("rooms", ROOM_COLUMNS)),
             insert_delivery=d.sql(
                 insert_sql("webhook_deliveries", DELIVERY_COLUMNS)
                 + " ON CONFLICT (webhook_id, event_id) DO NOTHING"
@@ -172,8 +175,15 @@ class Queries:
             else:
                 params["owner"] = query.owner
                 matching.append("(owner IS NULL OR owner = :owner)")
+        # A task of a room goes only to that room's agents, even one naming its agent.
+        if query.room is None:
+            room = "scope IS NULL"
+        else:
+            params["room"] = query.room
+            room = "(scope IS NULL OR scope = :room)"
         sql = (
             "SELECT * FROM tasks{queue_index} WHERE status = 'pending' "
+            f"AND {room} "
             "AND (not_before IS NULL OR not_before <= :now) "
             f"AND (assigned_to = :agent_id OR ({' AND '.join(matching)})) "
             "ORDER BY {queue_order} LIMIT :limit" + ("{skip_locked}" if lock else "")
@@ -200,5 +210,24 @@ class Queries:
         sql = (
             f"SELECT * FROM webhook_deliveries WHERE {' AND '.join(clauses)} "
             "ORDER BY event_id DESC LIMIT :limit"
+        )
+        return self.dialect.sql(sql), params
+
+    def list_rooms(self, cursor: str | None) -> tuple[str, dict[str, Any]]:
+        if cursor is None:
+            return self.dialect.sql("SELECT * FROM rooms ORDER BY id LIMIT :limit"), {}
+        sql = "SELECT * FROM rooms WHERE id > :cursor ORDER BY id LIMIT :limit"
+        return self.dialect.sql(sql), {"cursor": decode_cursor(cursor)}
+
+    def room_tasks(self, room_id: str, statuses: Sequence[str]) -> tuple[str, dict[str, Any]]:
+        params: dict[str, Any] = {"room": room_id}
+        clauses = ["scope = :room"]
+        if statuses:
+            names = [f"status_{i}" for i in range(len(statuses))]
+            params.update(zip(names, statuses, strict=True))
+            clauses.append(f"status IN ({', '.join(':' + n for n in names)})")
+        sql = (
+            f"SELECT * FROM tasks WHERE {' AND '.join(clauses)} "
+            "ORDER BY created_at DESC, id DESC LIMIT :limit"
         )
         return self.dialect.sql(sql), params

@@ -232,14 +232,14 @@ SELECT * FROM tasks
 WHERE lease_expires_at <= :now AND status = 'assigned' LIMIT :limit;
 
 -- name: due_ready
-SELECT * FROM tasks
+SELECT * FROM tasks{by_not_before}
 WHERE not_before > :since AND not_before <= :now AND status = 'pending'
 ORDER BY not_before LIMIT :limit;
 
 -- name: due_run_at
 -- Blocked tasks whose run_at came and whose parents are all completed; one still
 -- waiting on a parent is left to the parent's completion.
-SELECT * FROM tasks
+SELECT * FROM tasks{by_run_at}
 WHERE status = 'blocked' AND run_at IS NOT NULL AND run_at <= :now AND {parents_done} LIMIT
     :limit;
 
@@ -247,8 +247,9 @@ WHERE status = 'blocked' AND run_at IS NOT NULL AND run_at <= :now AND {parents_
 SELECT min(x) AS x FROM (
     SELECT min(deadline_at) AS x FROM tasks WHERE deadline_at IS NOT NULL
     UNION ALL SELECT min(lease_expires_at) FROM tasks WHERE lease_expires_at IS NOT NULL
-    UNION ALL SELECT min(not_before) FROM tasks WHERE not_before > :since AND status = 'pending'
-    UNION ALL SELECT min(run_at) FROM tasks
+    UNION ALL SELECT min(not_before) FROM tasks{by_not_before}
+        WHERE not_before > :since AND status = 'pending'
+    UNION ALL SELECT min(run_at) FROM tasks{by_run_at}
         WHERE status = 'blocked' AND run_at IS NOT NULL AND {parents_done}
 ) AS deadlines;
 
@@ -403,3 +404,59 @@ ORDER BY updated_at LIMIT :limit;
 -- name: drop_deliveries
 DELETE FROM webhook_deliveries
 WHERE id{in_ids};
+
+-- --- rooms (docs/rooms.md) -------------------------------------------------------------
+
+-- name: room
+SELECT * FROM rooms
+WHERE id = :id;
+
+-- name: lock_room
+SELECT * FROM rooms
+WHERE id = :id{for_update};
+
+-- name: require_room
+-- Shared: dispatches into one room do not wait on each other, a removal waits on them.
+SELECT id FROM rooms
+WHERE id = :id{for_share};
+
+-- name: delete_room
+DELETE FROM rooms
+WHERE id = :id AND version = :version;
+
+-- name: room_unfinished
+SELECT count(*) AS n FROM tasks
+WHERE scope = :id AND status NOT IN {terminal};
+
+-- name: room_agents
+SELECT * FROM agents
+WHERE room{in_ids}
+ORDER BY id;
+
+-- name: room_active
+SELECT * FROM tasks
+WHERE scope{in_ids} AND status IN {active};
+
+-- name: room_counts
+SELECT scope, max(updated_at) AS last_at, sum(CASE WHEN status IN ('pending', 'blocked') THEN 1
+    ELSE 0 END) AS pending
+FROM tasks
+WHERE scope{in_ids} GROUP BY scope;
+
+-- name: room_last_finished
+-- The last task an agent of the room worked on (attempt > 0) that finished: one that never
+-- ran (failed with a parent, cancelled while queued) says nothing of the room's agents.
+SELECT scope, status FROM (
+    SELECT scope, status, row_number() OVER (PARTITION BY scope ORDER BY finished_at DESC, id
+        DESC) AS n
+    FROM tasks
+    WHERE scope{in_ids} AND status IN {terminal} AND finished_at IS NOT NULL AND attempt > 0
+) AS last
+WHERE n = 1;
+
+-- name: room_events
+-- The events of the room's tasks, and the room's own (`room.*`, naming it in `data.room`).
+SELECT * FROM events
+WHERE task_id IN (SELECT id FROM tasks WHERE scope = :room) OR (type LIKE 'room.%' AND
+    {event_room} = :room)
+ORDER BY id DESC LIMIT :limit;

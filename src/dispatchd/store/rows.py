@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from dispatchd.domain.ids import isoformat, parse_iso
 from dispatchd.domain.models import Agent, Task
 from dispatchd.domain.notifications import Digest
+from dispatchd.domain.rooms import Room
 from dispatchd.domain.webhooks import Delivery, Webhook
 from dispatchd.errors import ValidationFailed
 
@@ -82,6 +83,7 @@ AGENT_COLUMNS = tuple(
 )
 WEBHOOK_COLUMNS = tuple(f.name for f in dataclasses.fields(Webhook))
 DELIVERY_COLUMNS = tuple(f.name for f in dataclasses.fields(Delivery))
+ROOM_COLUMNS = tuple(f.name for f in dataclasses.fields(Room))
 
 # --- records <-> rows ------------------------------------------------------------------------
 

@@ -6,10 +6,11 @@ pool of threads, which WAL lets run beside the writer. A transaction body runs w
 the writer thread, in one hop from the event loop (a hop costs about 0.1 ms; a transaction
 is often several statements of a few microseconds each).
 
-The writer takes its jobs from a queue, each a body it runs in a transaction of its own.
-Jobs waiting in that queue could share one commit (group commit: one BEGIN, a SAVEPOINT per
-job so that a failing job is undone alone, one COMMIT, then every job's answer), which only
-`_write_loop` would have to learn.
+The writer takes its jobs from a queue. Jobs that wait in that queue while it works share
+one commit (group commit): one BEGIN, a SAVEPOINT per job so that a failing job is undone
+alone, one COMMIT, then every job's answer. No job is answered before the commit that holds
+its writes; if that commit fails, every job in it fails. Under load this turns many small
+commits into a few larger ones; a lone job runs in a transaction of its own as before.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ SQLITE = Dialect(
         # pending task; the queue index already holds them in claim order, so the first
         # rows that fit end the scan (a claim stays ~0.1 ms at a million pending tasks).
         "queue_index": " INDEXED BY tasks_queue",
+        # The same preference would scan every pending (or blocked) task for the few whose
+        # backoff (run_at) falls in the sweep's window: each sweep would grow with the queue.
+        "by_not_before": " INDEXED BY tasks_not_before",
+        "by_run_at": " INDEXED BY tasks_run_at",
         "queue_order": "priority_rank DESC, due_at IS NULL, due_at, created_at, id",
         "capable": "NOT EXISTS (SELECT 1 FROM json_each(tasks.capabilities) c "
         "WHERE c.value NOT IN (SELECT value FROM json_each(:caps)))",
@@ -51,6 +56,8 @@ SQLITE = Dialect(
         "notify": "",
         "lock_migrations": "",
         "in_ids": " IN (SELECT value FROM json_each(:ids))",
+        "event_room": "json_extract(data, '$.room')",
+        "for_share": "",
         "migration_time": "TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
     },
     json_has=lambda col, p: f"EXISTS (SELECT 1 FROM json_each({col}) WHERE value = {p})",
@@ -60,6 +67,11 @@ SQLITE = Dialect(
 
 
 _Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+_Outcome = tuple[Any, BaseException | None]
+
+# The most jobs one commit holds: enough to fold a burst of small writes into one commit,
+# few enough that the first of them is not kept waiting long for its answer.
+GROUP_MAX = 64
 
 
 class SQLiteConnector:
@@ -150,22 +162,35 @@ class SQLiteConnector:
         return await future
 
     def _write_loop(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            fn, loop, future = job
-            result: Any = None
-            error: BaseException | None = None
-            try:
-                result = _translated(functools.partial(self._in_transaction, fn))
-            except BaseException as exc:  # every failure goes to the job's caller
-                error = exc
-            # RuntimeError: the caller's loop is closed, nobody is waiting.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, future, result, error)
+        stop = False
+        while not stop and (job := self._jobs.get()) is not None:
+            group = [job]
+            while len(group) < GROUP_MAX:
+                try:
+                    more = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:  # close(): finish this group, then stop
+                    stop = True
+                    break
+                group.append(more)
+            if len(group) == 1:
+                outcomes = [self._run_alone(job[0])]
+            else:
+                outcomes = self._run_group([fn for fn, _, _ in group])
+            for (_, loop, future), (result, error) in zip(group, outcomes, strict=True):
+                # RuntimeError: the caller's loop is closed, nobody is waiting.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_settle, future, result, error)
+
+    def _run_alone(self, fn: Callable[[sqlite3.Connection], Any]) -> _Outcome:
+        try:
+            return _translated(functools.partial(self._in_transaction, fn)), None
+        except BaseException as exc:  # every failure goes to the job's caller
+            return None, exc
 
     def _in_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        # The writer's connection is made by its first job (so that its failure is that
-        # job's), and used by the writer thread only.
-        conn = self._writer_conn = self._writer_conn or self._connect()
+        conn = self._writer_connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn(conn)
@@ -175,6 +200,50 @@ class SQLiteConnector:
                 conn.execute("ROLLBACK")
             raise
         return result
+
+    def _run_group(self, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[_Outcome]:
+        """Run `fns` in one transaction, each in a savepoint of its own, and commit once."""
+        try:
+            conn = _translated(self._begin)
+        except BaseException as exc:
+            return [(None, exc)] * len(fns)
+        outcomes: list[_Outcome] = []
+        for fn in fns:
+            try:
+                conn.execute("SAVEPOINT job")
+                result = _translated(functools.partial(fn, conn))
+                conn.execute("RELEASE job")
+                outcomes.append((result, None))
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):  # the check below tells what is left
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                if not conn.in_transaction:
+                    # SQLite rolled the whole transaction back (disk full, I/O error): the
+                    # jobs before this one are undone too; the rest run on their own.
+                    lost = StoreError(f"the shared commit was rolled back: {exc}")
+                    rest = [self._run_alone(later) for later in fns[len(outcomes) + 1 :]]
+                    return [*_failed(outcomes, lost), (None, exc), *rest]
+                outcomes.append((None, exc))
+        try:
+            _translated(lambda: conn.execute("COMMIT"))
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            return _failed(outcomes, exc)
+        return outcomes
+
+    def _begin(self) -> sqlite3.Connection:
+        conn = self._writer_connection()
+        conn.execute("BEGIN IMMEDIATE")
+        return conn
+
+    def _writer_connection(self) -> sqlite3.Connection:
+        # The writer's connection is made by its first job (so that its failure is that
+        # job's), and used by the writer thread only.
+        conn = self._writer_conn = self._writer_conn or self._connect()
+        return conn
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
@@ -230,6 +299,11 @@ def _translated(call: Callable[[], T]) -> T:
         raise duplicate_key(table, text) from exc
     except sqlite3.OperationalError as exc:
         raise StoreError(f"database error: {exc}") from exc
+
+
+def _failed(outcomes: list[_Outcome], error: BaseException) -> list[_Outcome]:
+    """Every job of a group whose commit did not happen fails, the successful ones too."""
+    return [(None, error if failed is None else failed) for _, failed in outcomes]
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

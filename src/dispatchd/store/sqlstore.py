@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from dispatchd.domain.models import Agent, Attempt, Comment, Event, ProgressEntry, Task, TaskDetail
+from dispatchd.domain.models import (
+    Agent,
+    Attempt,
+    Comment,
+    Event,
+    ProgressEntry,
+    Task,
+    TaskDetail,
+    TaskStatus,
+)
 from dispatchd.domain.notifications import Digest, Notification
+from dispatchd.domain.rooms import Room, RoomActivity
 from dispatchd.domain.webhooks import Advance, Delivery, DeliveryStatus, Head, Outcome, Webhook
 from dispatchd.errors import ConcurrentUpdate
 from dispatchd.store import migrations, writes
@@ -424,6 +434,54 @@ class SQLStore:
             return len(ids)
 
         return await self.connector.transaction(body())
+
+    # --- rooms ----------------------------------------------------------------------------
+
+    async def get_room(self, room_id: str) -> Room | None:
+        return await self._one(Room, self.q.room, id=room_id)
+
+    async def list_rooms(self, *, limit: int, cursor: str | None) -> Page[Room]:
+        return await self._page(Room, self.q.list_rooms(cursor), limit, lambda r: r.id)
+
+    async def room_activity(self, room_ids: Sequence[str]) -> Mapping[str, RoomActivity]:
+        if not room_ids:
+            return {}
+        q, codec = self.q, self.codec
+        params = {"ids": self.connector.dialect.dump_list(sorted(set(room_ids)))}
+
+        def body() -> Body[dict[str, RoomActivity]]:
+            agents: dict[str, list[Agent]] = {}
+            for row in (yield all_rows(q.room_agents, params)):
+                agent = from_row(Agent, row, codec)
+                agents.setdefault(agent.room or "", []).append(agent)
+            active: dict[str, list[Task]] = {}
+            for row in (yield all_rows(q.room_active, params)):
+                task = from_row(Task, row, codec)
+                active.setdefault(task.scope or "", []).append(task)
+            counts = {r["scope"]: r for r in (yield all_rows(q.room_counts, params))}
+            last = {r["scope"]: r["status"] for r in (yield all_rows(q.room_last_finished, params))}
+            found = {}
+            for room_id in room_ids:
+                count = counts.get(room_id)
+                found[room_id] = RoomActivity(
+                    agents=agents.get(room_id, []),
+                    active=active.get(room_id, []),
+                    pending=int(count["pending"] or 0) if count else 0,
+                    last_task_at=codec.load_time(count["last_at"]) if count else None,
+                    last_finished=TaskStatus(last[room_id]) if room_id in last else None,
+                )
+            return found
+
+        return await self.connector.transaction(body(), write=False)
+
+    async def room_tasks(
+        self, room_id: str, *, limit: int, statuses: Sequence[str] = ()
+    ) -> list[Task]:
+        sql, params = self.q.room_tasks(room_id, statuses)
+        return await self._all(Task, sql, **params, limit=limit)
+
+    async def room_events(self, room_id: str, *, limit: int) -> list[Event]:
+        return await self._all(Event, self.q.room_events, room=room_id, limit=limit)
 
 
 _QUERIES: dict[str, Queries] = {}

@@ -15,7 +15,7 @@ from typing import Any, assert_never
 
 from dispatchd.domain.ids import utcnow
 from dispatchd.domain.models import Agent, Event, Task, TaskStatus
-from dispatchd.errors import AgentUnavailable, ConcurrentUpdate
+from dispatchd.errors import AgentUnavailable, ConcurrentUpdate, Conflict, NotFound
 from dispatchd.store.base import (
     RETENTION_CURSOR,
     AdvanceCursor,
@@ -43,6 +43,7 @@ from dispatchd.store.base import (
 )
 from dispatchd.store.connector import Body, all_rows, execute, many, one
 from dispatchd.store.queries import Queries
+from dispatchd.store.rooms import DeleteRoom, InsertRoom, RequireRoom, UpdateRoom
 from dispatchd.store.rows import OPEN_DIGEST, counter_deltas, digest_params, from_row, to_row
 
 
@@ -150,10 +151,37 @@ def _apply(q: Queries, op: Op, counts: dict[str, int], loads: dict[str, int]) ->
                 yield execute(q.drop_digest, {"name": OPEN_DIGEST})
             else:
                 yield execute(q.save_digest, digest_params(digest, at, codec))
+        case InsertRoom(room):
+            yield execute(q.insert_room, to_row(room, codec))
+        case UpdateRoom(room):
+            if (yield execute(q.update_room, to_row(room, codec))) != 1:
+                raise ConcurrentUpdate(f"room {room.id} changed meanwhile", room=room.id)
+        case DeleteRoom(room_id, version):
+            yield from _delete_room(q, room_id, version)
+        case RequireRoom(room_id):
+            if (yield one(q.require_room, {"id": room_id})) is None:
+                raise NotFound(f"no room {room_id}", room=room_id)
         case AppendEvent():
             raise AssertionError("events are appended by commit, after the other writes")
         case _:
             assert_never(op)
+
+
+def _delete_room(q: Queries, room_id: str, version: int) -> Body[None]:
+    # The row first: a dispatch into the room (RequireRoom) committing meanwhile holds it,
+    # and its task is then visible to the count below.
+    row = yield one(q.lock_room, {"id": room_id})
+    if row is None or int(row["version"]) != version:
+        raise ConcurrentUpdate(f"room {room_id} changed meanwhile", room=room_id)
+    unfinished = int((yield one(q.room_unfinished, {"id": room_id}))["n"])
+    if unfinished:
+        raise Conflict(
+            f"room {room_id} has {unfinished} unfinished task(s); interrupt or cancel them first",
+            code="room_busy",
+            room=room_id,
+            unfinished=unfinished,
+        )
+    yield execute(q.delete_room, {"id": room_id, "version": version})
 
 
 def _count_load(

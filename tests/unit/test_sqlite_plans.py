@@ -1,0 +1,49 @@
+"""Statements that run on every deadline sweep must not grow with the queue: on SQLite,
+without statistics, the planner prefers the equality on `status` and would walk every
+pending or blocked task to find the few whose backoff or run_at falls in the window."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from dispatchd.store.queries import Queries
+from dispatchd.store.sqlite import SQLITE, SQLiteStore
+
+
+@pytest.fixture
+async def database(tmp_path: Path) -> Path:
+    store = SQLiteStore(tmp_path / "plans.sqlite")
+    await store.open()
+    await store.migrate()
+    await store.close()
+    return tmp_path / "plans.sqlite"
+
+
+def plan(database: Path, sql: str) -> list[str]:
+    params = dict.fromkeys(re.findall(r":(\w+)", sql))
+    conn = sqlite3.connect(database)
+    try:
+        return [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "index"),
+    [("due_ready", "tasks_not_before"), ("due_run_at", "tasks_run_at")],
+)
+def test_a_sweep_reads_through_the_time_index(database: Path, name: str, index: str) -> None:
+    steps = plan(database, getattr(Queries(SQLITE), name))
+    assert any(f"USING INDEX {index}" in step for step in steps), steps
+    assert not any("tasks_status" in step for step in steps), steps
+
+
+def test_the_next_deadline_reads_only_time_indexes(database: Path) -> None:
+    steps = plan(database, Queries(SQLITE).next_deadline)
+    on_tasks = [step for step in steps if re.search(r"\bSEARCH tasks\b|\bSCAN tasks\b", step)]
+    assert len(on_tasks) == 4, steps
+    assert not any("tasks_status" in step or "SCAN" in step for step in on_tasks), steps
