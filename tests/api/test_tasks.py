@@ -294,7 +294,9 @@ async def test_input_request_and_answer(client: httpx.AsyncClient, register) -> 
 async def test_review_approve_and_reject(client: httpx.AsyncClient, register) -> None:
     await register("w1")
     await register("rev", ["review"])
-    task = await create_task(client, assigned_to="w1", review=True, reviewer="review")
+    task = await create_task(
+        client, assigned_to="w1", review=True, reviewer={"capability": "review"}
+    )
     r = await client.post(
         f"/api/v1/tasks/{task['id']}/complete", json={"result": "v1"}, headers=as_agent("w1")
     )

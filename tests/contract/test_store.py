@@ -20,7 +20,9 @@ from dispatchd.domain.models import (
     Event,
     Priority,
     ProgressEntry,
+    ReviewerKind,
     Task,
+    TaskKind,
     TaskStatus,
 )
 from dispatchd.errors import ConcurrentUpdate, DuplicateKey
@@ -122,6 +124,7 @@ def full_task() -> Task:
         timeout_s=600,
         review=True,
         reviewer="reviewer-cap",
+        reviewer_kind=ReviewerKind.CAPABILITY,
         escalate_to="senior",
         escalated=True,
         model="model-x",
@@ -133,6 +136,10 @@ def full_task() -> Task:
         progress_percent=42.5,
         requeues=1,
         review_cycles=2,
+        kind=TaskKind.REVIEW,
+        review_of="task-ü",
+        excluded_agent="agent-ø",
+        preferred_agent="agent-ß",
         dependents=2,
         not_before=T0 + 1 * US,
         lease_expires_at=T0 + timedelta(minutes=5, microseconds=3),

@@ -16,6 +16,9 @@ WORKER_HELP = (
     "{feedback} in it are filled in from the task (the prompt is appended when {prompt} is "
     "absent). Each task runs the command in its own process group, with DISPATCH_URL (a local "
     "API scoped to the task), DISPATCH_TASK_ID and DISPATCH_RESULT_FILE in its environment."
+    "\n\nWith --review the worker is a reviewer: it takes review tasks (those needing its "
+    "capabilities, and those naming it as reviewer) and the command's output must say "
+    "`VERDICT: APPROVED` or `VERDICT: REJECTED`, with the feedback after `NOTES:`."
     "\n\nExample: dispatchd worker -c code --timeout 600 -- claude -p {prompt}"
 )
 
@@ -62,6 +65,13 @@ def worker(
         float, typer.Option(min=0.1, help="Seconds between progress reports of the output.")
     ] = 2.0,
     adapter: Annotated[str, typer.Option(help="auto, generic or claude.")] = "auto",
+    review: Annotated[
+        bool,
+        typer.Option(
+            "--review",
+            help="Review tasks only; the command's VERDICT:/NOTES: lines give the verdict.",
+        ),
+    ] = False,
     cwd: Annotated[Path | None, typer.Option(help="Working directory of the agents.")] = None,
     owner: Annotated[str | None, typer.Option(help="The agent's owner.")] = None,
     room: Annotated[str | None, typer.Option(help="The agent's room.")] = None,
@@ -112,6 +122,9 @@ def worker(
         progress_interval_s=progress_interval,
         cwd=cwd,
     )
-    runner.add_route(capabilities=capabilities, args=command[1:])
-    logging.getLogger(__name__).info("worker %s taking %s", agent, capabilities or "any task")
+    runner.add_route(capabilities=capabilities, args=command[1:], review=review)
+    what = "reviews" if review else "tasks"
+    logging.getLogger(__name__).info(
+        "worker %s taking %s for %s", agent, what, capabilities or "any capability"
+    )
     runner.run()

@@ -60,6 +60,8 @@ class TaskFilters(TypedDict, total=False):
     capability: str | None
     owner: str | None
     label: str | None
+    # The review tasks of this task (docs/review.md).
+    review_of: str | None
 
 
 class TasksApi(HttpBase):
@@ -79,7 +81,7 @@ class TasksApi(HttpBase):
         timeout_s: int | None = None,
         max_attempts: int | None = None,
         review: bool | None = None,
-        reviewer: str | None = None,
+        reviewer: str | Mapping[str, str] | None = None,
         escalate_to: str | None = None,
         model: str | None = None,
         labels: Sequence[str] = (),
@@ -87,7 +89,8 @@ class TasksApi(HttpBase):
         idempotency_key: str | None = None,
     ) -> Task:
         """Create a task. An `Idempotency-Key` is always sent (a new one when not given),
-        so the call is retried safely and a repeat answers with the task already made."""
+        so the call is retried safely and a repeat answers with the task already made.
+        `reviewer` (with `review=True`) is an agent id or `{"capability": "review"}`."""
         body = compact(
             {
                 "title": title,
@@ -103,7 +106,7 @@ class TasksApi(HttpBase):
                 "timeout_s": timeout_s,
                 "max_attempts": max_attempts,
                 "review": review,
-                "reviewer": reviewer,
+                "reviewer": dict(reviewer) if isinstance(reviewer, Mapping) else reviewer,
                 "escalate_to": escalate_to,
                 "model": model,
                 "labels": list(labels),

@@ -67,6 +67,25 @@ class AgentStatus(StrEnum):
     OFFLINE = "offline"
 
 
+class TaskKind(StrEnum):
+    """Work as asked by a requester, or the review of such work (docs/review.md)."""
+
+    TASK = "task"
+    REVIEW = "review"
+
+
+class ReviewerKind(StrEnum):
+    """What a task's `reviewer` names: one agent, or any agent with a capability."""
+
+    AGENT = "agent"
+    CAPABILITY = "capability"
+
+
+class Verdict(StrEnum):
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
 class AttemptOutcome(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
@@ -103,6 +122,7 @@ class Task:
     timeout_s: int | None = None
     review: bool = False
     reviewer: str | None = None
+    reviewer_kind: ReviewerKind | None = None
     escalate_to: str | None = None
     escalated: bool = False
     model: str | None = None
@@ -116,6 +136,15 @@ class Task:
     progress_percent: float | None = None
     requeues: int = 0
     review_cycles: int = 0
+    kind: TaskKind = TaskKind.TASK
+    # For a review task: the task whose work it reviews.
+    review_of: str | None = None
+    # Never given to this agent (a review task: the agent that did the work; a task with a
+    # named reviewer: that reviewer).
+    excluded_agent: str | None = None
+    # Offered to this agent first while it has room (a rejected task: the agent that did
+    # it, so that it resumes its own work with the feedback); cleared at assignment.
+    preferred_agent: str | None = None
     # Tasks created depending on this one while it was unfinished (kept by the store).
     dependents: int = 0
     not_before: datetime | None = None
@@ -201,8 +230,23 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
+class Review:
+    """One verdict on a task's work: the `cycle`th review of it."""
+
+    task_id: str
+    cycle: int
+    reviewer: str
+    verdict: Verdict
+    feedback: str | None
+    created_at: datetime
+    # The review task that carried it; None for a verdict posted on the task itself.
+    review_task_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class TaskDetail:
     task: Task
     attempts: tuple[Attempt, ...]
     progress: tuple[ProgressEntry, ...]
     comments: tuple[Comment, ...]
+    reviews: tuple[Review, ...] = ()

@@ -42,6 +42,7 @@ class Exclusion(StrEnum):
     """Why an agent is not a candidate for a task, in the order the checks run."""
 
     NOT_IN_ROOM = "not_in_room"  # the task belongs to a room the agent is not in
+    EXCLUDED = "excluded"  # the task is kept from this agent (it did the work under review)
     NOT_NAMED = "not_named"  # the task was assigned to another agent by name
     MISSING_CAPABILITY = "missing_capability"
     OWNER_MISMATCH = "owner_mismatch"
@@ -103,13 +104,16 @@ def exclusion(
     """Why `agent` may not take `task` now, or None when it may.
 
     A task of a room (`scope`) goes only to the agents in that room, even one naming its
-    agent. A task named for an agent (`assigned_to`) skips the matching (capabilities,
-    owner) but not drain, availability or capacity, wherever it is assigned from."""
+    agent. A task is never given to its `excluded_agent`. A task named for an agent
+    (`assigned_to`) skips the matching (capabilities, owner) but not drain, availability
+    or capacity, wherever it is assigned from."""
     if task.scope is not None and agent.room != task.scope:
         where = f"in room {agent.room}" if agent.room else "in no room"
         return Excluded(
             agent.id, Exclusion.NOT_IN_ROOM, f"{where}, the task's room is {task.scope}"
         )
+    if task.excluded_agent == agent.id:
+        return Excluded(agent.id, Exclusion.EXCLUDED, "kept from this agent: " + _why_kept(task))
     if task.assigned_to is not None:
         if task.assigned_to != agent.id:
             return Excluded(agent.id, Exclusion.NOT_NAMED, f"the task names {task.assigned_to}")
@@ -124,6 +128,12 @@ def exclusion(
             f"owner {agent.owner or 'none'}, the task's is {task.owner}",
         )
     return unavailable(agent, default_limit)
+
+
+def _why_kept(task: Task) -> str:
+    if task.review_of is not None:
+        return f"it did the work of {task.review_of} under review"
+    return "it is the task's reviewer"
 
 
 def unavailable(agent: Agent, default_limit: int) -> Excluded | None:
@@ -164,7 +174,7 @@ def rank(task: Task, agents: Iterable[Agent], *, default_limit: int, owner_filte
             candidates.append(candidate(task, agent, default_limit=default_limit))
         else:
             excluded.append(why)
-    candidates.sort(key=_sort_key)
+    candidates.sort(key=lambda c: (c.agent_id != task.preferred_agent, _sort_key(c)))
     excluded.sort(key=lambda e: (list(Exclusion).index(e.reason), e.agent_id))
     return Ranking(candidates, excluded)
 
@@ -172,14 +182,15 @@ def rank(task: Task, agents: Iterable[Agent], *, default_limit: int, owner_filte
 def best(
     task: Task, agents: Iterable[Agent], *, default_limit: int, owner_filter: bool
 ) -> Candidate | None:
-    """The winner of `rank`, without building the full ranking."""
+    """The winner of `rank`, without building the full ranking. The task's
+    `preferred_agent`, when it is a candidate, wins whatever its score."""
     top: Candidate | None = None
-    top_key: tuple[float, int, float, str] | None = None
+    top_key: tuple[bool, float, int, float, str] | None = None
     for agent in agents:
         if exclusion(task, agent, default_limit=default_limit, owner_filter=owner_filter):
             continue
         cand = candidate(task, agent, default_limit=default_limit)
-        key = _sort_key(cand)
+        key = (agent.id != task.preferred_agent, *_sort_key(cand))
         if top_key is None or key < top_key:
             top, top_key = cand, key
     return top

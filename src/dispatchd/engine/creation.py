@@ -17,7 +17,7 @@ from dispatchd.domain import lifecycle
 from dispatchd.domain.access import Caller
 from dispatchd.domain.ids import new_id, utcnow
 from dispatchd.domain.lifecycle import Change, Policy
-from dispatchd.domain.models import Agent, Priority, Task, TaskStatus
+from dispatchd.domain.models import Agent, Priority, ReviewerKind, Task, TaskStatus
 from dispatchd.engine.placement import Placement, Placer
 from dispatchd.engine.rules import Rules, hand_over
 from dispatchd.engine.transitions import MAX_TRIES, commit_changes
@@ -42,7 +42,9 @@ class TaskSpec:
     timeout_s: int | None = None
     max_attempts: int | None = None
     review: bool = False
+    # An agent id, or a capability when `reviewer_kind` says so (docs/review.md).
     reviewer: str | None = None
+    reviewer_kind: ReviewerKind | None = None
     escalate_to: str | None = None
     model: str | None = None
     labels: Sequence[str] = ()
@@ -251,6 +253,7 @@ class TaskCreation:
         return births
 
     def _new_task(self, spec: TaskSpec, task_id: str, caller: Caller, now: datetime) -> Task:
+        kind = _check_reviewer(spec)
         return Task(
             id=task_id,
             title=spec.title,
@@ -272,6 +275,9 @@ class TaskCreation:
             timeout_s=spec.timeout_s,
             review=spec.review,
             reviewer=spec.reviewer,
+            reviewer_kind=kind,
+            # A reviewer named by id never gets the work it is to review.
+            excluded_agent=spec.reviewer if kind is ReviewerKind.AGENT else None,
             escalate_to=spec.escalate_to,
             model=spec.model,
             labels=tuple(dict.fromkeys(spec.labels)),
@@ -280,6 +286,25 @@ class TaskCreation:
 
 
 _DEAD = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMED_OUT})
+
+
+def _check_reviewer(spec: TaskSpec) -> ReviewerKind | None:
+    """What the spec's reviewer names. An agent id unknown today is accepted: agents come
+    and go, and the review task waits for it as a task named for it does."""
+    if spec.reviewer is None:
+        return None
+    if not spec.review:
+        raise ValidationFailed(
+            "reviewer needs review: true", code="reviewer_without_review", field="reviewer"
+        )
+    kind = spec.reviewer_kind or ReviewerKind.AGENT
+    if kind is ReviewerKind.AGENT and spec.reviewer == spec.assigned_to:
+        raise ValidationFailed(
+            "the reviewer cannot be the agent the task is assigned to",
+            code="reviewer_is_assignee",
+            field="reviewer",
+        )
+    return kind
 
 
 def _with_inputs(context: Mapping[str, Any], parents: Sequence[Task]) -> dict[str, Any]:

@@ -210,6 +210,15 @@ class Directory:
     def best(
         self, task: Task, *, default_limit: int, owner_filter: bool, skip: set[str]
     ) -> Candidate | None:
+        if task.excluded_agent is not None:
+            skip = skip | {task.excluded_agent}
+        preferred = self.agents.get(task.preferred_agent or "")
+        if preferred is not None and preferred.id not in skip:
+            # Offered first to its agent (a rejected task: the one that did it), if it may
+            # take it now; otherwise it goes as any task does.
+            first = best(task, [preferred], default_limit=default_limit, owner_filter=owner_filter)
+            if first is not None:
+                return first
         if task.assigned_to is not None:
             named = self.agents.get(task.assigned_to)
             pool = [named] if named is not None else []

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from dispatchd.domain import lifecycle
+from dispatchd.domain import lifecycle, review
 from dispatchd.domain.access import (
     Caller,
     require_holder,
@@ -21,8 +21,10 @@ from dispatchd.domain.models import (
     Comment,
     Event,
     Priority,
+    ReviewerKind,
     Task,
     TaskDetail,
+    TaskKind,
     TaskStatus,
 )
 
@@ -78,7 +80,9 @@ class TaskService:
     async def _transact(
         self, task_id: str, compute: Callable[[Task], Awaitable[list[Step]]]
     ) -> Task:
-        return await transact(self.store, task_id, compute, escalate_to=self.rules.escalate_to)
+        return await transact(
+            self.store, task_id, compute, escalate_to=self.rules.escalate_to, policy=self.policy
+        )
 
     # --- creation (engine/creation.py) ---------------------------------------------------
 
@@ -200,7 +204,9 @@ class TaskService:
             if not steps:
                 return [answers[i] for i in ids]
             try:
-                done = await commit_changes(self.store, steps, escalate_to=self.rules.escalate_to)
+                done = await commit_changes(
+                    self.store, steps, escalate_to=self.rules.escalate_to, policy=self.policy
+                )
             except ConcurrentUpdate:
                 continue
             return [answers[i] if i in answers else done.tasks[i] for i in ids]
@@ -209,6 +215,9 @@ class TaskService:
     def _completion(
         self, task: Task, now: datetime, result: Any, summary: str | None
     ) -> list[Step]:
+        if task.kind is TaskKind.REVIEW:
+            # The verdict is checked before anything is written; `followups` applies it.
+            review.verdict_of(result)
         steps: list[Step] = []
         if task.status is TaskStatus.ASSIGNED:
             started = lifecycle.start(task, now, self.policy)
@@ -262,21 +271,12 @@ class TaskService:
     async def review(
         self, task_id: str, caller: Caller, *, approved: bool, feedback: str | None
     ) -> Task:
+        """A verdict posted on the task itself, by its reviewer or an admin; its open
+        review task, if any, is cancelled in the same commit (`followups`)."""
+
         async def compute(task: Task) -> list[tuple[Change, Task | None]]:
             if not caller.is_admin:
-                if task.assignee == caller.agent_id:
-                    raise Forbidden(
-                        "an agent may not review its own work", code="self_review", task_id=task.id
-                    )
-                if task.reviewer is not None and task.reviewer not in (
-                    caller.agent_id,
-                    *(await self._capabilities_of(caller.agent_id)),
-                ):
-                    raise Forbidden(
-                        f"task {task.id} is to be reviewed by {task.reviewer}",
-                        code="not_reviewer",
-                        task_id=task.id,
-                    )
+                await self._as_reviewer(task, caller)
             now = utcnow()
             if approved:
                 change = lifecycle.approve(task, now, reviewer=caller.agent_id, feedback=feedback)
@@ -287,6 +287,29 @@ class TaskService:
             return [(change, task)]
 
         return await self._transact(task_id, compute)
+
+    async def _as_reviewer(self, task: Task, caller: Caller) -> None:
+        if task.assignee == caller.agent_id:
+            raise Forbidden(
+                "an agent may not review its own work", code="self_review", task_id=task.id
+            )
+        if task.reviewer is None:
+            return
+        if task.reviewer_kind is ReviewerKind.CAPABILITY:
+            allowed = task.reviewer in await self._capabilities_of(caller.agent_id)
+        elif task.reviewer_kind is ReviewerKind.AGENT:
+            allowed = task.reviewer == caller.agent_id
+        else:  # written before reviewers had a kind: either
+            allowed = task.reviewer in (
+                caller.agent_id,
+                *(await self._capabilities_of(caller.agent_id)),
+            )
+        if not allowed:
+            raise Forbidden(
+                f"task {task.id} is to be reviewed by {task.reviewer}",
+                code="not_reviewer",
+                task_id=task.id,
+            )
 
     async def _capabilities_of(self, agent_id: str) -> tuple[str, ...]:
         agent = await self.store.get_agent(agent_id)

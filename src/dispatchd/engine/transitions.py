@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from dispatchd.domain.ids import utcnow
-from dispatchd.domain.lifecycle import AttemptPatch, Change
+from dispatchd.domain.lifecycle import AttemptPatch, Change, Policy
 from dispatchd.domain.models import Attempt, Event, Task
 from dispatchd.engine.followups import follow_ups
 from dispatchd.errors import ConcurrentUpdate, NotFound
 from dispatchd.store.base import (
     AppendEvent,
     AppendProgress,
+    AppendReview,
     InsertTask,
     Op,
     SaveAttempt,
@@ -53,6 +54,8 @@ def ops_for(change: Change, previous: Task | None) -> list[Op]:
         ops.append(change.attempt_patch)
     if change.progress is not None:
         ops.append(AppendProgress(change.progress))
+    if change.review is not None:
+        ops.append(AppendReview(change.review))
     ops.append(AppendEvent(change.event))
     return ops
 
@@ -102,6 +105,8 @@ def writes_for(steps: Sequence[tuple[Change, Task | None]]) -> tuple[list[Op], d
                 ops.append(patch)
         if change.progress is not None:
             ops.append(AppendProgress(change.progress))
+        if change.review is not None:
+            ops.append(AppendReview(change.review))
         ops.append(AppendEvent(change.event))
     return ops, stored
 
@@ -135,10 +140,12 @@ async def commit_changes(
     *,
     lead: Sequence[Op] = (),
     escalate_to: str | None = None,
+    policy: Policy | None = None,
 ) -> Committed:
     """Commit several transitions (and any extra writes) in one transaction, with what
-    they set off: escalation of a last failure, unblocking or failing dependent tasks."""
-    more, notices = await follow_ups(store, steps, utcnow(), escalate_to=escalate_to)
+    they set off: escalation of a last failure, unblocking or failing dependent tasks,
+    the review gate's tasks and verdicts."""
+    more, notices = await follow_ups(store, steps, utcnow(), escalate_to=escalate_to, policy=policy)
     writes, stored = writes_for([*steps, *more])
     events = await store.commit([*lead, *writes, *notices, *extra])
     return Committed(events, stored)
@@ -151,6 +158,7 @@ async def transact(
     extra: Callable[[Task], Sequence[Op]] | None = None,
     *,
     escalate_to: str | None = None,
+    policy: Policy | None = None,
 ) -> Task:
     """Load the task, compute its transitions, commit; retry from a fresh read on a race.
 
@@ -166,7 +174,11 @@ async def transact(
             if not steps:
                 return task
             done = await commit_changes(
-                store, steps, extra(task) if extra else (), escalate_to=escalate_to
+                store,
+                steps,
+                extra(task) if extra else (),
+                escalate_to=escalate_to,
+                policy=policy,
             )
         except ConcurrentUpdate:
             continue

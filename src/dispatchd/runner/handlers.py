@@ -45,6 +45,8 @@ class Handler:
     order: int = 0
     active: int = 0
     slots: asyncio.Semaphore | None = None
+    # A review handler takes review tasks (`kind` review) only; the others never do.
+    review: bool = False
 
     def __post_init__(self) -> None:
         if self.concurrency is not None:
@@ -63,10 +65,14 @@ class Handler:
 
 def choose(handlers: Iterable[Handler], task: Task) -> Handler | None:
     """The handler for `task`: the one sharing the most of its capabilities, then a
-    handler naming none (it takes anything), by priority and registration order."""
+    handler naming none (it takes anything), by priority and registration order. A review
+    task goes to a review handler, any other task to another handler."""
     need = set(task.capabilities)
+    reviewing = task.kind == "review"
     best: tuple[tuple[int, int, int], Handler] | None = None
     for h in handlers:
+        if h.review != reviewing:
+            continue
         overlap = len(need & h.capabilities)
         if overlap == 0 and h.capabilities and need:
             continue

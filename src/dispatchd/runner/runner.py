@@ -38,6 +38,7 @@ from dispatchd.runner.adapters import AgentAdapter, Invocation, adapter_for, fil
 from dispatchd.runner.board import BoardSync
 from dispatchd.runner.local_api import LocalApi
 from dispatchd.runner.process import AgentProcess, ProcessResult, ProcessSpec
+from dispatchd.runner.review import ReviewAdapter
 from dispatchd.runner.worker import Job, Worker, run_until_signalled
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class Route:
     concurrency: int | None = None
     command: list[str] | None = None
     adapter: AgentAdapter | None = None
+    # A reviewer route: it takes review tasks and reads the command's verdict (Aegis).
+    review: bool = False
 
     def build_prompt(self, task: Task) -> str:
         if isinstance(self.prompt, str):
@@ -185,7 +188,11 @@ class Runner:
         concurrency: int | None = None,
         command: str | Sequence[str] | None = None,
         adapter: AgentAdapter | None = None,
+        review: bool = False,
     ) -> Route:
+        """`review`: the route takes review tasks only, and the command's output must
+        follow the Aegis convention (`VERDICT: APPROVED` / `VERDICT: REJECTED`, `NOTES:`);
+        see docs/review.md."""
         route = Route(
             capabilities=frozenset(capabilities),
             args=list(args),
@@ -195,6 +202,7 @@ class Runner:
             concurrency=concurrency,
             command=[command] if isinstance(command, str) else list(command) if command else None,
             adapter=adapter,
+            review=review,
         )
         self.routes.append(route)
 
@@ -203,7 +211,7 @@ class Runner:
 
         handle.__name__ = f"route[{','.join(sorted(route.capabilities)) or '*'}]"
         self.worker.add_handler(
-            handle, route.capabilities, priority=priority, concurrency=concurrency
+            handle, route.capabilities, priority=priority, concurrency=concurrency, review=review
         )
         return route
 
@@ -217,6 +225,7 @@ class Runner:
                     "priority": r.priority,
                     "concurrency": r.concurrency,
                     "timeout_s": r.timeout_s or self.options.agent_timeout,
+                    "review": r.review,
                 }
                 for r in self.routes
             ],
@@ -258,6 +267,8 @@ class Runner:
         task = job.task
         command = route.command or self.command
         adapter = route.adapter or self.adapter or adapter_for(command)
+        if route.review:
+            adapter = ReviewAdapter(adapter)
         timeout = route.timeout_s or self.options.agent_timeout
         prompt = adapter.prompt(task, route.build_prompt(task))
         with tempfile.TemporaryDirectory(prefix="dispatchd-task-") as tmp:

@@ -54,9 +54,19 @@ from dispatchd.runner.handlers import (
     clip,
     short_traceback,
 )
+from dispatchd.runner.review import ReviewVerdict, UnderReview, as_verdict
 from dispatchd.runner.signals import run_until_signalled
 
-__all__ = ["Handler", "Job", "TaskFailed", "Worker", "choose", "run_until_signalled"]
+__all__ = [
+    "Handler",
+    "Job",
+    "ReviewVerdict",
+    "TaskFailed",
+    "UnderReview",
+    "Worker",
+    "choose",
+    "run_until_signalled",
+]
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +144,53 @@ class Worker:
         *,
         priority: int = 0,
         concurrency: int | None = None,
+        review: bool = False,
     ) -> Handler:
+        """`review`: the handler takes review tasks only (see `review`); its function gets
+        the `Job` and returns the review task's result."""
         if concurrency is not None and concurrency < 1:
             raise ValueError("a handler's concurrency must be at least 1")
-        h = Handler(fn, frozenset(capabilities), priority, concurrency, order=len(self.handlers))
+        h = Handler(
+            fn,
+            frozenset(capabilities),
+            priority,
+            concurrency,
+            order=len(self.handlers),
+            review=review,
+        )
         self.handlers.append(h)
         return h
+
+    def review(
+        self, *capabilities: str, priority: int = 0, concurrency: int | None = None
+    ) -> Callable[[F], F]:
+        """Decorate a reviewer (async, or plain: it then runs in a thread): it gets the work
+        under review (`UnderReview`: the task's prompt, result, summary, who did it) and
+        returns a verdict (`ReviewVerdict.approve(...)` / `.reject(...)`, a `(verdict,
+        feedback)` pair, or text in the Aegis convention). It takes the review tasks needing
+        `capabilities` (a reviewer capability such as `review`), and those named for this
+        agent. A return value that is no verdict fails the review attempt, which goes back
+        to its queue (docs/review.md)."""
+
+        def register(fn: F) -> F:
+            async def handle(job: Job) -> dict[str, Any]:
+                work = UnderReview.of(job.task)
+                if inspect.iscoroutinefunction(fn):
+                    value = await fn(work)
+                else:
+                    value = await asyncio.to_thread(fn, work)
+                verdict = as_verdict(value)
+                if verdict is None:
+                    raise TaskFailed(f"the reviewer returned no verdict: {value!r:.200}")
+                return verdict.as_result()
+
+            handle.__name__ = getattr(fn, "__name__", "review")
+            self.add_handler(
+                handle, capabilities, priority=priority, concurrency=concurrency, review=True
+            )
+            return fn
+
+        return register
 
     def all_capabilities(self) -> dict[str, float]:
         caps = {tag: 1.0 for h in self.handlers for tag in h.capabilities}

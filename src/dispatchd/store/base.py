@@ -23,6 +23,7 @@ from dispatchd.domain.models import (
     Event,
     Priority,
     ProgressEntry,
+    Review,
     Task,
     TaskDetail,
     TaskStatus,
@@ -105,6 +106,13 @@ PatchAttempt = AttemptPatch
 @dataclass(frozen=True, slots=True)
 class AppendProgress:
     entry: ProgressEntry
+
+
+@dataclass(frozen=True, slots=True)
+class AppendReview:
+    """Record a verdict on a task's work (its `reviews`)."""
+
+    review: Review
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +201,7 @@ Op = (
     | SaveAttempt
     | PatchAttempt
     | AppendProgress
+    | AppendReview
     | AppendComment
     | InsertAgent
     | UpdateAgent
@@ -232,6 +241,8 @@ class TaskFilter:
     priority: Sequence[Priority] = ()
     owner: str | None = None
     label: str | None = None
+    # The review tasks of this task.
+    review_of: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,6 +427,14 @@ class Store(RoomStore, Protocol):
     async def task_detail(self, task_id: str) -> TaskDetail | None: ...
 
     async def attempts(self, task_id: str) -> list[Attempt]: ...
+
+    async def reviews(self, task_id: str) -> list[Review]:
+        """The verdicts on a task's work, oldest first."""
+        ...
+
+    async def open_reviews(self, task_id: str) -> list[Task]:
+        """The unfinished review tasks (`kind` review) of the task `task_id`."""
+        ...
 
     async def active_tasks_of(self, agent_id: str) -> list[Task]: ...
 

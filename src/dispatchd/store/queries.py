@@ -37,6 +37,7 @@ TASK_ROWS = (
     ("attempts", "task_id"),
     ("progress", "task_id"),
     ("comments", "task_id"),
+    ("task_reviews", "task_id"),
     ("task_deps", "parent_id"),
     ("task_deps", "child_id"),
     ("tasks", "id"),
@@ -114,7 +115,7 @@ class Queries:
                 names = [f"{column}_{i}" for i in range(len(values))]
                 params.update(zip(names, values, strict=True))
                 clauses.append(f"{column} IN ({', '.join(':' + n for n in names)})")
-        for column in ("requester", "assignee", "scope", "owner"):
+        for column in ("requester", "assignee", "scope", "owner", "review_of"):
             if (value := getattr(flt, column)) is not None:
                 params[column] = value
                 clauses.append(f"{column} = :{column}")
@@ -185,6 +186,8 @@ class Queries:
             "SELECT * FROM tasks{queue_index} WHERE status = 'pending' "
             f"AND {room} "
             "AND (not_before IS NULL OR not_before <= :now) "
+            # Never the agent the task is kept from (a review: the one that did the work).
+            "AND (excluded_agent IS NULL OR excluded_agent <> :agent_id) "
             f"AND (assigned_to = :agent_id OR ({' AND '.join(matching)})) "
             "ORDER BY {queue_order} LIMIT :limit" + ("{skip_locked}" if lock else "")
         )

@@ -20,6 +20,11 @@ WHERE task_id = :task_id AND number = :number;
 INSERT INTO progress (task_id, attempt, agent_id, message, percent, created_at)
 VALUES (:task_id, :attempt, :agent_id, :message, :percent, :created_at);
 
+-- name: insert_review
+INSERT INTO task_reviews (task_id, cycle, reviewer, verdict, feedback, created_at,
+    review_task_id)
+VALUES (:task_id, :cycle, :reviewer, :verdict, :feedback, :created_at, :review_task_id);
+
 -- name: insert_comment
 INSERT INTO comments (task_id, author, body, created_at)
 VALUES (:task_id, :author, :body, :created_at);
@@ -141,6 +146,16 @@ ORDER BY id;
 -- name: comments
 SELECT * FROM comments
 WHERE task_id = :task_id
+ORDER BY id;
+
+-- name: reviews
+SELECT * FROM task_reviews
+WHERE task_id = :task_id
+ORDER BY id;
+
+-- name: open_reviews
+SELECT * FROM tasks
+WHERE review_of = :task_id AND status NOT IN {terminal}
 ORDER BY id;
 
 -- name: active_tasks

@@ -13,6 +13,7 @@ from dispatchd.domain.models import (
     Comment,
     Event,
     ProgressEntry,
+    Review,
     Task,
     TaskDetail,
     TaskStatus,
@@ -163,17 +164,25 @@ class SQLStore:
             attempts = yield all_rows(q.attempts, params)
             progress = yield all_rows(q.progress, params)
             comments = yield all_rows(q.comments, params)
+            reviews = yield all_rows(q.reviews, params)
             return TaskDetail(
                 task=from_row(Task, row, codec),
                 attempts=tuple(from_row(Attempt, r, codec) for r in attempts),
                 progress=tuple(from_row(ProgressEntry, r, codec) for r in progress),
                 comments=tuple(from_row(Comment, r, codec) for r in comments),
+                reviews=tuple(from_row(Review, r, codec) for r in reviews),
             )
 
         return await self.connector.transaction(body(), write=False)
 
     async def attempts(self, task_id: str) -> list[Attempt]:
         return await self._all(Attempt, self.q.attempts, task_id=task_id)
+
+    async def reviews(self, task_id: str) -> list[Review]:
+        return await self._all(Review, self.q.reviews, task_id=task_id)
+
+    async def open_reviews(self, task_id: str) -> list[Task]:
+        return await self._all(Task, self.q.open_reviews, task_id=task_id)
 
     async def active_tasks_of(self, agent_id: str) -> list[Task]:
         return await self._all(Task, self.q.active_tasks, agent_id=agent_id)

@@ -22,6 +22,7 @@ from dispatchd.store.base import (
     AppendComment,
     AppendEvent,
     AppendProgress,
+    AppendReview,
     ClaimPlan,
     ClaimQuery,
     ClaimView,
@@ -118,6 +119,8 @@ def _apply(q: Queries, op: Op, counts: dict[str, int], loads: dict[str, int]) ->
             yield execute(q.patch_attempt, to_row(op, codec))
         case AppendProgress(entry):
             yield execute(q.insert_progress, to_row(entry, codec))
+        case AppendReview(review):
+            yield execute(q.insert_review, to_row(review, codec))
         case AppendComment(comment):
             yield execute(q.insert_comment, to_row(comment, codec))
         case InsertAgent(agent):

@@ -61,6 +61,7 @@ def spec_of(body: TaskCreate, key: str | None = None) -> TaskSpec:
             code="idempotency_key_mismatch",
         )
     prompt = body.prompt or body.description or ""
+    reviewer, reviewer_kind = body.reviewer_of()
     return TaskSpec(
         title=body.title,
         prompt=prompt,
@@ -75,7 +76,8 @@ def spec_of(body: TaskCreate, key: str | None = None) -> TaskSpec:
         timeout_s=body.timeout_s,
         max_attempts=body.max_attempts,
         review=body.review,
-        reviewer=body.reviewer,
+        reviewer=reviewer,
+        reviewer_kind=reviewer_kind,
         escalate_to=body.escalate_to,
         model=body.model,
         labels=body.labels,
@@ -165,6 +167,7 @@ async def list_tasks(
     capability: Filter = None,
     owner: Filter = None,
     label: Filter = None,
+    review_of: Filter = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     order: Literal["asc", "desc"] = "desc",
@@ -178,6 +181,7 @@ async def list_tasks(
         capability=capability,
         owner=owner,
         label=label,
+        review_of=review_of,
     )
     page = await rt.tasks.page(flt, limit=limit, cursor=cursor, descending=order == "desc")
     return TaskList(items=[TaskOut.of(t) for t in page.items], next_cursor=page.next_cursor)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, Field, StringConstraints, model_validator
 
 from dispatchd.api.schemas.common import Id, Request, Short, Tag, Text, Title, opt_isoformat
 from dispatchd.domain.ids import isoformat
@@ -14,10 +14,32 @@ from dispatchd.domain.models import (
     Comment,
     Priority,
     ProgressEntry,
+    Review,
+    ReviewerKind,
     Task,
     TaskDetail,
+    TaskKind,
     TaskStatus,
 )
+
+
+class ReviewerRef(Request):
+    """Who reviews a task's work: one agent (`agent`), or any agent with a capability
+    (`capability`); exactly one of the two."""
+
+    agent: Id | None = None
+    capability: Tag | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ReviewerRef:
+        if (self.agent is None) == (self.capability is None):
+            raise ValueError("give exactly one of agent and capability")
+        return self
+
+
+class ReviewerOut(BaseModel):
+    agent: str | None = None
+    capability: str | None = None
 
 
 class TaskCreate(Request):
@@ -37,12 +59,27 @@ class TaskCreate(Request):
     timeout_s: int | None = Field(None, ge=1, le=7 * 24 * 3600)
     max_attempts: int | None = Field(None, ge=1, le=100)
     review: bool = False
-    reviewer: Id | None = None
+    reviewer: Id | ReviewerRef | None = Field(
+        None,
+        description='An agent id ("aegis", the same as {"agent": "aegis"}) or '
+        '{"capability": "review"}; needs `review: true` (docs/review.md)',
+    )
     escalate_to: Tag | None = None
     model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     labels: list[Tag] = Field(default_factory=list, max_length=50)
     context: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+
+    def reviewer_of(self) -> tuple[str | None, ReviewerKind | None]:
+        """The reviewer named and what it names."""
+        match self.reviewer:
+            case None:
+                return None, None
+            case str(agent) | ReviewerRef(agent=str(agent)):
+                return agent, ReviewerKind.AGENT
+            case ReviewerRef(capability=str(tag)):
+                return tag, ReviewerKind.CAPABILITY
+        raise AssertionError(self.reviewer)  # pragma: no cover - the validator ensures one
 
 
 class TaskBatch(Request):
@@ -67,6 +104,28 @@ class CommentBody(Request):
 class ReviewBody(Request):
     verdict: Literal["approved", "rejected"]
     feedback: Short | None = None
+
+
+class ReviewOut(BaseModel):
+    """One verdict on a task's work: the `cycle`th review."""
+
+    cycle: int
+    reviewer: str
+    verdict: str
+    feedback: str | None
+    review_task_id: str | None
+    created_at: str
+
+    @classmethod
+    def of(cls, r: Review) -> ReviewOut:
+        return cls(
+            cycle=r.cycle,
+            reviewer=r.reviewer,
+            verdict=r.verdict.value,
+            feedback=r.feedback,
+            review_task_id=r.review_task_id,
+            created_at=isoformat(r.created_at),
+        )
 
 
 class AttemptOut(BaseModel):
@@ -153,7 +212,7 @@ class TaskOut(BaseModel):
     due_at: str | None
     timeout_s: int | None
     review: bool
-    reviewer: str | None
+    reviewer: ReviewerOut | None
     escalate_to: str | None
     model: str | None
     model_routed: bool
@@ -170,6 +229,10 @@ class TaskOut(BaseModel):
     finished_at: str | None
     created_at: str
     updated_at: str
+    kind: TaskKind = TaskKind.TASK
+    review_of: str | None = None
+    excluded_agent: str | None = None
+    preferred_agent: str | None = None
 
     @classmethod
     def of(cls, t: Task) -> TaskOut:
@@ -201,7 +264,7 @@ class TaskOut(BaseModel):
             due_at=opt_isoformat(t.due_at),
             timeout_s=t.timeout_s,
             review=t.review,
-            reviewer=t.reviewer,
+            reviewer=_reviewer_out(t),
             escalate_to=t.escalate_to,
             model=t.model,
             model_routed=t.model_routed,
@@ -218,13 +281,26 @@ class TaskOut(BaseModel):
             finished_at=opt_isoformat(t.finished_at),
             created_at=isoformat(t.created_at),
             updated_at=isoformat(t.updated_at),
+            kind=t.kind,
+            review_of=t.review_of,
+            excluded_agent=t.excluded_agent,
+            preferred_agent=t.preferred_agent,
         )
+
+
+def _reviewer_out(t: Task) -> ReviewerOut | None:
+    if t.reviewer is None:
+        return None
+    if t.reviewer_kind is ReviewerKind.CAPABILITY:
+        return ReviewerOut(capability=t.reviewer)
+    return ReviewerOut(agent=t.reviewer)
 
 
 class TaskDetailOut(TaskOut):
     attempts: list[AttemptOut]
     progress_log: list[ProgressOut]
     comments: list[CommentOut]
+    reviews: list[ReviewOut] = Field(default_factory=list)
 
     @classmethod
     def of_detail(cls, d: TaskDetail) -> TaskDetailOut:
@@ -234,6 +310,7 @@ class TaskDetailOut(TaskOut):
             attempts=[AttemptOut.of(a) for a in d.attempts],
             progress_log=[ProgressOut.of(p) for p in d.progress],
             comments=[CommentOut.of(c) for c in d.comments],
+            reviews=[ReviewOut.of(r) for r in d.reviews],
         )
 
 

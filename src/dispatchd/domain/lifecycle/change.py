@@ -12,6 +12,7 @@ from dispatchd.domain.models import (
     AttemptOutcome,
     Event,
     ProgressEntry,
+    Review,
     Task,
     TaskStatus,
 )
@@ -53,6 +54,8 @@ class Change:
     new_attempt: Attempt | None = None
     attempt_patch: AttemptPatch | None = None
     progress: ProgressEntry | None = None
+    # A verdict on the task's work, recorded with the transition that applies it.
+    review: Review | None = None
 
 
 def new_event(kind: str, task: Task, now: datetime, agent: str | None, **data: Any) -> Event:

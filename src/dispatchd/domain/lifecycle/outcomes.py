@@ -18,7 +18,7 @@ from dispatchd.domain.lifecycle.change import (
     timeout_of,
 )
 from dispatchd.domain.lifecycle.table import Action
-from dispatchd.domain.models import AttemptOutcome, Task, TaskStatus
+from dispatchd.domain.models import AttemptOutcome, Review, Task, TaskKind, TaskStatus, Verdict
 
 S = TaskStatus
 
@@ -43,13 +43,47 @@ def complete(task: Task, now: datetime, *, result: Any, summary: str | None) -> 
     return Change(new, event, attempt_patch=end(task, now, AttemptOutcome.COMPLETED, None))
 
 
-def approve(task: Task, now: datetime, *, reviewer: str, feedback: str | None) -> Change:
+def _record(
+    task: Task,
+    now: datetime,
+    verdict: Verdict,
+    reviewer: str,
+    feedback: str | None,
+    review_task_id: str | None,
+) -> Review:
+    return Review(
+        task_id=task.id,
+        cycle=task.review_cycles + 1,
+        reviewer=reviewer,
+        verdict=verdict,
+        feedback=feedback,
+        created_at=now,
+        review_task_id=review_task_id,
+    )
+
+
+def approve(
+    task: Task,
+    now: datetime,
+    *,
+    reviewer: str,
+    feedback: str | None,
+    review_task_id: str | None = None,
+) -> Change:
     new = move(task, Action.APPROVE, S.COMPLETED, now, finished_at=now)
-    return Change(new, new_event("task.approved", new, now, reviewer, feedback=feedback))
+    record = _record(task, now, Verdict.APPROVED, reviewer, feedback, review_task_id)
+    event = new_event("task.approved", new, now, reviewer, feedback=feedback, cycle=record.cycle)
+    return Change(new, event, review=record)
 
 
 def reject(
-    task: Task, now: datetime, policy: Policy, *, reviewer: str, feedback: str | None
+    task: Task,
+    now: datetime,
+    policy: Policy,
+    *,
+    reviewer: str,
+    feedback: str | None,
+    review_task_id: str | None = None,
 ) -> Change:
     cycles = task.review_cycles + 1
     context = dict(task.context)
@@ -75,13 +109,23 @@ def reject(
             review_cycles=cycles,
             context=context,
             assignee=None,
+            # Offered first to the agent that did it, which resumes with the feedback.
+            preferred_agent=task.assignee,
             # A rejected task goes through another attempt; it does not spend the budget.
             max_attempts=task.max_attempts + 1,
         )
+    record = _record(task, now, Verdict.REJECTED, reviewer, feedback, review_task_id)
     event = new_event(
-        "task.rejected", new, now, reviewer, feedback=feedback, final=new.status is S.FAILED
+        "task.rejected",
+        new,
+        now,
+        reviewer,
+        feedback=feedback,
+        final=new.status is S.FAILED,
+        cycle=cycles,
+        worker=task.assignee,
     )
-    return Change(new, event)
+    return Change(new, event, review=record)
 
 
 def _retry_or_final(
@@ -95,7 +139,13 @@ def _retry_or_final(
     retryable: bool,
     jitter: float,
 ) -> tuple[Task, bool]:
-    """The shared path of failure and timeout: back to pending with a backoff, or final."""
+    """The shared path of failure and timeout: back to pending with a backoff, or final.
+
+    A review task is never final for its reviewer's failure: the review goes back to its
+    queue (after the backoff) and the reviewed task keeps waiting in `review`."""
+    if task.kind is TaskKind.REVIEW:
+        retryable = True
+        task = task.evolve(max_attempts=max(task.max_attempts, task.attempt + 1))
     if retryable and task.attempt < task.max_attempts:
         delay = backoff(task.attempt, policy, jitter)
         new = move(
@@ -171,7 +221,8 @@ def requeue(task: Task, now: datetime, policy: Policy, *, reason: str) -> Change
     """The agent lost the task (no lease, no start in time, deregistered)."""
     requeues = task.requeues + 1
     ended = end(task, now, AttemptOutcome.LOST, reason)
-    if requeues >= policy.max_lost_requeues:
+    # A review whose reviewer vanished goes back to its queue however often it happens.
+    if requeues >= policy.max_lost_requeues and task.kind is not TaskKind.REVIEW:
         error = f"requeued {requeues} times; last: {reason}"
         new = move(
             task,

@@ -60,6 +60,7 @@ def assign(
         now,
         assignee=agent_id,
         attempt=number,
+        preferred_agent=None,
         model=task.model if task.model is not None else model,
         model_routed=task.model is None and model is not None,
         not_before=None,
