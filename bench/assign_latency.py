@@ -51,7 +51,7 @@ from _common import (
 
 from dispatchd.config import Settings
 from dispatchd.domain.access import Caller
-from dispatchd.engine.tasks import TaskSpec
+from dispatchd.domain.models import TaskSpec
 from dispatchd.runtime import Runtime
 
 NAME = "assign_latency"

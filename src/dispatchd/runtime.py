@@ -21,10 +21,12 @@ from dispatchd.engine.claims import ClaimService
 from dispatchd.engine.deadlines import Sweeper
 from dispatchd.engine.directory import Directory
 from dispatchd.engine.feed import EventFeed
+from dispatchd.engine.firing import Firer
 from dispatchd.engine.presence import Presence
 from dispatchd.engine.providers import External, connect
 from dispatchd.engine.rooms import RoomService
 from dispatchd.engine.rules import Rules
+from dispatchd.engine.schedules import ScheduleService
 from dispatchd.engine.tasks import TaskService
 from dispatchd.engine.waiters import Waiters
 from dispatchd.engine.wake import Waker
@@ -165,6 +167,10 @@ class Runtime:
             escalate_to=rules.escalate_to,
         )
         self.feed.listen(self.sweeper.poke)
+        # Schedules (docs/schedules.md): their next fire times are deadlines of the sweeper.
+        self.firer = Firer(self.store, self.tasks)
+        self.sweeper.firer = self.firer
+        self.schedules = ScheduleService(self.store, self.sweeper.poke)
         self.events = EventReader(self.store, self.feed)
         self.pruner = Pruner(self.store, self.settings.events)
         # Webhook deliveries (docs/webhooks.md); the admin routes manage the subscriptions.

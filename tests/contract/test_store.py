@@ -131,6 +131,7 @@ def full_task() -> Task:
         model_routed=True,
         labels=("urgent", "béta"),
         idempotency_key="idem-ключ",
+        schedule_id="sched-01",
         question="which one?",
         progress_message="halfway ½",
         progress_percent=42.5,

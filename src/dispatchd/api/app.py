@@ -12,7 +12,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dispatchd import __version__
 from dispatchd.api import errors, mcp_http
 from dispatchd.api.guard import BodyGuard
-from dispatchd.api.routes import agents, events, notifications, rooms, stats, tasks, webhooks
+from dispatchd.api.routes import (
+    agents,
+    events,
+    notifications,
+    rooms,
+    schedules,
+    stats,
+    tasks,
+    webhooks,
+)
 from dispatchd.config import Settings
 from dispatchd.metrics import Metrics
 from dispatchd.runtime import Runtime
@@ -82,6 +91,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(webhooks.router)
     app.include_router(rooms.router)
     app.include_router(notifications.router)
+    app.include_router(schedules.router)
     # The MCP toolset over streamable HTTP (SPEC §6), behind the same bearer tokens.
     app.router.routes.append(mcp_http.route())
     limit = (runtime.settings if runtime else settings or Settings()).server.max_body_bytes

@@ -8,12 +8,13 @@ from dispatchd.client._admin import AdminApi
 from dispatchd.client._agents import AgentsApi
 from dispatchd.client._events import EventsApi
 from dispatchd.client._rooms import RoomsApi
+from dispatchd.client._schedules import SchedulesApi
 from dispatchd.client._tasks import TasksApi
 
 __all__ = ["AsyncClient"]
 
 
-class AsyncClient(TasksApi, AgentsApi, RoomsApi, EventsApi, AdminApi):
+class AsyncClient(TasksApi, AgentsApi, RoomsApi, EventsApi, AdminApi, SchedulesApi):
     """An asynchronous client of one dispatchd server.
 
     ```python

@@ -24,6 +24,9 @@ from dispatchd.api.schemas.rooms import InterruptOut as RoomInterrupted
 from dispatchd.api.schemas.rooms import RoomHistoryOut as RoomHistory
 from dispatchd.api.schemas.rooms import RoomOut as Room
 from dispatchd.api.schemas.rooms import RoomRemoved
+from dispatchd.api.schemas.schedules import ScheduleDetailOut as ScheduleDetail
+from dispatchd.api.schemas.schedules import ScheduleOut as Schedule
+from dispatchd.api.schemas.schedules import ScheduleRemoved
 from dispatchd.api.schemas.tasks import CommentOut as Comment
 from dispatchd.api.schemas.tasks import TaskDetailOut as TaskDetail
 from dispatchd.api.schemas.tasks import TaskOut as Task
@@ -58,6 +61,9 @@ __all__ = [
     "RoomInterrupted",
     "RoomRemoved",
     "RoomTask",
+    "Schedule",
+    "ScheduleDetail",
+    "ScheduleRemoved",
     "Task",
     "TaskDetail",
     "TaskStatus",

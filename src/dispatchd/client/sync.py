@@ -271,3 +271,12 @@ class Client:
     update_webhook = _blocking(AsyncClient.update_webhook)
     delete_webhook = _blocking(AsyncClient.delete_webhook)
     list_deliveries = _blocking(AsyncClient.list_deliveries)
+    # schedules
+    create_schedule = _blocking(AsyncClient.create_schedule)
+    list_schedules = _blocking(AsyncClient.list_schedules)
+    get_schedule = _blocking(AsyncClient.get_schedule)
+    update_schedule = _blocking(AsyncClient.update_schedule)
+    delete_schedule = _blocking(AsyncClient.delete_schedule)
+    pause_schedule = _blocking(AsyncClient.pause_schedule)
+    resume_schedule = _blocking(AsyncClient.resume_schedule)
+    run_schedule = _blocking(AsyncClient.run_schedule)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -131,6 +131,8 @@ class Task:
     model_routed: bool = False
     labels: tuple[str, ...] = ()
     idempotency_key: str | None = None
+    # The schedule that fired this task, if one did (docs/schedules.md).
+    schedule_id: str | None = None
     question: str | None = None
     progress_message: str | None = None
     progress_percent: float | None = None
@@ -250,3 +252,32 @@ class TaskDetail:
     progress: tuple[ProgressEntry, ...]
     comments: tuple[Comment, ...]
     reviews: tuple[Review, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """What a requester asks for; see SPEC §4 for each field."""
+
+    title: str
+    prompt: str = ""
+    capabilities: Sequence[str] = ()
+    priority: Priority = Priority.MEDIUM
+    owner: str | None = None
+    scope: str | None = None
+    assigned_to: str | None = None
+    depends_on: Sequence[str] = ()
+    run_at: datetime | None = None
+    due_at: datetime | None = None
+    timeout_s: int | None = None
+    max_attempts: int | None = None
+    review: bool = False
+    # An agent id, or a capability when `reviewer_kind` says so (docs/review.md).
+    reviewer: str | None = None
+    reviewer_kind: ReviewerKind | None = None
+    escalate_to: str | None = None
+    model: str | None = None
+    labels: Sequence[str] = ()
+    context: Mapping[str, Any] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    # Set by a schedule's firing only (docs/schedules.md).
+    schedule_id: str | None = None

@@ -17,39 +17,12 @@ from dispatchd.domain import lifecycle
 from dispatchd.domain.access import Caller
 from dispatchd.domain.ids import new_id, utcnow
 from dispatchd.domain.lifecycle import Change, Policy
-from dispatchd.domain.models import Agent, Priority, ReviewerKind, Task, TaskStatus
+from dispatchd.domain.models import Agent, ReviewerKind, Task, TaskSpec, TaskStatus
 from dispatchd.engine.placement import Placement, Placer
 from dispatchd.engine.rules import Rules, hand_over
 from dispatchd.engine.transitions import MAX_TRIES, commit_changes
 from dispatchd.errors import AgentUnavailable, ConcurrentUpdate, DuplicateKey, ValidationFailed
 from dispatchd.store.base import Op, Store, TakeSlot, TouchTask
-
-
-@dataclass(frozen=True, slots=True)
-class TaskSpec:
-    """What a requester asks for; see SPEC §4 for each field."""
-
-    title: str
-    prompt: str = ""
-    capabilities: Sequence[str] = ()
-    priority: Priority = Priority.MEDIUM
-    owner: str | None = None
-    scope: str | None = None
-    assigned_to: str | None = None
-    depends_on: Sequence[str] = ()
-    run_at: datetime | None = None
-    due_at: datetime | None = None
-    timeout_s: int | None = None
-    max_attempts: int | None = None
-    review: bool = False
-    # An agent id, or a capability when `reviewer_kind` says so (docs/review.md).
-    reviewer: str | None = None
-    reviewer_kind: ReviewerKind | None = None
-    escalate_to: str | None = None
-    model: str | None = None
-    labels: Sequence[str] = ()
-    context: Mapping[str, Any] = field(default_factory=dict)
-    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +91,25 @@ class TaskCreation:
             )
         return await self._commit_births(specs, caller)
 
+    async def create_with(
+        self, spec: TaskSpec, caller: Caller, task_id: str, first: Sequence[Op], extra: Sequence[Op]
+    ) -> Task:
+        """Create one task with id `task_id` and, in the same commit, the writes `first`
+        (before any other: a schedule's fire record) and `extra` (after: its event and the
+        schedule itself). Any of them failing writes nothing."""
+        return (await self._commit_births([spec], caller, ids=[task_id], first=first, extra=extra))[
+            0
+        ]
+
     async def _commit_births(
-        self, specs: Sequence[TaskSpec], caller: Caller, guard: Sequence[Op] = ()
+        self,
+        specs: Sequence[TaskSpec],
+        caller: Caller,
+        guard: Sequence[Op] = (),
+        *,
+        ids: Sequence[str] | None = None,
+        first: Sequence[Op] = (),
+        extra: Sequence[Op] = (),
     ) -> list[Task]:
         """Create the tasks; a parent that moved meanwhile makes the whole batch recompute.
 
@@ -127,18 +117,18 @@ class TaskCreation:
         parent finishing at the same moment either sees the new child or makes this
         commit fail and retry: no child is left blocked on a parent that already ended.
         """
-        ids = [new_id() for _ in specs]
+        ids = list(ids) if ids is not None else [new_id() for _ in specs]
         manual = placing = True
         for _ in range(MAX_TRIES):
             births = await self._births(specs, ids, caller, manual=manual)
             placement = self._place(births) if placing else Placement()
-            lead = sorted([*births.slots, *placement.lead()], key=lambda slot: slot.agent_id)
+            slots = sorted([*births.slots, *placement.lead()], key=lambda slot: slot.agent_id)
             try:
                 done = await commit_changes(
                     self.store,
                     [*births.steps, *placement.changes],
-                    [*guard, *births.touches],
-                    lead=lead,
+                    [*guard, *births.touches, *extra],
+                    lead=[*first, *slots],
                 )
             except AgentUnavailable:
                 # A chosen or named agent filled up or went away meanwhile: the tasks stay
@@ -282,6 +272,7 @@ class TaskCreation:
             model=spec.model,
             labels=tuple(dict.fromkeys(spec.labels)),
             idempotency_key=spec.idempotency_key,
+            schedule_id=spec.schedule_id,
         )
 
 

@@ -11,7 +11,8 @@ an earlier deadline), and acts on what has passed:
   in both cases the agent, if it has not been heard from for as long, is marked offline
   in the same commit, so the assigner never hands the task straight back to it;
 * a pending task whose backoff ended → offered to the assigner;
-* a blocked task whose `run_at` came → pending, if its dependencies are done.
+* a blocked task whose `run_at` came → pending, if its dependencies are done;
+* a schedule whose `next_fire_at` came → fired (`engine/firing.py`).
 
 Each action re-reads the task and re-checks the deadline before it writes, with the
 task's version: a heartbeat or a completion that lands first wins, and a task that
@@ -26,6 +27,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from dispatchd.domain import lifecycle
 from dispatchd.domain.access import Caller
@@ -51,6 +53,10 @@ Step = tuple[Change, Task | None]
 Kick = Callable[[list[str]], None]
 
 
+class Firing(Protocol):
+    async def fire_due(self, now: datetime | None = None) -> int: ...
+
+
 class Sweeper:
     def __init__(
         self,
@@ -72,6 +78,8 @@ class Sweeper:
         self._poke = asyncio.Event()
         self._random = random.SystemRandom()
         self.actions = 0
+        # Fires the schedules whose time came (None: schedules are not fired here).
+        self.firer: Firing | None = None
 
     def poke(self, _last: int = 0) -> None:
         """New work may carry an earlier deadline than the one slept for."""
@@ -121,6 +129,8 @@ class Sweeper:
             if due.ready:
                 self.kick([t.id for t in due.ready])
             total += len(due)
+            if self.firer is not None:
+                total += await self.firer.fire_due(now)
             full = max(
                 len(due.timed_out),
                 len(due.lease_lost),

@@ -15,7 +15,7 @@ from dispatchd.domain import lifecycle
 from dispatchd.domain.access import Caller, require_admin
 from dispatchd.domain.ids import utcnow
 from dispatchd.domain.lifecycle import Change
-from dispatchd.domain.models import Event, Priority, Task
+from dispatchd.domain.models import Event, Priority, Task, TaskSpec
 from dispatchd.domain.rooms import (
     INTERRUPTIBLE,
     History,
@@ -26,7 +26,7 @@ from dispatchd.domain.rooms import (
     is_slug,
     status_of,
 )
-from dispatchd.engine.tasks import TaskService, TaskSpec
+from dispatchd.engine.tasks import TaskService
 from dispatchd.engine.transitions import MAX_TRIES, commit_changes
 from dispatchd.errors import ConcurrentUpdate, NotFound, ValidationFailed
 from dispatchd.store.base import AppendEvent, Page, Store

@@ -25,12 +25,10 @@ from dispatchd.domain.models import (
     Task,
     TaskDetail,
     TaskKind,
+    TaskSpec,
     TaskStatus,
 )
-
-# TaskSpec is imported from here by the API.
 from dispatchd.engine.creation import Created, TaskCreation
-from dispatchd.engine.creation import TaskSpec as TaskSpec
 from dispatchd.engine.rules import Rules
 from dispatchd.engine.transitions import MAX_TRIES, commit_changes, transact
 from dispatchd.errors import (

@@ -30,6 +30,10 @@ from dispatchd.domain.models import (
 )
 from dispatchd.domain.notifications import Digest, Notification
 from dispatchd.domain.webhooks import Advance, Delivery, DeliveryStatus, Head, Outcome, Webhook
+from dispatchd.store.base_schedules import InsertFire as InsertFire
+from dispatchd.store.base_schedules import InsertSchedule as InsertSchedule
+from dispatchd.store.base_schedules import ScheduleReads
+from dispatchd.store.base_schedules import UpdateSchedule as UpdateSchedule
 from dispatchd.store.rooms import DeleteRoom, InsertRoom, RequireRoom, RoomStore, UpdateRoom
 
 # --- write operations -----------------------------------------------------------------
@@ -215,6 +219,9 @@ Op = (
     | UpdateRoom
     | DeleteRoom
     | RequireRoom
+    | InsertSchedule
+    | UpdateSchedule
+    | InsertFire
 )
 
 # The cursor under which retention records the last event id it deleted.
@@ -369,9 +376,9 @@ class LocalLease:
         return None
 
 
-class Store(RoomStore, Protocol):
+class Store(RoomStore, ScheduleReads, Protocol):
     """Persistence for tasks, agents, attempts, progress, comments and the event log;
-    rooms in `store.rooms`."""
+    rooms in `store.rooms`, schedules in `store.base_schedules`."""
 
     dialect: str
 
@@ -501,7 +508,7 @@ class Store(RoomStore, Protocol):
         ...
 
     async def next_deadline(self, since: datetime) -> datetime | None:
-        """The earliest deadline `due` would act on, from the indexes."""
+        """The earliest deadline `due` would act on (or schedule fire time), from the indexes."""
         ...
 
     # --- notifications (docs/events.md#notifications) -------------------------------------

@@ -16,7 +16,9 @@ from dispatchd.store.connector import Dialect
 from dispatchd.store.rows import (
     AGENT_COLUMNS,
     DELIVERY_COLUMNS,
+    FIRE_COLUMNS,
     ROOM_COLUMNS,
+    SCHEDULE_COLUMNS,
     TASK_COLUMNS,
     WEBHOOK_COLUMNS,
     decode_cursor,
@@ -83,6 +85,9 @@ class Queries:
             insert_webhook=d.sql(insert_sql("webhooks", WEBHOOK_COLUMNS)),
             insert_room=d.sql(insert_sql("rooms", ROOM_COLUMNS)),
             update_room=d.sql(update_versioned_sql("rooms", ROOM_COLUMNS)),
+            insert_schedule=d.sql(insert_sql("schedules", SCHEDULE_COLUMNS)),
+            update_schedule=d.sql(update_versioned_sql("schedules", SCHEDULE_COLUMNS)),
+            insert_fire=d.sql(insert_sql("schedule_fires", FIRE_COLUMNS)),
             insert_delivery=d.sql(
                 insert_sql("webhook_deliveries", DELIVERY_COLUMNS)
                 + " ON CONFLICT (webhook_id, event_id) DO NOTHING"
@@ -197,6 +202,12 @@ class Queries:
         if cursor is None:
             return self.dialect.sql("SELECT * FROM webhooks ORDER BY id LIMIT :limit"), {}
         sql = "SELECT * FROM webhooks WHERE id > :cursor ORDER BY id LIMIT :limit"
+        return self.dialect.sql(sql), {"cursor": decode_cursor(cursor)}
+
+    def list_schedules(self, cursor: str | None) -> tuple[str, dict[str, Any]]:
+        if cursor is None:
+            return self.dialect.sql("SELECT * FROM schedules ORDER BY id LIMIT :limit"), {}
+        sql = "SELECT * FROM schedules WHERE id > :cursor ORDER BY id LIMIT :limit"
         return self.dialect.sql(sql), {"cursor": decode_cursor(cursor)}
 
     def list_deliveries(

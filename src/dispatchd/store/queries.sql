@@ -266,6 +266,7 @@ SELECT min(x) AS x FROM (
         WHERE not_before > :since AND status = 'pending'
     UNION ALL SELECT min(run_at) FROM tasks{by_run_at}
         WHERE status = 'blocked' AND run_at IS NOT NULL AND {parents_done}
+    UNION ALL SELECT min(next_fire_at) FROM schedules WHERE next_fire_at IS NOT NULL
 ) AS deadlines;
 
 -- --- retention ---------------------------------------------------------------------------
@@ -475,3 +476,27 @@ SELECT * FROM events
 WHERE task_id IN (SELECT id FROM tasks WHERE scope = :room) OR (type LIKE 'room.%' AND
     {event_room} = :room)
 ORDER BY id DESC LIMIT :limit;
+
+-- --- schedules (docs/schedules.md) -------------------------------------------------------
+
+-- name: schedule
+SELECT * FROM schedules
+WHERE id = :id;
+
+-- name: due_schedules
+SELECT * FROM schedules
+WHERE next_fire_at IS NOT NULL AND next_fire_at <= :now
+ORDER BY next_fire_at LIMIT :limit;
+
+-- name: delete_schedule
+DELETE FROM schedules
+WHERE id = :id;
+
+-- name: delete_fires
+DELETE FROM schedule_fires
+WHERE schedule_id = :id;
+
+-- name: schedule_fires
+SELECT * FROM schedule_fires
+WHERE schedule_id = :id
+ORDER BY fire_time DESC LIMIT :limit;

@@ -23,6 +23,7 @@ from dispatchd.domain.ids import isoformat, parse_iso
 from dispatchd.domain.models import Agent, Task
 from dispatchd.domain.notifications import Digest
 from dispatchd.domain.rooms import Room
+from dispatchd.domain.schedules import Fire, Schedule
 from dispatchd.domain.webhooks import Delivery, Webhook
 from dispatchd.errors import ValidationFailed
 
@@ -84,6 +85,8 @@ AGENT_COLUMNS = tuple(
 WEBHOOK_COLUMNS = tuple(f.name for f in dataclasses.fields(Webhook))
 DELIVERY_COLUMNS = tuple(f.name for f in dataclasses.fields(Delivery))
 ROOM_COLUMNS = tuple(f.name for f in dataclasses.fields(Room))
+SCHEDULE_COLUMNS = tuple(f.name for f in dataclasses.fields(Schedule))
+FIRE_COLUMNS = tuple(f.name for f in dataclasses.fields(Fire))
 
 # --- records <-> rows ------------------------------------------------------------------------
 

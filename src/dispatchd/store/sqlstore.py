@@ -20,6 +20,7 @@ from dispatchd.domain.models import (
 )
 from dispatchd.domain.notifications import Digest, Notification
 from dispatchd.domain.rooms import Room, RoomActivity
+from dispatchd.domain.schedules import Fire, Schedule
 from dispatchd.domain.webhooks import Advance, Delivery, DeliveryStatus, Head, Outcome, Webhook
 from dispatchd.errors import ConcurrentUpdate
 from dispatchd.store import migrations, writes
@@ -491,6 +492,31 @@ class SQLStore:
 
     async def room_events(self, room_id: str, *, limit: int) -> list[Event]:
         return await self._all(Event, self.q.room_events, room=room_id, limit=limit)
+
+    # --- schedules ------------------------------------------------------------------------
+
+    async def get_schedule(self, schedule_id: str) -> Schedule | None:
+        return await self._one(Schedule, self.q.schedule, id=schedule_id)
+
+    async def list_schedules(self, *, limit: int, cursor: str | None) -> Page[Schedule]:
+        return await self._page(Schedule, self.q.list_schedules(cursor), limit, lambda s: s.id)
+
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        q = self.q
+
+        def body() -> Body[bool]:
+            found: bool = (yield execute(q.delete_schedule, {"id": schedule_id})) == 1
+            yield execute(q.delete_fires, {"id": schedule_id})
+            return found
+
+        return await self.connector.transaction(body())
+
+    async def due_schedules(self, now: datetime, limit: int) -> list[Schedule]:
+        params = {"now": self.codec.dump_time(now), "limit": limit}
+        return await self._all(Schedule, self.q.due_schedules, **params)
+
+    async def schedule_fires(self, schedule_id: str, *, limit: int) -> list[Fire]:
+        return await self._all(Fire, self.q.schedule_fires, id=schedule_id, limit=limit)
 
 
 _QUERIES: dict[str, Queries] = {}

@@ -28,7 +28,9 @@ from dispatchd.store.base import (
     ClaimView,
     DeleteAgent,
     InsertAgent,
+    InsertFire,
     InsertNotification,
+    InsertSchedule,
     InsertTask,
     Op,
     PatchAttempt,
@@ -40,6 +42,7 @@ from dispatchd.store.base import (
     TakeSlot,
     TouchTask,
     UpdateAgent,
+    UpdateSchedule,
     UpdateTask,
 )
 from dispatchd.store.connector import Body, all_rows, execute, many, one
@@ -164,6 +167,13 @@ def _apply(q: Queries, op: Op, counts: dict[str, int], loads: dict[str, int]) ->
         case RequireRoom(room_id):
             if (yield one(q.require_room, {"id": room_id})) is None:
                 raise NotFound(f"no room {room_id}", room=room_id)
+        case InsertSchedule(schedule):
+            yield execute(q.insert_schedule, to_row(schedule, codec))
+        case UpdateSchedule(schedule):
+            if (yield execute(q.update_schedule, to_row(schedule, codec))) != 1:
+                raise ConcurrentUpdate(f"schedule {schedule.id} changed meanwhile")
+        case InsertFire(fire):
+            yield execute(q.insert_fire, to_row(fire, codec))
         case AppendEvent():
             raise AssertionError("events are appended by commit, after the other writes")
         case _:

@@ -39,7 +39,7 @@ from dispatchd.api.schemas.tasks import (
 from dispatchd.domain.ids import isoformat
 from dispatchd.domain.models import Priority, TaskStatus
 from dispatchd.engine.explain import Explanation, explain
-from dispatchd.engine.tasks import Completion, TaskSpec
+from dispatchd.engine.tasks import Completion
 from dispatchd.errors import DispatchError, ValidationFailed
 from dispatchd.store.base import TaskFilter
 
@@ -52,38 +52,6 @@ router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"], responses=ERRORS)
 IdempotencyKey = Annotated[
     str | None, Header(alias="Idempotency-Key", max_length=200, min_length=1)
 ]
-
-
-def spec_of(body: TaskCreate, key: str | None = None) -> TaskSpec:
-    if key is not None and body.idempotency_key is not None and key != body.idempotency_key:
-        raise ValidationFailed(
-            "Idempotency-Key header and idempotency_key field disagree",
-            code="idempotency_key_mismatch",
-        )
-    prompt = body.prompt or body.description or ""
-    reviewer, reviewer_kind = body.reviewer_of()
-    return TaskSpec(
-        title=body.title,
-        prompt=prompt,
-        capabilities=body.capabilities,
-        priority=body.priority,
-        owner=body.owner,
-        scope=body.scope,
-        assigned_to=body.assigned_to,
-        depends_on=body.depends_on,
-        run_at=body.run_at,
-        due_at=body.due_at,
-        timeout_s=body.timeout_s,
-        max_attempts=body.max_attempts,
-        review=body.review,
-        reviewer=reviewer,
-        reviewer_kind=reviewer_kind,
-        escalate_to=body.escalate_to,
-        model=body.model,
-        labels=body.labels,
-        context=body.context,
-        idempotency_key=key or body.idempotency_key,
-    )
 
 
 @router.post(
@@ -99,7 +67,7 @@ async def create_task(
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> TaskOut:
-    created = await rt.tasks.create(spec_of(body, idempotency_key), caller)
+    created = await rt.tasks.create(body.spec(idempotency_key), caller)
     if not created.created:
         response.status_code = status.HTTP_200_OK
     return TaskOut.of(created.task)
@@ -107,7 +75,7 @@ async def create_task(
 
 @router.post("/batch", status_code=status.HTTP_201_CREATED, response_model=TaskBatchOut)
 async def create_batch(body: TaskBatch, caller: CallerDep, rt: RuntimeDep) -> TaskBatchOut:
-    tasks = await rt.tasks.create_batch([spec_of(t) for t in body.tasks], caller)
+    tasks = await rt.tasks.create_batch([t.spec() for t in body.tasks], caller)
     return TaskBatchOut(items=[TaskOut.of(t) for t in tasks])
 
 

@@ -77,6 +77,14 @@ from dispatchd.api.schemas.rooms import (
     RoomPatch,
     RoomRemoved,
 )
+from dispatchd.api.schemas.schedules import (
+    ScheduleCreate,
+    ScheduleDetailOut,
+    ScheduleList,
+    ScheduleOut,
+    SchedulePatch,
+    ScheduleRemoved,
+)
 from dispatchd.api.schemas.tasks import (
     AttemptOut,
     CommentBody,
@@ -167,6 +175,12 @@ __all__ = [
     "RoomPatch",
     "RoomRemoved",
     "RouteOut",
+    "ScheduleCreate",
+    "ScheduleDetailOut",
+    "ScheduleList",
+    "ScheduleOut",
+    "SchedulePatch",
+    "ScheduleRemoved",
     "Short",
     "StartBody",
     "Tag",

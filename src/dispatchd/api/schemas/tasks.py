@@ -19,8 +19,10 @@ from dispatchd.domain.models import (
     Task,
     TaskDetail,
     TaskKind,
+    TaskSpec,
     TaskStatus,
 )
+from dispatchd.errors import ValidationFailed
 
 
 class ReviewerRef(Request):
@@ -80,6 +82,37 @@ class TaskCreate(Request):
             case ReviewerRef(capability=str(tag)):
                 return tag, ReviewerKind.CAPABILITY
         raise AssertionError(self.reviewer)  # pragma: no cover - the validator ensures one
+
+    def spec(self, key: str | None = None) -> TaskSpec:
+        """The task asked for; `key` is the Idempotency-Key header, if any."""
+        if key is not None and self.idempotency_key is not None and key != self.idempotency_key:
+            raise ValidationFailed(
+                "Idempotency-Key header and idempotency_key field disagree",
+                code="idempotency_key_mismatch",
+            )
+        reviewer, reviewer_kind = self.reviewer_of()
+        return TaskSpec(
+            title=self.title,
+            prompt=self.prompt or self.description or "",
+            capabilities=self.capabilities,
+            priority=self.priority,
+            owner=self.owner,
+            scope=self.scope,
+            assigned_to=self.assigned_to,
+            depends_on=self.depends_on,
+            run_at=self.run_at,
+            due_at=self.due_at,
+            timeout_s=self.timeout_s,
+            max_attempts=self.max_attempts,
+            review=self.review,
+            reviewer=reviewer,
+            reviewer_kind=reviewer_kind,
+            escalate_to=self.escalate_to,
+            model=self.model,
+            labels=self.labels,
+            context=self.context,
+            idempotency_key=key or self.idempotency_key,
+        )
 
 
 class TaskBatch(Request):
@@ -217,6 +250,7 @@ class TaskOut(BaseModel):
     model: str | None
     model_routed: bool
     labels: list[str]
+    schedule_id: str | None = Field(None, description="the schedule that fired this task")
     question: str | None
     progress: dict[str, Any] | None
     requeues: int
@@ -269,6 +303,7 @@ class TaskOut(BaseModel):
             model=t.model,
             model_routed=t.model_routed,
             labels=list(t.labels),
+            schedule_id=t.schedule_id,
             question=t.question,
             progress=progress,
             requeues=t.requeues,

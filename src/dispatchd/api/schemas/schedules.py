@@ -1,0 +1,111 @@
+"""The schedule resource (docs/schedules.md): a cron expression in a time zone and the
+task template it fires, Mission Control's shape plus the misfire and overlap policies."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, StringConstraints, model_validator
+
+from dispatchd.api.schemas.common import Request, opt_isoformat
+from dispatchd.domain.ids import isoformat
+from dispatchd.domain.schedules import Misfire, Overlap, Schedule
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Cron = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Zone = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+CatchUp = Annotated[int, Field(ge=0, le=31 * 24 * 3600)]
+Template = Annotated[
+    dict[str, Any],
+    Field(description="any task creation body (POST /api/v1/tasks), checked at once"),
+]
+CRON_DOC = "five cron fields (`0 9 * * 1-5`) or a macro (`@hourly`, `@daily`, ...)"
+
+
+class ScheduleCreate(Request):
+    name: Name
+    schedule: Cron = Field(description=CRON_DOC)
+    task_template: Template
+    timezone: Zone = Field("UTC", description="IANA time zone the expression is read in")
+    misfire: Misfire = Field(
+        Misfire.SKIP,
+        description="fire times missed while down: skip (none), latest (one), all "
+        "(each within catch_up_s)",
+    )
+    overlap: Overlap = Field(
+        Overlap.ALLOW,
+        description="while the task fired last is unfinished: allow, skip, cancel_previous",
+    )
+    catch_up_s: CatchUp = 3600
+    paused: bool = False
+
+
+class SchedulePatch(Request):
+    name: Name | None = None
+    schedule: Cron | None = Field(None, description=CRON_DOC)
+    task_template: Template | None = None
+    timezone: Zone | None = None
+    misfire: Misfire | None = None
+    overlap: Overlap | None = None
+    catch_up_s: CatchUp | None = None
+
+    @model_validator(mode="after")
+    def _no_nulls(self) -> SchedulePatch:
+        nulls = sorted(k for k in self.model_fields_set if getattr(self, k) is None)
+        if nulls:
+            raise ValueError(f"{', '.join(nulls)} cannot be null; leave a field out to keep it")
+        return self
+
+
+class ScheduleOut(BaseModel):
+    id: str
+    name: str
+    schedule: str
+    timezone: str
+    task_template: dict[str, Any]
+    paused: bool
+    next_fire_at: str | None
+    last_fire_at: str | None
+    last_task_id: str | None
+    misfire: Misfire
+    overlap: Overlap
+    catch_up_s: int
+    created_by: str
+    created_at: str
+    updated_at: str
+
+    @classmethod
+    def of(cls, s: Schedule) -> ScheduleOut:
+        return cls(
+            id=s.id,
+            name=s.name,
+            schedule=s.schedule,
+            timezone=s.timezone,
+            task_template=dict(s.task_template),
+            paused=s.paused,
+            next_fire_at=opt_isoformat(s.next_fire_at),
+            last_fire_at=opt_isoformat(s.last_fire_at),
+            last_task_id=s.last_task_id,
+            misfire=s.misfire,
+            overlap=s.overlap,
+            catch_up_s=s.catch_up_s,
+            created_by=s.created_by,
+            created_at=isoformat(s.created_at),
+            updated_at=isoformat(s.updated_at),
+        )
+
+
+class ScheduleDetailOut(ScheduleOut):
+    preview: list[str] = Field(
+        default_factory=list, description="the next fire times asked for with ?preview=N"
+    )
+
+
+class ScheduleList(BaseModel):
+    items: list[ScheduleOut]
+    next_cursor: str | None
+
+
+class ScheduleRemoved(BaseModel):
+    id: str
+    deleted: bool = True
