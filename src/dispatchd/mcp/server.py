@@ -164,11 +164,10 @@ def build_server(connect: Connect, *, name: str = "dispatchd") -> MCPServer[Any]
     )
     async def list_rooms(ctx: Context) -> Annotated[CallToolResult, RoomList]:
         async with broker(ctx) as client:
-            page = await client.list_rooms()
-        rooms = [views.room_view(r.model_dump(mode="json")) for r in page.items]
-        return reply(
-            RoomList(rooms=rooms, summary=views.rooms_summary(rooms)), views.rooms_summary(rooms)
-        )
+            found = [room async for room in client.iter_rooms()]
+        rooms = [views.room_view(r.model_dump(mode="json")) for r in found]
+        summary = views.rooms_summary(rooms)
+        return reply(RoomList(rooms=rooms, summary=summary), summary)
 
     @server.tool(
         description=(
