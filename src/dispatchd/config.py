@@ -8,10 +8,12 @@ with a `ConfigError` that names the key and where it came from.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -124,6 +126,9 @@ class AssignmentConfig(Section):
     wake_timeout_ms: int = Field(30_000, ge=1)
     default_timeout_ms: int = Field(300_000, ge=1000)
     lease_ms: int = Field(60_000, ge=1000)
+    # How long a task's question waits for an answer before the task fails with
+    # `input_timeout`, when the task names no `input_timeout_s` (None: it waits for ever).
+    input_timeout_ms: int | None = Field(None, ge=1000)
     # An agent not heard from (heartbeat, claim) for this long is marked offline.
     offline_after_ms: int = Field(180_000, ge=1000)
     max_concurrent_per_agent: int = Field(3, ge=1)
@@ -143,6 +148,45 @@ class LoggingConfig(Section):
 class AuthConfig(Section):
     # optional: a token, when sent, must match its X-Agent-ID; required: it must be sent.
     agent_tokens: Literal["optional", "required"] = "optional"
+
+
+class LimitsConfig(Section):
+    """Per-caller rate limits (docs/security.md#rate-limits): a token bucket per
+    X-Agent-ID, refilled at `requests_per_second` and holding `burst` requests. Off (0) by
+    default, for the embedded setup; a shared deployment sets it. The admin and heartbeats
+    are never limited."""
+
+    requests_per_second: float = Field(0, ge=0, le=1_000_000)
+    # The bucket's size; unset: one second's worth (at least 1).
+    burst: int | None = Field(None, ge=1, le=1_000_000)
+
+
+class OutboundConfig(Section):
+    """Where webhooks and wake URLs may point (docs/security.md#outbound-requests): public
+    addresses, loopback while `allow_loopback` (the embedded default; a shared server turns
+    it off), and the networks listed in `allow_networks`; never link-local (cloud
+    metadata) or private ranges otherwise."""
+
+    allow_loopback: bool = True
+    # CIDRs ("10.1.0.0/16", "fd00::/8"); in the environment, a comma-separated list.
+    allow_networks: tuple[str, ...] = ()
+
+    @field_validator("allow_networks", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not a network in CIDR form: {exc}") from None
+        return value
 
 
 class RetryConfig(Section):
@@ -201,6 +245,29 @@ class EventsConfig(Section):
     prune_interval_s: float = Field(300, gt=0)
 
 
+class BudgetsConfig(Section):
+    """Daily budgets per requester (docs/costs.md): a requester whose tasks have cost this
+    much today (UTC) gets 429 `budget_exceeded` on create until the next UTC midnight."""
+
+    # Every requester's budget in USD; unset, no limit.
+    requester_daily_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
+    # Budgets of named requesters, in place of the default (a JSON object in the
+    # environment: DISPATCH_BUDGETS__REQUESTERS='{"ci-bot": 5}').
+    requesters: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
+        default_factory=dict
+    )
+
+    @field_validator("requesters", mode="before")
+    @classmethod
+    def _json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError('must be a JSON object such as {"ci-bot": 5}') from None
+        return value
+
+
 class Settings(Section):
     server: ServerConfig = ServerConfig()
     database: DatabaseConfig = DatabaseConfig()
@@ -210,12 +277,15 @@ class Settings(Section):
     assignment: AssignmentConfig = AssignmentConfig()
     logging: LoggingConfig = LoggingConfig()
     auth: AuthConfig = AuthConfig()
+    limits: LimitsConfig = LimitsConfig()
+    outbound: OutboundConfig = OutboundConfig()
     retry: RetryConfig = RetryConfig()
     review: ReviewConfig = ReviewConfig()
     routing: RoutingConfig = RoutingConfig()
     notifications: NotificationsConfig = NotificationsConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
     events: EventsConfig = EventsConfig()
+    budgets: BudgetsConfig = BudgetsConfig()
 
     @property
     def database_url(self) -> str:

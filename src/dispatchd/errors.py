@@ -12,6 +12,7 @@ DispatchError
 │   └── ConcurrentUpdate   the record changed under us (retried before surfacing)
 ├── Gone                  410 what was asked for was deleted (an expired cursor)
 ├── PayloadTooLarge       413
+├── BudgetExceeded        429 a requester's daily budget is spent
 └── StoreError            503 the database cannot be reached
 """
 
@@ -99,6 +100,11 @@ class AgentUnavailable(Conflict):
 class PayloadTooLarge(DispatchError):
     status = 413
     code = "payload_too_large"
+
+
+class BudgetExceeded(DispatchError):
+    status = 429
+    code = "budget_exceeded"
 
 
 class StoreError(DispatchError):

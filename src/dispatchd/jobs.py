@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import logging
+import random
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def stop_if_cancelled() -> None:
@@ -28,3 +35,156 @@ async def first_of(*jobs: Awaitable[Any]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
     for task in done:
         task.result()
+
+
+def backoff_s(failures: int, base_s: float, cap_s: float) -> float:
+    """The wait after `failures` failures in a row: doubling from `base_s`, capped at
+    `cap_s`, and drawn from its upper half so that replicas do not retry in step."""
+    ceiling = min(cap_s, base_s * 2 ** min(failures - 1, 30))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    base_s: float
+    cap_s: float
+
+
+# A record (an event, a task) that fails this many times in a row is set aside.
+POISON_AFTER = 3
+# A job that ran this long before crashing restarts after the shortest wait.
+GOOD_SPELL_S = 60.0
+RESTART = Backoff(0.5, 30.0)
+ERROR_TEXT = 300
+
+JobListener = Callable[[str, str], None]
+
+
+class JobState(StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    FAILING = "failing"  # its last turn failed; it retries after a backoff
+    RESTARTING = "restarting"  # it crashed; the supervisor starts it again after a backoff
+    STOPPED = "stopped"
+
+
+@dataclass
+class JobStatus:
+    """What one background job is doing, for `/health` and `/metrics`. The job reports
+    its turns (`ok`, `failed`) and the records it gave up on (`set_aside`)."""
+
+    name: str
+    listener: JobListener | None = None
+    state: JobState = JobState.STARTING
+    errors: int = 0
+    restarts: int = 0
+    set_aside_count: int = 0
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    doing: str | None = None
+
+    @property
+    def down(self) -> bool:
+        return self.state in (JobState.FAILING, JobState.RESTARTING)
+
+    def ok(self) -> None:
+        self.state = JobState.RUNNING
+        self.doing = None
+
+    def stop(self) -> None:
+        self.state = JobState.STOPPED
+
+    def failed(self, exc: BaseException, doing: str) -> None:
+        self.state = JobState.FAILING
+        self._error(exc, doing)
+
+    def crashed(self, exc: BaseException | None) -> None:
+        self.state = JobState.RESTARTING
+        self.restarts += 1
+        self._tell("restart")
+        if exc is not None:
+            self._error(exc, "running")
+
+    def set_aside(self, what: str, exc: BaseException) -> None:
+        """A record that kept failing is skipped: counted, and its error kept (the job
+        itself goes on, so its state does not change)."""
+        self.set_aside_count += 1
+        self._tell("set_aside")
+        self._error(exc, f"set aside {what}")
+
+    def _error(self, exc: BaseException, doing: str) -> None:
+        self.errors += 1
+        self.doing = doing
+        self.last_error = f"{type(exc).__name__}: {exc}"[:ERROR_TEXT]
+        self.last_error_at = datetime.now(UTC)
+        self._tell("error")
+
+    def _tell(self, kind: str) -> None:
+        if self.listener is not None:
+            self.listener(self.name, kind)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "errors": self.errors,
+            "restarts": self.restarts,
+            "set_aside": self.set_aside_count,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at.isoformat() if self.last_error_at else None,
+            "doing": self.doing,
+        }
+
+
+class Jobs:
+    """The status of every background job of a runtime, by name."""
+
+    def __init__(self, listener: JobListener | None = None) -> None:
+        self.listener = listener
+        self.all: dict[str, JobStatus] = {}
+
+    def status(self, name: str) -> JobStatus:
+        found = self.all.get(name)
+        if found is None:
+            found = self.all[name] = JobStatus(name, self.listener)
+        return found
+
+    @property
+    def down(self) -> list[str]:
+        return sorted(name for name, status in self.all.items() if status.down)
+
+
+async def supervise(
+    status: JobStatus,
+    start: Callable[[], Coroutine[Any, Any, None]],
+    *,
+    backoff: Backoff = RESTART,
+) -> None:
+    """Run the job `start()` makes for as long as the runtime does: each loop handles its
+    own errors, and this is the net under them. A job that raises (or returns) is logged
+    with its traceback, counted as restarted and started again after a backoff. Only a
+    cancellation stops it."""
+    loop = asyncio.get_running_loop()
+    failures = 0
+    while True:
+        stop_if_cancelled()
+        started = loop.time()
+        status.state = JobState.RUNNING
+        error: Exception | None = None
+        try:
+            await start()
+        except Exception as exc:
+            error = exc
+        if loop.time() - started > GOOD_SPELL_S:
+            failures = 0
+        failures += 1
+        wait_s = backoff_s(failures, backoff.base_s, backoff.cap_s)
+        status.crashed(error)
+        log.critical(
+            "%s stopped%s; restarting in %.2fs",
+            status.name,
+            f": {error!r}" if error else " without an error",
+            wait_s,
+            exc_info=error,
+            extra={"action": "job_restart", "job": status.name},
+        )
+        await asyncio.sleep(wait_s)

@@ -34,8 +34,45 @@ class Metrics:
         self.database_up = Gauge(
             "dispatchd_database_up", "1 when the database answers", registry=self.registry
         )
+        self.job_errors = Counter(
+            "dispatchd_job_errors",
+            "Errors met by the background jobs (failed turns, records that failed)",
+            ["job"],
+            registry=self.registry,
+        )
+        self.job_restarts = Counter(
+            "dispatchd_job_restarts",
+            "Background jobs restarted after they crashed",
+            ["job"],
+            registry=self.registry,
+        )
+        self.job_set_aside = Counter(
+            "dispatchd_job_set_aside",
+            "Records (events, tasks) a background job set aside after failing on them",
+            ["job"],
+            registry=self.registry,
+        )
+        self.job_up = Gauge(
+            "dispatchd_job_up",
+            "1 while a background job runs, 0 while it fails or restarts",
+            ["job"],
+            registry=self.registry,
+        )
         # What the event log says happened: fed by events/metrics.py.
         self.events = EventMetrics(self.registry)
+
+    def job_event(self, job: str, kind: str) -> None:
+        """A background job reports an `error`, a `restart` or a `set_aside`."""
+        counter = {
+            "error": self.job_errors,
+            "restart": self.job_restarts,
+            "set_aside": self.job_set_aside,
+        }[kind]
+        counter.labels(job).inc()
+
+    def set_jobs(self, up: dict[str, bool]) -> None:
+        for job, running in up.items():
+            self.job_up.labels(job).set(1 if running else 0)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.http_requests.labels(route, method, str(status)).inc()

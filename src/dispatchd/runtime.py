@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import secrets
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +17,7 @@ from dispatchd.config import Settings
 from dispatchd.domain.lifecycle import Policy
 from dispatchd.engine.agents import AgentService
 from dispatchd.engine.assigner import Assigner
+from dispatchd.engine.budgets import DailyBudgets
 from dispatchd.engine.claims import ClaimService
 from dispatchd.engine.deadlines import Sweeper
 from dispatchd.engine.directory import Directory
@@ -37,7 +38,10 @@ from dispatchd.events.reader import EventReader
 from dispatchd.events.retention import Pruner
 from dispatchd.events.subscriptions import WebhookService
 from dispatchd.events.webhooks import WebhookDispatcher
+from dispatchd.jobs import Jobs, supervise
+from dispatchd.limits import Limiter
 from dispatchd.metrics import Metrics
+from dispatchd.outbound import Outbound
 from dispatchd.store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -56,6 +60,11 @@ def policy_of(settings: Settings) -> Policy:
         max_lost_requeues=settings.retry.max_lost_requeues,
         max_review_cycles=settings.review.max_cycles,
         wake_timeout=timedelta(milliseconds=settings.assignment.wake_timeout_ms),
+        input_timeout=(
+            timedelta(milliseconds=settings.assignment.input_timeout_ms)
+            if settings.assignment.input_timeout_ms is not None
+            else None
+        ),
     )
 
 
@@ -113,6 +122,8 @@ class Runtime:
     presence: Presence = field(init=False)
     waker: Waker = field(init=False)
     external: External | None = field(init=False)
+    jobs: Jobs = field(init=False)
+    limiter: Limiter = field(init=False)
     _jobs: list[asyncio.Task[None]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -123,10 +134,21 @@ class Runtime:
             policy,
             rules=rules,
             default_max_attempts=self.settings.retry.max_attempts,
+            budgets=DailyBudgets(
+                self.settings.budgets.requester_daily_usd, dict(self.settings.budgets.requesters)
+            ),
         )
-        self.agents = AgentService(self.store, policy, escalate_to=rules.escalate_to)
+        # Where webhooks and wake URLs may point (docs/security.md).
+        self.outbound = Outbound(self.settings.outbound)
+        self.agents = AgentService(
+            self.store, policy, escalate_to=rules.escalate_to, outbound=self.outbound
+        )
         self.rooms = RoomService(self.store, self.tasks)
         self.metrics = Metrics()
+        # Per-caller rate limits, applied by the API (api/limits.py).
+        self.limiter = Limiter(self.settings.limits)
+        # What each background job is doing, for /health and /metrics.
+        self.jobs = Jobs(self.metrics.job_event)
         self.feed = EventFeed(self.store)
         self.store.on_commit(self.feed.committed)
         # PromptForge / Warren, when configured (docs/providers.md).
@@ -137,7 +159,9 @@ class Runtime:
             default_limit=rules.default_limit,
         )
         waiters = Waiters()
-        self.waker = Waker(service_wake=external.service_wake if external else None)
+        self.waker = Waker(
+            service_wake=external.service_wake if external else None, outbound=self.outbound
+        )
         offline_after = timedelta(milliseconds=self.settings.assignment.offline_after_ms)
         self.claims = ClaimService(
             self.store,
@@ -174,8 +198,12 @@ class Runtime:
         self.events = EventReader(self.store, self.feed)
         self.pruner = Pruner(self.store, self.settings.events)
         # Webhook deliveries (docs/webhooks.md); the admin routes manage the subscriptions.
-        self.webhook_dispatcher = WebhookDispatcher(self.store, self.feed, self.settings.webhooks)
-        self.webhooks = WebhookService(self.store, self.webhook_dispatcher.changed)
+        self.webhook_dispatcher = WebhookDispatcher(
+            self.store, self.feed, self.settings.webhooks, outbound=self.outbound
+        )
+        self.webhooks = WebhookService(
+            self.store, self.webhook_dispatcher.changed, outbound=self.outbound
+        )
         # Events to NATS, when `hermes.url` is set (docs/events.md).
         self.nats = (
             NatsPublisher(self.store, self.feed, self.settings.hermes)
@@ -184,6 +212,17 @@ class Runtime:
         )
         # Notifications for humans (docs/events.md#notifications).
         self.notifier = Notifier(self.store, self.feed, self.settings.notifications)
+        self.metrics_follower = MetricsFollower(self.store, self.feed, self.metrics.events)
+        self.assigner.job = self.jobs.status("assigner")
+        self.sweeper.job = self.jobs.status("sweeper")
+        self.presence.job = self.jobs.status("presence")
+        self.pruner.job = self.jobs.status("retention")
+        self.webhook_dispatcher.follower.job = self.jobs.status("webhooks")
+        self.webhook_dispatcher.sender_job = self.jobs.status("webhook sender")
+        if self.nats is not None:
+            self.nats.follower.job = self.jobs.status("nats publisher")
+        self.notifier.follower.job = self.jobs.status("notifier")
+        self.metrics_follower.follower.job = self.jobs.status("metrics")
 
     @classmethod
     def build(
@@ -213,24 +252,28 @@ class Runtime:
             await self.feed.start()
             if self.background:
                 await self.assigner.start()
-                self._spawn(self.assigner.run(), "assigner")
-                self._spawn(self.sweeper.run(), "sweeper")
-                self._spawn(self.presence.run(), "presence")
-                self._spawn(self.store.watch(self.feed.advanced), "commit listener")
-                self._spawn(self.pruner.run(), "retention")
-                self._spawn(self.webhook_dispatcher.run(), "webhooks")
+                head = self.feed.latest
+                self._spawn(self.assigner.run, "assigner")
+                self._spawn(self.sweeper.run, "sweeper")
+                self._spawn(self.presence.run, "presence")
+                self._spawn(lambda: self.store.watch(self.feed.advanced), "commit listener")
+                self._spawn(self.pruner.run, "retention")
+                self._spawn(self.webhook_dispatcher.run, "webhooks")
                 if self.nats is not None:
-                    self._spawn(self.nats.run(self.feed.latest), "nats publisher")
-                self._spawn(self.notifier.run(self.feed.latest), "notifier")
-                follower = MetricsFollower(self.store, self.feed, self.metrics.events)
-                self._spawn(follower.run(self.feed.latest), "metrics")
+                    nats = self.nats
+                    self._spawn(lambda: nats.run(head), "nats publisher")
+                self._spawn(lambda: self.notifier.run(head), "notifier")
+                self._spawn(lambda: self.metrics_follower.run(head), "metrics")
         except BaseException:
             await self._stop()
             raise
         return self
 
-    def _spawn(self, job: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.create_task(job, name=f"dispatchd {name}")
+    def _spawn(self, start: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+        """Run a background job under supervision: restarted, after a backoff, if it
+        ever ends."""
+        status = self.jobs.status(name)
+        task = asyncio.create_task(supervise(status, start), name=f"dispatchd {name}")
         task.add_done_callback(_report_crash)
         self._jobs.append(task)
 
@@ -243,6 +286,8 @@ class Runtime:
             for job in stuck:
                 log.error("%s did not stop within %gs", job.get_name(), STOP_TIMEOUT_S)
         self._jobs.clear()
+        for status in self.jobs.all.values():
+            status.stop()
         await self.webhook_dispatcher.close()
         if self.nats is not None:
             await self.nats.close()

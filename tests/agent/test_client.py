@@ -437,8 +437,13 @@ async def test_validation_error_carries_details(admin: AsyncClient) -> None:
 
 async def test_auth_errors(make_client: MakeClient, live_server: LiveServer, unique: str) -> None:
     plain = make_client(f"plain-{unique}")
-    with pytest.raises(Forbidden) as forbidden:
+    with pytest.raises(Unauthorized) as anonymous:
         await plain.list_agents()
+    assert anonymous.value.status == 401 and anonymous.value.code == "admin_token_required"
+    known = make_client(f"known-{unique}")
+    await known.register_agent()  # now it holds its agent token: known, and not an admin
+    with pytest.raises(Forbidden) as forbidden:
+        await known.list_agents()
     assert forbidden.value.status == 403 and forbidden.value.code == "admin_required"
 
     wrong = make_client(f"wrong-{unique}", admin_token="not-the-admin-token-at-all")

@@ -24,7 +24,7 @@ from dispatchd.client import (
     ServerError,
     TransportError,
 )
-from dispatchd.client._http import RetryPolicy
+from dispatchd.client._http import HttpBase, RetryPolicy
 from dispatchd.client.models import Agent
 from tests.agent.conftest import LiveServer
 from tests.agent.helpers import task_json
@@ -154,6 +154,27 @@ async def test_rate_limited_calls_wait_for_retry_after() -> None:
         with pytest.raises(RateLimited) as caught:
             await client.complete_task("t1")
     assert caught.value.retry_after == 3600 and len(script.requests) == 1
+
+
+async def test_rate_limited_calls_are_retried_past_the_retry_count() -> None:
+    """A 429 was refused unprocessed: waiting it out is safe, so a busy limit does not make
+    a call fail after `retries` tries, only a wait longer than `max_retry_after` does."""
+    limited = [error(429, "rate_limited", **{"Retry-After": "0"}) for _ in range(8)]
+    script = Script(*limited, ok(TASK_JSON))
+    async with script.client(retries=3) as client:
+        await client.complete_task("t1")
+    assert len(script.requests) == 9
+
+
+def test_rate_limited_waits_are_jittered_and_bounded() -> None:
+    http = HttpBase.__new__(HttpBase)
+    http.retry = RetryPolicy(max_retry_after=60.0)
+    limited = RateLimited(429, "rate_limited", "slow down", {})
+    limited.retry_after = 2.0
+    waits = {http.retry_wait(limited, False, 0) for _ in range(50)}
+    assert all(2.0 <= w <= 2.5 for w in waits) and len(waits) > 1
+    assert http.retry_wait(limited, False, 0, waited=59.0) is None
+    assert http.retry_wait(limited, False, 30) is None
 
 
 async def test_no_retries_when_disabled() -> None:

@@ -41,6 +41,13 @@ AGENT = textwrap.dedent(
         time.sleep(60)
     if prompt == "sleep":
         time.sleep(60)
+    if prompt == "ask":
+        body = json.dumps({"question": "Proceed?", "wait_s": 30}).encode()
+        req = urllib.request.Request(
+            f"{api}/tasks/{task_id}/question", data=body, method="POST",
+            headers={"Content-Type": "application/json"})
+        print("answer=" + str(json.load(urllib.request.urlopen(req))["answer"]), flush=True)
+        sys.exit(0)
     if prompt == "chatty":
         for i in range(50):
             print(f"step {i}", flush=True)
@@ -153,6 +160,29 @@ async def test_output_streams_as_progress_and_failure_carries_stderr(
     assert failed.error is not None
     assert "it broke: no such file" in failed.error and "3" in failed.error
     assert "some output" not in failed.error
+
+
+async def test_the_agents_timeout_stops_while_it_waits_for_an_answer(
+    live_server: LiveServer,
+    requester: AsyncClient,
+    start_runner: StartRunner,
+    agent_script: Path,
+    unique: str,
+) -> None:
+    """A route timeout of 1.5 s, a question answered after 3 s: the agent was not stopped
+    meanwhile, and runs on with the answer."""
+    cap = f"ask-{unique}"
+    runner = runner_for(live_server, unique, [sys.executable, str(agent_script)])
+    runner.add_route(capabilities=[cap], timeout=1.5)
+    await start_runner(runner)
+    task = await requester.create_task("asks", prompt="ask", capabilities=[cap], max_attempts=1)
+    await settled(requester, task.id, "waiting_input")
+    await asyncio.sleep(3)
+    assert (await requester.get_task(task.id)).status.value == "waiting_input"
+    await requester.provide_input(task.id, "yes")
+    done = await settled(requester, task.id, "completed", "failed")
+    assert done.status.value == "completed", (done.error, [c.body for c in done.comments])
+    assert "answer=yes" in str(done.result)
 
 
 async def test_a_timeout_stops_the_agent_and_says_so(

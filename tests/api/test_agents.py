@@ -152,3 +152,21 @@ async def test_delete_requeues_held_tasks(
         assert task["status"] == "pending" and task["assignee"] is None and task["requeues"] == 1
         assert task["attempts"][0]["outcome"] == "lost"
     assert (await client.get("/api/v1/agents/w1")).status_code == 404
+
+
+async def test_a_null_status_or_limit_leaves_them_as_they_are(
+    client: httpx.AsyncClient, register
+) -> None:
+    await register("w1")
+    r = await client.patch(
+        "/api/v1/agents/w1", json={"status": "busy", "max_concurrent": 4}, headers=as_agent("w1")
+    )
+    assert r.status_code == 200
+    again = await client.post(
+        "/api/v1/agents",
+        json={"id": "w1", "status": None, "max_concurrent": None},
+        headers=as_agent("w1"),
+    )
+    assert again.status_code == 200, again.text
+    assert again.json()["agent"]["status"] == "busy"
+    assert again.json()["agent"]["max_concurrent"] == 4

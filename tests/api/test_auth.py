@@ -188,15 +188,29 @@ async def test_token_of_a_deregistered_agent_is_refused(
 async def test_admin_only_routes_refuse_agents(
     client: httpx.AsyncClient, runtime: Runtime, register: Callable[..., Any]
 ) -> None:
+    """An agent known by its token is not allowed (403); a caller without a token, or with a
+    wrong one, has not said who it is (401 and a Bearer challenge)."""
     _, token = await register("bob")
     before = await events(runtime)
-    for headers in (as_agent("bob"), as_agent("bob", token), as_agent("alice")):
-        r = await client.get("/api/v1/agents", headers=headers)
-        assert_error(r, 403, "admin_required")
-        r = await client.post("/api/v1/agents/bob/drain", headers=headers)
-        assert_error(r, 403, "admin_required")
-        r = await client.post("/api/v1/agents/bob/undrain", headers=headers)
-        assert_error(r, 403, "admin_required")
+    cases = [
+        (as_agent("bob", token), 403, "admin_required"),
+        (as_agent("bob"), 401, "admin_token_required"),
+        (as_agent("alice"), 401, "admin_token_required"),
+        (as_agent("alice", "not-the-admin-token"), 401, "invalid_token"),
+        (as_agent("bob", "not-the-admin-token"), 401, "invalid_token"),
+    ]
+    for headers, status, code in cases:
+        for method, path in (
+            ("GET", "/api/v1/agents"),
+            ("POST", "/api/v1/agents/bob/drain"),
+            ("POST", "/api/v1/agents/bob/undrain"),
+        ):
+            r = await client.request(method, path, headers=headers)
+            assert_error(r, status, code)
+            if status == 401:
+                assert r.headers["www-authenticate"].startswith("Bearer")
+            else:
+                assert "www-authenticate" not in r.headers
     assert await events(runtime) == before
     agent = await runtime.store.get_agent("bob")
     assert agent is not None and not agent.drained

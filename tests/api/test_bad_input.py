@@ -330,7 +330,8 @@ async def test_agent_cannot_register_itself_offline(
 ) -> None:
     async with unchanged():
         r = await client.post("/api/v1/agents", json={"status": "offline"}, headers=as_agent("c"))
-        assert_error(r, 422, "invalid_status")
+        assert_error(r, 422, "validation_error")
+        assert "status" in r.json()["error"]["message"]
     assert await runtime.store.get_agent("c") is None
 
 
@@ -1101,3 +1102,24 @@ def test_random_json_bodies_never_5xx_and_context_round_trips(
         finally:
             runner.run(client.aclose())
             runner.run(runtime.__aexit__(None, None, None))
+
+
+@pytest.mark.parametrize("when", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"])
+async def test_a_time_that_utc_cannot_write_is_a_422_naming_it(
+    client: httpx.AsyncClient, when: str
+) -> None:
+    r = await client.post("/api/v1/tasks", json={"title": "t", "run_at": when})
+    assert r.status_code == 422, r.text
+    assert "run_at" in r.json()["error"]["message"]
+    assert (await client.get("/api/v1/tasks")).json()["items"] == []
+
+
+async def test_a_time_before_the_year_1000_reads_back(client: httpx.AsyncClient) -> None:
+    r = await client.post("/api/v1/tasks", json={"title": "t", "due_at": "0609-05-09T23:11:56Z"})
+    assert r.status_code == 201, r.text
+    assert r.json()["due_at"] == "0609-05-09T23:11:56.000000Z"
+    read = await client.get(f"/api/v1/tasks/{r.json()['id']}")
+    assert read.status_code == 200, read.text
+    assert read.json()["due_at"] == "0609-05-09T23:11:56.000000Z"
+    listed = await client.get("/api/v1/tasks", params={"order": "asc"})
+    assert listed.status_code == 200, listed.text

@@ -365,10 +365,11 @@ async def test_other_bad_input(client: httpx.AsyncClient, admin: dict[str, str])
 
 async def test_schedules_are_for_admins(client: httpx.AsyncClient, admin: dict[str, str]) -> None:
     body = {"name": "n", "schedule": "@daily", "task_template": TEMPLATE}
-    assert_error(await client.post(URL, json=body), 403, None)
+    # Without a token: 401, asked for the admin token.
+    assert_error(await client.post(URL, json=body), 401, "admin_token_required")
     s = await make(client, admin)
-    assert_error(await client.get(URL), 403, None)
-    assert_error(await client.post(f"{URL}/{s['id']}/run"), 403, None)
+    assert_error(await client.get(URL), 401, "admin_token_required")
+    assert_error(await client.post(f"{URL}/{s['id']}/run"), 401, "admin_token_required")
 
 
 # --- two replicas on PostgreSQL ------------------------------------------------------------

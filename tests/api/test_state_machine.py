@@ -192,6 +192,12 @@ class TaskApiMachine(RuleBasedStateMachine):
             return 403
         return 409
 
+    def ended(self, t: Expected, caller: str, fence: int | None, outcome: str) -> bool:
+        """Whether the caller's attempt (`fence`, else its latest) ended with `outcome`: a
+        repeat of that report is answered 200 and changes nothing."""
+        mine = [n for n, h in enumerate(t.holders, 1) if h == caller and fence in (None, n)]
+        return bool(mine) and t.outcomes[max(mine) - 1] == outcome
+
     def requester_code(self, t: Expected, caller: str, sources: set[str]) -> int:
         if caller not in (t.requester, ADMIN):
             return 403
@@ -207,6 +213,8 @@ class TaskApiMachine(RuleBasedStateMachine):
         body: Any,
         code: int,
         apply: Any,
+        *,
+        repeat: bool = False,
     ) -> None:
         before = t.status
         r = self.call(method, path, caller, body)
@@ -217,12 +225,13 @@ class TaskApiMachine(RuleBasedStateMachine):
         event(f"{action} of {before} -> {r.status_code}")
         ok = r.status_code < 300
         if ok:
-            apply()
+            if not repeat:
+                apply()
         elif r.json()["error"]["code"] == "invalid_transition":
             assert r.json()["error"]["details"]["current_state"] == before, r.text
         if ok and action != "comment":
             assert r.json()["status"] == t.status, (action, r.text)
-        self.check(t, action, before, changed=ok and action != "comment")
+        self.check(t, action, before, changed=ok and not repeat and action != "comment")
 
     def check(self, t: Expected, action: str, before: str, *, changed: bool) -> None:
         """The task's detail and event log are what the model expects."""
@@ -384,10 +393,16 @@ class TaskApiMachine(RuleBasedStateMachine):
     # --- worker actions -------------------------------------------------------------------
 
     def do_start(self, t: Expected, caller: str, fence: int | None) -> None:
-        code = self.holder_code(t, caller, fence, {"assigned"})
+        # Starting again what it already runs (a retry after a lost answer) changes nothing.
+        repeat = (
+            caller == t.assignee
+            and t.status in ("running", "waiting_input")
+            and fence in (None, t.attempt)
+        )
+        code = 200 if repeat else self.holder_code(t, caller, fence, {"assigned"})
         body = with_fence({}, fence) or None
         path = f"/api/v1/tasks/{t.id}/start"
-        self.act(t, "start", caller, "POST", path, body, code, t.start_if_assigned)
+        self.act(t, "start", caller, "POST", path, body, code, t.start_if_assigned, repeat=repeat)
 
     def do_progress(self, t: Expected, caller: str, fence: int | None) -> None:
         def apply() -> None:
@@ -411,9 +426,11 @@ class TaskApiMachine(RuleBasedStateMachine):
                 t.events.append("task.completed")
 
         code = self.holder_code(t, caller, fence, {"assigned", "running"})
+        repeat = code == 409 and self.ended(t, caller, fence, "completed")
         body = with_fence({"result": {"n": 1}, "summary": "done"}, fence)
         path = f"/api/v1/tasks/{t.id}/complete"
-        self.act(t, "complete", caller, "POST", path, body, code, apply)
+        code = 200 if repeat else code
+        self.act(t, "complete", caller, "POST", path, body, code, apply, repeat=repeat)
 
     def do_fail(self, t: Expected, caller: str, fence: int | None, retryable: bool) -> None:
         def apply() -> None:
@@ -426,8 +443,11 @@ class TaskApiMachine(RuleBasedStateMachine):
                 t.events += ["task.failed", "task.escalated"]
 
         code = self.holder_code(t, caller, fence, HELD)
+        repeat = code == 409 and self.ended(t, caller, fence, "failed")
+        code = 200 if repeat else code
         body = with_fence({"error": "boom", "retryable": retryable}, fence)
-        self.act(t, "fail", caller, "POST", f"/api/v1/tasks/{t.id}/fail", body, code, apply)
+        path = f"/api/v1/tasks/{t.id}/fail"
+        self.act(t, "fail", caller, "POST", path, body, code, apply, repeat=repeat)
 
     def do_request_input(self, t: Expected, caller: str, fence: int | None) -> None:
         def apply() -> None:

@@ -188,9 +188,10 @@ async def test_stats_show_the_queue_and_its_flow(
 
 
 async def test_stats_are_for_admins(client: httpx.AsyncClient) -> None:
-    r = await client.get("/api/v1/stats")
-    assert r.status_code == 403
-    assert r.json()["error"]["code"]
+    r = await client.get("/api/v1/stats")  # no token: 401, asked for one
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "admin_token_required"
+    assert r.headers["www-authenticate"].startswith("Bearer")
 
 
 def test_percentile_interpolates_between_ranks() -> None:

@@ -164,7 +164,8 @@ async def test_only_an_admin_may_manage_webhooks(client: httpx.AsyncClient) -> N
     ]
     for method, url, body in calls:
         r = await client.request(method, url, json=body)  # as agent alice, no token
-        assert_error(r, 403, "admin_required")
+        assert_error(r, 401, "admin_token_required")
+        assert r.headers["www-authenticate"].startswith("Bearer")
         r = await client.request(method, url, json=body, headers={"X-Agent-ID": ""})
         assert_error(r, 401, None)
     r = await client.get(API, headers=ADMIN)

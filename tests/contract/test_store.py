@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from dispatchd.domain.costs import Cost
 from dispatchd.domain.ids import new_id, utcnow
 from dispatchd.domain.models import (
     Agent,
@@ -45,6 +46,7 @@ from dispatchd.store.base import (
     UpdateAgent,
     UpdateTask,
 )
+from dispatchd.store.readers import EventScope
 
 S = TaskStatus
 StoreFactory = Callable[[], Store]
@@ -122,6 +124,8 @@ def full_task() -> Task:
         run_at=T0 - timedelta(days=1),
         due_at=datetime(2024, 3, 1, 10, 0, 0, 999999, tzinfo=india),
         timeout_s=600,
+        input_timeout_s=120,
+        run_left_ms=2**40,
         review=True,
         reviewer="reviewer-cap",
         reviewer_kind=ReviewerKind.CAPABILITY,
@@ -148,6 +152,10 @@ def full_task() -> Task:
         started_at=T0 + 2 * US,
         finished_at=T0 + 999999 * US,
         version=7,
+        cost=Cost(1.234567891, 10**12, 7),
+        attempt_cost=Cost(0.5, 3, 4),
+        max_cost_usd=2.5,
+        error_code="budget_exceeded",
     )
 
 
@@ -780,20 +788,22 @@ async def test_counts_agents_by_status(store: Store) -> None:
     assert dict(counts.agents_by_status) == {"ready": 2, "busy": 1, "offline": 1, "draining": 2}
 
 
-async def test_renew_leases_touches_only_that_agents_held_tasks(store: Store) -> None:
+async def test_renew_leases_touches_only_that_agents_running_tasks(store: Store) -> None:
     old = T0
     until = T0 + timedelta(minutes=10, microseconds=42)
     mine_running = make_task(status=S.RUNNING, assignee="me", lease_expires_at=old)
     mine_assigned = make_task(status=S.ASSIGNED, assignee="me")
-    mine_waiting = make_task(status=S.WAITING_INPUT, assignee="me", lease_expires_at=old)
+    # A task waiting for input has no lease: a heartbeat must not give it one.
+    mine_waiting = make_task(status=S.WAITING_INPUT, assignee="me", run_left_ms=1500)
     theirs = make_task(status=S.RUNNING, assignee="them", lease_expires_at=old)
-    untouched = [mine_assigned, theirs]
-    await insert(store, mine_running, mine_waiting, *untouched)
+    untouched = [mine_assigned, mine_waiting, theirs]
+    await insert(store, mine_running, *untouched)
 
     await store.commit([RenewLeases("me", until)])
     # The version moves, so that a lease sweep computed before the renewal cannot land.
-    for task in (mine_running, mine_waiting):
-        assert await store.get_task(task.id) == task.evolve(lease_expires_at=until, version=2)
+    assert await store.get_task(mine_running.id) == mine_running.evolve(
+        lease_expires_at=until, version=2
+    )
     # An assigned task's lease is its start deadline: heartbeats do not extend it.
     for task in untouched:
         assert await store.get_task(task.id) == task
@@ -852,3 +862,50 @@ async def test_concurrent_commits_all_land_with_unique_event_ids(
         assert len(page.items) == 50
     finally:
         await second.close()
+
+
+# --- event filters --------------------------------------------------------------------------
+
+
+async def test_read_events_where_filters_by_task_requester_and_room(store: Store) -> None:
+    mine = make_task(requester="alice", scope="infra")
+    theirs = make_task(requester="bob", scope="research")
+    other = make_task(requester="bob", scope="infra")
+    await insert(store, mine, theirs, other)
+    before = await store.last_event_id()
+    await store.commit(
+        [
+            AppendEvent(make_event("task.commented", mine.id)),
+            AppendEvent(make_event("task.commented", theirs.id)),
+            AppendEvent(make_event("room.interrupted", None, room="infra")),
+            AppendEvent(make_event("agent.registered", None)),
+            AppendEvent(make_event("task.commented", other.id)),
+        ]
+    )
+    head = await store.last_event_id()
+
+    async def where(limit: int = 100, until: int = head, **scope: str) -> list[tuple[str, Any]]:
+        found = await store.read_events_where(
+            EventScope(**scope), after=before, until=until, limit=limit
+        )
+        assert [e.id for e in found] == sorted(e.id or 0 for e in found)
+        return [(e.type, e.task_id) for e in found]
+
+    assert await where(task_id=theirs.id) == [("task.commented", theirs.id)]
+    assert await where(requester="bob") == [
+        ("task.commented", theirs.id),
+        ("task.commented", other.id),
+    ]
+    assert await where(room="infra") == [
+        ("task.commented", mine.id),
+        ("room.interrupted", None),
+        ("task.commented", other.id),
+    ]
+    assert await where(room="infra", requester="bob") == [("task.commented", other.id)]
+    assert await where(room="infra", limit=1) == [("task.commented", mine.id)]
+    # Bounded by `until`: nothing past the head the reader looked at.
+    assert await where(room="infra", until=head - 1) == [
+        ("task.commented", mine.id),
+        ("room.interrupted", None),
+    ]
+    assert await where(task_id="no-such-task") == []

@@ -644,9 +644,11 @@ async def test_due_times_out_held_tasks_past_their_deadline(store: Store) -> Non
 async def test_due_lease_lost(store: Store) -> None:
     lost = [
         make_task(status=S.RUNNING, assignee="a", lease_expires_at=NOW - MINUTE),
-        make_task(status=S.WAITING_INPUT, assignee="a", lease_expires_at=NOW),
+        make_task(status=S.RUNNING, assignee="a", lease_expires_at=NOW),
     ]
     others = [
+        # Waiting for input, a task's lease does not count (one left from before does not).
+        make_task(status=S.WAITING_INPUT, assignee="a", lease_expires_at=NOW - MINUTE),
         make_task(status=S.RUNNING, assignee="a", lease_expires_at=NOW + US),
         make_task(status=S.REVIEW, assignee="a", lease_expires_at=NOW - MINUTE),
         make_task(status=S.CANCELLED, assignee="a", lease_expires_at=NOW - MINUTE),

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -127,6 +128,7 @@ async def test_open_digest_is_saved_replaced_and_removed(store: Store) -> None:
         {
             "task_id": task.id,
             "title": "Résumé ✓",
+            "requester": task.requester,
             "agent_id": "w1",
             "summary": f"done {task.id}",
             "at": "2024-02-29T23:59:58.123456Z",
@@ -213,3 +215,30 @@ async def test_two_writers_from_the_same_position_one_wins(
         assert all(b == a + 1 for a, b in pairs), pairs
     finally:
         await second.close()
+
+
+# --- readers for everyone ----------------------------------------------------------------
+
+
+async def test_a_requester_lists_its_entries_and_every_digest(store: Store) -> None:
+    mine = replace(entry(1), requester="alice")
+    theirs = replace(entry(2, task_id="t2"), requester="bob")
+    digest = entry(3, Kind.DIGEST, task_id=None)
+    later = replace(entry(4, Kind.QUESTION), requester="alice")
+    await add(store, mine, theirs, digest, later, expected=None, to=104)
+    listed = await store.list_notifications(after=0, limit=10)
+    assert [n.requester for n in listed] == ["alice", "bob", None, "alice"]
+
+    for_alice = await store.list_notifications(after=0, limit=10, requester="alice")
+    assert [n.id for n in for_alice] == [listed[0].id, listed[2].id, listed[3].id]
+    assert for_alice[0] == replace(mine, id=listed[0].id)
+    paged = await store.list_notifications(after=for_alice[0].id or 0, limit=1, requester="alice")
+    assert [n.id for n in paged] == [listed[2].id]
+    assert [n.id for n in await store.list_notifications(after=0, limit=10, requester="carol")] == [
+        listed[2].id
+    ]
+    await store.acknowledge_notifications(ids=[listed[0].id or 0], by="admin", at=T0)
+    unacked = await store.list_notifications(
+        after=0, limit=10, requester="alice", unacknowledged_only=True
+    )
+    assert [n.id for n in unacked] == [listed[2].id, listed[3].id]

@@ -56,7 +56,7 @@ def test_serve_prints_addresses_and_generated_token_once(tmp_path: Path) -> None
         agents = f"{server.api_url}/api/v1/agents"
         as_admin = {"X-Agent-ID": "ops", "Authorization": f"Bearer {token}"}
         assert httpx.get(agents, headers=as_admin, timeout=10).status_code == 200
-        assert httpx.get(agents, headers={"X-Agent-ID": "ops"}, timeout=10).status_code == 403
+        assert httpx.get(agents, headers={"X-Agent-ID": "ops"}, timeout=10).status_code == 401
         assert server.stop() == 0, server.describe()
 
     with ServerProcess(data) as again:

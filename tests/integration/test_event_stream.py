@@ -405,6 +405,54 @@ async def test_type_filters_with_globs_and_families(
     as_events(frames)
 
 
+async def test_task_room_and_requester_filters(
+    server: ServerProcess, api: httpx.AsyncClient, streams: list[Any]
+) -> None:
+    """Each stream sees only its filter's events; a sentinel of its own ends each."""
+    start = await head(api)
+    watched = await new_task(api, "watched")
+    by_task = await open_stream(api, streams, after=start, task=watched)
+    by_room = await open_stream(api, streams, after=start, room="stream-room")
+    by_requester = await open_stream(api, streams, after=start, requester="stream-bob")
+
+    async def create(title: str, by: str = "watcher", **body: Any) -> str:
+        r = await api.post(
+            "/api/v1/tasks",
+            json={"title": title, "capabilities": [NOBODY], **body},
+            headers={"X-Agent-ID": by},
+        )
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    in_room = await create("in room", scope="stream-room")
+    bobs = await create("bob's", by="stream-bob")
+    r = await api.post(f"/api/v1/tasks/{watched}/comments", json={"body": "a note"})
+    assert r.status_code in (200, 201), r.text
+    await new_task(api, "unrelated")
+
+    assert [(f.event, f.json()["task_id"]) for f in await by_task.frames(2)] == [
+        ("task.created", watched),
+        ("task.commented", watched),
+    ]
+    assert [(f.event, f.json()["task_id"]) for f in await by_room.frames(1)] == [
+        ("task.created", in_room)
+    ]
+    assert [(f.event, f.json()["task_id"]) for f in await by_requester.frames(1)] == [
+        ("task.created", bobs)
+    ]
+    # Nothing else was owed to any of them: the next frame each gets is its sentinel.
+    later_room = await create("later in room", scope="stream-room")
+    (frame,) = await by_room.frames(1)
+    assert frame.json()["task_id"] == later_room
+    r = await api.post(f"/api/v1/tasks/{watched}/comments", json={"body": "again"})
+    assert r.status_code in (200, 201), r.text
+    (frame,) = await by_task.frames(1)
+    assert (frame.event, frame.json()["task_id"]) == ("task.commented", watched)
+    later_bobs = await create("bob's again", by="stream-bob")
+    (frame,) = await by_requester.frames(1)
+    assert frame.json()["task_id"] == later_bobs
+
+
 async def test_a_bad_type_filter_or_cursor_is_refused_before_the_stream(
     server: ServerProcess, api: httpx.AsyncClient
 ) -> None:

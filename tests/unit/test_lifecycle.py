@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -135,7 +136,7 @@ ACTIONS: dict[Action, Callable[[Task], Change]] = {
     Action.ASSIGN: lambda t: lifecycle.assign(t, "w2", NOW),
     Action.START: lambda t: lifecycle.start(t, NOW, POLICY),
     Action.PROGRESS: lambda t: lifecycle.progress(t, NOW, POLICY, message="m", percent=1.0),
-    Action.REQUEST_INPUT: lambda t: lifecycle.request_input(t, NOW, question="q"),
+    Action.REQUEST_INPUT: lambda t: lifecycle.request_input(t, NOW, POLICY, question="q"),
     Action.PROVIDE_INPUT: lambda t: lifecycle.provide_input(t, NOW, POLICY, answer="a", by="x"),
     Action.COMPLETE: lambda t: lifecycle.complete(t, NOW, result=1, summary=None),
     Action.APPROVE: lambda t: lifecycle.approve(t, NOW, reviewer="r", feedback=None),
@@ -248,7 +249,7 @@ def test_progress_renews_the_lease_and_logs() -> None:
 
 
 def test_question_and_answer() -> None:
-    asked = lifecycle.request_input(make_task(S.RUNNING), NOW, question="which?")
+    asked = lifecycle.request_input(make_task(S.RUNNING), NOW, POLICY, question="which?")
     assert asked.task.status is S.WAITING_INPUT
     assert asked.task.question == "which?"
     assert asked.event.type == "task.waiting_input"
@@ -259,6 +260,39 @@ def test_question_and_answer() -> None:
         {"question": "which?", "answer": "main", "by": "alice"}
     ]
     assert answered.event.type == "task.input_received"
+
+
+def test_a_question_sets_the_run_time_and_lease_aside_until_the_answer() -> None:
+    running = make_task(
+        S.RUNNING, deadline_at=NOW + timedelta(seconds=90), lease_expires_at=NOW + POLICY.lease
+    )
+    asked = lifecycle.request_input(running, NOW, POLICY, question="which?")
+    assert asked.task.run_left_ms == 90_000
+    assert asked.task.deadline_at is None  # no input timeout: it waits for ever
+    assert asked.task.lease_expires_at is None
+    later = NOW + timedelta(hours=3)
+    answered = lifecycle.provide_input(asked.task, later, POLICY, answer="main", by="alice")
+    # The 90 s left when it asked count on from the answer, not from the question.
+    assert answered.task.deadline_at == later + timedelta(seconds=90)
+    assert answered.task.lease_expires_at == later + POLICY.lease
+    assert answered.task.run_left_ms is None
+
+
+def test_an_input_timeout_is_the_only_deadline_of_a_waiting_task() -> None:
+    running = make_task(S.RUNNING, deadline_at=NOW + timedelta(seconds=5), input_timeout_s=30)
+    asked = lifecycle.request_input(running, NOW, POLICY, question="which?")
+    assert asked.task.deadline_at == NOW + timedelta(seconds=30)
+    assert asked.event.data["answer_by"] is not None
+    configured = replace(POLICY, input_timeout=timedelta(seconds=7))
+    by_default = lifecycle.request_input(make_task(S.RUNNING), NOW, configured, question="q")
+    assert by_default.task.deadline_at == NOW + timedelta(seconds=7)
+    failed = lifecycle.input_timed_out(asked.task, NOW + timedelta(seconds=30), POLICY)
+    assert failed.task.status is S.FAILED
+    assert failed.task.error is not None and failed.task.error.startswith("input_timeout")
+    assert failed.task.run_left_ms is None and failed.task.deadline_at is None
+    assert failed.event.type == "task.failed"
+    assert failed.event.data["code"] == "input_timeout"
+    assert failed.event.data["final"] is True
 
 
 def test_complete_without_review_finishes_the_attempt() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from dispatchd.config import NotificationsConfig
 from dispatchd.domain.models import Event
-from dispatchd.domain.notifications import MAX_ITEMS, Digest, Kind, immediate
+from dispatchd.domain.notifications import MAX_ITEMS, Digest, Kind, for_requester, immediate
 from dispatchd.engine.feed import EventFeed
 from dispatchd.errors import ConcurrentUpdate
 from dispatchd.events.notifications import CURSOR, Notifier
@@ -34,6 +34,34 @@ def event(type_: str, at: float = 0, task_id: str | None = "t1", **data: Any) ->
         data=data,
         id=1,
     )
+
+
+# --- what a requester reads ------------------------------------------------------------------
+
+
+def test_a_requester_reads_its_own_entries_and_its_part_of_a_digest() -> None:
+    alices, bobs = make_task(id="a1", requester="alice"), make_task(id="b1", requester="bob")
+    failed = immediate(event("task.failed", task_id="a1", error="x", final=True), alices)
+    assert failed is not None and failed.requester == "alice"
+    assert for_requester(failed, "alice") == failed
+    assert for_requester(failed, "bob") is None
+
+    digest = Digest.open(T0, WINDOW, 1)
+    digest.add(event("task.completed", task_id="a1", summary="ok"), alices)
+    digest.add(event("task.progress", task_id="b1", message="m", percent=5), bobs)
+    digest.add(event("task.progress", task_id="b1", message="n", percent=9), bobs)
+    closed = digest.closed(T0 + WINDOW)
+    mine = for_requester(closed, "bob")
+    assert mine is not None and mine.id == closed.id
+    assert [i["task_id"] for i in mine.data["progress"]] == ["b1"]
+    assert mine.data["completed"] == []
+    assert mine.data["counts"] == {"completed": 0, "progress": 1, "progress_updates": 2}
+    assert mine.data["message"] == "2 progress updates on 1 task"
+    assert mine.data["closed_at"] == closed.data["closed_at"]
+    assert for_requester(closed, "carol") is None
+    only = digest.only("alice")
+    assert only is not None and [i["task_id"] for i in only.completed] == ["a1"]
+    assert digest.size == 2  # cutting leaves the digest itself whole
 
 
 # --- what gives an entry of its own ----------------------------------------------------------

@@ -10,8 +10,9 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dispatchd import __version__
-from dispatchd.api import errors, mcp_http
+from dispatchd.api import errors, mcp_http, openapi
 from dispatchd.api.guard import BodyGuard
+from dispatchd.api.limits import RateLimit
 from dispatchd.api.routes import (
     agents,
     events,
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     if runtime is not None:
         app.state.runtime = runtime
     errors.install(app)
+    openapi.install(app)
     app.include_router(tasks.router)
     app.include_router(agents.router)
     app.include_router(events.router)
@@ -96,6 +98,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.router.routes.append(mcp_http.route())
     limit = (runtime.settings if runtime else settings or Settings()).server.max_body_bytes
     app.add_middleware(BodyGuard, max_body_bytes=limit)
+    # Outside the body guard: a caller over its limit is refused before its body is read.
+    app.add_middleware(RateLimit)
     if runtime is not None:
         app.add_middleware(RequestMetrics, metrics=runtime.metrics)
     else:

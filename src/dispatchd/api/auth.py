@@ -38,10 +38,10 @@ async def authenticate(request: Request) -> Caller:
     runtime = _runtime(request)
     token = _bearer(request)
     if token is not None and tokens_equal(token, runtime.admin.value):
-        return Caller(agent_id, is_admin=True)
+        return Caller(agent_id, is_admin=True, authenticated=True)
     if token is not None:
         await runtime.agents.authenticate(agent_id, token)
-        return Caller(agent_id)
+        return Caller(agent_id, authenticated=True)
     if runtime.settings.auth.agent_tokens == "required":
         raise Unauthorized(
             "this server requires Authorization: Bearer <agent token>", code="token_required"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -13,6 +14,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from dispatchd.errors import DispatchError
 
 log = logging.getLogger(__name__)
+
+_METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "PATCH", "HEAD", "OPTIONS"})
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -42,9 +45,19 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return errors
 
 
+# RFC 6750: a 401 says which scheme would do.
+CHALLENGE = 'Bearer realm="dispatchd"'
+
+
 async def _dispatch_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DispatchError)
-    return JSONResponse(exc.as_body(), status_code=exc.status)
+    response = JSONResponse(exc.as_body(), status_code=exc.status)
+    retry_after = exc.details.get("retry_after_s")
+    if exc.status == 429 and isinstance(retry_after, int):
+        response.headers["Retry-After"] = str(retry_after)
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = CHALLENGE
+    return response
 
 
 async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
@@ -66,7 +79,33 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     response = error_response(exc.status_code, code, message)
     if exc.headers:
         response.headers.update(exc.headers)
+    if exc.status_code == 405:
+        # Each method of a path is a route of its own: the one that answered 405 knows only
+        # its own method. `Allow` lists every method the path has.
+        response.headers["Allow"] = ", ".join(_methods_of(request))
     return response
+
+
+def _methods_of(request: Request) -> list[str]:
+    """The methods the OpenAPI document gives the request's path (routes of included
+    routers are nested, the document has them all in one place)."""
+    path = request.url.path
+    for pattern, methods in _path_methods(request.app):
+        if pattern.fullmatch(path):
+            return methods
+    return []
+
+
+def _path_methods(app: FastAPI) -> list[tuple[re.Pattern[str], list[str]]]:
+    cached: list[tuple[re.Pattern[str], list[str]]] | None = getattr(app.state, "allow", None)
+    if cached is None:
+        cached = []
+        for template, operations in app.openapi().get("paths", {}).items():
+            pattern = re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(template))
+            methods = sorted(m.upper() for m in operations if m.upper() in _METHODS)
+            cached.append((re.compile(pattern), methods))
+        app.state.allow = cached
+    return cached
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

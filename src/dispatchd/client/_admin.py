@@ -33,12 +33,26 @@ class AdminApi(HttpBase):
         return stats
 
     async def list_notifications(
-        self, after: str | None = None, *, limit: int = 100, unacknowledged: bool = False
+        self,
+        after: str | None = None,
+        *,
+        limit: int = 100,
+        unacknowledged: bool = False,
+        wait_s: float = 0.0,
     ) -> NotificationPage:
         """Notifications for humans after the cursor `after`, oldest first, and the
-        digest still collecting items."""
-        params = {"after": after, "limit": limit, "unacknowledged": unacknowledged or None}
-        return await self.call(NotificationPage, "GET", NOTIFICATIONS, params=params, admin=True)
+        digest still collecting items. With the admin token, every entry; without it,
+        those about the tasks this client's agent requested. With `wait_s`, an empty read
+        waits that long for the next entry."""
+        params = {
+            "after": after,
+            "limit": limit,
+            "unacknowledged": unacknowledged or None,
+            "wait_s": wait_s or None,
+        }
+        return await self.call(
+            NotificationPage, "GET", NOTIFICATIONS, params=params, admin=True, wait_s=wait_s
+        )
 
     async def ack_notifications(
         self, ids: Sequence[str | int] | None = None, *, up_to: str | int | None = None

@@ -51,13 +51,24 @@ class EventsApi(HttpBase):
         after: str | None = None,
         *,
         types: str | Iterable[str] | None = None,
+        task: str | None = None,
+        room: str | None = None,
+        requester: str | None = None,
         wait_s: float = 0.0,
         limit: int = 100,
     ) -> EventPage:
         """The events after the cursor `after` (None: from the start; `latest`: from now),
         in order. With `wait_s`, an empty read waits that long for the next event.
-        `types` are names (`task.completed`), globs (`task.*`) or families (`agent`)."""
-        params = {"after": after, "types": types_param(types), "wait_s": wait_s, "limit": limit}
+        `types` are names (`task.completed`), globs (`task.*`) or families (`agent`);
+        `task`, `room` and `requester` keep the events of one task, of one room's tasks
+        (and the room's own events) and of the tasks one requester created."""
+        params = {
+            "after": after,
+            "types": types_param(types),
+            "wait_s": wait_s,
+            "limit": limit,
+            **compact({"task": task, "room": room, "requester": requester}),
+        }
         return await self.call(EventPage, "GET", EVENTS, params=params, wait_s=wait_s)
 
     async def stream_events(
@@ -65,6 +76,9 @@ class EventsApi(HttpBase):
         after: str | None = None,
         *,
         types: str | Iterable[str] | None = None,
+        task: str | None = None,
+        room: str | None = None,
+        requester: str | None = None,
         idle_timeout: float | None = 60.0,
     ) -> AsyncGenerator[Event, None]:
         """Follow the event log over Server-Sent Events, from after the cursor `after`
@@ -76,13 +90,16 @@ class EventsApi(HttpBase):
         server sends keep-alives well within that) counts as dropped. Reconnection uses
         the client's retries and backoff, counted afresh after each successful connect.
         An error the server ends the stream with (e.g. 410 `cursor_expired`) is raised.
+        Filters as for `read_events`.
         """
         cursor = after
         if cursor == "latest":
             # Resolved now, so that a reconnection before the first event still resumes
             # from here rather than from a later "latest".
             cursor = (await self.read_events("latest", limit=1)).next_cursor
-        params = compact({"types": types_param(types)})
+        params = compact(
+            {"types": types_param(types), "task": task, "room": room, "requester": requester}
+        )
         timeout = httpx.Timeout(self.timeout, read=idle_timeout)
         retry = 0
         while True:

@@ -47,6 +47,9 @@ class RetryPolicy:
     cap: float = 5.0
     # A 429 asking to wait longer than this is raised instead of waited for.
     max_retry_after: float = 60.0
+    # A 429 was refused unprocessed, so waiting it out is always safe: it is retried up to
+    # this many times (not `retries`), while the waits add up to at most `max_retry_after`.
+    rate_limited_retries: int = 30
 
     def delay(self, retry: int) -> float:
         return random.uniform(0.0, min(self.cap, self.base * 2**retry))
@@ -148,6 +151,7 @@ class HttpBase:
         idempotent = method in IDEMPOTENT_METHODS or "Idempotency-Key" in all_headers
         timeout = self.timeout + wait_s
         retry = 0
+        waited = 0.0
         while True:
             try:
                 response = await self._http.request(
@@ -170,20 +174,32 @@ class HttpBase:
             if response.is_success:
                 return response
             error = error_of(response)
-            wait = self.retry_wait(error, idempotent, retry)
+            wait = self.retry_wait(error, idempotent, retry, waited)
             if wait is None:
                 raise error
             await anyio.sleep(wait)
+            waited += wait
             retry += 1
 
-    def retry_wait(self, error: ApiError, idempotent: bool, retry: int) -> float | None:
-        """How long to wait before retrying a call answered with `error`; None: do not."""
+    def retry_wait(
+        self, error: ApiError, idempotent: bool, retry: int, waited: float = 0.0
+    ) -> float | None:
+        """How long to wait before retrying a call answered with `error` (after `retry`
+        retries that waited `waited` seconds in all); None: do not."""
+        if isinstance(error, RateLimited):
+            if retry >= self.retry.rate_limited_retries:
+                return None
+            if error.retry_after is None:
+                wait = self.retry.delay(retry)
+            else:
+                # A little later than asked, at random: the calls refused together do not
+                # all come back in the same instant.
+                wait = error.retry_after * random.uniform(1.0, 1.25)
+            if error.retry_after is not None and error.retry_after > self.retry.max_retry_after:
+                return None
+            return wait if waited + wait <= self.retry.max_retry_after else None
         if retry >= self.retry.retries:
             return None
-        if isinstance(error, RateLimited):
-            if error.retry_after is None:
-                return self.retry.delay(retry)
-            return error.retry_after if error.retry_after <= self.retry.max_retry_after else None
         if idempotent and error.status in RETRY_STATUSES:
             return self.retry.delay(retry)
         return None

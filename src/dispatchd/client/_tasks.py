@@ -79,6 +79,7 @@ class TasksApi(HttpBase):
         run_at: datetime | str | None = None,
         due_at: datetime | str | None = None,
         timeout_s: int | None = None,
+        input_timeout_s: int | None = None,
         max_attempts: int | None = None,
         review: bool | None = None,
         reviewer: str | Mapping[str, str] | None = None,
@@ -87,10 +88,12 @@ class TasksApi(HttpBase):
         labels: Sequence[str] = (),
         context: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        max_cost_usd: float | None = None,
     ) -> Task:
         """Create a task. An `Idempotency-Key` is always sent (a new one when not given),
         so the call is retried safely and a repeat answers with the task already made.
-        `reviewer` (with `review=True`) is an agent id or `{"capability": "review"}`."""
+        `reviewer` (with `review=True`) is an agent id or `{"capability": "review"}`;
+        `max_cost_usd` is its budget (docs/costs.md)."""
         body = compact(
             {
                 "title": title,
@@ -104,6 +107,7 @@ class TasksApi(HttpBase):
                 "run_at": _when(run_at),
                 "due_at": _when(due_at),
                 "timeout_s": timeout_s,
+                "input_timeout_s": input_timeout_s,
                 "max_attempts": max_attempts,
                 "review": review,
                 "reviewer": dict(reviewer) if isinstance(reviewer, Mapping) else reviewer,
@@ -111,6 +115,7 @@ class TasksApi(HttpBase):
                 "model": model,
                 "labels": list(labels),
                 "context": dict(context) if context is not None else None,
+                "max_cost_usd": max_cost_usd,
             }
         )
         key = idempotency_key or str(uuid.uuid4())
@@ -123,7 +128,8 @@ class TasksApi(HttpBase):
 
     async def complete_tasks(self, items: Sequence[Mapping[str, Any]]) -> list[CompleteItemOut]:
         """Complete many held tasks at once. Each item is `{"task_id", "result",
-        "summary", "attempt"}` and answers for itself (`ok`, and `task` or `error`)."""
+        "summary", "attempt", "cost"}` and answers for itself (`ok`, and `task` or
+        `error`)."""
         body = {"items": [compact(i) for i in items]}
         return (
             await self.call(CompleteBatchOut, "POST", f"{TASKS}/batch/complete", json=body)
@@ -233,9 +239,14 @@ class TasksApi(HttpBase):
         percent: float | None = None,
         *,
         attempt: int | None = None,
+        cost: Cost | None = None,
     ) -> Task:
-        """Report progress on a held task; it also renews the task's lease."""
-        body = compact({"message": message, "percent": percent, "attempt": attempt})
+        """Report progress on a held task; it also renews the task's lease. `cost` is the
+        attempt's running total so far: `{"usd", "input_tokens", "output_tokens"}`, each
+        optional (docs/costs.md)."""
+        body = compact(
+            {"message": message, "percent": percent, "attempt": attempt, "cost": _cost(cost)}
+        )
         return await self.call(Task, "POST", task_path(task_id, "progress"), json=body)
 
     async def complete_task(
@@ -245,9 +256,12 @@ class TasksApi(HttpBase):
         summary: str | None = None,
         *,
         attempt: int | None = None,
+        cost: Cost | None = None,
     ) -> Task:
-        """Finish a held task with its result."""
-        body = compact({"result": result, "summary": summary, "attempt": attempt})
+        """Finish a held task with its result, and the attempt's final `cost`."""
+        body = compact(
+            {"result": result, "summary": summary, "attempt": attempt, "cost": _cost(cost)}
+        )
         return await self.call(Task, "POST", task_path(task_id, "complete"), json=body)
 
     async def fail_task(
@@ -257,9 +271,13 @@ class TasksApi(HttpBase):
         *,
         retryable: bool = True,
         attempt: int | None = None,
+        cost: Cost | None = None,
     ) -> Task:
-        """Fail a held task; a retryable failure is tried again while attempts remain."""
-        body = compact({"error": error, "retryable": retryable, "attempt": attempt})
+        """Fail a held task; a retryable failure is tried again while attempts remain.
+        `cost` is what the attempt cost."""
+        body = compact(
+            {"error": error, "retryable": retryable, "attempt": attempt, "cost": _cost(cost)}
+        )
         return await self.call(Task, "POST", task_path(task_id, "fail"), json=body)
 
     async def request_input(
@@ -290,6 +308,14 @@ class TasksApi(HttpBase):
     async def retry_task(self, task_id: str) -> Task:
         """Put a failed or cancelled task back in the queue."""
         return await self.call(Task, "POST", task_path(task_id, "retry"))
+
+
+# What an attempt cost: {"usd": 0.12, "input_tokens": 3000, "output_tokens": 800}.
+Cost = Mapping[str, float | int]
+
+
+def _cost(cost: Cost | None) -> dict[str, Any] | None:
+    return compact(cost) if cost is not None else None
 
 
 def _task_body(task: Mapping[str, Any]) -> dict[str, Any]:

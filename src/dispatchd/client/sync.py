@@ -238,6 +238,7 @@ class Client:
     add_comment = _blocking(AsyncClient.add_comment)
     review_task = _blocking(AsyncClient.review_task)
     retry_task = _blocking(AsyncClient.retry_task)
+    wait_for = _blocking(AsyncClient.wait_for)
     # agents
     register_agent = _blocking(AsyncClient.register_agent)
     get_agent = _blocking(AsyncClient.get_agent)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from dispatchd.domain.models import Attempt, Task
-from dispatchd.errors import Forbidden, StaleAttempt
+from dispatchd.domain.models import Attempt, AttemptOutcome, Task, TaskStatus
+from dispatchd.errors import Forbidden, StaleAttempt, Unauthorized
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
     agent_id: str
     is_admin: bool = False
+    # Proved who it is with a token (an agent's or the admin's), not only named itself.
+    authenticated: bool = False
 
 
 def require_holder(
@@ -68,5 +71,53 @@ def require_self_or_admin(agent_id: str, caller: Caller) -> None:
 
 
 def require_admin(caller: Caller) -> None:
-    if not caller.is_admin:
-        raise Forbidden("this route needs the admin token", code="admin_required")
+    """An admin route: without a token the caller has not said who it is (401, so that
+    it sends the admin token); with an agent's token it is known and not allowed (403)."""
+    if caller.is_admin:
+        return
+    if not caller.authenticated:
+        raise Unauthorized(
+            "this route needs Authorization: Bearer <admin token>", code="admin_token_required"
+        )
+    raise Forbidden("this route needs the admin token", code="admin_required")
+
+
+# --- repeats ------------------------------------------------------------------------------
+# A worker that lost the answer to start, complete or fail sends it again. When that very
+# attempt already did it, the repeat is answered as the first call was (the task), not as a
+# conflict; a different attempt, or another outcome, is still one.
+
+
+def already_started(task: Task, caller: Caller, attempt: int | None) -> bool:
+    return (
+        task.status in (TaskStatus.RUNNING, TaskStatus.WAITING_INPUT)
+        and task.assignee == caller.agent_id
+        and attempt in (None, task.attempt)
+    )
+
+
+def already_ended(
+    task: Task,
+    caller: Caller,
+    past: Iterable[Attempt],
+    attempt: int | None,
+    outcome: AttemptOutcome,
+    **same: Any,
+) -> bool:
+    """Whether the caller's attempt (`attempt`, else its latest on the task) ended with
+    `outcome`; for the attempt the task is still at, also with the task showing `same`
+    (the result and summary of a completion). A failure's `error` is the attempt's."""
+    mine = [a for a in past if a.agent_id == caller.agent_id]
+    if attempt is not None:
+        mine = [a for a in mine if a.number == attempt]
+    if not mine:
+        return False
+    last = max(mine, key=lambda a: a.number)
+    if last.outcome is not outcome:
+        return False
+    error = same.pop("error", None)
+    if outcome is AttemptOutcome.FAILED and last.error != error:
+        return False
+    if last.number != task.attempt:
+        return True
+    return all(getattr(task, name) == value for name, value in same.items())

@@ -25,7 +25,8 @@ def utcnow() -> datetime:
 
 def isoformat(value: datetime) -> str:
     """RFC 3339 in UTC with a Z and microseconds: fixed width, so text order is time order."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat, not strftime: %Y does not pad a year before 1000 to four digits.
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_iso(value: str) -> datetime:

@@ -9,6 +9,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Self
 
+from dispatchd.domain.costs import Cost
+
 JSON = Any
 
 
@@ -120,6 +122,9 @@ class Task:
     run_at: datetime | None = None
     due_at: datetime | None = None
     timeout_s: int | None = None
+    # How long a question may wait for its answer before the task fails (None: for ever,
+    # unless configuration sets a default).
+    input_timeout_s: int | None = None
     review: bool = False
     reviewer: str | None = None
     reviewer_kind: ReviewerKind | None = None
@@ -152,9 +157,19 @@ class Task:
     not_before: datetime | None = None
     lease_expires_at: datetime | None = None
     deadline_at: datetime | None = None
+    # While the task waits for input: the run time it had left when it asked, in ms. Its
+    # run deadline and lease are cleared while it waits, and restored from this.
+    run_left_ms: int | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
     version: int = 1
+    # What the task has cost over all its attempts, and its current attempt so far
+    # (docs/costs.md); `max_cost_usd` is its budget.
+    cost: Cost = field(default_factory=Cost)
+    attempt_cost: Cost = field(default_factory=Cost)
+    max_cost_usd: float | None = None
+    # Why the task failed, as a code, when the reason has one (`budget_exceeded`).
+    error_code: str | None = None
 
     def evolve(self, **changes: Any) -> Self:
         return dataclasses.replace(self, **changes)
@@ -196,6 +211,8 @@ class Attempt:
     ended_at: datetime | None = None
     outcome: AttemptOutcome | None = None
     error: str | None = None
+    # The highest running total its agent reported.
+    cost: Cost = field(default_factory=Cost)
 
     def evolve(self, **changes: Any) -> Self:
         return dataclasses.replace(self, **changes)
@@ -269,6 +286,7 @@ class TaskSpec:
     run_at: datetime | None = None
     due_at: datetime | None = None
     timeout_s: int | None = None
+    input_timeout_s: int | None = None
     max_attempts: int | None = None
     review: bool = False
     # An agent id, or a capability when `reviewer_kind` says so (docs/review.md).
@@ -281,3 +299,5 @@ class TaskSpec:
     idempotency_key: str | None = None
     # Set by a schedule's firing only (docs/schedules.md).
     schedule_id: str | None = None
+    # A budget: the attempt whose report crosses it is stopped (docs/costs.md).
+    max_cost_usd: float | None = None

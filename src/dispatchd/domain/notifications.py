@@ -15,12 +15,13 @@ bound and every task is still named.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from dispatchd.domain.ids import isoformat
+from dispatchd.domain.ids import isoformat, parse_iso
 from dispatchd.domain.models import JSON, Event, Task
 
 # Tasks named by one digest (completed and progressing, counted once per list).
@@ -58,6 +59,9 @@ class Notification:
     id: int | None = None
     acknowledged_at: datetime | None = None
     acknowledged_by: str | None = None
+    # The requester of the task an entry is about, who may read it without the admin
+    # token; None on digests, whose items each name their own (`for_requester`).
+    requester: str | None = None
 
 
 def immediate(event: Event, task: Task | None) -> Notification | None:
@@ -95,7 +99,8 @@ def immediate(event: Event, task: Task | None) -> Notification | None:
     }
     if kind is Kind.QUESTION:
         body["question"] = data["question"]
-    return Notification(kind, event.task_id, body, event.id, event.created_at)
+    requester = task.requester if task is not None else None
+    return Notification(kind, event.task_id, body, event.id, event.created_at, requester=requester)
 
 
 @dataclass(slots=True)
@@ -149,12 +154,14 @@ class Digest:
     def add(self, event: Event, task: Task | None) -> None:
         assert event.id is not None and event.type in DIGESTED
         title = task.title if task is not None else None
+        requester = task.requester if task is not None else None
         data = event.data
         if event.type == "task.completed":
             self.completed.append(
                 {
                     "task_id": event.task_id,
                     "title": title,
+                    "requester": requester,
                     "agent_id": event.agent_id,
                     "summary": _cut(data.get("summary")),
                     "at": isoformat(event.created_at),
@@ -163,7 +170,12 @@ class Digest:
         else:
             item = self._progress_of(event.task_id)
             if item is None:
-                item = {"task_id": event.task_id, "title": title, "updates": 0}
+                item = {
+                    "task_id": event.task_id,
+                    "title": title,
+                    "requester": requester,
+                    "updates": 0,
+                }
                 self.progress.append(item)
             item["agent_id"] = event.agent_id
             if data.get("message") is not None:
@@ -223,6 +235,15 @@ class Digest:
             updates=int(counts.get("progress_updates", 0)),
         )
 
+    def only(self, requester: str) -> Digest | None:
+        """This digest as `requester` sees it: the items of its own tasks (None: none)."""
+        completed = [i for i in self.completed if i.get("requester") == requester]
+        progress = [i for i in self.progress if i.get("requester") == requester]
+        if not completed and not progress:
+            return None
+        updates = sum(int(i.get("updates") or 0) for i in progress)
+        return Digest(self.opened_at, self.closes_at, self.event_id, completed, progress, updates)
+
     def closed(self, at: datetime) -> Notification:
         """The finished entry this digest becomes when it closes at `at`."""
         data = self.data()
@@ -234,3 +255,22 @@ def _cut(value: Any) -> JSON:
     if isinstance(value, str) and len(value) > DIGEST_TEXT:
         return value[: DIGEST_TEXT - 1] + "…"
     return value
+
+
+def for_requester(entry: Notification, requester: str) -> Notification | None:
+    """What a requester (not the admin) may read of `entry`: an entry about one of its
+    tasks as it is, a digest cut to the items of its tasks, nothing else."""
+    if entry.kind is not Kind.DIGEST:
+        return entry if entry.requester == requester else None
+    data = entry.data
+    opened, closes = data.get("opened_at"), data.get("closes_at")
+    if not isinstance(opened, str) or not isinstance(closes, str):
+        return None
+    whole = Digest.from_data(parse_iso(opened), parse_iso(closes), entry.event_id, dict(data))
+    mine = whole.only(requester)
+    if mine is None:
+        return None
+    cut = mine.data()
+    if "closed_at" in data:
+        cut["closed_at"] = data["closed_at"]
+    return dataclasses.replace(entry, data=cut)

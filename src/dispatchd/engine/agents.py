@@ -16,6 +16,7 @@ from dispatchd.domain.lifecycle import Change, Policy
 from dispatchd.domain.models import Agent, AgentStatus, Event, Task
 from dispatchd.engine.transitions import MAX_TRIES, commit_changes
 from dispatchd.errors import ConcurrentUpdate, DuplicateKey, NotFound, Unauthorized
+from dispatchd.outbound import Outbound
 from dispatchd.store.base import (
     AgentFilter,
     AgentLoad,
@@ -58,10 +59,24 @@ class Registered:
 
 
 class AgentService:
-    def __init__(self, store: Store, policy: Policy, *, escalate_to: str | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        policy: Policy,
+        *,
+        escalate_to: str | None = None,
+        outbound: Outbound | None = None,
+    ) -> None:
         self.store = store
         self.policy = policy
         self.escalate_to = escalate_to
+        # Where a wake URL may point (docs/security.md).
+        self.outbound = outbound
+
+    def _check(self, fields: Mapping[str, Any]) -> None:
+        url = fields.get("wake_url")
+        if url and self.outbound is not None:
+            self.outbound.check_stored(url, "wake_url")
 
     async def get(self, agent_id: str) -> Agent:
         agent = await self.store.get_agent(agent_id)
@@ -81,6 +96,7 @@ class AgentService:
     ) -> Registered:
         """Register a new agent (returns its token, once) or update an existing one."""
         require_self_or_admin(agent_id, caller)
+        self._check(fields)
         for _ in range(MAX_TRIES):
             existing = await self.store.get_agent(agent_id)
             if existing is not None:
@@ -113,6 +129,7 @@ class AgentService:
 
     async def update(self, agent_id: str, fields: Mapping[str, Any], caller: Caller) -> Agent:
         require_self_or_admin(agent_id, caller)
+        self._check(fields)
         for _ in range(MAX_TRIES):
             try:
                 return await self._update(await self.get(agent_id), fields, caller)

@@ -10,6 +10,12 @@ One assigner runs in each replica. It follows the event log by cursor, woken by 
 
 Every choice is committed with the task's version and a slot reserved on the agent row, so
 replicas racing for the same task or the same slot cannot both win: the loser re-reads.
+
+A pass that fails is logged with what it was doing and tried again after a backoff, from
+a fresh start (the agents read again, every agent with room offered the queue), so the
+events of the failed pass lose nothing. A task that cannot be assigned without an error
+POISON_AFTER times in a row is set aside (logged, counted) until it changes, instead of
+blocking the queue behind it.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from dispatchd.engine.transitions import MAX_TRIES, writes_for
 from dispatchd.engine.waiters import Waiters
 from dispatchd.engine.wake import Waker
 from dispatchd.errors import AgentUnavailable, ConcurrentUpdate, DispatchError
-from dispatchd.jobs import stop_if_cancelled
+from dispatchd.jobs import POISON_AFTER, JobStatus, backoff_s, stop_if_cancelled
 from dispatchd.store.base import ClaimQuery, Op, Store
 
 log = logging.getLogger(__name__)
@@ -39,6 +45,9 @@ log = logging.getLogger(__name__)
 BATCH = 1000
 # Assignments committed together when many tasks arrive at once.
 CHUNK = 100
+# The waits between failed passes.
+RETRY_BASE_S = 0.1
+RETRY_CAP_S = 5.0
 
 # Events after which a task may be given to an agent.
 _ASSIGNABLE = frozenset(
@@ -103,6 +112,13 @@ class Assigner:
         # Held while a pass over the events is under way (see `caught_up`).
         self._stepping = asyncio.Lock()
         self.assigned = 0
+        self.job = JobStatus("assigner")
+        # Tasks that failed to be assigned with an error (not a race): how many times in a
+        # row; and those set aside after POISON_AFTER, with their error.
+        self._task_failures: dict[str, int] = {}
+        self.set_aside: dict[str, str] = {}
+        self._resync = False
+        self._doing = "starting"
 
     # --- driving ----------------------------------------------------------------------
 
@@ -116,11 +132,17 @@ class Assigner:
 
     async def start(self) -> None:
         """Load the agents and serve what is already waiting (after a restart, say)."""
-        self.cursor = self.feed.latest
         self.feed.listen(self._advanced)
+        await self.resync()
+        self.placer.caught_up = self.caught_up
+
+    async def resync(self) -> None:
+        """Start afresh from now: the agents read again and each one with room offered the
+        queue, which covers whatever the events before now would have led to."""
+        self._doing = "reading the agents and offering them the queue"
+        self.cursor = self.feed.latest
         await self.directory.load()
         await self.fill(list(self.directory.agents))
-        self.placer.caught_up = self.caught_up
 
     def caught_up(self) -> bool:
         """Whether the assigner has acted on every event logged so far, so that the
@@ -132,6 +154,10 @@ class Assigner:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         reload_at = loop.time() + self.refresh_s if self.refresh_s else None
+        failures = 0
+        # A restart by the supervisor after a crash: nothing said where this one stood.
+        self._resync = self._resync or self.job.restarts > 0
+        self._wake.set()
         while True:
             stop_if_cancelled()
             if reload_at is not None and loop.time() >= reload_at:
@@ -149,28 +175,65 @@ class Assigner:
             self._wake.clear()
             try:
                 async with self._stepping:
+                    if self._resync:
+                        await self.resync()
+                        self._resync = False
                     await self.step()
-            except DispatchError as exc:
-                log.warning("assignment pass failed: %s", exc, extra={"action": "assign"})
-                await asyncio.sleep(0.1)
-                self._wake.set()
+                failures = 0
+                self.job.ok()
+            except Exception as exc:
+                failures += 1
+                await self._failed(exc, failures)
+
+    async def _failed(self, exc: Exception, failures: int) -> None:
+        wait_s = backoff_s(failures, RETRY_BASE_S, RETRY_CAP_S)
+        self.job.failed(exc, self._doing)
+        self._resync = True
+        if isinstance(exc, DispatchError):
+            log.warning(
+                "assignment failed while %s: %s; retrying in %.2fs",
+                self._doing,
+                exc,
+                wait_s,
+                extra={"action": "assign"},
+            )
+        else:
+            log.error(
+                "assignment failed while %s; retrying in %.2fs",
+                self._doing,
+                wait_s,
+                exc_info=exc,
+                extra={"action": "assign"},
+            )
+        await asyncio.sleep(wait_s)
+        self._wake.set()
 
     async def _reload(self) -> None:
         try:
-            await self.directory.load()
-            await self.fill(list(self.directory.agents))
-        except DispatchError as exc:
-            log.warning("reloading the agents failed: %s", exc, extra={"action": "assign"})
+            async with self._stepping:
+                await self.resync()
+        except Exception as exc:
+            log.warning("reloading the agents failed: %r", exc, extra={"action": "assign"})
+            self.job.failed(exc, "reloading the agents")
+            self._resync = True
+            self._wake.set()
 
     async def step(self) -> None:
         """Act on the events after the cursor and on the tasks kicked meanwhile."""
         due, self._tasks_due = self._tasks_due, set()
         if due:
-            await self.consider(due)
+            self._doing = f"considering {len(due)} tasks whose wait ended"
+            try:
+                await self.consider(due)
+            except BaseException:
+                self._tasks_due |= due
+                raise
         while self.feed.latest > self.cursor:
+            self._doing = f"reading events after {self.cursor}"
             events = await self.feed.read(self.cursor, BATCH)
             if not events:
                 break
+            self._doing = f"handling events {events[0].id} to {events[-1].id}"
             self.cursor = events[-1].id or self.cursor
             await self.handle(events)
 
@@ -195,6 +258,10 @@ class Assigner:
             if event.type == "task.assigned" and event.agent_id:
                 self.waiters.wake(event.agent_id)
             if event.task_id:
+                if event.type in _ASSIGNABLE:
+                    # It changed: worth trying again if it was set aside.
+                    self.set_aside.pop(event.task_id, None)
+                    self._task_failures.pop(event.task_id, None)
                 if event.type in _ASSIGNABLE and _makes_assignable(event):
                     tasks[event.task_id] = None
                 elif event.type in _SETTLED:
@@ -212,7 +279,9 @@ class Assigner:
         """Give each of these tasks, if still waiting, to its best agent, in queue order."""
         now = utcnow()
         found = await self.store.get_tasks(sorted(set(task_ids)))
-        ready = [t for t in sorted(found, key=queue_key) if _ready(t, now)]
+        ready = [
+            t for t in sorted(found, key=queue_key) if _ready(t, now) and t.id not in self.set_aside
+        ]
         for start in range(0, len(ready), CHUNK):
             await self.assign_many(ready[start : start + CHUNK])
 
@@ -224,6 +293,16 @@ class Assigner:
         if len(tasks) == 1:
             await self.assign(tasks[0])
             return
+        try:
+            await self._assign_together(tasks)
+        except DispatchError:
+            raise
+        except Exception:
+            # One of them cannot be placed or written: each on its own finds which.
+            for task in tasks:
+                await self.assign(task)
+
+    async def _assign_together(self, tasks: Sequence[Task]) -> None:
         placement = self.placer.plan(tasks, utcnow())
         if not placement:
             return
@@ -261,10 +340,11 @@ class Assigner:
                 owner=agent.owner,
                 owner_filter=self.rules.owner_filter,
                 now=utcnow(),
-                limit=free,
+                limit=free + len(self.set_aside),
                 room=agent.room,
             )
-            tasks = await self.store.claimable(query)
+            tasks = [t for t in await self.store.claimable(query) if t.id not in self.set_aside]
+            tasks = tasks[:free]
             before = self.assigned
             # Each task goes to whoever is best for it, which may be another agent that
             # gained room in the same moment; then this one looks further down the queue.
@@ -275,7 +355,33 @@ class Assigner:
     # --- one assignment -----------------------------------------------------------------
 
     async def assign(self, task: Task) -> Task | None:
-        """Commit `task` to its best agent; None when nobody can take it now."""
+        """Commit `task` to its best agent; None when nobody can take it now (or it was
+        set aside)."""
+        if task.id in self.set_aside:
+            return None
+        try:
+            given = await self._assign(task)
+        except DispatchError:
+            raise
+        except Exception as exc:
+            tries = self._task_failures[task.id] = self._task_failures.get(task.id, 0) + 1
+            if tries < POISON_AFTER:
+                raise
+            self._task_failures.pop(task.id, None)
+            self.set_aside[task.id] = f"{type(exc).__name__}: {exc}"
+            log.error(
+                "task %s set aside: it failed to be assigned %d times in a row",
+                task.id,
+                tries,
+                exc_info=exc,
+                extra={"action": "assign_set_aside", "task_id": task.id},
+            )
+            self.job.set_aside(f"task {task.id}", exc)
+            return None
+        self._task_failures.pop(task.id, None)
+        return given
+
+    async def _assign(self, task: Task) -> Task | None:
         skip: set[str] = set()
         for _ in range(MAX_TRIES):
             now = utcnow()

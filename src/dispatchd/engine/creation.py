@@ -18,6 +18,7 @@ from dispatchd.domain.access import Caller
 from dispatchd.domain.ids import new_id, utcnow
 from dispatchd.domain.lifecycle import Change, Policy
 from dispatchd.domain.models import Agent, ReviewerKind, Task, TaskSpec, TaskStatus
+from dispatchd.engine.budgets import DailyBudgets
 from dispatchd.engine.placement import Placement, Placer
 from dispatchd.engine.rules import Rules, hand_over
 from dispatchd.engine.transitions import MAX_TRIES, commit_changes
@@ -52,11 +53,13 @@ class TaskCreation:
         *,
         rules: Rules | None = None,
         default_max_attempts: int = 3,
+        budgets: DailyBudgets | None = None,
     ) -> None:
         self.store = store
         self.policy = policy
         self.rules = rules or Rules()
         self.default_max_attempts = default_max_attempts
+        self.budgets = budgets or DailyBudgets()
         # Chooses agents for new tasks; None (no background assignment): they wait.
         self.placer: Placer | None = None
 
@@ -69,6 +72,7 @@ class TaskCreation:
             )
             if existing is not None:
                 return Created(existing, created=False)
+        await self.budgets.check(self.store, caller.agent_id, utcnow())
         try:
             tasks = await self._commit_births([spec], caller, guard)
         except DuplicateKey as exc:
@@ -89,6 +93,7 @@ class TaskCreation:
             raise ValidationFailed(
                 "idempotency keys repeat within the batch", code="duplicate_idempotency_key"
             )
+        await self.budgets.check(self.store, caller.agent_id, utcnow())
         return await self._commit_births(specs, caller)
 
     async def create_with(
@@ -263,6 +268,7 @@ class TaskCreation:
             run_at=spec.run_at,
             due_at=spec.due_at,
             timeout_s=spec.timeout_s,
+            input_timeout_s=spec.input_timeout_s,
             review=spec.review,
             reviewer=spec.reviewer,
             reviewer_kind=kind,
@@ -273,6 +279,7 @@ class TaskCreation:
             labels=tuple(dict.fromkeys(spec.labels)),
             idempotency_key=spec.idempotency_key,
             schedule_id=spec.schedule_id,
+            max_cost_usd=spec.max_cost_usd,
         )
 
 

@@ -6,6 +6,8 @@ earliest one, sleeps until then (at most `tick`, and less when new work may have
 an earlier deadline), and acts on what has passed:
 
 * a running task past its timeout → timed out (retried with backoff, or final);
+* a task waiting for input past its input timeout → failed (`input_timeout`); while it
+  waits its run deadline and lease are set aside (`run_left_ms`), so neither fires;
 * a running task whose lease lapsed (no progress or heartbeat) → requeued as lost;
 * an assigned task not started in time (the wake timeout) → requeued;
   in both cases the agent, if it has not been heard from for as long, is marked offline
@@ -17,6 +19,10 @@ an earlier deadline), and acts on what has passed:
 Each action re-reads the task and re-checks the deadline before it writes, with the
 task's version: a heartbeat or a completion that lands first wins, and a task that
 finished is never touched. Several replicas may sweep at once; one write wins.
+
+A sweep that fails is logged and tried again after a backoff. A task whose action fails
+with an error (not a race) is passed over for that sweep, so the others go on; after
+POISON_AFTER failures in a row it is set aside (logged, counted) until the runtime restarts.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from dispatchd.domain import lifecycle
 from dispatchd.domain.access import Caller
@@ -38,7 +44,7 @@ from dispatchd.engine.agents import status_event
 from dispatchd.engine.followups import unblock_due
 from dispatchd.engine.transitions import MAX_TRIES, commit_changes, transact
 from dispatchd.errors import ConcurrentUpdate, DispatchError, NotFound
-from dispatchd.jobs import stop_if_cancelled
+from dispatchd.jobs import POISON_AFTER, JobStatus, backoff_s, stop_if_cancelled
 from dispatchd.store.base import AppendEvent, Op, Store, UpdateAgent
 
 log = logging.getLogger(__name__)
@@ -78,6 +84,9 @@ class Sweeper:
         self._poke = asyncio.Event()
         self._random = random.SystemRandom()
         self.actions = 0
+        self.job = JobStatus("sweeper")
+        self._task_failures: dict[str, int] = {}
+        self.set_aside: dict[str, str] = {}
         # Fires the schedules whose time came (None: schedules are not fired here).
         self.firer: Firing | None = None
 
@@ -86,14 +95,22 @@ class Sweeper:
         self._poke.set()
 
     async def run(self) -> None:
+        failures = 0
         while True:
             stop_if_cancelled()
             try:
                 await self.sweep()
                 delay = await self._delay()
-            except DispatchError as exc:
-                log.warning("deadline sweep failed: %s", exc, extra={"action": "sweep"})
-                delay = self.tick.total_seconds()
+                failures = 0
+                self.job.ok()
+            except Exception as exc:
+                failures += 1
+                delay = backoff_s(failures, MIN_SLEEP_S * 10, self.tick.total_seconds())
+                self.job.failed(exc, "sweeping the deadlines")
+                if isinstance(exc, DispatchError):
+                    log.warning("deadline sweep failed: %s", exc, extra={"action": "sweep"})
+                else:
+                    log.error("deadline sweep failed", exc_info=exc, extra={"action": "sweep"})
             self._poke.clear()
             try:
                 async with asyncio.timeout(delay):
@@ -118,19 +135,33 @@ class Sweeper:
         while True:
             now = utcnow()
             due = await self.store.due(now, self.since, BATCH)
+            lease, wake = self.policy.lease, self.policy.wake_timeout
             for task in due.timed_out:
-                await self._act(task.id, self._time_out)
+                await self._guard(task.id, "timing out", self._act, task.id, self._time_out)
             for task in due.lease_lost:
-                await self._requeue_silent(task.id, self._lease_lost, self.policy.lease)
+                await self._guard(
+                    task.id, "requeuing", self._requeue_silent, task.id, self._lease_lost, lease
+                )
             for task in due.not_started:
-                await self._requeue_silent(task.id, self._not_started, self.policy.wake_timeout)
+                await self._guard(
+                    task.id, "requeuing", self._requeue_silent, task.id, self._not_started, wake
+                )
             for task in due.run_at:
-                await self._act(task.id, self._run_at)
+                await self._guard(task.id, "unblocking", self._act, task.id, self._run_at)
             if due.ready:
                 self.kick([t.id for t in due.ready])
             total += len(due)
             if self.firer is not None:
-                total += await self.firer.fire_due(now)
+                try:
+                    total += await self.firer.fire_due(now)
+                except DispatchError:
+                    raise
+                except Exception as exc:
+                    # Schedules that cannot be fired must not hold up the task deadlines.
+                    log.error(
+                        "firing the due schedules failed", exc_info=exc, extra={"action": "sweep"}
+                    )
+                    self.job.failed(exc, "firing the due schedules")
             full = max(
                 len(due.timed_out),
                 len(due.lease_lost),
@@ -147,6 +178,38 @@ class Sweeper:
             seen = [t.not_before for t in due.ready if t.not_before is not None]
             self.since = max([self.since, *seen])
 
+    async def _guard(
+        self, task_id: str, doing: str, action: Callable[..., Awaitable[None]], *args: Any
+    ) -> None:
+        """Run one task's action. An error other than the database's is that task's alone:
+        logged and counted, and the sweep goes on with the others."""
+        if task_id in self.set_aside:
+            return
+        try:
+            await action(*args)
+        except DispatchError:
+            raise
+        except Exception as exc:
+            tries = self._task_failures[task_id] = self._task_failures.get(task_id, 0) + 1
+            extra = {"action": "sweep", "task_id": task_id}
+            if tries < POISON_AFTER:
+                log.error("sweep failed %s task %s", doing, task_id, exc_info=exc, extra=extra)
+                self.job.failed(exc, f"{doing} task {task_id}")
+                return
+            self._task_failures.pop(task_id, None)
+            self.set_aside[task_id] = f"{type(exc).__name__}: {exc}"
+            log.error(
+                "task %s set aside by the deadline sweeper after %d failures %s it",
+                task_id,
+                tries,
+                doing,
+                exc_info=exc,
+                extra={**extra, "action": "sweep_set_aside"},
+            )
+            self.job.set_aside(f"task {task_id}", exc)
+        else:
+            self._task_failures.pop(task_id, None)
+
     async def _act(self, task_id: str, compute: Callable[[Task], Awaitable[list[Step]]]) -> None:
         # Gone, or racing a live writer: the next sweep looks again.
         with contextlib.suppress(NotFound, ConcurrentUpdate):
@@ -156,11 +219,14 @@ class Sweeper:
         now = utcnow()
         if not (_held_running(task) and task.deadline_at and task.deadline_at <= now):
             return []
+        if task.status is TaskStatus.WAITING_INPUT:
+            # A waiting task's only deadline is its input timeout: nobody answered.
+            return [(lifecycle.input_timed_out(task, now, self.policy), task)]
         return [(lifecycle.time_out(task, now, self.policy, jitter=self._random.random()), task)]
 
     async def _lease_lost(self, task: Task, now: datetime) -> Change | None:
         lease = task.lease_expires_at
-        if not (_held_running(task) and lease and lease <= now):
+        if not (task.status is TaskStatus.RUNNING and lease and lease <= now):
             return None
         reason = f"lease expired: no heartbeat or progress from {task.assignee}"
         return lifecycle.requeue(task, now, self.policy, reason=reason)

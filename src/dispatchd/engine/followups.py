@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from dispatchd.domain import lifecycle, review
+from dispatchd.domain.costs import BUDGET_EXCEEDED
 from dispatchd.domain.ids import new_id
 from dispatchd.domain.lifecycle import Change, Policy
 from dispatchd.domain.models import Task, TaskKind, TaskStatus, Verdict
@@ -61,7 +62,9 @@ async def follow_ups(
         task = change.task
         if _escalates(change, previous):
             target = task.escalate_to or escalate_to
-            if target is not None and not task.escalated:
+            # Another attempt would spend more of a budget already crossed.
+            budget = task.error_code == BUDGET_EXCEEDED
+            if target is not None and not task.escalated and not budget:
                 step = lifecycle.escalate(task, now, capability=target)
                 more.append((step, task))
                 latest[task.id] = step.task

@@ -22,7 +22,7 @@ from dispatchd.domain.ids import utcnow
 from dispatchd.domain.models import Agent, AgentStatus
 from dispatchd.engine.agents import status_event
 from dispatchd.errors import ConcurrentUpdate, DispatchError
-from dispatchd.jobs import stop_if_cancelled
+from dispatchd.jobs import JobStatus, stop_if_cancelled
 from dispatchd.store.base import AgentFilter, AppendEvent, Store, UpdateAgent
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class Presence:
     def __init__(self, store: Store, offline_after: timedelta) -> None:
         self.store = store
         self.offline_after = offline_after
+        self.job = JobStatus("presence")
 
     @property
     def interval_s(self) -> float:
@@ -48,8 +49,13 @@ class Presence:
             stop_if_cancelled()
             try:
                 await self.sweep()
-            except DispatchError as exc:
-                log.warning("presence sweep failed: %s", exc, extra={"action": "presence"})
+                self.job.ok()
+            except Exception as exc:
+                self.job.failed(exc, "marking silent agents offline")
+                if isinstance(exc, DispatchError):
+                    log.warning("presence sweep failed: %s", exc, extra={"action": "presence"})
+                else:
+                    log.error("presence sweep failed", exc_info=exc, extra={"action": "presence"})
             await asyncio.sleep(self.interval_s)
 
     async def sweep(self) -> list[str]:

@@ -3,7 +3,8 @@
 Queue depth by state (from the per-state counters every commit keeps) and, for unfinished
 tasks, by priority; the oldest pending task's age; wait (creation to start) and run (start
 to finish) time percentiles and throughput over the last 1, 5 and 15 minutes, from the
-tasks that finished in the last 15 minutes (the most recent `SAMPLE` of them when more).
+tasks that finished in the last 15 minutes (the most recent `SAMPLE` of them when more);
+what tasks cost per UTC day, requester and agent, from the cost ledger.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from dispatchd.domain.costs import Cost, day_of
 from dispatchd.domain.ids import utcnow
 from dispatchd.domain.models import AgentStatus, Priority, TaskStatus
 from dispatchd.store.base import Store
@@ -45,7 +47,7 @@ def _summary(values: list[float]) -> dict[str, Any]:
     }
 
 
-async def stats(store: Store, now: datetime | None = None) -> dict[str, Any]:
+async def stats(store: Store, now: datetime | None = None, *, cost_days: int = 7) -> dict[str, Any]:
     now = now or utcnow()
     counts = await store.counts()
     longest = max(WINDOWS.values())
@@ -92,4 +94,45 @@ async def stats(store: Store, now: datetime | None = None) -> dict[str, Any]:
         "sample": {"window_s": longest, "tasks": len(queue.finished), "limit": SAMPLE},
         "throughput": throughput,
         "agents": {"by_state": agents},
+        "costs": await cost_stats(store, now, cost_days),
+    }
+
+
+# Ledger lines read for the cost stats at most (one per day, requester and agent).
+COST_LINES = 10_000
+
+
+async def cost_stats(store: Store, now: datetime, days: int) -> dict[str, Any]:
+    """What tasks cost over the last `days` UTC days (today included): in total, per day,
+    per requester, per agent, and each (day, requester, agent) line of the ledger."""
+    since = day_of(now) - timedelta(days=days - 1)
+    lines = await store.cost_totals(since=since, limit=COST_LINES + 1)
+    truncated = len(lines) > COST_LINES
+    lines = lines[:COST_LINES]
+    total = Cost()
+    by_day: dict[str, Cost] = defaultdict(Cost)
+    by_requester: dict[str, Cost] = defaultdict(Cost)
+    by_agent: dict[str, Cost] = defaultdict(Cost)
+    for line in lines:
+        total += line.cost
+        by_day[line.day.isoformat()] += line.cost
+        by_requester[line.requester] += line.cost
+        by_agent[line.agent] += line.cost
+    return {
+        "since": since.isoformat(),
+        "days": days,
+        "total": total.data(),
+        "by_day": {k: v.data() for k, v in sorted(by_day.items())},
+        "by_requester": {k: v.data() for k, v in sorted(by_requester.items())},
+        "by_agent": {k: v.data() for k, v in sorted(by_agent.items())},
+        "lines": [
+            {
+                "day": line.day.isoformat(),
+                "requester": line.requester,
+                "agent": line.agent,
+                **line.cost.data(),
+            }
+            for line in lines
+        ],
+        "truncated": truncated,
     }

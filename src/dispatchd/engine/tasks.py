@@ -12,12 +12,16 @@ from typing import Any
 from dispatchd.domain import lifecycle, review
 from dispatchd.domain.access import (
     Caller,
+    already_ended,
+    already_started,
     require_holder,
     require_requester_or_admin,
 )
+from dispatchd.domain.costs import CostReport
 from dispatchd.domain.ids import utcnow
 from dispatchd.domain.lifecycle import Change, Policy
 from dispatchd.domain.models import (
+    AttemptOutcome,
     Comment,
     Event,
     Priority,
@@ -28,11 +32,13 @@ from dispatchd.domain.models import (
     TaskSpec,
     TaskStatus,
 )
+from dispatchd.engine.budgets import DailyBudgets
 from dispatchd.engine.creation import Created, TaskCreation
 from dispatchd.engine.rules import Rules
 from dispatchd.engine.transitions import MAX_TRIES, commit_changes, transact
 from dispatchd.errors import (
     ConcurrentUpdate,
+    Conflict,
     DispatchError,
     Forbidden,
     NotFound,
@@ -56,6 +62,7 @@ class Completion:
     result: Any = None
     summary: str | None = None
     attempt: int | None = None
+    cost: CostReport | None = None
 
 
 class TaskService:
@@ -66,13 +73,18 @@ class TaskService:
         *,
         rules: Rules | None = None,
         default_max_attempts: int = 3,
+        budgets: DailyBudgets | None = None,
     ) -> None:
         self.store = store
         self.policy = policy
         self.rules = rules or Rules()
         self._random = random.SystemRandom()
         self.creation = TaskCreation(
-            store, policy, rules=self.rules, default_max_attempts=default_max_attempts
+            store,
+            policy,
+            rules=self.rules,
+            default_max_attempts=default_max_attempts,
+            budgets=budgets,
         )
 
     async def _transact(
@@ -124,8 +136,22 @@ class TaskService:
         past = await self.store.attempts(task.id)
         require_holder(task, caller, past, attempt)
 
+    async def _repeat(
+        self,
+        task: Task,
+        caller: Caller,
+        attempt: int | None,
+        outcome: AttemptOutcome,
+        **same: Any,
+    ) -> bool:
+        """Whether the caller's attempt already ended the task this way (a retried call)."""
+        past = await self.store.attempts(task.id)
+        return already_ended(task, caller, past, attempt, outcome, **same)
+
     async def start(self, task_id: str, caller: Caller, *, attempt: int | None = None) -> Task:
         async def compute(task: Task) -> list[tuple[Change, Task | None]]:
+            if already_started(task, caller, attempt):
+                return []  # a repeat: answered with the task, as the first call was
             await self._as_holder(task, caller, attempt)
             return [(lifecycle.start(task, utcnow(), self.policy), task)]
 
@@ -139,20 +165,20 @@ class TaskService:
         message: str | None,
         percent: float | None,
         attempt: int | None = None,
+        cost: CostReport | None = None,
     ) -> Task:
         async def compute(task: Task) -> list[tuple[Change, Task | None]]:
             await self._as_holder(task, caller, attempt)
             now = utcnow()
+            steps: list[Step] = []
             if task.status is TaskStatus.ASSIGNED:
                 # Reporting progress is proof of work: an assigned task starts implicitly.
                 started = lifecycle.start(task, now, self.policy)
-                step = lifecycle.progress(
-                    started.task, now, self.policy, message=message, percent=percent
-                )
-                return [(started, task), (step, started.task)]
-            return [
-                (lifecycle.progress(task, now, self.policy, message=message, percent=percent), task)
-            ]
+                steps.append((started, task))
+                task = started.task
+            step = lifecycle.progress(task, now, self.policy, message=message, percent=percent)
+            steps.append((lifecycle.charged(step, task, cost, now), task))
+            return steps
 
         return await self._transact(task_id, compute)
 
@@ -164,10 +190,17 @@ class TaskService:
         result: Any,
         summary: str | None,
         attempt: int | None = None,
+        cost: CostReport | None = None,
     ) -> Task:
         async def compute(task: Task) -> list[tuple[Change, Task | None]]:
-            await self._as_holder(task, caller, attempt)
-            return self._completion(task, utcnow(), result, summary)
+            try:
+                await self._as_holder(task, caller, attempt)
+                return self._completion(task, utcnow(), result, summary, cost)
+            except Conflict:
+                done = AttemptOutcome.COMPLETED
+                if await self._repeat(task, caller, attempt, done, result=result, summary=summary):
+                    return []
+                raise
 
         return await self._transact(task_id, compute)
 
@@ -194,7 +227,13 @@ class TaskService:
                     continue
                 try:
                     await self._as_holder(task, caller, item.attempt)
-                    mine = self._completion(task, now, item.result, item.summary)
+                    mine = self._completion(task, now, item.result, item.summary, item.cost)
+                except Conflict as exc:
+                    same = {"result": item.result, "summary": item.summary}
+                    completed = AttemptOutcome.COMPLETED
+                    repeat = await self._repeat(task, caller, item.attempt, completed, **same)
+                    answers[item.task_id] = task if repeat else exc
+                    continue
                 except DispatchError as exc:
                     answers[item.task_id] = exc
                     continue
@@ -211,7 +250,12 @@ class TaskService:
         raise ConcurrentUpdate("these tasks are changing too fast; try again")
 
     def _completion(
-        self, task: Task, now: datetime, result: Any, summary: str | None
+        self,
+        task: Task,
+        now: datetime,
+        result: Any,
+        summary: str | None,
+        cost: CostReport | None = None,
     ) -> list[Step]:
         if task.kind is TaskKind.REVIEW:
             # The verdict is checked before anything is written; `followups` applies it.
@@ -221,7 +265,8 @@ class TaskService:
             started = lifecycle.start(task, now, self.policy)
             steps.append((started, task))
             task = started.task
-        steps.append((lifecycle.complete(task, now, result=result, summary=summary), task))
+        done = lifecycle.complete(task, now, result=result, summary=summary)
+        steps.append((lifecycle.charged(done, task, cost, now), task))
         return steps
 
     async def fail(
@@ -232,18 +277,25 @@ class TaskService:
         error: str,
         retryable: bool = True,
         attempt: int | None = None,
+        cost: CostReport | None = None,
     ) -> Task:
         async def compute(task: Task) -> list[tuple[Change, Task | None]]:
-            await self._as_holder(task, caller, attempt)
-            change = lifecycle.fail(
-                task,
-                utcnow(),
-                self.policy,
-                error=error,
-                retryable=retryable,
-                jitter=self._random.random(),
-            )
-            return [(change, task)]
+            now = utcnow()
+            try:
+                await self._as_holder(task, caller, attempt)
+                change = lifecycle.fail(
+                    task,
+                    now,
+                    self.policy,
+                    error=error,
+                    retryable=retryable,
+                    jitter=self._random.random(),
+                )
+            except Conflict:
+                if await self._repeat(task, caller, attempt, AttemptOutcome.FAILED, error=error):
+                    return []
+                raise
+            return [(lifecycle.charged(change, task, cost, now), task)]
 
         return await self._transact(task_id, compute)
 
@@ -252,7 +304,7 @@ class TaskService:
     ) -> Task:
         async def compute(task: Task) -> list[tuple[Change, Task | None]]:
             await self._as_holder(task, caller, attempt)
-            return [(lifecycle.request_input(task, utcnow(), question=question), task)]
+            return [(lifecycle.request_input(task, utcnow(), self.policy, question=question), task)]
 
         return await self._transact(task_id, compute)
 

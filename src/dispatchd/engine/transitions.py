@@ -17,6 +17,7 @@ from dispatchd.domain.models import Attempt, Event, Task
 from dispatchd.engine.followups import follow_ups
 from dispatchd.errors import ConcurrentUpdate, NotFound
 from dispatchd.store.base import (
+    AddCost,
     AppendEvent,
     AppendProgress,
     AppendReview,
@@ -56,6 +57,8 @@ def ops_for(change: Change, previous: Task | None) -> list[Op]:
         ops.append(AppendProgress(change.progress))
     if change.review is not None:
         ops.append(AppendReview(change.review))
+    if change.charge is not None:
+        ops.append(AddCost(change.charge))
     ops.append(AppendEvent(change.event))
     return ops
 
@@ -107,6 +110,8 @@ def writes_for(steps: Sequence[tuple[Change, Task | None]]) -> tuple[list[Op], d
             ops.append(AppendProgress(change.progress))
         if change.review is not None:
             ops.append(AppendReview(change.review))
+        if change.charge is not None:
+            ops.append(AddCost(change.charge))
         ops.append(AppendEvent(change.event))
     return ops, stored
 
@@ -130,6 +135,7 @@ def _patched(attempt: Attempt, patch: AttemptPatch) -> Attempt:
         ended_at=patch.ended_at or attempt.ended_at,
         outcome=patch.outcome or attempt.outcome,
         error=patch.error if patch.error is not None else attempt.error,
+        cost=patch.cost if patch.cost is not None else attempt.cost,
     )
 
 

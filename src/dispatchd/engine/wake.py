@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 
 from dispatchd.domain.ids import isoformat
 from dispatchd.domain.models import Agent, Task
+from dispatchd.outbound import Outbound
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +25,12 @@ WAKE_TIMEOUT_S = 5.0
 
 
 class Waker:
-    def __init__(self, service_wake: WakeCall | None = None) -> None:
+    def __init__(
+        self, service_wake: WakeCall | None = None, outbound: Outbound | None = None
+    ) -> None:
         self.service_wake = service_wake
+        # Where wake URLs may point, checked on the address each request is sent to.
+        self.outbound = outbound
         self._client: httpx.AsyncClient | None = None
         self._running: set[asyncio.Task[None]] = set()
 
@@ -55,7 +61,7 @@ class Waker:
     async def _post(self, agent: Agent, task: Task) -> None:
         assert agent.wake_url is not None
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=WAKE_TIMEOUT_S)
+            self._client = httpx.AsyncClient(timeout=WAKE_TIMEOUT_S, follow_redirects=False)
         body = {
             "agent_id": agent.id,
             "task_id": task.id,
@@ -63,8 +69,11 @@ class Waker:
             "priority": task.priority.value,
             "start_by": isoformat(task.lease_expires_at) if task.lease_expires_at else None,
         }
-        response = await self._client.post(agent.wake_url, json=body)
-        response.raise_for_status()
+        url, headers, extensions = agent.wake_url, dict[str, str](), dict[str, Any]()
+        if self.outbound is not None:
+            url, headers, extensions = await self.outbound.pin(agent.wake_url)
+        response = await self._client.post(url, json=body, headers=headers, extensions=extensions)
+        response.raise_for_status()  # a redirect too: it is not followed
 
     async def close(self) -> None:
         for job in list(self._running):

@@ -18,16 +18,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 
 from dispatchd.domain.ids import utcnow
 from dispatchd.domain.models import Event
 from dispatchd.engine.feed import EventFeed
 from dispatchd.errors import ConcurrentUpdate, DispatchError
-from dispatchd.jobs import first_of, stop_if_cancelled
+from dispatchd.jobs import (
+    POISON_AFTER,
+    Backoff,
+    JobStatus,
+    backoff_s,
+    first_of,
+    stop_if_cancelled,
+)
 from dispatchd.store.base import (
     RETENTION_CURSOR,
     AdvanceCursor,
@@ -37,24 +42,13 @@ from dispatchd.store.base import (
     Store,
 )
 
+__all__ = ["Backoff", "Consumer", "Follower", "backoff_s", "stored_cursor"]
+
 log = logging.getLogger(__name__)
 
 # An empty read while the feed has heard of later events (the store not showing them yet)
 # is tried again this soon, once per new head, before waiting for the log to grow.
 RECHECK_S = 0.05
-
-
-def backoff_s(failures: int, base_s: float, cap_s: float) -> float:
-    """The wait after `failures` failures in a row: doubling from `base_s`, capped at
-    `cap_s`, and drawn from its upper half so that replicas do not retry in step."""
-    ceiling = min(cap_s, base_s * 2 ** min(failures - 1, 30))
-    return random.uniform(ceiling / 2, ceiling)
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    base_s: float
-    cap_s: float
 
 
 class Consumer(ABC):
@@ -87,6 +81,12 @@ class Consumer(ABC):
         """The follower stops following for now (an error, the lease lost, stopping):
         let go of what only a follower that is running needs."""
         return None
+
+    async def skip(self, event: Event) -> bool:
+        """Move the cursor past `event` without acting on it: it failed every time it was
+        handled alone, and would block every event behind it. False: this consumer cannot
+        skip, and the follower keeps retrying."""
+        return False
 
 
 async def stored_cursor(store: Store, name: str, head: int, *, fenced: bool = False) -> int:
@@ -131,6 +131,12 @@ class Follower:
         self.refresh_s = refresh_s
         self.lease = lease or LocalLease()
         self.failures = 0  # in a row, without a batch handled in between
+        self.job = JobStatus(name)
+        # Failures in a row while handling the events after this position: after
+        # POISON_AFTER the events are handled one at a time, and an event that fails
+        # POISON_AFTER times more alone is set aside (`Consumer.skip`).
+        self._stuck_at: int | None = None
+        self._stuck_tries = 0
         self._failed_at = 0.0
         self._reload = False
         self._wake = asyncio.Event()
@@ -192,14 +198,24 @@ class Follower:
                         await self._sleep(self.refresh_s or self.idle_s, reload_only=True)
                         continue
                 doing = f"reading after event {position}"
-                events = await self.feed.read(position, self.batch)
+                alone = self._stuck_at == position and self._stuck_tries >= POISON_AFTER
+                events = await self.feed.read(position, 1 if alone else self.batch)
                 if events:
                     first, last = events[0].id, events[-1].id
                     assert first is not None and last is not None
                     doing = f"handling events {first} to {last}"
-                    await self.consumer.handle(events)
+                    try:
+                        await self.consumer.handle(events)
+                    except ConcurrentUpdate:
+                        raise
+                    except Exception as exc:
+                        if await self._poisoned(position, events, exc):
+                            position = None
+                            continue
+                        raise
                     position = last
                     self.failures = 0
+                    self.job.ok()
                     continue
                 latest = self.feed.latest
                 if latest > position and latest > seen:
@@ -207,6 +223,7 @@ class Follower:
                     await asyncio.sleep(RECHECK_S)
                     continue
                 doing = f"idle after event {position}"
+                self.job.ok()
                 wait_s = await self.consumer.caught_up()
                 wait_s = self.idle_s if wait_s is None else wait_s
                 if self.refresh_s is not None:
@@ -220,6 +237,33 @@ class Follower:
             except Exception as exc:
                 position = None
                 await self._failed(exc, doing)
+
+    async def _poisoned(self, position: int, events: Sequence[Event], exc: Exception) -> bool:
+        """Count a failure to handle the events after `position`; True when the one event
+        handled alone has failed often enough and was set aside (skipped, logged with its
+        error, counted)."""
+        if self._stuck_at != position:
+            self._stuck_at, self._stuck_tries = position, 0
+        self._stuck_tries += 1
+        if len(events) != 1 or self._stuck_tries < 2 * POISON_AFTER:
+            return False
+        event = events[0]
+        # An outage (the consumer knows its own) is waited out, never skipped over.
+        if self.consumer.explain(exc) is not None or not await self.consumer.skip(event):
+            return False
+        tries, self._stuck_at, self._stuck_tries = self._stuck_tries, None, 0
+        what = f"event {event.id} ({event.type})"
+        log.error(
+            "%s set aside %s after %d failures: %r",
+            self.name,
+            what,
+            tries,
+            exc,
+            exc_info=exc,
+            extra={**self._extra("follower_set_aside"), "event_id": event.id},
+        )
+        self.job.set_aside(what, exc)
+        return True
 
     async def _resume(self) -> int | None:
         position = await self.consumer.resume()
@@ -259,6 +303,7 @@ class Follower:
         self._failed_at = now
         self.failures += 1
         wait_s = backoff_s(self.failures, self.backoff.base_s, self.backoff.cap_s)
+        self.job.failed(exc, doing)
         await self._quietly(self.consumer.pause)
         problem = self.consumer.explain(exc)
         if problem is None:

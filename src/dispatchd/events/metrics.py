@@ -36,6 +36,9 @@ OUTCOMES = {
 _QUEUED = frozenset({"task.requeued", "task.retrying", "task.rejected", "task.escalated"})
 # Tasks remembered as waiting, to time their assignment (oldest forgotten first).
 WAITING_MEMORY = 100_000
+# (requester, agent) label pairs of the cost counters; past them, costs count under
+# ("other", "other"), so that a swarm of one-off requesters cannot swamp Prometheus.
+COST_LABEL_PAIRS = 200
 # Events read per batch (their tasks are read in one query).
 BATCH = 1000
 IDLE_S = 60.0
@@ -67,7 +70,21 @@ class EventMetrics:
         self.events = Counter(
             "dispatchd_events", "Events read from the log, by type", ["type"], registry=registry
         )
+        self.cost_usd = Counter(
+            "dispatchd_cost_usd",
+            "What tasks cost in USD, as their agents reported it, by requester and agent",
+            ["requester", "agent"],
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "dispatchd_cost_tokens",
+            "Tokens tasks used, as their agents reported them, by requester, agent and "
+            "direction (input, output)",
+            ["requester", "agent", "direction"],
+            registry=registry,
+        )
         self._waiting: OrderedDict[str, datetime] = OrderedDict()
+        self._cost_labels: set[tuple[str, str]] = set()
 
     def observe(self, events: Sequence[Event], tasks: dict[str, Task]) -> None:
         for event in events:
@@ -85,6 +102,27 @@ class EventMetrics:
                 if seconds >= 0:
                     self.run_time.labels(event.type.removeprefix("task.")).observe(seconds)
             self._time_assignment(event, task)
+            self._count_cost(event, task)
+
+    def _count_cost(self, event: Event, task: Task | None) -> None:
+        """An event's `cost` is what its report added (docs/costs.md): summed, never
+        counted twice."""
+        cost = event.data.get("cost")
+        if not isinstance(cost, dict):
+            return
+        labels = (task.requester if task else "unknown", event.agent_id or "unknown")
+        if labels not in self._cost_labels:
+            if len(self._cost_labels) < COST_LABEL_PAIRS:
+                self._cost_labels.add(labels)
+            else:
+                labels = ("other", "other")
+        usd, sent, received = (cost.get(k) for k in ("usd", "input_tokens", "output_tokens"))
+        if isinstance(usd, int | float) and usd > 0:
+            self.cost_usd.labels(*labels).inc(usd)
+        if isinstance(sent, int) and sent > 0:
+            self.tokens.labels(*labels, "input").inc(sent)
+        if isinstance(received, int) and received > 0:
+            self.tokens.labels(*labels, "output").inc(received)
 
     def _time_assignment(self, event: Event, task: Task | None) -> None:
         if event.task_id is None:
@@ -135,3 +173,8 @@ class MetricsFollower(Consumer):
         # Moved before counting: a batch that fails half-way is not counted twice.
         self.cursor = last
         self.metrics.observe(events, tasks)
+
+    async def skip(self, event: Event) -> bool:
+        assert event.id is not None
+        self.cursor = event.id
+        return True

@@ -135,6 +135,12 @@ class NatsPublisher(Consumer):
         self.cursor = last
         self.published += len(events)
 
+    async def skip(self, event: Event) -> bool:
+        assert event.id is not None
+        await self.store.commit([SaveCursor(CURSOR, event.id, utcnow())])
+        self.cursor = event.id
+        return True
+
     def explain(self, exc: Exception) -> str | None:
         if isinstance(exc, NATS_ERRORS):
             return f"NATS unavailable ({_describe(exc)})"

@@ -21,6 +21,7 @@ writes nothing twice.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
@@ -72,6 +73,7 @@ class Notifier(Consumer):
         self.cursor = 0  # the last event handled
         self.saved: int | None = None  # the cursor as stored
         self.digest: Digest | None = None  # the open digest as stored
+        self._waiters: set[asyncio.Future[None]] = set()  # long-polling readers
         self.follower = Follower(
             "notifier",
             store,
@@ -151,9 +153,37 @@ class Notifier(Consumer):
             self.digest = digest
         self.cursor = last
 
+    async def skip(self, event: Event) -> bool:
+        assert event.id is not None
+        await self._commit([], event.id)
+        self.cursor = event.id
+        return True
+
     async def _commit(self, ops: list[Op], last: int | None = None) -> None:
         """Commit `ops` with the cursor's move to `last` (None: it stays, but must still be
         where it was read)."""
         to = self.cursor if last is None else last
         await self.store.commit([AdvanceCursor(CURSOR, self.saved, to, utcnow()), *ops])
         self.saved = to
+        if any(isinstance(op, InsertNotification) for op in ops):
+            self._wake()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def written(self, wait_s: float) -> None:
+        """Wait until this replica's notifier writes an entry, or `wait_s` passes (a
+        long-polling reader then looks again: on PostgreSQL another replica may hold the
+        notifier's lease, so no wake-up from here is certain)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.add(waiter)
+        try:
+            async with asyncio.timeout(wait_s):
+                await waiter
+        except TimeoutError:
+            pass
+        finally:
+            self._waiters.discard(waiter)

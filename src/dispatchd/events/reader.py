@@ -7,6 +7,12 @@ the cursor to continue from; events the filter skips still move the cursor, so a
 never scans them twice. An empty read may wait: it is woken by the feed the moment the
 log grows (a commit here, or a NOTIFY from another replica), never by polling.
 
+A reader may also ask for one task's events, those of the tasks one requester created, or
+those of one room (`EventScope`): these filters run in SQL over the part of the log between
+the cursor and its head, so a reader of one task does not scan everyone's events. Event
+ids are given in commit order (store/base.py), so the head read first bounds what such a
+read may have missed: nothing below it appears later.
+
 Retention deletes a prefix of the log (`Store.prune`); a cursor inside the deleted part
 would silently skip events, so it is refused with 410 and the reader must resynchronise.
 """
@@ -24,6 +30,7 @@ from dispatchd.domain.models import Event
 from dispatchd.engine.feed import EventFeed
 from dispatchd.errors import Gone, ValidationFailed
 from dispatchd.store.base import RETENTION_CURSOR, Store
+from dispatchd.store.readers import EventScope
 
 # Events scanned per store read while looking for ones that match.
 SCAN = 1000
@@ -149,16 +156,31 @@ class EventReader:
             )
 
     async def read(
-        self, after: int, types: TypeFilter, *, limit: int, wait_s: float = 0.0
+        self,
+        after: int,
+        types: TypeFilter,
+        *,
+        limit: int,
+        wait_s: float = 0.0,
+        scope: EventScope | None = None,
     ) -> Batch:
-        """The events after `after` that match `types`, at most `limit`; when there are
-        none, wait up to `wait_s` for some."""
+        """The events after `after` that match `types` (and `scope`), at most `limit`; when
+        there are none, wait up to `wait_s` for some."""
         await self.check(after)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(max(wait_s, 0.0), MAX_WAIT_S)
         cursor = after
         while True:
-            scanned = await self.feed.read(cursor, SCAN)
+            passed = cursor  # how far the read saw, when it saw less than SCAN events
+            if scope:
+                head = max(self.feed.latest, await self.store.last_event_id())
+                scanned = await self.store.read_events_where(
+                    scope, after=cursor, until=head, limit=SCAN
+                )
+                # Nothing else up to the head is in scope: the cursor may pass it.
+                passed = head
+            else:
+                scanned = await self.feed.read(cursor, SCAN)
             matched: list[Event] = []
             for event in scanned:
                 assert event.id is not None
@@ -167,6 +189,8 @@ class EventReader:
                     if len(matched) == limit:
                         return Batch(matched, event.id)
                 cursor = event.id
+            if len(scanned) < SCAN:
+                cursor = max(cursor, passed)
             if matched:
                 return Batch(matched, cursor)
             if len(scanned) == SCAN:
@@ -175,12 +199,19 @@ class EventReader:
             if remaining <= 0 or not await self._wait(cursor, remaining):
                 return Batch([], cursor)
 
-    async def follow(self, after: int, types: TypeFilter, *, idle_s: float) -> AsyncIterator[Batch]:
+    async def follow(
+        self,
+        after: int,
+        types: TypeFilter,
+        *,
+        idle_s: float,
+        scope: EventScope | None = None,
+    ) -> AsyncIterator[Batch]:
         """Every batch after `after`, as the log grows; an empty batch after `idle_s`
         without any (for keep-alives). Runs until the caller stops iterating, or the
         reader is closed."""
         cursor = after
         while not self.closed:
-            batch = await self.read(cursor, types, limit=SCAN, wait_s=idle_s)
+            batch = await self.read(cursor, types, limit=SCAN, wait_s=idle_s, scope=scope)
             cursor = batch.cursor
             yield batch

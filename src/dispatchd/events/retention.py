@@ -17,18 +17,21 @@ from datetime import datetime, timedelta
 from dispatchd.config import EventsConfig
 from dispatchd.domain.ids import utcnow
 from dispatchd.errors import DispatchError
-from dispatchd.jobs import stop_if_cancelled
+from dispatchd.jobs import JobStatus, backoff_s, stop_if_cancelled
 from dispatchd.store.base import Pruned, Store
 
 log = logging.getLogger(__name__)
 
 BATCH = 1000
+# The first wait after a failure (doubling up to the interval).
+RETRY_BASE_S = 1.0
 
 
 class Pruner:
     def __init__(self, store: Store, config: EventsConfig) -> None:
         self.store = store
         self.config = config
+        self.job = JobStatus("retention")
 
     def cutoffs(self, now: datetime) -> tuple[datetime | None, datetime | None]:
         events = self.config.retention_days
@@ -65,10 +68,20 @@ class Pruner:
         return Pruned(events=events, tasks=tasks, notifications=notifications)
 
     async def run(self) -> None:
+        failures = 0
         while True:
             stop_if_cancelled()
+            wait_s = self.config.prune_interval_s
             try:
                 await self.prune()
-            except DispatchError as exc:
-                log.warning("retention failed: %s", exc, extra={"action": "prune"})
-            await asyncio.sleep(self.config.prune_interval_s)
+                failures = 0
+                self.job.ok()
+            except Exception as exc:
+                failures += 1
+                wait_s = backoff_s(failures, min(RETRY_BASE_S, wait_s), wait_s)
+                self.job.failed(exc, "deleting what is past retention")
+                if isinstance(exc, DispatchError):
+                    log.warning("retention failed: %s", exc, extra={"action": "prune"})
+                else:
+                    log.error("retention failed", exc_info=exc, extra={"action": "prune"})
+            await asyncio.sleep(wait_s)

@@ -16,6 +16,7 @@ from dispatchd.domain.ids import new_id, utcnow
 from dispatchd.domain.webhooks import Delivery, DeliveryStatus, Webhook, check_url
 from dispatchd.errors import ConcurrentUpdate, NotFound, ValidationFailed
 from dispatchd.events.reader import TypeFilter
+from dispatchd.outbound import Outbound
 from dispatchd.store.base import Page, Store
 
 MAX_TYPES = 50
@@ -50,9 +51,16 @@ def check_types(types: Sequence[str]) -> tuple[str, ...]:
 
 
 class WebhookService:
-    def __init__(self, store: Store, changed: Callable[[], None]) -> None:
+    def __init__(
+        self, store: Store, changed: Callable[[], None], outbound: Outbound | None = None
+    ) -> None:
         self.store = store
         self.changed = changed
+        self.outbound = outbound
+
+    def _check_url(self, url: str) -> str:
+        url = check_url(url)
+        return self.outbound.check_stored(url, "url") if self.outbound else url
 
     async def create(
         self,
@@ -66,7 +74,7 @@ class WebhookService:
         now = utcnow()
         webhook = Webhook(
             id=new_id(),
-            url=check_url(url),
+            url=self._check_url(url),
             secret=secret or new_secret(),
             types=check_types(types),
             description=description,
@@ -92,7 +100,7 @@ class WebhookService:
         """Apply `fields` (url, types, secret, description, active; each optional)."""
         changes = dict(fields)
         if "url" in changes:
-            changes["url"] = check_url(changes["url"])
+            changes["url"] = self._check_url(changes["url"])
         if "types" in changes:
             changes["types"] = check_types(changes["types"])
         for _ in range(UPDATE_TRIES):

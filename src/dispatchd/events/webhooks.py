@@ -52,7 +52,8 @@ from dispatchd.domain.webhooks import (
 from dispatchd.engine.feed import EventFeed
 from dispatchd.events.follower import Backoff, Consumer, Follower
 from dispatchd.events.reader import TypeFilter
-from dispatchd.jobs import stop_if_cancelled
+from dispatchd.jobs import JobStatus, stop_if_cancelled
+from dispatchd.outbound import Outbound, OutboundRefused
 from dispatchd.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,15 @@ class DeliveryWriter(Consumer):
         if written:
             self._written()
 
+    async def skip(self, event: Event) -> bool:
+        assert event.id is not None
+        behind = [h for h, cursor in self._cursors.items() if cursor < event.id]
+        if behind:
+            await self.store.enqueue_deliveries([Advance(h, event.id, ()) for h in behind])
+            for hook_id in behind:
+                self._cursors[hook_id] = event.id
+        return True
+
 
 class WebhookDispatcher:
     def __init__(
@@ -149,15 +159,19 @@ class WebhookDispatcher:
         *,
         clock: Callable[[], datetime] = utcnow,
         jitter: Callable[[], float] = random.random,
+        outbound: Outbound | None = None,
     ) -> None:
         self.store = store
         self.config = config
+        # Where deliveries may go, checked on the address each request is sent to.
+        self.outbound = outbound
         self.policy = policy_of(config)
         self.lease = timedelta(seconds=config.timeout_s + LEASE_MARGIN_S)
         self._clock = clock
         self._jitter = jitter
         self._send_wake = asyncio.Event()
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self.sender_job = JobStatus("webhook sender")
         # Made on the first delivery: building one (its TLS context) costs tens of ms,
         # which a runtime that never sends should not pay.
         self._client: httpx.AsyncClient | None = None
@@ -208,8 +222,10 @@ class WebhookDispatcher:
             self._send_wake.clear()
             try:
                 wait_s = await self.send_due(spawn)
-            except Exception:
+                self.sender_job.ok()
+            except Exception as exc:
                 log.exception("webhook sender failed", extra={"action": "webhook"})
+                self.sender_job.failed(exc, "sending the due deliveries")
                 wait_s = RETRY_S
             await _wait(self._send_wake, wait_s)
 
@@ -288,7 +304,13 @@ class WebhookDispatcher:
         timeout_s = self.config.timeout_s
         try:
             async with asyncio.timeout(timeout_s):
-                request = self._http().stream("POST", hook.url, content=body, headers=headers)
+                url, extensions = hook.url, dict[str, Any]()
+                if self.outbound is not None:
+                    url, pinned, extensions = await self.outbound.pin(hook.url)
+                    headers.update(pinned)
+                request = self._http().stream(
+                    "POST", url, content=body, headers=headers, extensions=extensions
+                )
                 async with request as response:
                     if 200 <= response.status_code < 300:
                         return True, response.status_code, None
@@ -297,6 +319,8 @@ class WebhookDispatcher:
                     return False, response.status_code, f"{error}: {excerpt}" if excerpt else error
         except TimeoutError:
             return False, None, f"no answer within {timeout_s:g} s"
+        except OutboundRefused as exc:
+            return False, None, str(exc)[:EXCERPT]
         except Exception as exc:  # any failure to deliver is a failed attempt
             return False, None, f"{type(exc).__name__}: {exc}"[:EXCERPT]
 

@@ -74,6 +74,8 @@ class Outcome:
     error: str | None = None
     retryable: bool = True
     context: Mapping[str, Any] | None = None
+    # What the run cost, when the agent says: {"usd", "input_tokens", "output_tokens"}.
+    cost: Mapping[str, float | int] | None = None
 
 
 class AgentAdapter(Protocol):
@@ -123,10 +125,16 @@ def error_text(error: str | None) -> str:
 
 
 def failed(
-    error: str | None, *, retryable: bool = True, context: Mapping[str, Any] | None = None
+    error: str | None,
+    *,
+    retryable: bool = True,
+    context: Mapping[str, Any] | None = None,
+    cost: Mapping[str, float | int] | None = None,
 ) -> Outcome:
     """A failed outcome with its error text clipped by `error_text`."""
-    return Outcome(ok=False, error=error_text(error), retryable=retryable, context=context)
+    return Outcome(
+        ok=False, error=error_text(error), retryable=retryable, context=context, cost=cost
+    )
 
 
 def json_size(value: Any) -> int | None:
@@ -359,15 +367,18 @@ class ClaudeCode:
         if message is None:
             return self.fallback.outcome(inv, result)
         context = _session_context(message, self.host)
+        cost = cost_of(message)
         text = message.get("result")
         subtype = message.get("subtype")
         if result.exit_code == 0 and not message.get("is_error") and subtype == "success":
             value = read_result_file(inv.result_file)
             if value is None and isinstance(text, str):
                 value = output_result(text.strip()) or None
-            return Outcome(ok=True, result=value, summary=first_line(value), context=context)
+            return Outcome(
+                ok=True, result=value, summary=first_line(value), context=context, cost=cost
+            )
         if not message.get("is_error") and subtype == "success":
-            return failed(failure_message(result), context=context)
+            return failed(failure_message(result), context=context, cost=cost)
         detail = text if isinstance(text, str) and text.strip() else None
         errors = message.get("errors")
         if detail is None and isinstance(errors, list) and errors:
@@ -377,7 +388,24 @@ class ClaudeCode:
         error = f"claude reported {subtype or 'an error'} ({_exit_description(result.exit_code)})"
         if detail:
             error = f"{error}: {detail.strip()}"
-        return failed(error, context=context)
+        return failed(error, context=context, cost=cost)
+
+
+def cost_of(message: Mapping[str, Any]) -> dict[str, float | int] | None:
+    """What the run cost, from the CLI's `total_cost_usd` and `usage` token counts (the
+    run's totals: the attempt's cost when the session is new, and at least it on a
+    resumed one, since the broker keeps the highest total an attempt reports)."""
+    cost: dict[str, float | int] = {}
+    usd = message.get("total_cost_usd")
+    if isinstance(usd, int | float) and not isinstance(usd, bool) and usd >= 0:
+        cost["usd"] = float(usd)
+    usage = message.get("usage")
+    if isinstance(usage, Mapping):
+        for key in ("input_tokens", "output_tokens"):
+            value = usage.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                cost[key] = value
+    return cost or None
 
 
 def _session_context(message: Mapping[str, Any], host: str) -> dict[str, Any] | None:

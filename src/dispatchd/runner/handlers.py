@@ -105,11 +105,20 @@ class Job:
     def client(self) -> AsyncClient:
         return self.worker.client
 
-    async def progress(self, message: str | None = None, percent: float | None = None) -> None:
-        """Report progress (this also renews the task's lease). A refusal because the task
-        is no longer this worker's also stops the handler."""
+    async def progress(
+        self,
+        message: str | None = None,
+        percent: float | None = None,
+        *,
+        cost: Mapping[str, float | int] | None = None,
+    ) -> None:
+        """Report progress (this also renews the task's lease), and with `cost` what the
+        attempt has cost so far (its running total; docs/costs.md). A refusal because the
+        task is no longer this worker's also stops the handler."""
         try:
-            await self.client.report_progress(self.id, message, percent, attempt=self.attempt)
+            await self.client.report_progress(
+                self.id, message, percent, attempt=self.attempt, cost=cost
+            )
         except Conflict:
             await self.worker.verify(self, "progress refused")
             raise
@@ -129,7 +138,7 @@ class Job:
         async with asyncio.timeout(timeout_s):
             while True:
                 page = await self.client.read_events(
-                    cursor, types="task.input_received", wait_s=30, limit=100
+                    cursor, types="task.input_received", task=self.id, wait_s=30, limit=100
                 )
                 cursor = page.next_cursor
                 for event in page.events:
@@ -142,20 +151,38 @@ class Job:
         fields.setdefault("depends_on", [self.id])
         return await self.client.create_task(title, **fields)
 
-    async def complete(self, result: Any = None, summary: str | None = None) -> None:
-        """Complete the task now (a handler's return value does this by itself)."""
+    async def complete(
+        self,
+        result: Any = None,
+        summary: str | None = None,
+        *,
+        cost: Mapping[str, float | int] | None = None,
+    ) -> None:
+        """Complete the task now (a handler's return value does this by itself), with what
+        the attempt cost."""
         self.reported = True
         await self.worker.report(
-            self, lambda: self.client.complete_task(self.id, result, summary, attempt=self.attempt)
+            self,
+            lambda: self.client.complete_task(
+                self.id, result, summary, attempt=self.attempt, cost=cost
+            ),
         )
 
-    async def fail(self, error: str, *, retryable: bool = True) -> None:
+    async def fail(
+        self,
+        error: str,
+        *,
+        retryable: bool = True,
+        cost: Mapping[str, float | int] | None = None,
+    ) -> None:
         """Fail the task now (an exception from the handler does this by itself)."""
         self.reported = True
         text = clip(error)
         await self.worker.report(
             self,
-            lambda: self.client.fail_task(self.id, text, retryable=retryable, attempt=self.attempt),
+            lambda: self.client.fail_task(
+                self.id, text, retryable=retryable, attempt=self.attempt, cost=cost
+            ),
         )
 
 

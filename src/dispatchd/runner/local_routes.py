@@ -63,9 +63,14 @@ class CommentBody(Body):
         return self.body if self.body is not None else str(self.comment)
 
 
+# What the attempt has cost so far, passed on to the broker, which checks it.
+CostBody = dict[str, Any] | None
+
+
 class ProgressBody(Body):
     message: str | None = None
     percent: float | None = Field(None, ge=0, le=100)
+    cost: CostBody = None
 
 
 class QuestionBody(Body):
@@ -76,11 +81,13 @@ class QuestionBody(Body):
 class CompleteBody(Body):
     result: Any = None
     summary: str | None = None
+    cost: CostBody = None
 
 
 class FailBody(Body):
     error: Text
     retryable: bool = True
+    cost: CostBody = None
 
 
 class FollowUpBody(Body):
@@ -133,7 +140,7 @@ async def report_progress(
     task_id: str, body: ProgressBody, scope: Scope, ctx: Ctx
 ) -> dict[str, Any]:
     task = await ctx.client.report_progress(
-        own(scope, task_id), body.message, body.percent, attempt=scope.attempt
+        own(scope, task_id), body.message, body.percent, attempt=scope.attempt, cost=body.cost
     )
     return task_view(task)
 
@@ -148,7 +155,12 @@ async def ask_question(task_id: str, body: QuestionBody, scope: Scope, ctx: Ctx)
     )
     answer: str | None = None
     if body.wait_s > 0:
-        answer, task = await _await_answer(ctx, scope, task, body.wait_s)
+        # The agent's process waits for a person: its timeout stops, as the broker's does.
+        scope.clock.hold()
+        try:
+            answer, task = await _await_answer(ctx, scope, task, body.wait_s)
+        finally:
+            scope.clock.release()
     return {"answer": answer, "task": task_view(task)}
 
 
@@ -166,7 +178,10 @@ async def _await_answer(
     while (remaining := deadline - loop.time()) > 0:
         read = asyncio.ensure_future(
             client.read_events(
-                cursor, types=list(_ANSWER_EVENTS), wait_s=min(remaining, _POLL_SLICE_S)
+                cursor,
+                types=list(_ANSWER_EVENTS),
+                task=asked.id,
+                wait_s=min(remaining, _POLL_SLICE_S),
             )
         )
         closed = asyncio.ensure_future(scope.closed.wait())
@@ -221,9 +236,11 @@ async def complete_task(
     task_id: str, scope: Scope, ctx: Ctx, body: CompleteBody | None = None
 ) -> dict[str, Any]:
     body = body or CompleteBody()
-    return task_view(await complete(scope, ctx, own(scope, task_id), body.result, body.summary))
+    task = await complete(scope, ctx, own(scope, task_id), body.result, body.summary, body.cost)
+    return task_view(task)
 
 
 @router.post("/tasks/{task_id}/fail")
 async def fail_task(task_id: str, body: FailBody, scope: Scope, ctx: Ctx) -> dict[str, Any]:
-    return task_view(await fail(scope, ctx, own(scope, task_id), body.error, body.retryable))
+    task = await fail(scope, ctx, own(scope, task_id), body.error, body.retryable, body.cost)
+    return task_view(task)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from dispatchd.client import AsyncClient
 from dispatchd.client.models import Task
+from dispatchd.runner.process import Stopwatch
 
 Finished = Literal["completed", "failed"]
 
@@ -37,6 +38,8 @@ class TaskScope:
     finished: Finished | None = None
     followups: set[str] = field(default_factory=set, repr=False)
     closed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    # The agent's timeout; held while it waits for the answer to its question.
+    clock: Stopwatch = field(default_factory=Stopwatch, repr=False)
 
     def env(self) -> dict[str, str]:
         """The environment variables that point a subprocess at this scope."""
@@ -108,19 +111,33 @@ def readable(scope: TaskScope, task_id: str) -> str:
 
 
 async def complete(
-    scope: TaskScope, ctx: LocalContext, task_id: str, result: Any, summary: str | None
+    scope: TaskScope,
+    ctx: LocalContext,
+    task_id: str,
+    result: Any,
+    summary: str | None,
+    cost: Mapping[str, Any] | None = None,
 ) -> Task:
     """Complete the task and note that the agent reported it itself."""
-    task = await ctx.client.complete_task(task_id, result, summary, attempt=scope.attempt)
+    task = await ctx.client.complete_task(
+        task_id, result, summary, attempt=scope.attempt, cost=cost
+    )
     scope.finished = "completed"
     return task
 
 
 async def fail(
-    scope: TaskScope, ctx: LocalContext, task_id: str, error: str, retryable: bool
+    scope: TaskScope,
+    ctx: LocalContext,
+    task_id: str,
+    error: str,
+    retryable: bool,
+    cost: Mapping[str, Any] | None = None,
 ) -> Task:
     """Fail the task and note that the agent reported it itself."""
-    task = await ctx.client.fail_task(task_id, error, retryable=retryable, attempt=scope.attempt)
+    task = await ctx.client.fail_task(
+        task_id, error, retryable=retryable, attempt=scope.attempt, cost=cost
+    )
     scope.finished = "failed"
     return task
 

@@ -38,11 +38,42 @@ _DRAIN_S = 2.0
 # The last output is handed to `on_output` when the process ends; a callback slower than this
 # does not hold the result back.
 _FINAL_FLUSH_S = 5.0
+# While the timeout's clock is held, the supervisor looks again this often.
+_HELD_RECHECK_S = 0.5
+
+
+class Stopwatch:
+    """The time that counts against a process's timeout. It stops while the agent waits for
+    a person (its question through the local API), as the broker's run timeout does."""
+
+    def __init__(self) -> None:
+        self._holds = 0
+        self._since = 0.0
+        self._stopped_s = 0.0
+
+    @property
+    def held(self) -> bool:
+        return self._holds > 0
+
+    def hold(self) -> None:
+        if self._holds == 0:
+            self._since = time.monotonic()
+        self._holds += 1
+
+    def release(self) -> None:
+        self._holds -= 1
+        if self._holds == 0:
+            self._stopped_s += time.monotonic() - self._since
+
+    def stopped_s(self, now: float) -> float:
+        """How long it has been held, up to `now` (`time.monotonic()`)."""
+        return self._stopped_s + (now - self._since if self.held else 0.0)
 
 
 @dataclass(frozen=True)
 class ProcessSpec:
-    """What to run. `env` is added to this process's environment."""
+    """What to run. `env` is added to this process's environment. `clock`, when given,
+    stops the timeout while it is held."""
 
     argv: Sequence[str]
     env: Mapping[str, str] = field(default_factory=dict)
@@ -50,6 +81,7 @@ class ProcessSpec:
     timeout_s: float | None = None
     grace_s: float = 5.0
     output_cap: int = 65536
+    clock: Stopwatch | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -180,6 +212,19 @@ class AgentProcess:
         finally:
             self._finished.set()
 
+    def _left(self, started: float) -> float | None:
+        """Seconds until the timeout (None: none; while the clock is held, when to look
+        again)."""
+        timeout, clock = self.spec.timeout_s, self.spec.clock
+        if timeout is None:
+            return None
+        now = time.monotonic()
+        if clock is None:
+            return max(0.0, timeout - (now - started))
+        if clock.held:
+            return _HELD_RECHECK_S
+        return max(0.0, timeout - (now - started - clock.stopped_s(now)))
+
     async def _supervise(self, proc: asyncio.subprocess.Process, started: float) -> ProcessResult:
         assert proc.stdout is not None and proc.stderr is not None
         readers = [
@@ -192,9 +237,13 @@ class AgentProcess:
             exited = asyncio.create_task(self._leader_exit(proc))
             stop = asyncio.create_task(self._stop_requested.wait())
             try:
-                done, _ = await asyncio.wait(
-                    {exited, stop}, timeout=self.spec.timeout_s, return_when=asyncio.FIRST_COMPLETED
-                )
+                while True:
+                    left = self._left(started)
+                    done, _ = await asyncio.wait(
+                        {exited, stop}, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if done or left is None or self._left(started) == 0:
+                        break
             finally:
                 exited.cancel()
                 stop.cancel()

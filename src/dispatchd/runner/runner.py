@@ -284,6 +284,7 @@ class Runner:
                 env=env,
                 cwd=self.options.cwd,
                 timeout_s=timeout,
+                clock=scope.clock,
                 grace_s=self.options.kill_grace_s,
                 output_cap=self.options.output_cap,
             )
@@ -310,9 +311,11 @@ class Runner:
         if scope.finished is not None or result.stopped:
             return  # the agent reported itself, or it was stopped: nothing more to say
         if outcome.ok:
-            await job.complete(outcome.result, outcome.summary)
+            await job.complete(outcome.result, outcome.summary, cost=outcome.cost)
         else:
-            await job.fail(outcome.error or "the agent failed", retryable=outcome.retryable)
+            await job.fail(
+                outcome.error or "the agent failed", retryable=outcome.retryable, cost=outcome.cost
+            )
 
     async def _progress(self, job: Job, text: str) -> None:
         lines = [line for line in text.splitlines() if line.strip()]

@@ -16,8 +16,8 @@ tasks and runs a handler function for each, reporting progress, completion and f
 * A handler's return value completes the task; an exception fails it with a short
   traceback (`TaskFailed(..., retryable=False)` makes the failure final). Every report
   carries the task's attempt, so a worker whose task was taken away changes nothing.
-* The broker's event log tells the worker when a task it runs was cancelled, timed out or
-  requeued: that handler is cancelled at once.
+* The broker's event log tells the worker when a task it runs was cancelled, timed out,
+  requeued or stopped by its budget: that handler is cancelled at once.
 * On SIGTERM/SIGINT (or `stop()`) the worker stops claiming, gives running handlers
   `grace_s` to finish, cancels the rest and deregisters, which hands every task it still
   holds back to the queue in one commit.
@@ -44,6 +44,7 @@ from dispatchd.client.errors import (
     TransportError,
 )
 from dispatchd.client.models import Event, Task
+from dispatchd.domain.costs import BUDGET_EXCEEDED
 from dispatchd.domain.models import TaskStatus
 from dispatchd.runner.handlers import (
     Handler,
@@ -74,7 +75,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # Events that may mean a running task is no longer this worker's; each is checked against
 # the task itself before its handler is stopped.
-WATCHED = "task.cancelled,task.requeued,task.timed_out,task.retrying,task.assigned"
+WATCHED = "task.cancelled,task.requeued,task.timed_out,task.retrying,task.assigned,task.failed"
 HELD = frozenset({TaskStatus.RUNNING, TaskStatus.WAITING_INPUT, TaskStatus.ASSIGNED})
 RETRY_CAP_S = 10.0
 # Finished (task, attempt) pairs remembered, so a stale listing never runs one again.
@@ -533,4 +534,9 @@ class Worker:
             return  # this worker's own failure report
         if event.type == "task.assigned" and event.agent_id == self.agent_id:
             return
-        await self.verify(held[0], event.type.removeprefix("task."))
+        if event.type == "task.failed" and event.data.get("code") != BUDGET_EXCEEDED:
+            return  # a failure this worker reported; a crossed budget stops the attempt
+        why = event.type.removeprefix("task.")
+        await self.verify(
+            held[0], "budget exceeded" if event.data.get("code") == BUDGET_EXCEEDED else why
+        )

@@ -30,10 +30,14 @@ from dispatchd.domain.models import (
 )
 from dispatchd.domain.notifications import Digest, Notification
 from dispatchd.domain.webhooks import Advance, Delivery, DeliveryStatus, Head, Outcome, Webhook
+from dispatchd.store.base_costs import AddCost as AddCost
+from dispatchd.store.base_costs import CostReads
+from dispatchd.store.base_costs import CostTotal as CostTotal
 from dispatchd.store.base_schedules import InsertFire as InsertFire
 from dispatchd.store.base_schedules import InsertSchedule as InsertSchedule
 from dispatchd.store.base_schedules import ScheduleReads
 from dispatchd.store.base_schedules import UpdateSchedule as UpdateSchedule
+from dispatchd.store.readers import ReaderStore
 from dispatchd.store.rooms import DeleteRoom, InsertRoom, RequireRoom, RoomStore, UpdateRoom
 
 # --- write operations -----------------------------------------------------------------
@@ -148,7 +152,8 @@ class DeleteAgent:
 
 @dataclass(frozen=True, slots=True)
 class RenewLeases:
-    """Extend the lease of every running (or waiting_input) task of an agent (heartbeat).
+    """Extend the lease of every running task of an agent (heartbeat); a task waiting for
+    input has no lease until its answer arrives.
 
     Bumps each task's version, so that a lease sweep computed before the renewal cannot land.
     """
@@ -206,6 +211,7 @@ Op = (
     | PatchAttempt
     | AppendProgress
     | AppendReview
+    | AddCost
     | AppendComment
     | InsertAgent
     | UpdateAgent
@@ -376,9 +382,10 @@ class LocalLease:
         return None
 
 
-class Store(RoomStore, ScheduleReads, Protocol):
+class Store(RoomStore, ScheduleReads, ReaderStore, CostReads, Protocol):
     """Persistence for tasks, agents, attempts, progress, comments and the event log;
-    rooms in `store.rooms`, schedules in `store.base_schedules`."""
+    rooms in `store.rooms`, schedules in `store.base_schedules`, the cost ledger in
+    `store.base_costs`."""
 
     dialect: str
 
@@ -515,12 +522,6 @@ class Store(RoomStore, ScheduleReads, Protocol):
 
     async def open_digest(self) -> Digest | None:
         """The notification digest still collecting items (`SaveDigest`), if any."""
-        ...
-
-    async def list_notifications(
-        self, *, after: int, limit: int, unacknowledged_only: bool = False
-    ) -> list[Notification]:
-        """Up to `limit` finished notifications with an id above `after`, oldest first."""
         ...
 
     async def acknowledge_notifications(

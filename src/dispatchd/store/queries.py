@@ -13,6 +13,7 @@ from dispatchd.domain.models import ACTIVE_STATES, TERMINAL_STATES
 from dispatchd.domain.webhooks import DeliveryStatus
 from dispatchd.store.base import AgentFilter, ClaimQuery, TaskFilter
 from dispatchd.store.connector import Dialect
+from dispatchd.store.readers import EventScope
 from dispatchd.store.rows import (
     AGENT_COLUMNS,
     DELIVERY_COLUMNS,
@@ -136,6 +137,31 @@ class Queries:
         where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
         order = "DESC" if descending else "ASC"
         return d.sql(f"SELECT * FROM tasks {where}ORDER BY id {order} LIMIT :limit"), params
+
+    def events_where(self, scope: EventScope) -> tuple[str, dict[str, Any]]:
+        """The events in `(after, until]` that `scope` selects. A task's events come from
+        the `events_task` index; the requester's and the room's by the task each event
+        names (its primary key), over the id range only."""
+        clauses = ["e.id > :after", "e.id <= :until"]
+        params: dict[str, Any] = {}
+        join = ""
+        if scope.task_id is not None:
+            params["task_id"] = scope.task_id
+            clauses.append("e.task_id = :task_id")
+        if scope.requester is not None or scope.room is not None:
+            join = " LEFT JOIN tasks t ON t.id = e.task_id"
+        if scope.requester is not None:
+            params["requester"] = scope.requester
+            clauses.append("t.requester = :requester")
+        if scope.room is not None:
+            params["room"] = scope.room
+            # `{event_room}` reads `data` unqualified: only events have that column here.
+            clauses.append("(t.scope = :room OR {event_room} = :room)")
+        sql = (
+            f"SELECT e.* FROM events e{join} WHERE {' AND '.join(clauses)} "
+            "ORDER BY e.id LIMIT :limit"
+        )
+        return self.dialect.sql(sql), params
 
     def list_agents(self, flt: AgentFilter, cursor: str | None) -> tuple[str, dict[str, Any]]:
         d = self.dialect

@@ -7,14 +7,24 @@
 
 -- name: insert_attempt
 INSERT INTO attempts (task_id, number, agent_id, assigned_at, started_at, ended_at, outcome,
-    error)
-VALUES (:task_id, :number, :agent_id, :assigned_at, :started_at, :ended_at, :outcome, :error);
+    error, cost)
+VALUES (:task_id, :number, :agent_id, :assigned_at, :started_at, :ended_at, :outcome, :error,
+    :cost);
 
 -- name: patch_attempt
 UPDATE attempts
 SET started_at = COALESCE(:started_at, started_at), ended_at = COALESCE(:ended_at, ended_at),
-    outcome = COALESCE(:outcome, outcome), error = COALESCE(:error, error)
+    outcome = COALESCE(:outcome, outcome), error = COALESCE(:error, error), cost = COALESCE(:cost,
+    cost)
 WHERE task_id = :task_id AND number = :number;
+
+-- name: add_cost
+-- What a cost report added, on the ledger line of its requester, UTC day and agent.
+INSERT INTO cost_totals (requester, day, agent, usd, input_tokens, output_tokens)
+VALUES (:requester, :day, :agent, :usd, :input_tokens, :output_tokens)
+ON CONFLICT (requester, day, agent) DO UPDATE
+SET usd = cost_totals.usd + excluded.usd, input_tokens = cost_totals.input_tokens +
+    excluded.input_tokens, output_tokens = cost_totals.output_tokens + excluded.output_tokens;
 
 -- name: insert_progress
 INSERT INTO progress (task_id, attempt, agent_id, message, percent, created_at)
@@ -35,9 +45,10 @@ VALUES (:type, :task_id, :agent_id, :data, :created_at)
 RETURNING id;
 
 -- name: renew_leases
+-- A task waiting for input has no lease (it stops counting until the answer arrives).
 UPDATE tasks
 SET lease_expires_at = :until, version = version + 1
-WHERE assignee = :agent_id AND status IN ('running', 'waiting_input');
+WHERE assignee = :agent_id AND status = 'running';
 
 -- name: insert_dep
 INSERT INTO task_deps (parent_id, child_id)
@@ -96,8 +107,8 @@ SET last_event_id = :last, updated_at = :at
 WHERE name = :name AND last_event_id = :expected;
 
 -- name: insert_notification
-INSERT INTO notifications (kind, task_id, data, event_id, created_at)
-VALUES (:kind, :task_id, :data, :event_id, :created_at);
+INSERT INTO notifications (kind, task_id, data, event_id, created_at, requester)
+VALUES (:kind, :task_id, :data, :event_id, :created_at, :requester);
 
 -- name: save_digest
 INSERT INTO notification_digest (name, opened_at, closes_at, event_id, data, updated_at)
@@ -221,6 +232,15 @@ FROM tasks
 WHERE finished_at >= :since AND status IN {terminal}
 ORDER BY finished_at DESC LIMIT :limit;
 
+-- name: cost_totals
+SELECT day, requester, agent, usd, input_tokens, output_tokens FROM cost_totals
+WHERE day >= :since
+ORDER BY day, requester, agent LIMIT :limit;
+
+-- name: spent_usd
+SELECT sum(usd) AS usd FROM cost_totals
+WHERE requester = :requester AND day = :day;
+
 -- --- assignment and deadlines ------------------------------------------------------------
 
 -- name: assigned
@@ -240,7 +260,7 @@ WHERE deadline_at <= :now AND status IN ('running', 'waiting_input') LIMIT :limi
 
 -- name: due_lease_lost
 SELECT * FROM tasks
-WHERE lease_expires_at <= :now AND status IN ('running', 'waiting_input') LIMIT :limit;
+WHERE lease_expires_at <= :now AND status = 'running' LIMIT :limit;
 
 -- name: due_not_started
 SELECT * FROM tasks
@@ -322,6 +342,17 @@ ORDER BY id LIMIT :limit;
 -- name: unacknowledged
 SELECT * FROM notifications
 WHERE id > :after AND acknowledged_at IS NULL
+ORDER BY id LIMIT :limit;
+
+-- name: requester_notifications
+-- A requester's entries, and the digests (cut to its items by the reader).
+SELECT * FROM notifications
+WHERE id > :after AND (requester = :requester OR kind = 'digest')
+ORDER BY id LIMIT :limit;
+
+-- name: requester_unacknowledged
+SELECT * FROM notifications
+WHERE id > :after AND (requester = :requester OR kind = 'digest') AND acknowledged_at IS NULL
 ORDER BY id LIMIT :limit;
 
 -- name: ack_up_to

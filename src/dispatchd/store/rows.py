@@ -99,13 +99,15 @@ _PLANS: dict[tuple[Any, Codec, bool], _Plan] = {}
 def _kind(hint: Any) -> tuple[str, Any]:
     """How a field of this declared type is stored: time, json (`extra`: what the value is
     turned into first, list or dict), bool, enum, records (a tuple of records, JSON with
-    times as RFC 3339 text) or as it is (plain)."""
+    times as RFC 3339 text), record (one, as a JSON object) or as it is (plain)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         members = [a for a in args if a is not type(None)]
         return _kind(members[0]) if len(members) == 1 else ("json", None)
     if origin is tuple and dataclasses.is_dataclass(args[0]):
         return "records", args[0]
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return "record", hint
     if origin in (tuple, list):
         return "json", list
     if origin in (dict, Mapping):
@@ -139,6 +141,8 @@ def _dumper(kind: str, extra: Any, codec: Codec) -> Convert:
             return lambda v: v.value
         case "json":
             return (lambda v: dump_json(extra(v))) if extra else dump_json
+        case "record":
+            return lambda v: dump_json(_plain_record(v))
         case _:  # records
             return lambda v: dump_json([_plain_record(r) for r in v])
 
@@ -155,6 +159,8 @@ def _loader(kind: str, extra: Any, codec: Codec) -> Convert:
         case "json":
             # Tuples in the records, lists in JSON.
             return (lambda v: tuple(load_json(v))) if extra is list else load_json
+        case "record":
+            return lambda v: _record_from(extra, load_json(v) or {})
         case _:  # records
             return lambda v: tuple(_record_from(extra, item) for item in load_json(v) or ())
 

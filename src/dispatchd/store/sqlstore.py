@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, TypeVar
 
+from dispatchd.domain.costs import Cost
 from dispatchd.domain.models import (
     Agent,
     Attempt,
@@ -30,6 +31,7 @@ from dispatchd.store.base import (
     ClaimPlan,
     ClaimQuery,
     CommitListener,
+    CostTotal,
     Counts,
     Due,
     Lease,
@@ -41,6 +43,7 @@ from dispatchd.store.base import (
 )
 from dispatchd.store.connector import Body, Connector, Query, all_rows, execute, one
 from dispatchd.store.queries import Queries
+from dispatchd.store.readers import EventScope
 from dispatchd.store.rows import OPEN_DIGEST, digest_from_row, encode_cursor, from_row, to_row
 
 logger = logging.getLogger(__name__)
@@ -234,11 +237,36 @@ class SQLStore:
 
         return await self.connector.transaction(body(), write=False)
 
+    async def cost_totals(self, *, since: date, limit: int) -> list[CostTotal]:
+        rows = await self.connector.fetch_all(
+            self.q.cost_totals, {"since": since.isoformat(), "limit": limit}
+        )
+        return [
+            CostTotal(
+                date.fromisoformat(r["day"]),
+                r["requester"],
+                r["agent"],
+                Cost(float(r["usd"]), int(r["input_tokens"]), int(r["output_tokens"])),
+            )
+            for r in rows
+        ]
+
+    async def spent_usd(self, requester: str, day: date) -> float:
+        params = {"requester": requester, "day": day.isoformat()}
+        row = await self.connector.fetch_one(self.q.spent_usd, params)
+        return float(row["usd"]) if row and row["usd"] is not None else 0.0
+
     async def events_for_task(self, task_id: str) -> list[Event]:
         return await self._all(Event, self.q.task_events, task_id=task_id)
 
     async def read_events(self, *, after: int, limit: int) -> list[Event]:
         return await self._all(Event, self.q.events_after, after=after, limit=limit)
+
+    async def read_events_where(
+        self, scope: EventScope, *, after: int, until: int, limit: int
+    ) -> list[Event]:
+        sql, params = self.q.events_where(scope)
+        return await self._all(Event, sql, after=after, until=until, limit=limit, **params)
 
     async def last_event_id(self) -> int:
         row = await self.connector.fetch_one(self.q.last_event, {})
@@ -288,8 +316,17 @@ class SQLStore:
         return digest_from_row(row, self.codec) if row else None
 
     async def list_notifications(
-        self, *, after: int, limit: int, unacknowledged_only: bool = False
+        self,
+        *,
+        after: int,
+        limit: int,
+        unacknowledged_only: bool = False,
+        requester: str | None = None,
     ) -> list[Notification]:
+        if requester is not None:
+            q = self.q
+            sql = q.requester_unacknowledged if unacknowledged_only else q.requester_notifications
+            return await self._all(Notification, sql, after=after, limit=limit, requester=requester)
         sql = self.q.unacknowledged if unacknowledged_only else self.q.notifications
         return await self._all(Notification, sql, after=after, limit=limit)
 

@@ -18,6 +18,7 @@ from dispatchd.domain.models import Agent, Event, Task, TaskStatus
 from dispatchd.errors import AgentUnavailable, ConcurrentUpdate, Conflict, NotFound
 from dispatchd.store.base import (
     RETENTION_CURSOR,
+    AddCost,
     AdvanceCursor,
     AppendComment,
     AppendEvent,
@@ -124,6 +125,17 @@ def _apply(q: Queries, op: Op, counts: dict[str, int], loads: dict[str, int]) ->
             yield execute(q.insert_progress, to_row(entry, codec))
         case AppendReview(review):
             yield execute(q.insert_review, to_row(review, codec))
+        case AddCost(charge):
+            cost = charge.cost
+            params = {
+                "requester": charge.requester,
+                "day": charge.day.isoformat(),
+                "agent": charge.agent,
+                "usd": cost.usd,
+                "input_tokens": cost.input_tokens,
+                "output_tokens": cost.output_tokens,
+            }
+            yield execute(q.add_cost, params)
         case AppendComment(comment):
             yield execute(q.insert_comment, to_row(comment, codec))
         case InsertAgent(agent):

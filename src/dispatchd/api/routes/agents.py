@@ -42,11 +42,13 @@ def _fields(body: AgentRegister | AgentPatch) -> dict[str, Any]:
     fields = body.model_dump(exclude_unset=True, exclude={"id"})
     if "capabilities" in fields:
         fields["capabilities"] = _weights(body.capabilities) or {}
-    if fields.get("status") == AgentStatus.OFFLINE:
-        raise ValidationFailed(
-            "an agent cannot set itself offline; deregister or stop heartbeating instead",
-            code="invalid_status",
-        )
+    # A null status or limit leaves it as it is: an agent always has a status, and no limit
+    # is the default limit already.
+    for name in ("status", "max_concurrent"):
+        if name in fields and fields[name] is None:
+            del fields[name]
+    if "status" in fields:
+        fields["status"] = AgentStatus(fields["status"])
     return fields
 
 

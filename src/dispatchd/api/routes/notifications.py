@@ -1,12 +1,16 @@
-"""Notifications for humans (SPEC §4, docs/events.md#notifications), admin only.
+"""Notifications for humans (SPEC §4, docs/events.md#notifications).
 
 `GET /api/v1/notifications` pages through the finished entries by cursor (the id of the
-last entry seen) and shows the digest still collecting items beside them;
-`POST /api/v1/notifications/ack` marks entries as seen.
+last entry seen) and shows the digest still collecting items beside them. The admin reads
+every entry; any other caller reads those about the tasks it requested, and the digests
+cut to its tasks' items. With `wait_s` an empty read waits for the next entry it may see.
+`POST /api/v1/notifications/ack` marks entries as seen (admin only: an acknowledgement is
+everyone's).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -22,7 +26,12 @@ from dispatchd.api.schemas.notifications import (
 )
 from dispatchd.domain.access import require_admin
 from dispatchd.domain.ids import utcnow
+from dispatchd.domain.notifications import Notification, for_requester
 from dispatchd.errors import ValidationFailed
+
+# A waiting read looks again this often even when this replica's notifier wrote nothing:
+# on PostgreSQL the notifier may run on another replica.
+RECHECK_S = 1.0
 
 router = APIRouter(prefix="/api/v1/notifications", tags=["notifications"], responses=ERRORS)
 
@@ -54,21 +63,46 @@ async def list_notifications(
     unacknowledged: Annotated[
         bool, Query(description="only the entries nobody has acknowledged")
     ] = False,
+    wait_s: Annotated[
+        float,
+        Query(ge=0, le=60, description="when there is nothing new, wait up to this long"),
+    ] = 0.0,
 ) -> NotificationList:
     """Finished notifications after `after`, oldest first: failures, timeouts, escalations
     and questions as they happen, and digests of completions and progress once their
-    window ends. `open_digest` is the digest still collecting items, if any."""
-    require_admin(caller)
-    start = _cursor(after)
-    found = await rt.store.list_notifications(
-        after=start, limit=limit, unacknowledged_only=unacknowledged
-    )
+    window ends. `open_digest` is the digest still collecting items, if any. The admin
+    sees everything; another caller the entries about the tasks it requested."""
+    reader = None if caller.is_admin else caller.agent_id
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    cursor = _cursor(after)
+    while True:
+        found = await rt.store.list_notifications(
+            after=cursor, limit=limit, unacknowledged_only=unacknowledged, requester=reader
+        )
+        items = found if reader is None else _visible(found, reader)
+        # Entries the reader may not see still move its cursor.
+        cursor = found[-1].id if found and found[-1].id is not None else cursor
+        if items:
+            break
+        if len(found) == limit:
+            continue  # a run of entries for others: read on
+        remaining = deadline - loop.time()
+        if remaining <= 0 or rt.events.closed:
+            break
+        await rt.notifier.written(min(remaining, RECHECK_S))
     digest = await rt.store.open_digest()
+    if digest is not None and reader is not None:
+        digest = digest.only(reader)
     return NotificationList(
-        items=[NotificationOut.of(n) for n in found],
-        next_cursor=str(found[-1].id) if found else str(start),
+        items=[NotificationOut.of(n) for n in items],
+        next_cursor=str(cursor),
         open_digest=OpenDigestOut.of(digest) if digest is not None else None,
     )
+
+
+def _visible(found: list[Notification], reader: str) -> list[Notification]:
+    return [n for e in found if (n := for_requester(e, reader)) is not None]
 
 
 @router.post("/ack", response_model=AckOut)

@@ -21,6 +21,7 @@ from dispatchd.api.schemas.claims import (
     StartBody,
 )
 from dispatchd.api.schemas.common import ErrorOut, ItemError, opt_isoformat
+from dispatchd.api.schemas.costs import report_of
 from dispatchd.api.schemas.events import EventList, EventOut
 from dispatchd.api.schemas.explain import CandidateOut, ExcludedOut, ExplainOut, RouteOut
 from dispatchd.api.schemas.tasks import (
@@ -44,7 +45,7 @@ from dispatchd.errors import DispatchError, ValidationFailed
 from dispatchd.store.base import TaskFilter
 
 ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 413, 422)
+    code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 413, 422, 429)
 }
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"], responses=ERRORS)
@@ -86,7 +87,9 @@ async def complete_batch(
     """Complete many held tasks in one transaction. Each item answers for itself: a task
     the caller may not complete gets its error (in the error form) and the rest go ahead."""
     items = [
-        Completion(i.task_id, result=i.result, summary=i.summary, attempt=i.attempt)
+        Completion(
+            i.task_id, result=i.result, summary=i.summary, attempt=i.attempt, cost=report_of(i.cost)
+        )
         for i in body.items
     ]
     answers = await rt.tasks.complete_many(items, caller)
@@ -282,7 +285,12 @@ async def report_progress(
     task_id: str, body: ProgressBody, caller: CallerDep, rt: RuntimeDep
 ) -> TaskOut:
     task = await rt.tasks.progress(
-        task_id, caller, message=body.message, percent=body.percent, attempt=body.attempt
+        task_id,
+        caller,
+        message=body.message,
+        percent=body.percent,
+        attempt=body.attempt,
+        cost=report_of(body.cost),
     )
     return TaskOut.of(task)
 
@@ -293,7 +301,12 @@ async def complete_task(
 ) -> TaskOut:
     body = body or CompleteBody()
     task = await rt.tasks.complete(
-        task_id, caller, result=body.result, summary=body.summary, attempt=body.attempt
+        task_id,
+        caller,
+        result=body.result,
+        summary=body.summary,
+        attempt=body.attempt,
+        cost=report_of(body.cost),
     )
     return TaskOut.of(task)
 
@@ -301,7 +314,12 @@ async def complete_task(
 @router.post("/{task_id}/fail", response_model=TaskOut)
 async def fail_task(task_id: str, body: FailBody, caller: CallerDep, rt: RuntimeDep) -> TaskOut:
     task = await rt.tasks.fail(
-        task_id, caller, error=body.error, retryable=body.retryable, attempt=body.attempt
+        task_id,
+        caller,
+        error=body.error,
+        retryable=body.retryable,
+        attempt=body.attempt,
+        cost=report_of(body.cost),
     )
     return TaskOut.of(task)
 

@@ -46,6 +46,7 @@ from dispatchd.api.schemas.common import (
     Weight,
     opt_isoformat,
 )
+from dispatchd.api.schemas.costs import CostIn, CostOut
 from dispatchd.api.schemas.events import (
     EventList,
     EventOut,
@@ -137,6 +138,8 @@ __all__ = [
     "CompleteBody",
     "CompleteItem",
     "CompleteItemOut",
+    "CostIn",
+    "CostOut",
     "CurrentTaskOut",
     "DeliveryList",
     "DeliveryOut",

@@ -11,6 +11,10 @@ from dispatchd.api.schemas.common import Id, Request, Short, Tag, Weight, opt_is
 from dispatchd.domain.ids import isoformat
 from dispatchd.domain.models import Agent, AgentStatus
 
+# An agent is offline when it stops heartbeating or deregisters, never by saying so.
+SettableStatus = Literal["ready", "sleeping", "busy", "degraded"]
+STATUS_DOC = "Availability; null or absent leaves it as it is (a new agent starts ready)"
+
 
 class AgentRegister(Request):
     id: Id | None = Field(None, description="Defaults to the caller's X-Agent-ID")
@@ -25,7 +29,7 @@ class AgentRegister(Request):
     )
     dispatch_model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     description: Short | None = None
-    status: AgentStatus | None = None
+    status: SettableStatus | None = Field(None, description=STATUS_DOC)
 
 
 class AgentPatch(Request):
@@ -38,7 +42,7 @@ class AgentPatch(Request):
     )
     dispatch_model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     description: Short | None = None
-    status: AgentStatus | None = None
+    status: SettableStatus | None = Field(None, description=STATUS_DOC)
 
 
 class HeartbeatBody(Request):

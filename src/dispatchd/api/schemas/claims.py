@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, StringConstraints
 
 from dispatchd.api.schemas.common import Id, ItemError, Request, Short, Tag
+from dispatchd.api.schemas.costs import CostIn
 from dispatchd.api.schemas.tasks import TaskOut
 
 
@@ -24,11 +25,17 @@ class StartBody(AttemptFence):
 class ProgressBody(AttemptFence):
     message: Short | None = None
     percent: float | None = Field(None, ge=0, le=100)
+    cost: CostIn | None = Field(
+        None, description="The attempt's running cost so far (docs/costs.md)"
+    )
 
 
 class CompleteBody(AttemptFence):
     result: Any = None
     summary: Short | None = None
+    cost: CostIn | None = Field(
+        None, description="The attempt's running cost so far (docs/costs.md)"
+    )
 
 
 class CompleteItem(CompleteBody):
@@ -42,6 +49,9 @@ class CompleteBatch(Request):
 class FailBody(AttemptFence):
     error: Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
     retryable: bool = True
+    cost: CostIn | None = Field(
+        None, description="The attempt's running cost so far (docs/costs.md)"
+    )
 
 
 class InputRequestBody(AttemptFence):

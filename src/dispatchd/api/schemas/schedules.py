@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, StringConstraints, model_validator
+from pydantic import BaseModel, Field, StringConstraints, WithJsonSchema, model_validator
 
 from dispatchd.api.schemas.common import Request, opt_isoformat
 from dispatchd.domain.ids import isoformat
@@ -15,9 +15,25 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Cron = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Zone = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 CatchUp = Annotated[int, Field(ge=0, le=31 * 24 * 3600)]
+TEMPLATE_DOC = (
+    "any task creation body (POST /api/v1/tasks) but its idempotency key, checked at once"
+)
+# Described as what it must be, so that a client (or a fuzzer) built from the document sends
+# a template the server takes: a task creation body, without an idempotency key (each firing
+# makes a new task).
 Template = Annotated[
     dict[str, Any],
-    Field(description="any task creation body (POST /api/v1/tasks), checked at once"),
+    WithJsonSchema(
+        {
+            "allOf": [
+                {"$ref": "#/components/schemas/TaskCreate"},
+                {"not": {"required": ["idempotency_key"]}},
+            ],
+            "description": TEMPLATE_DOC,
+        },
+        mode="validation",
+    ),
+    Field(description=TEMPLATE_DOC),
 ]
 CRON_DOC = "five cron fields (`0 9 * * 1-5`) or a macro (`@hourly`, `@daily`, ...)"
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field, StringConstraints, model_validator
+from pydantic import BaseModel, Field, StringConstraints, model_validator
 
-from dispatchd.api.schemas.common import Id, Request, Short, Tag, Text, Title, opt_isoformat
+from dispatchd.api.schemas.common import Id, Request, Short, Tag, Text, Time, Title, opt_isoformat
+from dispatchd.api.schemas.costs import CostOut, Usd
 from dispatchd.domain.ids import isoformat
 from dispatchd.domain.models import (
     Attempt,
@@ -56,9 +57,16 @@ class TaskCreate(Request):
     scope: Id | None = Field(None, description="The room the task belongs to")
     assigned_to: Id | None = None
     depends_on: list[Id] = Field(default_factory=list, max_length=100)
-    run_at: AwareDatetime | None = None
-    due_at: AwareDatetime | None = None
+    run_at: Time | None = None
+    due_at: Time | None = None
     timeout_s: int | None = Field(None, ge=1, le=7 * 24 * 3600)
+    input_timeout_s: int | None = Field(
+        None,
+        ge=1,
+        le=30 * 24 * 3600,
+        description="How long a question may wait for its answer before the task fails "
+        "(input_timeout); default from assignment.input_timeout_ms, none by default",
+    )
     max_attempts: int | None = Field(None, ge=1, le=100)
     review: bool = False
     reviewer: Id | ReviewerRef | None = Field(
@@ -71,6 +79,9 @@ class TaskCreate(Request):
     labels: list[Tag] = Field(default_factory=list, max_length=50)
     context: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    max_cost_usd: Usd | None = Field(
+        None, description="A budget: the attempt that crosses it is stopped, the task fails"
+    )
 
     def reviewer_of(self) -> tuple[str | None, ReviewerKind | None]:
         """The reviewer named and what it names."""
@@ -103,6 +114,7 @@ class TaskCreate(Request):
             run_at=self.run_at,
             due_at=self.due_at,
             timeout_s=self.timeout_s,
+            input_timeout_s=self.input_timeout_s,
             max_attempts=self.max_attempts,
             review=self.review,
             reviewer=reviewer,
@@ -112,6 +124,7 @@ class TaskCreate(Request):
             labels=self.labels,
             context=self.context,
             idempotency_key=key or self.idempotency_key,
+            max_cost_usd=self.max_cost_usd,
         )
 
 
@@ -169,6 +182,7 @@ class AttemptOut(BaseModel):
     ended_at: str | None
     outcome: str | None
     error: str | None
+    cost: CostOut = Field(default_factory=CostOut)
 
     @classmethod
     def of(cls, a: Attempt) -> AttemptOut:
@@ -180,6 +194,7 @@ class AttemptOut(BaseModel):
             ended_at=opt_isoformat(a.ended_at),
             outcome=a.outcome.value if a.outcome else None,
             error=a.error,
+            cost=CostOut.of(a.cost),
         )
 
 
@@ -240,10 +255,13 @@ class TaskOut(BaseModel):
     result: Any
     summary: str | None
     error: str | None
+    # The three below have defaults so that the SDK reads a server without costs too.
+    error_code: str | None = None
     depends_on: list[str]
     run_at: str | None
     due_at: str | None
     timeout_s: int | None
+    input_timeout_s: int | None
     review: bool
     reviewer: ReviewerOut | None
     escalate_to: str | None
@@ -259,6 +277,7 @@ class TaskOut(BaseModel):
     retry_at: str | None
     lease_expires_at: str | None
     deadline_at: str | None
+    run_left_ms: int | None
     started_at: str | None
     finished_at: str | None
     created_at: str
@@ -267,6 +286,8 @@ class TaskOut(BaseModel):
     review_of: str | None = None
     excluded_agent: str | None = None
     preferred_agent: str | None = None
+    cost: CostOut = Field(default_factory=CostOut)
+    max_cost_usd: float | None = None
 
     @classmethod
     def of(cls, t: Task) -> TaskOut:
@@ -293,10 +314,12 @@ class TaskOut(BaseModel):
             result=t.result,
             summary=t.summary,
             error=t.error,
+            error_code=t.error_code,
             depends_on=list(t.depends_on),
             run_at=opt_isoformat(t.run_at),
             due_at=opt_isoformat(t.due_at),
             timeout_s=t.timeout_s,
+            input_timeout_s=t.input_timeout_s,
             review=t.review,
             reviewer=_reviewer_out(t),
             escalate_to=t.escalate_to,
@@ -312,6 +335,7 @@ class TaskOut(BaseModel):
             retry_at=opt_isoformat(t.not_before),
             lease_expires_at=opt_isoformat(t.lease_expires_at),
             deadline_at=opt_isoformat(t.deadline_at),
+            run_left_ms=t.run_left_ms,
             started_at=opt_isoformat(t.started_at),
             finished_at=opt_isoformat(t.finished_at),
             created_at=isoformat(t.created_at),
@@ -320,6 +344,8 @@ class TaskOut(BaseModel):
             review_of=t.review_of,
             excluded_agent=t.excluded_agent,
             preferred_agent=t.preferred_agent,
+            cost=CostOut.of(t.cost),
+            max_cost_usd=t.max_cost_usd,
         )
 
 

@@ -13,6 +13,7 @@ they take a task: `work` (birth to running), `outcomes` (how an attempt ends), `
 from __future__ import annotations
 
 from dispatchd.domain.backoff import BackoffPolicy, backoff
+from dispatchd.domain.lifecycle.budget import charged
 from dispatchd.domain.lifecycle.change import AttemptPatch, Change, Policy
 from dispatchd.domain.lifecycle.edits import merge_patch, update
 from dispatchd.domain.lifecycle.outcomes import (
@@ -20,6 +21,7 @@ from dispatchd.domain.lifecycle.outcomes import (
     cancel,
     complete,
     fail,
+    input_timed_out,
     reject,
     requeue,
     time_out,
@@ -50,6 +52,7 @@ __all__ = [
     "assign",
     "backoff",
     "cancel",
+    "charged",
     "check",
     "complete",
     "create",
@@ -57,6 +60,7 @@ __all__ = [
     "escalate",
     "escalation_notice",
     "fail",
+    "input_timed_out",
     "merge_patch",
     "progress",
     "provide_input",

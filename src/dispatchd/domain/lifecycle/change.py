@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from dispatchd.domain.costs import Charge, Cost
 from dispatchd.domain.lifecycle.table import Action, check
 from dispatchd.domain.models import (
     Attempt,
@@ -30,6 +31,8 @@ class Policy:
     max_review_cycles: int = 3
     # How long an assigned task may wait to be started before it goes elsewhere.
     wake_timeout: timedelta = timedelta(seconds=30)
+    # How long a question waits for its answer when the task names no limit (None: for ever).
+    input_timeout: timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,7 @@ class AttemptPatch:
     ended_at: datetime | None = None
     outcome: AttemptOutcome | None = None
     error: str | None = None
+    cost: Cost | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,8 @@ class Change:
     progress: ProgressEntry | None = None
     # A verdict on the task's work, recorded with the transition that applies it.
     review: Review | None = None
+    # What a cost report added, for the ledger of its requester, agent and day.
+    charge: Charge | None = None
 
 
 def new_event(kind: str, task: Task, now: datetime, agent: str | None, **data: Any) -> Event:
@@ -68,6 +74,9 @@ def move(task: Task, action: Action, target: TaskStatus, now: datetime, **change
     if target is TaskStatus.PENDING and task.model_routed:
         # Back in the queue: the next agent may route to another model.
         changes = {"model": None, "model_routed": False, **changes}
+    if "error" in changes and "error_code" not in changes:
+        # A new error text replaces the code of the old one.
+        changes["error_code"] = None
     return task.evolve(status=target, updated_at=now, version=task.version + 1, **changes)
 
 
@@ -81,8 +90,20 @@ def end(task: Task, now: datetime, outcome: AttemptOutcome, error: str | None) -
     return AttemptPatch(task.id, task.attempt, ended_at=now, outcome=outcome, error=error)
 
 
-# What an attempt that ends lets go of: its lease, its deadline, an open question.
-RELEASE: dict[str, Any] = {"lease_expires_at": None, "deadline_at": None, "question": None}
+# What an attempt that ends lets go of: its lease, its deadline, an open question (and the
+# run time it kept while the question waited).
+RELEASE: dict[str, Any] = {
+    "lease_expires_at": None,
+    "deadline_at": None,
+    "question": None,
+    "run_left_ms": None,
+}
+
+
+def input_timeout_of(task: Task, policy: Policy) -> timedelta | None:
+    if task.input_timeout_s is not None:
+        return timedelta(seconds=task.input_timeout_s)
+    return policy.input_timeout
 
 
 def iso(value: datetime | None) -> str | None:

@@ -3,6 +3,7 @@ timed out (retried after a backoff, or final), lost by its agent, or cancelled."
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +13,7 @@ from dispatchd.domain.lifecycle.change import (
     Change,
     Policy,
     end,
+    input_timeout_of,
     iso,
     move,
     new_event,
@@ -182,6 +184,19 @@ def time_out(task: Task, now: datetime, policy: Policy, *, jitter: float) -> Cha
     return _ended(
         task, Action.TIME_OUT, S.TIMED_OUT, now, policy, error=error, retryable=True, jitter=jitter
     )
+
+
+def input_timed_out(task: Task, now: datetime, policy: Policy) -> Change:
+    """Nobody answered the task's question in time: the task fails, at once and for good
+    (another attempt would only ask again), with the error code `input_timeout`."""
+    limit = input_timeout_of(task, policy)
+    waited = f" within {limit.total_seconds():g}s" if limit is not None else ""
+    error = f"input_timeout: nobody answered the question{waited}"
+    change = _ended(
+        task, Action.FAIL, S.FAILED, now, policy, error=error, retryable=False, jitter=0.0
+    )
+    data = {**change.event.data, "code": "input_timeout", "question": task.question}
+    return dataclasses.replace(change, event=dataclasses.replace(change.event, data=data))
 
 
 def _ended(

@@ -4,13 +4,16 @@ that holds the task (start, progress, a question and its answer)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from dispatchd.domain.costs import Cost
 from dispatchd.domain.lifecycle.change import (
     AttemptPatch,
     Change,
     Policy,
+    input_timeout_of,
+    iso,
     move,
     new_event,
     timeout_of,
@@ -66,8 +69,10 @@ def assign(
         not_before=None,
         lease_expires_at=start_by,
         deadline_at=None,
+        run_left_ms=None,
         started_at=None,
         question=None,
+        attempt_cost=Cost(),
     )
     attempt = Attempt(task_id=task.id, number=number, agent_id=agent_id, assigned_at=now)
     event = new_event("task.assigned", new, now, agent_id, attempt=number, model=new.model)
@@ -107,16 +112,46 @@ def progress(
     return Change(new, event, progress=entry)
 
 
-def request_input(task: Task, now: datetime, *, question: str) -> Change:
-    new = move(task, Action.REQUEST_INPUT, S.WAITING_INPUT, now, question=question)
-    return Change(new, new_event("task.waiting_input", new, now, task.assignee, question=question))
+def request_input(task: Task, now: datetime, policy: Policy, *, question: str) -> Change:
+    """The agent asks a question. Its run time and lease stop counting while a person
+    thinks: the run time left is kept (`run_left_ms`) and the lease is cleared; the only
+    deadline left is the input timeout, when there is one."""
+    left_ms: int | None = None
+    if task.deadline_at is not None:
+        left_ms = max(0, int((task.deadline_at - now) / timedelta(milliseconds=1)))
+    limit = input_timeout_of(task, policy)
+    new = move(
+        task,
+        Action.REQUEST_INPUT,
+        S.WAITING_INPUT,
+        now,
+        question=question,
+        run_left_ms=left_ms,
+        lease_expires_at=None,
+        deadline_at=now + limit if limit is not None else None,
+    )
+    event = new_event(
+        "task.waiting_input",
+        new,
+        now,
+        task.assignee,
+        question=question,
+        answer_by=iso(new.deadline_at),
+    )
+    return Change(new, event)
 
 
 def provide_input(task: Task, now: datetime, policy: Policy, *, answer: str, by: str) -> Change:
+    """The answer arrives: the run time left when the question was asked counts on from
+    now, and the lease starts afresh."""
     context = dict(task.context)
     answers = list(context.get("answers", []))
     answers.append({"question": task.question, "answer": answer, "by": by})
     context["answers"] = answers
+    if task.run_left_ms is not None:
+        deadline = now + timedelta(milliseconds=task.run_left_ms)
+    else:
+        deadline = now + timeout_of(task, policy)
     new = move(
         task,
         Action.PROVIDE_INPUT,
@@ -125,5 +160,7 @@ def provide_input(task: Task, now: datetime, policy: Policy, *, answer: str, by:
         context=context,
         question=None,
         lease_expires_at=now + policy.lease,
+        deadline_at=deadline,
+        run_left_ms=None,
     )
     return Change(new, new_event("task.input_received", new, now, by, answer=answer))

@@ -1,0 +1,62 @@
+"""The API fuzzed by schemathesis, as a user would point it at `/openapi.json`.
+
+Every route, every check (server errors, responses that break their schema, undocumented
+status codes, schema-valid requests refused, `Allow` on 405, ...), all phases, the stateful
+one included (it follows the links schemathesis infers between routes, so it reaches real
+tasks, agents, rooms, schedules and webhooks through their ids). A fixed seed makes the run
+repeatable; its size is bounded so that it stays a couple of minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.server import ServerProcess, clean_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1000)]
+
+SEED = 20261206
+EXAMPLES = 12
+TIMEOUT_S = 900
+
+
+def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
+    token = "dsp_admin_fuzz_" + "x" * 32
+    with ServerProcess(tmp_path / "server", env={"DISPATCH_ADMIN_TOKEN": token}) as server:
+        run = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("st")),
+                "run",
+                f"{server.api_url}/openapi.json",
+                "--checks",
+                "all",
+                "--header",
+                f"Authorization: Bearer {token}",
+                "--header",
+                "X-Agent-ID: fuzzer",
+                "--max-examples",
+                str(EXAMPLES),
+                "--seed",
+                str(SEED),
+                "--workers",
+                "1",
+                "--request-timeout",
+                "30",
+                "--continue-on-failure",
+                "--generation-database",
+                ":memory:",
+            ],
+            cwd=tmp_path,
+            env=clean_env({"NO_COLOR": "1", "SCHEMATHESIS_TELEMETRY": "false"}),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            check=False,
+        )
+        errors = [line for line in server.describe().splitlines() if "Traceback" in line]
+    assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-5000:]
+    assert not errors, server.describe()
