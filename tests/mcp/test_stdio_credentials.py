@@ -14,18 +14,35 @@ async def test_an_agent_token_and_as_name_the_caller(
     live_server: LiveServer, unique: str, tmp_path: Path
 ) -> None:
     agent_id = f"lead-{unique}"
-    async with AsyncClient(live_server.url, agent_id=agent_id) as lead:
+    async with (
+        AsyncClient(live_server.url, agent_id=agent_id) as lead,
+        AsyncClient(live_server.url, agent_id=f"hand-{unique}") as hand,
+        AsyncClient(
+            live_server.url, agent_id="operator", admin_token=live_server.admin_token
+        ) as admin,
+    ):
         token = (await lead.register_agent(capabilities=[f"lead-{unique}"])).token
-    assert token is not None
-    env = {"DISPATCH_TOKEN": token, "DISPATCH_AGENT_ID": agent_id}
-    async with stdio_session(live_server.url, cwd=tmp_path, env=env) as session:
-        task = await call(
-            session, "dispatch_task", {"prompt": "p", "capabilities": [f"n-{unique}"]}
-        )
-        assert task["task"]["requester"] == agent_id
-        # An agent is no admin: the admin's reads are refused with the API's reason.
-        refused = await call_error(session, "get_notifications", {})
-        assert "403" in refused
+        await hand.register_agent(capabilities=[f"hand-{unique}"])
+        await admin.create_room(f"r-{unique}")
+        assert token is not None
+        env = {"DISPATCH_TOKEN": token, "DISPATCH_AGENT_ID": agent_id}
+        async with stdio_session(live_server.url, cwd=tmp_path, env=env) as session:
+            start = await call(session, "get_notifications", {})
+            arguments = {"prompt": "p", "capabilities": [f"hand-{unique}"]}
+            task = (await call(session, "dispatch_task", arguments))["task"]
+            assert task["requester"] == agent_id
+            claim = await hand.claim(wait_s=10)
+            await hand.fail_task(claim.tasks[0].id, "no disk", retryable=False)
+            # A requester reads the news of its own tasks, and only those, waiting for it.
+            news = await call(
+                session, "get_notifications", {"after": start["next_cursor"], "wait_s": 20}
+            )
+            assert [(n["kind"], n["task_id"]) for n in news["notifications"]] == [
+                ("failed", task["id"])
+            ]
+            # An agent is no admin: interrupting a room is refused with the API's reason.
+            refused = await call_error(session, "interrupt_room", {"room": f"r-{unique}"})
+            assert "403" in refused
 
 
 async def test_a_wrong_token_is_a_tool_error_not_a_crash(

@@ -252,7 +252,7 @@ async def test_notifications_give_failures_at_once_and_completions_in_a_digest(
 
         async def digest_arrived() -> bool:
             nonlocal cursor
-            page = await call(session, "get_notifications", {"after": cursor})
+            page = await call(session, "get_notifications", {"after": cursor, "wait_s": 10})
             seen.extend(page["notifications"])
             cursor = page["next_cursor"]
             return any(

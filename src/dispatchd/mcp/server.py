@@ -45,6 +45,8 @@ Connect = Callable[[Context], AbstractAsyncContextManager[AsyncClient]]
 
 # One long-poll of the broker's event log while check_task waits (the API allows 60 s).
 POLL_SLICE_S = 25.0
+# An empty long-poll answered this much before its wait ran out was cut short.
+EARLY_S = 1.0
 MAX_WAIT_S = 300.0
 # Statuses a task can be in when check_task has nothing more to wait for.
 FINAL = frozenset({"completed", "failed", "timed_out", "cancelled"})
@@ -378,8 +380,7 @@ def build_server(connect: Connect, *, name: str = "dispatchd") -> MCPServer[Any]
         wait_s: Annotated[float, Field(ge=0, le=60, description="seconds to wait for news")] = 0.0,
     ) -> Annotated[CallToolResult, Notifications]:
         async with broker(ctx) as client:
-            # TODO(questions merge): pass wait_s to the notifications long-poll.
-            page = await client.list_notifications(after)
+            page = await client.list_notifications(after, wait_s=wait_s)
         items = [views.notification_view(n.model_dump(mode="json")) for n in page.items]
         digest = page.open_digest.model_dump(mode="json") if page.open_digest else None
         summary = views.notifications_summary(items, digest)
@@ -417,18 +418,19 @@ async def _wait_for_change(client: AsyncClient, task_id: str, wait_s: float) -> 
         return before, before
     deadline = anyio.current_time() + wait_s
     while (remaining := deadline - anyio.current_time()) > 0:
-        page = await client.read_events(
-            cursor, types="task", wait_s=min(remaining, POLL_SLICE_S), limit=500
-        )
+        poll = min(remaining, POLL_SLICE_S)
+        polled = anyio.current_time()
+        page = await client.read_events(cursor, task=task_id, wait_s=poll, limit=100)
         cursor = page.next_cursor
         if not page.events:
-            # The wait ran out, or the broker is stopping and answered early: either way
-            # there is nothing to wait on (and no reason to ask again at once).
-            break
-        if any(e.task_id == task_id for e in page.events):
-            now: Task = await client.get_task(task_id)
-            if _status_of(now) != _status_of(before):
-                return before, now
+            if anyio.current_time() - polled < poll - EARLY_S:
+                # Answered empty before its wait: the broker is stopping. Asking again
+                # would only spin.
+                break
+            continue
+        now: Task = await client.get_task(task_id)
+        if _status_of(now) != _status_of(before):
+            return before, now
     return before, await client.get_task(task_id)
 
 
