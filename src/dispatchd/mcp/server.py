@@ -249,7 +249,7 @@ def build_server(connect: Connect, *, name: str = "dispatchd") -> MCPServer[Any]
                 )
         view = views.task_view(task.model_dump(mode="json"))
         where = f" to {room}" if room else ""
-        summary = f"dispatched{where}: {views.task_line(view)}"
+        summary = f"dispatched{where}: {views.task_line(view, room=False)}"
         return reply(TaskAnswer(task=view, summary=summary), summary)
 
     @server.tool(

@@ -7,6 +7,7 @@ name only the fields they show and keep working when the API adds fields.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -134,7 +135,11 @@ class Notifications(BaseModel):
 
 
 def cut(text: Any, limit: int = LINE_TEXT) -> str:
-    value = " ".join(str(text).split())
+    """`text` on one line, at most `limit` characters; a result that is not a string as
+    JSON."""
+    if not isinstance(text, str):
+        text = json.dumps(text, ensure_ascii=False, default=str)
+    value = " ".join(text.split())
     return value if len(value) <= limit else value[: limit - 1] + "…"
 
 
@@ -173,10 +178,11 @@ def progress_text(progress: Mapping[str, Any] | None) -> str | None:
     return ", ".join(parts) or None
 
 
-def task_line(task: TaskView) -> str:
-    """`'Check disk usage' (t_1): running (3/7)`."""
+def task_line(task: TaskView, *, room: bool = True) -> str:
+    """`'Check disk usage' (t_1): running in infra (3/7)`; `room=False` leaves the room
+    out (a line that names it already)."""
     line = f"'{cut(task.title, 60)}' ({task.id}): {task.status.replace('_', ' ')}"
-    if task.room:
+    if task.room and room:
         line += f" in {task.room}"
     if task.status == "waiting_input" and task.question:
         return f"{line}, asking: {cut(task.question)}"

@@ -4,9 +4,9 @@ prompt as its last argument. It talks to the worker's local agent API only.
 - A prompt about an nginx restart asks "Should I proceed with the nginx restart?" and
   waits for the answer; it restarts (prints what it was told) on a yes, fails otherwise.
 - A task with inputs (a follow-up of other tasks) summarizes them.
+- A prompt about watching keeps working until it is stopped.
 - A prompt about papers reports "3/7 papers processed" and keeps working until the file
   `<STANDIN_DIR>/<task id>.release` appears; then it gives its findings.
-- A prompt about watching keeps working until it is stopped.
 - Anything else finishes at once.
 
 Each run writes its process id to `<STANDIN_DIR>/<task id>.pid`.
@@ -63,15 +63,15 @@ def main() -> int:
         findings = list(inputs.values())
         Path(os.environ["DISPATCH_RESULT_FILE"]).write_text(json.dumps({"summary_of": findings}))
         return 0
+    if "watch" in prompt.lower():
+        local("POST", f"/tasks/{TASK}/progress", {"message": "watching"})
+        work_until_released()
+        return 0
     if "papers" in prompt:
         local("POST", f"/tasks/{TASK}/progress", {"message": "3/7 papers processed", "percent": 43})
         work_until_released()
         result = {"papers": 7, "findings": ["reranking helps", "chunk size matters"]}
         Path(os.environ["DISPATCH_RESULT_FILE"]).write_text(json.dumps(result))
-        return 0
-    if "watch" in prompt.lower():
-        local("POST", f"/tasks/{TASK}/progress", {"message": "watching"})
-        work_until_released()
         return 0
     print(f"done: {prompt}")
     return 0
