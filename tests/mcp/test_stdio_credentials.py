@@ -7,6 +7,7 @@ from pathlib import Path
 
 from dispatchd.client import AsyncClient
 from tests.agent.conftest import LiveServer
+from tests.integration.server import run_cli
 from tests.mcp.helpers import call, call_error, stdio_session
 
 
@@ -75,3 +76,11 @@ async def test_an_unreachable_broker_is_a_tool_error(tmp_path: Path) -> None:
         error = await call_error(session, "list_tasks", {})
         assert "could not be reached" in error
         assert "could not be reached" in await call_error(session, "check_task", {"task_id": "t"})
+
+
+def test_the_command_documents_where_it_finds_the_broker() -> None:
+    out = run_cli("mcp", "--help")
+    assert out.returncode == 0, out.stderr
+    for text in ("--url", "--as", "--token", "DISPATCH_API_URL", "DISPATCH_AGENT_ID"):
+        assert text in out.stdout
+    assert run_cli("mcp", "--no-such-option").returncode == 2
