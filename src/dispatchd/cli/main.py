@@ -1,5 +1,5 @@
-"""`dispatchd` commands: serve, worker, db upgrade, and the client commands (task, agent,
-room, schedule, events, notifications, stats) that talk to a broker through the SDK
+"""`dispatchd` commands: serve, worker, mcp, db upgrade, and the client commands (task,
+agent, room, schedule, events, notifications, stats) that talk to a broker through the SDK
 (docs/cli.md)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import typer
 
 from dispatchd import __version__
 from dispatchd.cli import agents, events, notifications, rooms, schedules, stats, tasks
+from dispatchd.cli import mcp as mcp_module
 from dispatchd.cli import worker as worker_module
 from dispatchd.config import ConfigError, Settings, load_settings
 
@@ -73,6 +74,9 @@ app.command(
     help=worker_module.WORKER_HELP,
     context_settings={"allow_interspersed_args": False},
 )(worker_module.worker)
+
+
+app.command(name="mcp", help=mcp_module.MCP_HELP)(mcp_module.mcp)
 
 
 @app.command()
