@@ -227,6 +227,13 @@ def detail(t: TaskDetail) -> Group:
     ]
     if t.model:
         rows.append(("model", t.model))
+    if t.review_of:
+        rows.append(("reviews task", t.review_of))
+    if t.reviewer is not None:
+        rows.append(("reviewer", t.reviewer.agent or f"capability {t.reviewer.capability}"))
+    cost = _cost_text(t)
+    if cost:
+        rows.append(("cost", cost))
     if t.depends_on:
         rows.append(("depends on", ", ".join(t.depends_on)))
     if t.progress:
@@ -290,6 +297,17 @@ def detail(t: TaskDetail) -> Group:
             )
         parts += [Text(), reviews]
     return Group(*parts)
+
+
+def _cost_text(t: Task) -> str:
+    parts = []
+    if t.cost.usd or t.cost.input_tokens or t.cost.output_tokens:
+        parts.append(
+            f"${t.cost.usd:.4f} ({t.cost.input_tokens} in, {t.cost.output_tokens} out tokens)"
+        )
+    if t.max_cost_usd is not None:
+        parts.append(f"budget ${t.max_cost_usd:.2f}")
+    return ", ".join(parts)
 
 
 def _json_text(value: Any) -> str:
