@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from dispatchd.api.schemas.common import Request
 from dispatchd.domain.ids import isoformat
@@ -71,6 +71,10 @@ class NotificationList(BaseModel):
 
 
 class AckBody(Request):
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["ids"]}, {"required": ["up_to"]}]}
+    )
+
     ids: Annotated[list[NotificationId], Field(min_length=1, max_length=1000)] | None = None
     up_to: NotificationId | None = None
 

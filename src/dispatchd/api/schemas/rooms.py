@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from dispatchd.api.schemas.common import Id, Request, Short, Tag, Text, Title, opt_isoformat
 from dispatchd.api.schemas.events import EventOut
@@ -25,7 +26,7 @@ class RoomCreate(Request):
 
 
 class RoomPatch(Request):
-    name: RoomName | None = None
+    name: RoomName | SkipJsonSchema[None] = Field(None, description="may be left out, not null")
     workspace: Workspace | None = Field(None, description="null clears it")
 
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, StringConstraints, WithJsonSchema, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 
 from dispatchd.api.schemas.common import Request, opt_isoformat
 from dispatchd.domain.ids import isoformat
@@ -57,13 +65,17 @@ class ScheduleCreate(Request):
 
 
 class SchedulePatch(Request):
-    name: Name | None = None
-    schedule: Cron | None = Field(None, description=CRON_DOC)
-    task_template: Template | None = None
-    timezone: Zone | None = None
-    misfire: Misfire | None = None
-    overlap: Overlap | None = None
-    catch_up_s: CatchUp | None = None
+    # Every field may be left out, none may be null: the document says so (SkipJsonSchema
+    # hides the None that only stands for "absent").
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
+    name: Name | SkipJsonSchema[None] = None
+    schedule: Cron | SkipJsonSchema[None] = Field(None, description=CRON_DOC)
+    task_template: Template | SkipJsonSchema[None] = None
+    timezone: Zone | SkipJsonSchema[None] = None
+    misfire: Misfire | SkipJsonSchema[None] = None
+    overlap: Overlap | SkipJsonSchema[None] = None
+    catch_up_s: CatchUp | SkipJsonSchema[None] = None
 
     @model_validator(mode="after")
     def _no_nulls(self) -> SchedulePatch:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from dispatchd.api.schemas.common import Id, Request, Short, Tag, Text, Time, Title, opt_isoformat
 from dispatchd.api.schemas.costs import CostOut, Usd
@@ -133,6 +133,10 @@ class TaskBatch(Request):
 
 
 class TaskPatch(Request):
+    model_config = ConfigDict(
+        json_schema_extra={"anyOf": [{"required": [k]} for k in ("status", "context", "priority")]}
+    )
+
     status: Literal["cancelled"] | None = Field(None, description="Set to cancel the task")
     reason: Short | None = None
     context: dict[str, Any] | None = Field(None, description="JSON merge patch (RFC 7386)")
