@@ -125,8 +125,18 @@ def _not_reloaded(page: Page) -> None:
 
 def test_every_page_redirects_to_sign_in_without_a_session(server: ServerProcess) -> None:
     with httpx.Client(base_url=server.api_url) as client:
-        for path in ("/", "/tasks", "/tasks/x", "/agents", "/agents/x", "/rooms", "/schedules",
-                     "/notifications", "/tasks/new", "/ui/events"):
+        for path in (
+            "/",
+            "/tasks",
+            "/tasks/x",
+            "/agents",
+            "/agents/x",
+            "/rooms",
+            "/schedules",
+            "/notifications",
+            "/tasks/new",
+            "/ui/events",
+        ):
             response = client.get(path)
             assert response.status_code == 303, path
             assert response.headers["location"].startswith("/login?next="), path
@@ -191,12 +201,9 @@ def test_overview_shows_counts_charts_and_feed(page: Page, api: httpx.Client) ->
     created = _create(api, title="seen in the feed", capabilities=["nobody-has-this"])
     expect(page.locator("#feed")).to_contain_text(created["id"], timeout=LIVE_MS)
     _not_reloaded(page)
-    page.screenshot(path=str(DOCS / "dashboard-overview.png"), full_page=True)
 
 
-def test_a_task_created_through_the_api_appears_on_the_board(
-    page: Page, api: httpx.Client
-) -> None:
+def test_a_task_created_through_the_api_appears_on_the_board(page: Page, api: httpx.Client) -> None:
     page.goto("/tasks")
     _live(page)
     title = f"appears live {uuid.uuid4().hex[:6]}"
@@ -247,8 +254,10 @@ def test_the_list_filters_by_url(page: Page, api: httpx.Client) -> None:
 
 def test_bulk_cancel_asks_first(page: Page, api: httpx.Client) -> None:
     marker = uuid.uuid4().hex[:6]
-    ids = [_create(api, title=f"bulk {marker} {i}", capabilities=["nobody-has-this"])["id"]
-           for i in range(3)]
+    ids = [
+        _create(api, title=f"bulk {marker} {i}", capabilities=["nobody-has-this"])["id"]
+        for i in range(3)
+    ]
     page.goto(f"/tasks?view=list&q=bulk+{marker}")
     page.get_by_role("button", name="Cancel all matching").click()
     expect(page.get_by_role("heading", name="Cancel 3 tasks?")).to_be_visible()
@@ -256,6 +265,48 @@ def test_bulk_cancel_asks_first(page: Page, api: httpx.Client) -> None:
     page.get_by_role("button", name="Yes, cancel 3").click()
     expect(page.get_by_role("status")).to_contain_text("3 cancelled")
     assert all(api.get(f"/api/v1/tasks/{i}").json()["status"] == "cancelled" for i in ids)
+
+
+def test_live_updates_can_be_paused(page: Page, api: httpx.Client) -> None:
+    page.goto("/tasks")
+    _live(page)
+    page.get_by_label("Pause live updates").check()
+    expect(page.locator("#live-status")).to_have_text("paused")
+    title = f"while paused {uuid.uuid4().hex[:6]}"
+    _create(api, title=title, capabilities=["nobody-has-this"])
+    # Absence needs a wait: longer than a live update takes, and the card must not come.
+    page.wait_for_timeout(1500)
+    expect(page.get_by_text(title)).to_have_count(0)
+    page.get_by_label("Pause live updates").uncheck()
+    expect(page.locator("[data-column=pending]").get_by_text(title)).to_be_visible(timeout=LIVE_MS)
+    _not_reloaded(page)
+
+
+def _first_event_id(client: httpx.Client, **kwargs: Any) -> str:
+    with client.stream("GET", "/ui/events", **kwargs) as stream:
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        for line in stream.iter_lines():
+            if line.startswith("id:"):
+                return line.removeprefix("id:").strip()
+    raise AssertionError("the stream ended without an event")
+
+
+def test_the_stream_resumes_after_last_event_id(server: ServerProcess, api: httpx.Client) -> None:
+    for _ in range(3):
+        _create(api, capabilities=["nobody-has-this"])
+    ids = [e["id"] for e in api.get("/api/v1/events", params={"limit": 1000}).json()["events"]]
+    with httpx.Client(base_url=server.api_url, timeout=10) as client:
+        signed = client.post("/login", data={"token": ADMIN})
+        assert signed.status_code == 303 and "dispatchd_session" in client.cookies
+        # A reconnecting browser sends Last-Event-ID: the stream goes on right after it.
+        assert _first_event_id(client, headers={"Last-Event-ID": ids[-3]}) == ids[-2]
+        # Resuming after a pause asks with `after`; Last-Event-ID wins over it.
+        assert _first_event_id(client, params={"after": ids[-2]}) == ids[-1]
+        resumed = _first_event_id(
+            client, params={"after": ids[0]}, headers={"Last-Event-ID": ids[-2]}
+        )
+        assert resumed == ids[-1]
 
 
 # --- actions ------------------------------------------------------------------------------
@@ -347,3 +398,10 @@ def test_a_stale_csrf_token_is_refused(page: Page, api: httpx.Client) -> None:
     expect(page.get_by_role("alert")).to_contain_text("CSRF token")
     listed = api.get("/api/v1/tasks", params={"limit": 500}).json()["items"]
     assert title not in [t["title"] for t in listed]
+
+
+def test_overview_after_the_work(page: Page, api: httpx.Client) -> None:
+    """Last, when the other tests have left tasks in most states: the README's picture."""
+    page.goto("/")
+    expect(page.locator("#task-counts [data-state=completed]")).not_to_have_text("0")
+    page.screenshot(path=str(DOCS / "dashboard-overview.png"), full_page=True)

@@ -65,7 +65,7 @@ async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
     errors = _validation_errors(exc)
     if any(e["type"] == "json_invalid" for e in errors):
         return error_response(400, "invalid_json", "the body is not valid JSON", errors=errors)
-    where, message = first_problem(errors)
+    _, message = first_problem(errors)
     return error_response(422, "validation_error", message, errors=errors)
 
 

@@ -10,14 +10,14 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from dispatchd.api.errors import first_problem
 from dispatchd.api.schemas.events import EventOut
-from dispatchd.api.schemas.tasks import InputBody, ReviewBody, TaskCreate, TaskOut
+from dispatchd.api.schemas.tasks import CommentBody, InputBody, ReviewBody, TaskCreate, TaskOut
 from dispatchd.errors import DispatchError
 from dispatchd.events.reader import TypeFilter
 from dispatchd.web.base import (
@@ -57,19 +57,23 @@ def _signed_in(request: Request, next_url: str | None) -> RedirectResponse:
 
 
 @router.get("/login", response_class=HTMLResponse)
-async def login_page(request: Request, once: str | None = None, next: str | None = None) -> Response:
+async def login_page(
+    request: Request,
+    once: Annotated[str | None, Query(max_length=200)] = None,
+    next_url: Annotated[str | None, Query(alias="next", max_length=2000)] = None,
+) -> Response:
     if once is not None:
         if sessions_of(request).use_once(once):
-            return _signed_in(request, next)
+            return _signed_in(request, next_url)
         return page(
             request,
             "login.html",
             None,
             status_code=401,
-            next=next,
+            next=next_url,
             login_error="This sign-in link was already used or has expired.",
         )
-    return page(request, "login.html", None, next=next, login_error=None)
+    return page(request, "login.html", None, next=next_url, login_error=None)
 
 
 @router.post("/login", response_class=HTMLResponse)
@@ -177,7 +181,8 @@ async def _act(request: Request, who: Who, task_id: str, action: str) -> Respons
             body = InputBody.model_validate({"answer": fields.get("answer", "")})
             await rt.tasks.provide_input(task_id, who.caller, answer=body.answer)
         elif action == "comment":
-            await rt.tasks.comment(task_id, who.caller, body=fields.get("body", "") or "-")
+            note = CommentBody.model_validate({"body": fields.get("body", "")})
+            await rt.tasks.comment(task_id, who.caller, body=note.body)
         else:
             review = ReviewBody.model_validate(
                 {"verdict": action, "feedback": fields.get("feedback") or None}

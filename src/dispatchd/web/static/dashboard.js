@@ -47,6 +47,7 @@
       a.textContent = e.task_id;
       li.appendChild(a);
     }
+    if (e.agent_id) li.appendChild(document.createTextNode(" · " + e.agent_id));
     var time = document.createElement("time");
     time.textContent = " " + e.created_at;
     li.appendChild(time);
