@@ -400,6 +400,48 @@ def test_a_stale_csrf_token_is_refused(page: Page, api: httpx.Client) -> None:
     assert title not in [t["title"] for t in listed]
 
 
+def test_bad_form_input_is_answered_never_a_5xx(server: ServerProcess) -> None:
+    with httpx.Client(base_url=server.api_url, timeout=10) as client:
+        assert client.post("/login", data={"token": ADMIN}).status_code == 303
+        page = client.get("/tasks/new").text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+        assert csrf is not None
+        token = csrf.group(1)
+        posts = [
+            ("/tasks", {"title": "x", "context": "[1, 2"}, 422),
+            ("/tasks", {"title": "x", "context": "[1]"}, 422),
+            ("/tasks", {"title": "x", "priority": "bogus"}, 422),
+            ("/tasks", {"title": "x" * 501}, 422),
+            ("/tasks", {"title": "x", "capabilities": "a" * 101}, 422),
+            ("/tasks", {"title": "with\x00nul"}, 303),
+            ("/tasks/nope/cancel", {}, 303),
+            ("/tasks/nope/answer", {"answer": ""}, 303),
+            ("/tasks/nope/approve", {}, 303),
+            ("/agents/nope/drain", {}, 303),
+            ("/agents/nope/explode", {}, 303),
+            ("/schedules/nope/pause", {}, 303),
+            ("/bulk", {"action": "explode"}, 303),
+        ]
+        for path, fields, status in posts:
+            response = client.post(path, data={"csrf": token, **fields})
+            assert response.status_code == status, (path, fields, response.text[:300])
+        for path in (
+            "/tasks?state=bogus&priority=x",
+            "/tasks/nope",
+            "/agents/nope",
+            "/ui/events?after=zzz",
+        ):
+            if path.startswith("/ui/"):
+                with client.stream("GET", path) as stream:
+                    assert stream.status_code == 200
+                continue
+            response = client.get(path)
+            assert response.status_code < 500, path
+        assert client.get("/tasks/nope").status_code == 404
+        # Without the token, nothing is done.
+        assert client.post("/tasks", data={"title": "no csrf"}).status_code == 403
+
+
 def test_overview_after_the_work(page: Page, api: httpx.Client) -> None:
     """Last, when the other tests have left tasks in most states: the README's picture."""
     page.goto("/")
