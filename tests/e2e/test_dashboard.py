@@ -365,6 +365,43 @@ def test_approve_a_review(page: Page, api: httpx.Client) -> None:
     assert reviews[-1]["verdict"] == "approved" and reviews[-1]["feedback"] == "looks right"
 
 
+def test_pause_and_resume_a_schedule(page: Page, api: httpx.Client) -> None:
+    made = api.post(
+        "/api/v1/schedules",
+        json={"name": "nightly", "schedule": "@daily", "task_template": {"title": "nightly"}},
+    )
+    assert made.status_code == 201, made.text
+    schedule_id = made.json()["id"]
+    page.goto("/schedules")
+    row = page.locator("#schedule-list tr", has_text=schedule_id)
+    expect(row).to_contain_text("@daily")
+    row.get_by_role("button", name="Pause", exact=True).click()
+    expect(row.get_by_role("button", name="Resume", exact=True)).to_be_visible()
+    assert api.get(f"/api/v1/schedules/{schedule_id}").json()["paused"] is True
+    row.get_by_role("button", name="Resume", exact=True).click()
+    expect(row.get_by_role("button", name="Pause", exact=True)).to_be_visible()
+    assert api.get(f"/api/v1/schedules/{schedule_id}").json()["paused"] is False
+
+
+def test_rooms_show_their_current_task_and_question(page: Page, api: httpx.Client) -> None:
+    assert api.post("/api/v1/rooms", json={"id": "infra"}).status_code == 201
+    resident = api.post(
+        "/api/v1/agents",
+        json={"id": "infra-agent", "capabilities": ["ops"], "room": "infra"},
+        headers=_as(api, "infra-agent"),
+    )
+    assert resident.status_code in (200, 201), resident.text
+    task = _create(api, title="rotate the keys", scope="infra")
+    assert [t["id"] for t in _claim(api, "infra-agent")["tasks"]] == [task["id"]]
+    agent = _as(api, "infra-agent")
+    api.post(f"/api/v1/tasks/{task['id']}/start", headers=agent)
+    api.post(f"/api/v1/tasks/{task['id']}/input-request", json={"question": "Now?"}, headers=agent)
+    page.goto("/rooms")
+    row = page.locator("#room-list tr", has_text="infra")
+    expect(row).to_contain_text("rotate the keys")
+    expect(row).to_contain_text("Now?")
+
+
 # --- bad input ----------------------------------------------------------------------------
 
 
