@@ -72,6 +72,9 @@ class Viewer:
     sid: str
     csrf: str
     caller: Caller
+    # The end of the event log before the page read anything: its event stream starts
+    # there, so nothing that happens while it renders or connects is missed.
+    cursor: int = 0
 
 
 def sessions_of(request: Request) -> Sessions:
@@ -91,7 +94,10 @@ async def viewer(request: Request) -> Viewer:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise SignInNeeded(target)
     return Viewer(
-        sid, sessions.csrf(sid), Caller(DASHBOARD_AGENT, is_admin=True, authenticated=True)
+        sid,
+        sessions.csrf(sid),
+        Caller(DASHBOARD_AGENT, is_admin=True, authenticated=True),
+        cursor=runtime_of(request).feed.latest,
     )
 
 
@@ -126,6 +132,7 @@ def read_form(raw: str) -> dict[str, str]:
 def page(
     request: Request, name: str, who: Viewer | None, status_code: int = 200, **ctx: Any
 ) -> HTMLResponse:
+    ctx.setdefault("cursor", who.cursor if who else 0)
     ctx.setdefault("flash", request.query_params.get("flash"))
     ctx.setdefault("error", request.query_params.get("error"))
     return templates.TemplateResponse(

@@ -51,7 +51,7 @@ def history(tasks: Sequence[Task], now: datetime) -> tuple[Series, Series]:
 
 
 W, H = 420, 180
-LEFT, RIGHT, TOP, BOTTOM = 48, 12, 22, 34
+LEFT, RIGHT, TOP, BOTTOM = 48, 26, 22, 34
 
 
 def svg(series: Series, *, bars: bool = False) -> str:

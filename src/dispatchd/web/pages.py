@@ -119,7 +119,6 @@ async def overview(request: Request, who: Who) -> HTMLResponse:
         depth_svg=charts.svg(depth),
         done_svg=charts.svg(done, bars=True),
         events=await _events(rt),
-        cursor=max(rt.feed.latest, await rt.store.last_event_id()),
     )
 
 

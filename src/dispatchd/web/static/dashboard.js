@@ -10,7 +10,7 @@
   var feed = document.getElementById("feed");
   var taskId = (location.pathname.match(/^\/tasks\/([^/]+)$/) || [])[1];
   var source = null;
-  var lastId = null;
+  var lastId = document.body.dataset.cursor || null;
   var busy = false;
   var again = false;
   var wholePage = false;
