@@ -141,6 +141,9 @@ def test_every_page_redirects_to_sign_in_without_a_session(server: ServerProcess
             assert response.status_code == 303, path
             assert response.headers["location"].startswith("/login?next="), path
         assert client.get("/login").status_code == 200
+        # The dashboard is not part of the API's contract.
+        paths = client.get("/openapi.json").json()["paths"]
+        assert paths and all(p.startswith("/api/v1/") for p in paths)
         # A form posted without a session changes nothing either.
         assert client.post("/tasks", data={"title": "x"}).status_code == 303
 

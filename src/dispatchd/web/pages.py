@@ -19,6 +19,7 @@ from dispatchd.api.schemas.schedules import ScheduleOut
 from dispatchd.api.schemas.tasks import TaskDetailOut, TaskOut
 from dispatchd.domain.ids import utcnow
 from dispatchd.domain.models import AgentStatus, Priority, Task, TaskStatus
+from dispatchd.domain.notifications import Notification
 from dispatchd.errors import DispatchError
 from dispatchd.runtime import Runtime
 from dispatchd.store.base import AgentFilter, TaskFilter
@@ -205,8 +206,17 @@ async def schedules(request: Request, who: Who) -> HTMLResponse:
 @router.get("/notifications", response_class=HTMLResponse)
 async def notifications(request: Request, who: Who) -> HTMLResponse:
     rt = runtime_of(request)
-    found = await rt.store.list_notifications(
-        after=0, limit=500, unacknowledged_only=False, requester=None
-    )
-    items = [NotificationOut.of(n).model_dump() for n in reversed(found)]
+    # The newest SHOWN, newest first: read on by cursor to the end (notifications are few
+    # and retention keeps them bounded), keeping only the last page's worth.
+    kept: list[Notification] = []
+    cursor = 0
+    for _ in range(100):
+        found = await rt.store.list_notifications(
+            after=cursor, limit=500, unacknowledged_only=False, requester=None
+        )
+        kept = (kept + found)[-SHOWN:]
+        if len(found) < 500 or found[-1].id is None:
+            break
+        cursor = found[-1].id
+    items = [NotificationOut.of(n).model_dump() for n in reversed(kept)]
     return page(request, "notifications.html", who, notifications=items)
