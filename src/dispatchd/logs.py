@@ -38,7 +38,8 @@ def configure(level: str, fmt: str) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    # Access lines at info would drown the broker's own; they show at debug.
-    logging.getLogger("uvicorn.access").setLevel(
-        logging.DEBUG if level == "debug" else logging.WARNING
-    )
+    # Access lines at info would drown the broker's own; they show at debug. So do the
+    # SDK's request lines (the MCP endpoint calls the API through it, in process).
+    quiet = logging.DEBUG if level == "debug" else logging.WARNING
+    for name in ("uvicorn.access", "httpx"):
+        logging.getLogger(name).setLevel(quiet)

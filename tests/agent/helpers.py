@@ -38,6 +38,8 @@ def task_json(**fields: Any) -> dict[str, Any]:
         "run_at": None,
         "due_at": None,
         "timeout_s": None,
+        "input_timeout_s": None,
+        "run_left_ms": None,
         "review": False,
         "reviewer": None,
         "escalate_to": None,

@@ -69,3 +69,12 @@ def test_the_check_sees_a_server_import() -> None:
     assert "fastapi" in found
     assert "dispatchd.engine.tasks" in found
     assert "dispatchd.api.routes.tasks" in found
+
+
+def test_the_mcp_server_is_a_client_of_the_api_and_loads_nothing_of_the_broker() -> None:
+    # The `mcp` SDK brings its own web stack (starlette, uvicorn); what must not come is
+    # any of dispatchd's server side: the tools reach the broker over its HTTP API only.
+    names = loaded_after("import dispatchd.mcp.stdio")
+    assert "dispatchd.mcp.server" in names
+    ours = [n for n in server_modules(names) if n.startswith("dispatchd.")]
+    assert ours == [], ours

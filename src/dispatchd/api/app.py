@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dispatchd import __version__
-from dispatchd.api import errors, openapi
+from dispatchd.api import errors, mcp_http, openapi
 from dispatchd.api.guard import BodyGuard
 from dispatchd.api.limits import RateLimit
 from dispatchd.api.routes import (
@@ -68,12 +68,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if runtime is not None:
             app.state.runtime = runtime
-            yield
+            async with mcp_http.serving(app, runtime.settings.server.host):
+                yield
             return
         assert settings is not None
         async with Runtime.build(settings) as owned:
             app.state.runtime = owned
-            yield
+            async with mcp_http.serving(app, owned.settings.server.host):
+                yield
 
     app = FastAPI(
         title="dispatchd",
@@ -93,6 +95,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(rooms.router)
     app.include_router(notifications.router)
     app.include_router(schedules.router)
+    # The MCP toolset over streamable HTTP (SPEC §6), behind the same bearer tokens.
+    app.router.routes.append(mcp_http.route())
     # The dashboard at `/` (its routes are not part of the API's OpenAPI document).
     install_dashboard(app)
     limit = (runtime.settings if runtime else settings or Settings()).server.max_body_bytes

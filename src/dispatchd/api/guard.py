@@ -142,7 +142,7 @@ class BodyGuard:
         content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         # The dashboard's forms (outside /api/) post urlencoded; they are bounded above, and
         # their own routes read them.
-        dashboard_form = content_type == _FORM and not scope["path"].startswith("/api/")
+        dashboard_form = content_type == _FORM and not scope["path"].startswith(("/api/", "/mcp"))
         if body and not dashboard_form and not _is_json(content_type):
             response = error_response(
                 415,

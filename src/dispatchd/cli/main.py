@@ -1,4 +1,4 @@
-"""`dispatchd` commands: serve, worker, db upgrade."""
+"""`dispatchd` commands: serve, worker, mcp, db upgrade."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from dispatchd import __version__
+from dispatchd.cli import mcp as mcp_module
 from dispatchd.cli import worker as worker_module
 from dispatchd.config import ConfigError, Settings, load_settings
 
@@ -70,6 +71,9 @@ app.command(
     help=worker_module.WORKER_HELP,
     context_settings={"allow_interspersed_args": False},
 )(worker_module.worker)
+
+
+app.command(name="mcp", help=mcp_module.MCP_HELP)(mcp_module.mcp)
 
 
 @app.command()

@@ -8,7 +8,6 @@ is the ownership check on every write: a transition computed from a stale read n
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,6 +36,8 @@ from dispatchd.store.base_schedules import InsertFire as InsertFire
 from dispatchd.store.base_schedules import InsertSchedule as InsertSchedule
 from dispatchd.store.base_schedules import ScheduleReads
 from dispatchd.store.base_schedules import UpdateSchedule as UpdateSchedule
+from dispatchd.store.lease import Lease as Lease
+from dispatchd.store.lease import LocalLease as LocalLease
 from dispatchd.store.readers import ReaderStore
 from dispatchd.store.rooms import DeleteRoom, InsertRoom, RequireRoom, RoomStore, UpdateRoom
 
@@ -351,35 +352,6 @@ class Due:
             len(x)
             for x in (self.timed_out, self.lease_lost, self.not_started, self.ready, self.run_at)
         )
-
-
-class Lease(Protocol):
-    """One replica at a time in a role that must not run twice (see `Store.lease`)."""
-
-    async def acquire(self) -> None:
-        """Return once this replica holds the lease (waiting as long as it takes)."""
-        ...
-
-    async def lost(self) -> None:
-        """Return when the lease held since `acquire` is lost."""
-        ...
-
-    async def release(self) -> None:
-        """Give the lease up (nothing happens when it is not held)."""
-        ...
-
-
-class LocalLease:
-    """Always held: for a store one process owns (SQLite), and for roles that need no lease."""
-
-    async def acquire(self) -> None:
-        return None
-
-    async def lost(self) -> None:
-        await asyncio.Event().wait()
-
-    async def release(self) -> None:
-        return None
 
 
 class Store(RoomStore, ScheduleReads, ReaderStore, CostReads, Protocol):
