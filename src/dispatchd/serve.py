@@ -40,9 +40,10 @@ async def _serve(settings: Settings) -> int:
         log.error("cannot open the database: %s", exc.message)
         return 1
     try:
+        app = create_app(runtime=runtime)
         api = _Server(
             uvicorn.Config(
-                create_app(runtime=runtime),
+                app,
                 host=settings.server.host,
                 port=settings.server.port,
                 log_config=None,
@@ -78,7 +79,7 @@ async def _serve(settings: Settings) -> int:
                 log.error("could not start the listeners (is the port in use?)")
                 return 1
             await asyncio.sleep(0.01)
-        _announce(settings, runtime, api, ops)
+        _announce(settings, runtime, api, ops, app.state.dashboard.once())
         await asyncio.gather(api_task, ops_task)
         return 0
     finally:
@@ -93,7 +94,7 @@ def _bound_port(server: uvicorn.Server, fallback: int) -> int:
 
 
 def _announce(
-    settings: Settings, runtime: Runtime, api: uvicorn.Server, ops: uvicorn.Server
+    settings: Settings, runtime: Runtime, api: uvicorn.Server, ops: uvicorn.Server, once: str
 ) -> None:
     host = settings.server.host
     api_port = _bound_port(api, settings.server.port)
@@ -110,6 +111,8 @@ def _announce(
         )
     elif runtime.admin.path is not None:
         lines.append(f"admin token: in {runtime.admin.path}")
+    # A link that signs one browser in to the dashboard, once, within 15 minutes.
+    lines.append(f"dashboard: http://{host}:{api_port}/login?once={once}")
     print("\n".join(lines), flush=True)
 
 

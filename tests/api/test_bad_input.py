@@ -758,7 +758,7 @@ async def test_nul_in_the_url_is_refused(
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("GET", "/"),
+        ("GET", "/nothing-here"),  # `/` is the dashboard (tests/e2e/test_dashboard.py)
         ("GET", "/api/v1"),
         ("GET", "/api/v1/nothing"),
         ("POST", "/api/v1/nothing"),

@@ -26,6 +26,7 @@ from dispatchd.api.routes import (
 from dispatchd.config import Settings
 from dispatchd.metrics import Metrics
 from dispatchd.runtime import Runtime
+from dispatchd.web import install as install_dashboard
 
 
 class RequestMetrics:
@@ -96,6 +97,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(schedules.router)
     # The MCP toolset over streamable HTTP (SPEC §6), behind the same bearer tokens.
     app.router.routes.append(mcp_http.route())
+    # The dashboard at `/` (its routes are not part of the API's OpenAPI document).
+    install_dashboard(app)
     limit = (runtime.settings if runtime else settings or Settings()).server.max_body_bytes
     app.add_middleware(BodyGuard, max_body_bytes=limit)
     # Outside the body guard: a caller over its limit is refused before its body is read.

@@ -65,9 +65,16 @@ async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
     errors = _validation_errors(exc)
     if any(e["type"] == "json_invalid" for e in errors):
         return error_response(400, "invalid_json", "the body is not valid JSON", errors=errors)
+    _, message = first_problem(errors)
+    return error_response(422, "validation_error", message, errors=errors)
+
+
+def first_problem(errors: list[dict[str, Any]]) -> tuple[str, str]:
+    """The field of the first validation error and the API's message for it (the
+    dashboard shows the same message beside the field)."""
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
-    where = ".".join(p for p in first["loc"] if p != "body") or "request"
-    return error_response(422, "validation_error", f"{where}: {first['msg']}", errors=errors)
+    where = ".".join(str(p) for p in first["loc"] if p != "body") or "request"
+    return where, f"{where}: {first['msg']}"
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -73,6 +73,9 @@ def parse_strict(body: bytes) -> Any:
     return value
 
 
+_FORM = b"application/x-www-form-urlencoded"
+
+
 def _is_json(content_type: bytes) -> bool:
     return content_type in (b"", b"application/json") or content_type.endswith(b"+json")
 
@@ -137,7 +140,10 @@ class BodyGuard:
             await response(scope, receive, send)
             return
         content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if body and not _is_json(content_type):
+        # The dashboard's forms (outside /api/) post urlencoded; they are bounded above, and
+        # their own routes read them.
+        dashboard_form = content_type == _FORM and not scope["path"].startswith(("/api/", "/mcp"))
+        if body and not dashboard_form and not _is_json(content_type):
             response = error_response(
                 415,
                 "unsupported_media_type",
@@ -146,7 +152,7 @@ class BodyGuard:
             )
             await response(scope, receive, send)
             return
-        if body:
+        if body and not dashboard_form:
             try:
                 parse_strict(body)
             except BadJSON as exc:
