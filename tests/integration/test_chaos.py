@@ -33,7 +33,8 @@ import pytest
 from tests.integration.helpers import list_tasks
 from tests.integration.server import ServerProcess, clean_env, dispatchd_command
 
-pytestmark = pytest.mark.slow
+# A minute of load each, a drain after it; slack for a loaded CI machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 ADMIN = "chaos-admin-token-0123456789abcdef"
 LABEL = "chaos"
