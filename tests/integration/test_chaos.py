@@ -295,7 +295,9 @@ class Chaos:
         assert never == 0, f"{never} completed tasks never ran"
         recoveries = ", ".join(f"{r:.1f}s" for r in self.recoveries)
         print(
-            f"\n{what}: {len(tasks)} tasks acknowledged and completed once each; "
+            f"\n{what}: {len(tasks)} tasks acknowledged and completed once each "
+            f"({len(tasks) - len(self.requests.created)} acknowledged only by a repeat's 200, "
+            "their first answer cut off by a kill); "
             f"{more} ran more than once (at-least-once cost), {sum(runs.values())} runs in all; "
             f"{len(self.broker_kills)} broker kills, {len(self.killed_workers)} worker kills, "
             f"{self.requests.retried} requests sent again; "
