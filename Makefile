@@ -63,12 +63,13 @@ fmt: $(DEV_STAMP)
 	$(BIN)/ruff check --fix $(PY_PATHS)
 	$(BIN)/ruff format $(PY_PATHS)
 
-# Each bench/*.py is a script of its own (files starting with `_` are helpers).
+# Each bench/*.py is a script of its own (files starting with `_` are helpers); soak.py
+# runs for half an hour and is run by hand (bench/README.md).
 bench: $(DEV_STAMP)
 	@found=0; \
 	for script in bench/*.py; do \
 		[ -f "$$script" ] || continue; \
-		case "$$(basename "$$script")" in _*) continue;; esac; \
+		case "$$(basename "$$script")" in _*|soak.py) continue;; esac; \
 		found=1; \
 		echo "== $$script"; \
 		$(BIN)/python "$$script" || exit 1; \
