@@ -44,6 +44,11 @@ INSERT INTO events (type, task_id, agent_id, data, created_at)
 VALUES (:type, :task_id, :agent_id, :data, :created_at)
 RETURNING id;
 
+-- name: insert_events
+-- Several at once (`insert_ids`: the connector returns their ids).
+INSERT INTO events (type, task_id, agent_id, data, created_at)
+VALUES (:type, :task_id, :agent_id, :data, :created_at);
+
 -- name: renew_leases
 -- A task waiting for input has no lease (it stops counting until the answer arrives).
 UPDATE tasks

@@ -11,6 +11,7 @@ import base64
 import binascii
 import dataclasses
 import enum
+import functools
 import json
 import types
 import typing
@@ -139,10 +140,15 @@ def _dumper(kind: str, extra: Any, codec: Codec) -> Convert:
             return codec.dump_bool
         case "enum":
             return lambda v: v.value
+        case "json" if extra is list:
+            # Most lists (capabilities, labels, dependencies) are empty: one dump for all.
+            empty = dump_json([])
+            return lambda v: dump_json(list(v)) if v else empty
         case "json":
             return (lambda v: dump_json(extra(v))) if extra else dump_json
         case "record":
-            return lambda v: dump_json(_plain_record(v))
+            # Records are frozen values and few (a task's cost is most often zero).
+            return functools.lru_cache(maxsize=256)(lambda v: dump_json(_plain_record(v)))
         case _:  # records
             return lambda v: dump_json([_plain_record(r) for r in v])
 
@@ -156,13 +162,25 @@ def _loader(kind: str, extra: Any, codec: Codec) -> Convert:
             return bool
         case "enum":
             return extra  # type: ignore[no-any-return]
-        case "json":
+        case "json" if extra is list:
             # Tuples in the records, lists in JSON.
-            return (lambda v: tuple(load_json(v))) if extra is list else load_json
+            return lambda v: tuple(load_json(v)) if v != "[]" else ()
+        case "json":
+            return load_json
         case "record":
-            return lambda v: _record_from(extra, load_json(v) or {})
+            return _record_loader(extra, load_json)
         case _:  # records
             return lambda v: tuple(_record_from(extra, item) for item in load_json(v) or ())
+
+
+def _record_loader(cls: Any, load_json: Callable[[Any], Any]) -> Convert:
+    @functools.lru_cache(maxsize=256)
+    def from_text(text: str) -> Any:
+        return _record_from(cls, load_json(text) or {})
+
+    # Text (SQLite) is remembered, the record being a frozen value; a decoded object
+    # (PostgreSQL's jsonb) is converted each time.
+    return lambda v: from_text(v) if isinstance(v, str) else _record_from(cls, load_json(v) or {})
 
 
 def _plain_record(record: Any) -> dict[str, Any]:
