@@ -205,12 +205,12 @@ class TaskCreation:
         named: dict[str, Agent | None] = {}
         for spec, task_id in zip(specs, ids, strict=True):
             task = self._new_task(spec, task_id, caller, now)
-            deps = [parents[pid] for pid in spec.depends_on]
-            waiting = any(p.status is not TaskStatus.COMPLETED for p in deps)
+            deps = [parents[pid] for pid in spec.depends_on] if spec.depends_on else []
+            waiting = bool(deps) and any(p.status is not TaskStatus.COMPLETED for p in deps)
             deferred = spec.run_at is not None and spec.run_at > now
             born = lifecycle.create(task, now, blocked=waiting or deferred)
             steps.append((born, None))
-            dead = next((p for p in deps if p.status in _DEAD), None)
+            dead = next((p for p in deps if p.status in _DEAD), None) if deps else None
             if dead is not None:
                 steps.append(
                     (

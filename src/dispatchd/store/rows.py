@@ -92,9 +92,8 @@ FIRE_COLUMNS = tuple(f.name for f in dataclasses.fields(Fire))
 # --- records <-> rows ------------------------------------------------------------------------
 
 Convert = Callable[[Any], Any]
-_Plan = tuple[tuple[str, ...], tuple[tuple[str, Convert], ...]]
 _FIELDS: dict[Any, tuple[tuple[str, str, Any], ...]] = {}
-_PLANS: dict[tuple[Any, Codec, bool], _Plan] = {}
+_PLANS: dict[tuple[Any, Codec, bool], Convert] = {}
 
 
 def _kind(hint: Any) -> tuple[str, Any]:
@@ -196,40 +195,47 @@ def _record_from(cls: type[R], item: Mapping[str, Any]) -> R:
     return cls(**values)
 
 
-def _plan(cls: Any, codec: Codec, load: bool) -> _Plan:
-    """Which fields pass as they are, and the conversion of the others; worked out once
-    per record type and dialect."""
+def _plan(cls: Any, codec: Codec, load: bool) -> Convert:
+    """The function that turns a record of `cls` into its row (or, `load`, a row into the
+    record); made once per record type and dialect.
+
+    It is generated as one expression naming every field, with each field's conversion
+    (None stays NULL): a loop over fields costs about as much again per row, and every
+    task read and written passes here.
+    """
     key = (cls, codec, load)
-    if key not in _PLANS:
+    plan = _PLANS.get(key)
+    if plan is None:
         make = _loader if load else _dumper
-        fields = _fields(cls)
-        plain = tuple(name for name, kind, _ in fields if kind == "plain")
-        converted = tuple(
-            (name, make(kind, extra, codec)) for name, kind, extra in fields if kind != "plain"
-        )
-        _PLANS[key] = (plain, converted)
-    return _PLANS[key]
+        env: dict[str, Any] = {"cls": cls}
+        parts = []
+        for i, (name, kind, extra) in enumerate(_fields(cls)):
+            value = f"row[{name!r}]" if load else f"record.{name}"
+            if kind != "plain":
+                env[f"c{i}"] = make(kind, extra, codec)
+                value = f"(None if (v := {value}) is None else c{i}(v))"
+            parts.append(value if load else f"{name!r}: {value}")
+        if load:
+            # Positional, in declaration order (every record field is an init field).
+            source = f"def convert(row):\n    return cls({', '.join(parts)})\n"
+        else:
+            source = f"def convert(record):\n    return {{{', '.join(parts)}}}\n"
+        exec(source, env)  # noqa: S102 - made from the record's own field names
+        plan = _PLANS[key] = env["convert"]
+    return plan
 
 
 def to_row(record: Any, codec: Codec) -> dict[str, Any]:
     """A record's fields as statement parameters (None stays NULL)."""
-    plain, converted = _plan(type(record), codec, False)
-    params = {name: getattr(record, name) for name in plain}
-    for name, dump in converted:
-        value = getattr(record, name)
-        params[name] = None if value is None else dump(value)
+    params: dict[str, Any] = _plan(type(record), codec, False)(record)
     if isinstance(record, Task):
         params["priority_rank"] = record.priority.rank
     return params
 
 
 def from_row(cls: type[R], row: Row, codec: Codec) -> R:
-    plain, converted = _plan(cls, codec, True)
-    values = {name: row[name] for name in plain}
-    for name, load in converted:
-        value = row[name]
-        values[name] = None if value is None else load(value)
-    return cls(**values)
+    record: R = _plan(cls, codec, True)(row)
+    return record
 
 
 def digest_params(digest: Digest, at: datetime, codec: Codec) -> dict[str, Any]:
