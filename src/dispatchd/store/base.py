@@ -57,11 +57,14 @@ class UpdateTask:
 
     `previous_assignee` is who held it before: when the task leaves that agent's hands the
     store lowers the agent's load in the same commit (and raises the new holder's).
+    `before` is the task as it was read at that version: then only the columns that differ
+    from it are written (the version check is the same); without it, every column.
     """
 
     task: Task
     previous: TaskStatus
     previous_assignee: str | None = None
+    before: Task | None = None
 
 
 @dataclass(frozen=True, slots=True)

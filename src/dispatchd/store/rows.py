@@ -13,6 +13,7 @@ import dataclasses
 import enum
 import functools
 import json
+import operator
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -231,6 +232,28 @@ def to_row(record: Any, codec: Codec) -> dict[str, Any]:
     if isinstance(record, Task):
         params["priority_rank"] = record.priority.rank
     return params
+
+
+def changed_columns(task: Task, before: Task, codec: Codec) -> dict[str, Any]:
+    """The columns of `task` whose values differ from `before`'s, as statement parameters,
+    with `id` (to find the row) and `version` (always changed: the check's base)."""
+    dumps = _TASK_DUMPS.get(codec)
+    if dumps is None:
+        dumps = _TASK_DUMPS[codec] = [
+            (name, None if kind == "plain" else _dumper(kind, extra, codec))
+            for name, kind, extra in _fields(Task)
+        ]
+    params: dict[str, Any] = {"id": task.id, "version": task.version}
+    for (name, dump), new, old in zip(dumps, _task_values(task), _task_values(before), strict=True):
+        if new is not old and new != old:
+            params[name] = new if dump is None or new is None else dump(new)
+    if "priority" in params:
+        params["priority_rank"] = task.priority.rank
+    return params
+
+
+_TASK_DUMPS: dict[Codec, list[tuple[str, Convert | None]]] = {}
+_task_values = operator.attrgetter(*(f.name for f in dataclasses.fields(Task)))
 
 
 def from_row(cls: type[R], row: Row, codec: Codec) -> R:

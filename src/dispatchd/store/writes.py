@@ -49,7 +49,14 @@ from dispatchd.store.base import (
 from dispatchd.store.connector import Body, all_rows, execute, insert_ids, many, one
 from dispatchd.store.queries import Queries
 from dispatchd.store.rooms import DeleteRoom, InsertRoom, RequireRoom, UpdateRoom
-from dispatchd.store.rows import OPEN_DIGEST, counter_deltas, digest_params, from_row, to_row
+from dispatchd.store.rows import (
+    OPEN_DIGEST,
+    changed_columns,
+    counter_deltas,
+    digest_params,
+    from_row,
+    to_row,
+)
 
 
 def commit(q: Queries, ops: Sequence[Op]) -> Body[list[Event]]:
@@ -136,8 +143,13 @@ def _apply(q: Queries, op: Op, counts: dict[str, int], loads: dict[str, int]) ->
             if task.depends_on:
                 yield many(q.insert_dep, [{"parent": p, "child": task.id} for p in task.depends_on])
             _count_load(loads, None, None, task)
-        case UpdateTask(task, previous, previous_assignee):
-            if (yield execute(q.update_task, to_row(task, codec))) != 1:
+        case UpdateTask(task, previous, previous_assignee, before):
+            if before is None:
+                sql, params = q.update_task, to_row(task, codec)
+            else:
+                params = changed_columns(task, before, codec)
+                sql = q.update_task_columns(list(params))
+            if (yield execute(sql, params)) != 1:
                 raise ConcurrentUpdate(f"task {task.id} changed meanwhile", task_id=task.id)
             for status, delta in counter_deltas(previous.value, task.status.value):
                 counts[status] += delta
