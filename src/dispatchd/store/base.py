@@ -64,7 +64,8 @@ class UpdateTask:
     task: Task
     previous: TaskStatus
     previous_assignee: str | None = None
-    before: Task | None = None
+    # How it is written, not what: left out of equality (the row is the same either way).
+    before: Task | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -141,16 +141,32 @@ def _dumper(kind: str, extra: Any, codec: Codec) -> Convert:
         case "enum":
             return lambda v: v.value
         case "json" if extra is list:
-            # Most lists (capabilities, labels, dependencies) are empty: one dump for all.
-            empty = dump_json([])
-            return lambda v: dump_json(list(v)) if v else empty
+            # Most lists (capabilities, labels, dependencies) are empty or repeat (a batch
+            # of tasks needing the same capabilities): each is dumped once.
+            return _remembered(lambda v: dump_json(list(v)))
+        case "json" if extra is dict:
+            empty = dump_json({})
+            return lambda v: dump_json(dict(v)) if v else empty
         case "json":
-            return (lambda v: dump_json(extra(v))) if extra else dump_json
+            return dump_json
         case "record":
             # Records are frozen values and few (a task's cost is most often zero).
             return functools.lru_cache(maxsize=256)(lambda v: dump_json(_plain_record(v)))
         case _:  # records
             return lambda v: dump_json([_plain_record(r) for r in v])
+
+
+def _remembered(dump: Convert) -> Convert:
+    """`dump`, remembering the last few tuples of text; anything else (where equal values
+    may dump apart: 1 and True) is dumped each time."""
+    cached = functools.lru_cache(maxsize=1024)(dump)
+
+    def convert(value: Any) -> Any:
+        if type(value) is tuple and all(type(item) is str for item in value):
+            return cached(value)
+        return dump(value)
+
+    return convert
 
 
 def _loader(kind: str, extra: Any, codec: Codec) -> Convert:
