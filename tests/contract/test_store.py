@@ -775,6 +775,40 @@ async def test_counts_follow_inserts_and_transitions(store: Store) -> None:
     assert nonzero(counts.tasks_by_status) == {"pending": 3, "completed": 1}
 
 
+async def test_queue_stats_count_the_unfinished_and_read_the_recently_finished(
+    store: Store,
+) -> None:
+    now = utcnow()
+    pending_old = make_task(created_at=now - timedelta(minutes=9))
+    pending_high = make_task(priority=Priority.HIGH, created_at=now - timedelta(minutes=1))
+    blocked = make_task(status=S.BLOCKED)
+    waiting = make_task(status=S.WAITING_INPUT, assigned_to="a1")
+
+    def finished(status: S, minutes_ago: float) -> Task:
+        at = now - timedelta(minutes=minutes_ago)
+        return make_task(
+            status=status, created_at=at - timedelta(seconds=3), started_at=at, finished_at=at
+        )
+
+    old = finished(S.COMPLETED, 30)
+    recent = [finished(S.COMPLETED, 1), finished(S.FAILED, 2), finished(S.CANCELLED, 3)]
+    await insert(store, pending_old, pending_high, blocked, waiting, old, *recent)
+
+    stats = await store.queue_stats(now - timedelta(minutes=15), limit=10)
+    assert stats.open_by_state_priority == {
+        ("pending", "medium"): 1,
+        ("pending", "high"): 1,
+        ("blocked", "medium"): 1,
+        ("waiting_input", "medium"): 1,
+    }
+    assert stats.oldest_pending_at == pending_old.created_at
+    # Newest first, within the window only, and no more than asked for.
+    assert [row[3] for row in stats.finished] == ["completed", "failed", "cancelled"]
+    assert stats.finished[0][2] == recent[0].finished_at
+    two = await store.queue_stats(now - timedelta(minutes=15), limit=2)
+    assert [row[2] for row in two.finished] == [t.finished_at for t in recent[:2]]
+
+
 async def test_counts_agents_by_status(store: Store) -> None:
     await store.commit(
         [

@@ -4,6 +4,9 @@ behind the API's bearer tokens, calling the broker as the caller."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -157,3 +160,60 @@ async def test_sigterm_answers_a_waiting_check_task_and_the_server_stops(
             check = answered.structured_content
             assert (check["changed"], check["task"]["status"]) == (False, "pending")
             assert check["waited_s"] < 15
+
+
+# Run in a fresh interpreter: an app that serves the API but not yet `/mcp` must not have
+# imported the MCP SDK (it costs every request its event loop serves); the first request
+# to `/mcp` loads it and is answered.
+LAZY_SDK = """
+import json, sys
+from fastapi.testclient import TestClient
+from dispatchd.api.app import create_app
+from dispatchd.config import Settings
+
+def sdk_loaded():
+    return sorted(n for n in sys.modules if n == "mcp" or n.startswith("mcp."))
+
+token = "dsp_admin_" + "z" * 32
+settings = Settings.model_validate(
+    {"server": {"data_dir": sys.argv[1], "admin_token": token}}
+)
+auth = {"Authorization": "Bearer " + token, "X-Agent-ID": "boss"}
+with TestClient(create_app(settings=settings), base_url="http://127.0.0.1:8000") as client:
+    created = client.post(
+        "/api/v1/tasks", json={"title": "t", "capabilities": ["x"]}, headers=auth
+    )
+    before = sdk_loaded()
+    bare = client.post("/mcp", json=INITIALIZE, headers=ACCEPT)
+    after_refusal = sdk_loaded()
+    answer = client.post("/mcp", json=INITIALIZE, headers={**ACCEPT, **auth})
+    after = sdk_loaded()
+print(json.dumps({
+    "created": created.status_code, "before": before, "bare": bare.status_code,
+    "after_refusal": after_refusal, "answer": answer.status_code,
+    "server": answer.json()["result"]["serverInfo"]["name"], "after": after,
+}))
+"""
+
+
+def test_the_sdk_is_loaded_by_the_first_request_to_mcp_not_with_the_app(
+    tmp_path: Path,
+) -> None:
+    code = f"INITIALIZE = {INITIALIZE!r}\nACCEPT = {ACCEPT!r}\n{LAZY_SDK}"
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen["created"] == 201
+    assert seen["before"] == []
+    # A refused caller loads nothing either.
+    assert seen["bare"] == 401
+    assert seen["after_refusal"] == []
+    assert seen["answer"] == 200
+    assert seen["server"] == "dispatchd"
+    assert "mcp.server.streamable_http_manager" in seen["after"]

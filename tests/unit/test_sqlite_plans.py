@@ -47,3 +47,17 @@ def test_the_next_deadline_reads_only_time_indexes(database: Path) -> None:
     on_tasks = [step for step in steps if re.search(r"\bSEARCH tasks\b|\bSCAN tasks\b", step)]
     assert len(on_tasks) == 4, steps
     assert not any("tasks_status" in step or "SCAN" in step for step in on_tasks), steps
+
+
+def test_stats_read_recent_finished_tasks_through_their_time_index(database: Path) -> None:
+    # /stats reads the tasks finished in the last 15 minutes: by the status index it would
+    # read (and sort) every finished task the database keeps, growing with its age.
+    steps = plan(database, Queries(SQLITE).stats_finished)
+    assert any("USING INDEX tasks_finished" in step for step in steps), steps
+    assert not any("tasks_status" in step or "TEMP B-TREE" in step for step in steps), steps
+
+
+def test_stats_count_the_unfinished_tasks_without_walking_the_finished(database: Path) -> None:
+    steps = plan(database, Queries(SQLITE).stats_open)
+    assert any("SEARCH tasks USING INDEX tasks_status (status=?)" in step for step in steps), steps
+    assert not any(step.startswith("SCAN tasks") for step in steps), steps

@@ -68,13 +68,13 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if runtime is not None:
             app.state.runtime = runtime
-            async with mcp_http.serving(app, runtime.settings.server.host):
+            async with mcp_http.hosting(app, runtime.settings.server.host):
                 yield
             return
         assert settings is not None
         async with Runtime.build(settings) as owned:
             app.state.runtime = owned
-            async with mcp_http.serving(app, owned.settings.server.host):
+            async with mcp_http.hosting(app, owned.settings.server.host):
                 yield
 
     app = FastAPI(

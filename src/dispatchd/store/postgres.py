@@ -55,6 +55,7 @@ POSTGRES = Dialect(
         "queue_index": "",
         "by_not_before": "",
         "by_run_at": "",
+        "by_finished": "",
         "queue_order": "priority_rank DESC, due_at NULLS LAST, created_at, id",
         "capable": "tasks.capabilities <@ :caps",
         "lock_event_order": f"SELECT pg_advisory_xact_lock({EVENT_ORDER_LOCK})",

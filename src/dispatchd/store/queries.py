@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-from dispatchd.domain.models import ACTIVE_STATES, TERMINAL_STATES
+from dispatchd.domain.models import ACTIVE_STATES, TERMINAL_STATES, TaskStatus
 from dispatchd.domain.webhooks import DeliveryStatus
 from dispatchd.store.base import AgentFilter, ClaimQuery, TaskFilter
 from dispatchd.store.connector import Dialect
@@ -26,11 +26,16 @@ from dispatchd.store.rows import (
     delivery_cursor,
 )
 
-# The slots every dialect fills alike: the states in which a task is held by an agent and
-# those it ends in, as SQL lists; and a blocked task's parents all being completed.
+# The slots every dialect fills alike: the states in which a task is held by an agent, those
+# it ends in and those it has not ended in, as SQL lists (a list of the unfinished states, not
+# `NOT IN {terminal}`, so that the status index is searched, not walked whole); and a blocked
+# task's parents all being completed.
 COMMON = {
     "active": "(" + ", ".join(f"'{s.value}'" for s in sorted(ACTIVE_STATES)) + ")",
     "terminal": "(" + ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATES)) + ")",
+    "unfinished": "("
+    + ", ".join(f"'{s.value}'" for s in sorted(set(TaskStatus) - TERMINAL_STATES))
+    + ")",
     "parents_done": "NOT EXISTS (SELECT 1 FROM task_deps d JOIN tasks p ON p.id = d.parent_id "
     "WHERE d.child_id = tasks.id AND p.status <> 'completed')",
 }

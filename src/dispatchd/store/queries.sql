@@ -225,7 +225,7 @@ WHERE name = :name;
 
 -- name: stats_open
 SELECT status, priority, count(*) AS n FROM tasks
-WHERE status NOT IN {terminal} GROUP BY status, priority;
+WHERE status IN {unfinished} GROUP BY status, priority;
 
 -- name: stats_oldest
 SELECT min(created_at) AS at FROM tasks
@@ -233,7 +233,7 @@ WHERE status = 'pending';
 
 -- name: stats_finished
 SELECT created_at, started_at, finished_at, status
-FROM tasks
+FROM tasks{by_finished}
 WHERE finished_at >= :since AND status IN {terminal}
 ORDER BY finished_at DESC LIMIT :limit;
 
