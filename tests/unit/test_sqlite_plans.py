@@ -34,7 +34,14 @@ def plan(database: Path, sql: str) -> list[str]:
 
 @pytest.mark.parametrize(
     ("name", "index"),
-    [("due_ready", "tasks_not_before"), ("due_run_at", "tasks_run_at")],
+    [
+        ("due_ready", "tasks_not_before"),
+        ("due_run_at", "tasks_run_at"),
+        # By status these would read every running (or assigned) task on each sweep.
+        ("due_timed_out", "tasks_deadline"),
+        ("due_lease_lost", "tasks_lease"),
+        ("due_not_started", "tasks_lease"),
+    ],
 )
 def test_a_sweep_reads_through_the_time_index(database: Path, name: str, index: str) -> None:
     steps = plan(database, getattr(Queries(SQLITE), name))
@@ -61,3 +68,10 @@ def test_stats_count_the_unfinished_tasks_without_walking_the_finished(database:
     steps = plan(database, Queries(SQLITE).stats_open)
     assert any("SEARCH tasks USING INDEX tasks_status (status=?)" in step for step in steps), steps
     assert not any(step.startswith("SCAN tasks") for step in steps), steps
+
+
+def test_the_pruner_finds_the_oldest_finished_tasks_by_their_time_index(database: Path) -> None:
+    # By status it would read and sort every finished task kept, on each pass.
+    steps = plan(database, Queries(SQLITE).finished_tasks)
+    assert any("USING INDEX tasks_finished" in step for step in steps), steps
+    assert not any("tasks_status" in step or "TEMP B-TREE" in step for step in steps), steps

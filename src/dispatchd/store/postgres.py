@@ -56,6 +56,8 @@ POSTGRES = Dialect(
         "by_not_before": "",
         "by_run_at": "",
         "by_finished": "",
+        "by_deadline": "",
+        "by_lease": "",
         "queue_order": "priority_rank DESC, due_at NULLS LAST, created_at, id",
         "capable": "tasks.capabilities <@ :caps",
         "lock_event_order": f"SELECT pg_advisory_xact_lock({EVENT_ORDER_LOCK})",

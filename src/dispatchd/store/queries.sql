@@ -255,15 +255,15 @@ WHERE d.parent_id = :id AND t.status = 'blocked'
 ORDER BY t.id;
 
 -- name: due_timed_out
-SELECT * FROM tasks
+SELECT * FROM tasks{by_deadline}
 WHERE deadline_at <= :now AND status IN ('running', 'waiting_input') LIMIT :limit;
 
 -- name: due_lease_lost
-SELECT * FROM tasks
+SELECT * FROM tasks{by_lease}
 WHERE lease_expires_at <= :now AND status = 'running' LIMIT :limit;
 
 -- name: due_not_started
-SELECT * FROM tasks
+SELECT * FROM tasks{by_lease}
 WHERE lease_expires_at <= :now AND status = 'assigned' LIMIT :limit;
 
 -- name: due_ready
@@ -305,7 +305,7 @@ DELETE FROM events
 WHERE id <= :through;
 
 -- name: finished_tasks
-SELECT id, status FROM tasks
+SELECT id, status FROM tasks{by_finished}
 WHERE finished_at < :before AND status IN {terminal}
 ORDER BY finished_at LIMIT :limit;
 

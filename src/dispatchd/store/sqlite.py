@@ -49,8 +49,12 @@ SQLITE = Dialect(
         # backoff (run_at) falls in the sweep's window: each sweep would grow with the queue.
         "by_not_before": " INDEXED BY tasks_not_before",
         "by_run_at": " INDEXED BY tasks_run_at",
-        # And /stats would read every finished task ever kept for the last 15 minutes'.
+        # /stats and the pruner would read (and sort) every finished task kept, for the
+        # last 15 minutes' or the oldest few.
         "by_finished": " INDEXED BY tasks_finished",
+        # The sweep's deadlines and leases: by status it would read every running task.
+        "by_deadline": " INDEXED BY tasks_deadline",
+        "by_lease": " INDEXED BY tasks_lease",
         "queue_order": "priority_rank DESC, due_at IS NULL, due_at, created_at, id",
         "capable": "NOT EXISTS (SELECT 1 FROM json_each(tasks.capabilities) c "
         "WHERE c.value NOT IN (SELECT value FROM json_each(:caps)))",
