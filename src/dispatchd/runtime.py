@@ -219,6 +219,8 @@ class Runtime:
         self.pruner.job = self.jobs.status("retention")
         self.webhook_dispatcher.follower.job = self.jobs.status("webhooks")
         self.webhook_dispatcher.sender_job = self.jobs.status("webhook sender")
+        if self.settings.webhooks.delivery_retention_days > 0:
+            self.webhook_dispatcher.prune_job = self.jobs.status("webhook retention")
         if self.nats is not None:
             self.nats.follower.job = self.jobs.status("nats publisher")
         self.notifier.follower.job = self.jobs.status("notifier")
