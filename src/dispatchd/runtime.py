@@ -214,7 +214,7 @@ class Runtime:
         self.notifier = Notifier(self.store, self.feed, self.settings.notifications)
         self.metrics_follower = MetricsFollower(self.store, self.feed, self.metrics.events)
         self.assigner.job = self.jobs.status("assigner")
-        self.sweeper.job = self.jobs.status("sweeper")
+        self.sweeper.job = self.firer.job = self.jobs.status("sweeper")
         self.presence.job = self.jobs.status("presence")
         self.pruner.job = self.jobs.status("retention")
         self.webhook_dispatcher.follower.job = self.jobs.status("webhooks")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 import dispatchd.events.webhooks as webhooks_module
+from dispatchd.domain.ids import utcnow
 from dispatchd.domain.webhooks import Delivery, DeliveryStatus, Outcome
 from dispatchd.engine.presence import Presence
 from dispatchd.events.follower import Backoff
@@ -25,6 +26,8 @@ from dispatchd.jobs import POISON_AFTER
 from dispatchd.runtime import Runtime
 from tests.api.helpers import Register, create_code_task, eventually, wait_assigned
 from tests.api.job_helpers import Boom, health_says, metric, ops_client
+from tests.api.test_schedules import fired_tasks, set_next_fire
+from tests.api.test_schedules import make as make_schedule
 from tests.api.webhook_helpers import (
     FAST,
     create_webhook,
@@ -349,3 +352,66 @@ async def test_a_job_that_goes_on_failing_stays_down(
 
 async def _more_errors(ops: httpx.AsyncClient, seen: float) -> bool:
     return await metric(ops, "dispatchd_job_errors_total", "retention") > seen
+
+
+# --- the sweeper's schedules ------------------------------------------------------------
+
+
+async def test_a_schedule_that_cannot_fire_is_set_aside_and_the_others_fire(
+    runtime: Runtime,
+    client: httpx.AsyncClient,
+    admin: dict[str, str],
+    ops: httpx.AsyncClient,
+    register: Register,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    poisoned = await make_schedule(client, admin, name="poisoned", schedule="0 9 * * *")
+    good = await make_schedule(client, admin, name="good", schedule="0 9 * * *")
+    catch_up = runtime.firer._catch_up
+    tried: list[str] = []
+
+    async def catch_up_or_fail(schedule_id: str, now: Any) -> int:
+        if schedule_id == poisoned["id"]:
+            tried.append(schedule_id)
+            raise Boom("cannot fire this one")
+        return await catch_up(schedule_id, now)
+
+    monkeypatch.setattr(runtime.firer, "_catch_up", catch_up_or_fail)
+    due = utcnow() - timedelta(seconds=1)
+    # The poisoned one first in line.
+    await set_next_fire(runtime, poisoned["id"], due - timedelta(seconds=1))
+    await set_next_fire(runtime, good["id"], due)
+    runtime.sweeper.poke()
+    await eventually(lambda: fired_tasks(client, good["id"]), "the good schedule to fire")
+
+    async def paused() -> dict[str, Any] | None:
+        r = await client.get(f"/api/v1/schedules/{poisoned['id']}", headers=admin)
+        return dict(r.json()) if r.json()["paused"] else None
+
+    body = await eventually(paused, "the failing schedule to be paused")
+    assert body["next_fire_at"] is None
+    assert len(tried) == POISON_AFTER
+    [event] = [
+        e
+        for e in await runtime.store.read_events(after=0, limit=1000)
+        if e.type == "schedule.fire_failed"
+    ]
+    assert event.data["schedule_id"] == poisoned["id"]
+    assert "set aside after 3 failures" in event.data["error"]
+    assert "Boom: cannot fire this one" in event.data["error"]
+    assert await metric(ops, "dispatchd_job_set_aside_total", "sweeper") == 1
+    assert await metric(ops, "dispatchd_job_errors_total", "sweeper") >= POISON_AFTER
+    health = await health_says(ops, "sweeper", down=False)
+    assert health["jobs"]["sweeper"]["set_aside"] == 1
+    # The sweeper goes on: the good schedule fires again when its time comes.
+    await set_next_fire(runtime, good["id"], utcnow() - timedelta(milliseconds=10))
+    runtime.sweeper.poke()
+    await eventually(
+        lambda: _at_least(fired_tasks(client, good["id"]), 2), "the good schedule again"
+    )
+    assert await fired_tasks(client, poisoned["id"]) == []
+    await keeps_assigning(client, register, "after")
+
+
+async def _at_least(tasks: Awaitable[list[Any]], count: int) -> bool:
+    return len(await tasks) >= count
