@@ -415,3 +415,43 @@ async def test_a_schedule_that_cannot_fire_is_set_aside_and_the_others_fire(
 
 async def _at_least(tasks: Awaitable[list[Any]], count: int) -> bool:
     return len(await tasks) >= count
+
+
+# --- presence ---------------------------------------------------------------------------
+
+
+async def test_an_agent_presence_cannot_mark_offline_is_set_aside(
+    runtime: Runtime,
+    client: httpx.AsyncClient,
+    ops: httpx.AsyncClient,
+    register: Register,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    presence = runtime.presence
+    mark = presence._mark_offline
+    tried: list[str] = []
+
+    async def mark_or_fail(agent: Any) -> bool:
+        if agent.id == "a-poisoned":
+            tried.append(agent.id)
+            raise Boom("cannot mark this one")
+        return bool(await mark(agent))
+
+    monkeypatch.setattr(presence, "_mark_offline", mark_or_fail)
+    # Listed first, then one behind it; both silent at once.
+    await register("a-poisoned", ["silent"])
+    await register("b-silent", ["silent"])
+    presence.offline_after = timedelta(milliseconds=200)
+
+    async def offline() -> bool:
+        r = await client.get("/api/v1/agents/b-silent", headers={"X-Agent-ID": "b-silent"})
+        return bool(r.json()["status"] == "offline")
+
+    await eventually(offline, "the agent behind the failing one to go offline")
+    await eventually(lambda: "a-poisoned" in presence.set_aside, "the failing agent set aside")
+    assert len(tried) == POISON_AFTER
+    assert await metric(ops, "dispatchd_job_set_aside_total", "presence") == 1
+    body = await health_says(ops, "presence", down=False)
+    assert body["jobs"]["presence"]["set_aside"] == 1
+    presence.offline_after = timedelta(minutes=3)
+    await keeps_assigning(client, register, "after")
