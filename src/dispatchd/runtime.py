@@ -258,7 +258,10 @@ class Runtime:
                 self._spawn(self.assigner.run, "assigner")
                 self._spawn(self.sweeper.run, "sweeper")
                 self._spawn(self.presence.run, "presence")
-                self._spawn(lambda: self.store.watch(self.feed.advanced), "commit listener")
+                listener = self.jobs.status("commit listener")
+                self._spawn(
+                    lambda: self.store.watch(self.feed.advanced, listener), "commit listener"
+                )
                 self._spawn(self.pruner.run, "retention")
                 self._spawn(self.webhook_dispatcher.run, "webhooks")
                 if self.nats is not None:

@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 import dispatchd.events.webhooks as webhooks_module
@@ -24,6 +25,7 @@ from dispatchd.engine.presence import Presence
 from dispatchd.events.follower import Backoff
 from dispatchd.jobs import POISON_AFTER
 from dispatchd.runtime import Runtime
+from dispatchd.store.postgres import LISTENER_NAME
 from tests.api.helpers import Register, create_code_task, eventually, wait_assigned
 from tests.api.job_helpers import Boom, health_says, metric, ops_client
 from tests.api.test_schedules import fired_tasks, set_next_fire
@@ -455,3 +457,40 @@ async def test_an_agent_presence_cannot_mark_offline_is_set_aside(
     assert body["jobs"]["presence"]["set_aside"] == 1
     presence.offline_after = timedelta(minutes=3)
     await keeps_assigning(client, register, "after")
+
+
+# --- the commit listener (PostgreSQL) ---------------------------------------------------
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+async def test_a_lost_commit_listener_is_counted_and_comes_back(
+    runtime: Runtime,
+    client: httpx.AsyncClient,
+    ops: httpx.AsyncClient,
+    register: Register,
+    database_url: str,
+) -> None:
+    sql = "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+    with psycopg.connect(database_url, autocommit=True) as admin_conn:
+
+        def listener_pid() -> int | None:
+            row = admin_conn.execute(sql, [LISTENER_NAME]).fetchone()
+            return int(row[0]) if row else None
+
+        first = await eventually(listener_pid, "the commit listener's connection")
+        admin_conn.execute("SELECT pg_terminate_backend(%s)", [first])
+        await eventually(
+            lambda: _metric_at_least(ops, "commit listener", 1), "the lost listener counted"
+        )
+        again = await eventually(listener_pid, "the commit listener back")
+        assert again != first
+    body = await health_says(ops, "commit listener", down=False)
+    entry = body["jobs"]["commit listener"]
+    assert entry["errors"] >= 1 and entry["restarts"] == 0
+    assert entry["last_error"] and entry["doing"] is None
+    await keeps_assigning(client, register, "after")
+
+
+async def _metric_at_least(ops: httpx.AsyncClient, job: str, count: float) -> bool:
+    return await metric(ops, "dispatchd_job_errors_total", job) >= count
