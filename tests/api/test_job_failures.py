@@ -26,7 +26,7 @@ from dispatchd.events.follower import Backoff
 from dispatchd.jobs import POISON_AFTER
 from dispatchd.runtime import Runtime
 from dispatchd.store.postgres import LISTENER_NAME
-from tests.api.helpers import Register, create_code_task, eventually, wait_assigned
+from tests.api.helpers import Register, create_code_task, eventually, wait_assigned, wait_task
 from tests.api.job_helpers import Boom, health_says, metric, ops_client
 from tests.api.test_schedules import fired_tasks, set_next_fire
 from tests.api.test_schedules import make as make_schedule
@@ -494,3 +494,39 @@ async def test_a_lost_commit_listener_is_counted_and_comes_back(
 
 async def _metric_at_least(ops: httpx.AsyncClient, job: str, count: float) -> bool:
     return await metric(ops, "dispatchd_job_errors_total", job) >= count
+
+
+# --- the assigner's agents --------------------------------------------------------------
+
+
+async def test_an_agent_whose_queue_cannot_be_read_is_set_aside(
+    runtime: Runtime,
+    client: httpx.AsyncClient,
+    ops: httpx.AsyncClient,
+    register: Register,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    claimable = runtime.store.claimable
+    tried: list[str] = []
+
+    async def claimable_or_fail(query: Any) -> Any:
+        if query.agent_id == "a-poisoned":
+            tried.append(query.agent_id)
+            raise Boom("cannot read this one's queue")
+        return await claimable(query)
+
+    monkeypatch.setattr(runtime.store, "claimable", claimable_or_fail)
+    waiting = [await create_code_task(client, capabilities=["fill"]) for _ in range(2)]
+    # Offered the queue in this order when they come: the failing one first.
+    await register("a-poisoned", ["fill"])
+    await register("b-good", ["fill"], max_concurrent=5)
+    for task in waiting:
+        # Placed by whoever is best for it (the agent set aside too: only reading its
+        # queue fails).
+        await wait_task(client, task["id"], lambda t: t["status"] == "assigned", "assigned")
+    assert "a-poisoned" in runtime.assigner.agents_set_aside
+    assert len(tried) == POISON_AFTER
+    assert await metric(ops, "dispatchd_job_set_aside_total", "assigner") == 1
+    body = await health_says(ops, "assigner", down=False)
+    assert body["jobs"]["assigner"]["set_aside"] == 1
+    await keeps_assigning(client, register, "after")
