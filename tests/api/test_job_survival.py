@@ -54,6 +54,7 @@ async def test_health_lists_every_background_job(ops: httpx.AsyncClient) -> None
         "retention",
         "webhooks",
         "webhook sender",
+        "webhook retention",
         "notifier",
         "metrics",
         "commit listener",

@@ -473,6 +473,7 @@ class WebhookDispatcher:
     # --- retention --------------------------------------------------------------------
 
     async def _prune_loop(self) -> None:
+        self.prune_job.ok()  # running: its first turn is an interval away
         while True:
             await asyncio.sleep(PRUNE_EVERY_S)
             stop_if_cancelled()
