@@ -99,15 +99,21 @@ class Firer:
             log.error("firing schedule %s failed", schedule_id, exc_info=exc, extra=extra)
             self.job.failed(exc, f"firing schedule {schedule_id}")
             return
-        self._failures.pop(schedule_id, None)
         error = f"set aside after {tries} failures to fire it: {type(exc).__name__}: {exc}"
         try:
             schedule = await self._reread(schedule_id)
             now = utcnow()
             stopped = schedule.evolve(paused=True)
             await self._advance(stopped, None, now, schedule.next_fire_at or now, error=error[:500])
+            self._failures.pop(schedule_id, None)
+        except DispatchError as pausing:
+            # The database: the pause is tried again when the schedule next fails.
+            self._failures[schedule_id] = tries - 1
+            log.warning("could not pause schedule %s: %s", schedule_id, pausing, extra=extra)
+            return
         except Exception as pausing:
             # Not even paused: skipped by this replica until it restarts.
+            self._failures.pop(schedule_id, None)
             self.set_aside[schedule_id] = error
             log.error("could not pause schedule %s: %r", schedule_id, pausing, extra=extra)
         log.error(

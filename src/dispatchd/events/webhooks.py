@@ -386,13 +386,16 @@ class WebhookDispatcher:
         reason = f"set aside after {tries} failures to send it: {text}"
         outcome = mishandled(delivery, at=at or now, now=now, error=reason, retry_at=None)
         try:
-            await self.store.record_delivery(outcome)
+            written = await self.store.record_delivery(outcome)
         except DispatchError:
             raise
         except Exception:
             # The history may be what cannot be written: keep this attempt's record alone.
-            await self.store.record_delivery(replace(outcome, history=outcome.history[-1:]))
+            bare = replace(outcome, history=outcome.history[-1:])
+            written = await self.store.record_delivery(bare)
         self._mishandled.pop(delivery.id, None)
+        if not written:
+            return  # the webhook was switched off or deleted meanwhile
         log.error(
             "webhook sender set aside %s after %d failures: %s",
             what,
