@@ -29,6 +29,7 @@ from dispatchd.domain.models import (
 )
 from dispatchd.domain.notifications import Digest, Notification
 from dispatchd.domain.webhooks import Advance, Delivery, DeliveryStatus, Head, Outcome, Webhook
+from dispatchd.jobs import JobStatus
 from dispatchd.store.base_costs import AddCost as AddCost
 from dispatchd.store.base_costs import CostReads
 from dispatchd.store.base_costs import CostTotal as CostTotal
@@ -377,9 +378,10 @@ class Store(RoomStore, ScheduleReads, ReaderStore, CostReads, Protocol):
         """Call `listener` with the events of every commit made through this store."""
         ...
 
-    async def watch(self, advanced: Callable[[int], None]) -> None:
+    async def watch(self, advanced: Callable[[int], None], job: JobStatus | None = None) -> None:
         """Call `advanced(last_event_id)` when another process commits; runs until
-        cancelled (a no-op wait where no other process writes)."""
+        cancelled (a no-op wait where no other process writes). `job` is told while the
+        listener is lost and when it is back."""
         ...
 
     def lease(self, name: str, *, check_s: float) -> Lease:

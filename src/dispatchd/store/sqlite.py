@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dispatchd.errors import StoreError
+from dispatchd.jobs import JobStatus
 from dispatchd.store.base import Lease, LocalLease
 from dispatchd.store.connector import Body, Dialect, Query, Row, drive, duplicate_key
 from dispatchd.store.rows import SQLITE as SQLITE_CODEC
@@ -280,7 +281,7 @@ class SQLiteConnector:
 
     # --- what only a server database does ------------------------------------------------
 
-    async def watch(self, advanced: Callable[[int], None]) -> None:
+    async def watch(self, advanced: Callable[[int], None], job: JobStatus | None = None) -> None:
         """Other processes do not write this file while we serve it: nothing to watch."""
         await asyncio.Event().wait()
 

@@ -24,6 +24,7 @@ from dispatchd.domain.rooms import Room, RoomActivity
 from dispatchd.domain.schedules import Fire, Schedule
 from dispatchd.domain.webhooks import Advance, Delivery, DeliveryStatus, Head, Outcome, Webhook
 from dispatchd.errors import ConcurrentUpdate
+from dispatchd.jobs import JobStatus
 from dispatchd.store import migrations, writes
 from dispatchd.store.base import (
     AgentFilter,
@@ -101,8 +102,8 @@ class SQLStore:
                 listener(events)
         return events
 
-    async def watch(self, advanced: Callable[[int], None]) -> None:
-        await self.connector.watch(advanced)
+    async def watch(self, advanced: Callable[[int], None], job: JobStatus | None = None) -> None:
+        await self.connector.watch(advanced, job)
 
     def lease(self, name: str, *, check_s: float) -> Lease:
         return self.connector.lease(name, check_s=check_s)
