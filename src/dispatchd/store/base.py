@@ -303,6 +303,8 @@ class QueueStats:
     # Tasks that finished since the window's start, newest first (bounded):
     # (created_at, started_at, finished_at, status).
     finished: Sequence[tuple[datetime, datetime | None, datetime, str]]
+    # Every task finished since each window's start, by window name and final state.
+    finished_counts: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,9 +438,12 @@ class Store(RoomStore, ScheduleReads, ReaderStore, CostReads, Protocol):
 
     async def counts(self) -> Counts: ...
 
-    async def queue_stats(self, since: datetime, limit: int) -> QueueStats:
-        """Unfinished tasks by state and priority, the oldest pending task's creation, and
-        up to `limit` tasks finished since `since` (newest first)."""
+    async def queue_stats(
+        self, since: datetime, limit: int, windows: Mapping[str, datetime] | None = None
+    ) -> QueueStats:
+        """Unfinished tasks by state and priority, the oldest pending task's creation, up
+        to `limit` tasks finished since `since` (newest first), and how many tasks finished
+        in each of `windows` (name → start) by final state."""
         ...
 
     async def events_for_task(self, task_id: str) -> list[Event]: ...

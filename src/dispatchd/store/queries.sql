@@ -232,6 +232,12 @@ FROM tasks{by_finished}
 WHERE finished_at >= :since AND status IN {terminal}
 ORDER BY finished_at DESC LIMIT :limit;
 
+-- name: stats_finished_counts
+SELECT status, count(*) AS n
+FROM tasks{by_finished}
+WHERE finished_at >= :since AND status IN {terminal}
+GROUP BY status;
+
 -- name: cost_totals
 SELECT day, requester, agent, usd, input_tokens, output_tokens FROM cost_totals
 WHERE day >= :since

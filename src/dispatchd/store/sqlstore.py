@@ -217,7 +217,9 @@ class SQLStore:
 
         return await self.connector.transaction(body(), write=False)
 
-    async def queue_stats(self, since: datetime, limit: int) -> QueueStats:
+    async def queue_stats(
+        self, since: datetime, limit: int, windows: Mapping[str, datetime] | None = None
+    ) -> QueueStats:
         q, codec = self.q, self.codec
 
         def body() -> Body[QueueStats]:
@@ -234,7 +236,11 @@ class SQLStore:
                 )
                 for r in (yield all_rows(q.stats_finished, params))
             ]
-            return QueueStats(open_tasks, oldest and codec.load_time(oldest), finished)
+            counts: dict[str, dict[str, int]] = {}
+            for name, start in (windows or {}).items():
+                rows = yield all_rows(q.stats_finished_counts, {"since": codec.dump_time(start)})
+                counts[name] = {r["status"]: int(r["n"]) for r in rows}
+            return QueueStats(open_tasks, oldest and codec.load_time(oldest), finished, counts)
 
         return await self.connector.transaction(body(), write=False)
 
