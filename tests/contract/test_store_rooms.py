@@ -10,8 +10,8 @@ import pytest
 from dispatchd.domain.models import AgentStatus, TaskStatus
 from dispatchd.domain.rooms import Room
 from dispatchd.errors import ConcurrentUpdate, Conflict, DuplicateKey, NotFound
-from dispatchd.store.base import AppendEvent, InsertAgent, InsertTask, Store, UpdateTask
 from dispatchd.store import migrations
+from dispatchd.store.base import AppendEvent, InsertAgent, InsertTask, Store, UpdateTask
 from dispatchd.store.rooms import DeleteRoom, InsertRoom, RequireRoom, UpdateRoom
 from dispatchd.store.rows import to_row
 from dispatchd.store.sqlstore import SQLStore
