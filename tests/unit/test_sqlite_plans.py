@@ -75,3 +75,26 @@ def test_the_pruner_finds_the_oldest_finished_tasks_by_their_time_index(database
     steps = plan(database, Queries(SQLITE).finished_tasks)
     assert any("USING INDEX tasks_finished" in step for step in steps), steps
     assert not any("tasks_status" in step or "TEMP B-TREE" in step for step in steps), steps
+
+
+def test_room_history_reads_the_rooms_events_only(database: Path) -> None:
+    # Newest first, down the room's own entries: never the whole event log, whose size is
+    # that of everything ever done in every room.
+    steps = plan(database, Queries(SQLITE).room_events)
+    assert steps == ["SEARCH events USING INDEX events_room (room=?)"], steps
+
+
+def test_an_event_finds_its_room_by_its_tasks_key(database: Path) -> None:
+    steps = plan(database, Queries(SQLITE).insert_event)
+    assert any("SEARCH tasks USING PRIMARY KEY (id=?)" in step for step in steps), steps
+    assert not any("SCAN" in step for step in steps), steps
+
+
+def test_a_rooms_last_finished_task_is_one_step_down_its_index(database: Path) -> None:
+    # One index probe per room asked for, already in finishing order: not every task the
+    # room ever finished, read and sorted.
+    steps = plan(database, Queries(SQLITE).room_last_finished)
+    on_tasks = [step for step in steps if re.search(r"\b(SEARCH|SCAN) (tasks|t)\b", step)]
+    assert on_tasks, steps
+    assert all("USING INDEX tasks_room_finished (scope=?" in step for step in on_tasks), steps
+    assert not any("TEMP B-TREE" in step for step in steps), steps

@@ -70,6 +70,8 @@ POSTGRES = Dialect(
         "lock_migrations": f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})",
         "in_ids": " = ANY(:ids)",
         "event_room": "data ->> 'room'",
+        "new_event_room": "CAST(:data AS jsonb) ->> 'room'",
+        "id_rows": "unnest(CAST(:ids AS text[])) AS r(value)",
         "for_share": " FOR SHARE",
         "migration_time": "TIMESTAMPTZ NOT NULL DEFAULT now()",
     },

@@ -64,6 +64,10 @@ SQLITE = Dialect(
         "lock_migrations": "",
         "in_ids": " IN (SELECT value FROM json_each(:ids))",
         "event_room": "json_extract(data, '$.room')",
+        # The room a `room.*` event being appended names (`insert_event`).
+        "new_event_room": "json_extract(:data, '$.room')",
+        # The ids bound as `:ids`, one row each (`r.value`).
+        "id_rows": "json_each(:ids) AS r",
         "for_share": "",
         "migration_time": "TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
     },

@@ -513,7 +513,11 @@ class SQLStore:
                 task = from_row(Task, row, codec)
                 active.setdefault(task.scope or "", []).append(task)
             counts = {r["scope"]: r for r in (yield all_rows(q.room_counts, params))}
-            last = {r["scope"]: r["status"] for r in (yield all_rows(q.room_last_finished, params))}
+            last = {
+                r["scope"]: r["status"]
+                for r in (yield all_rows(q.room_last_finished, params))
+                if r["status"] is not None
+            }
             found = {}
             for room_id in room_ids:
                 count = counts.get(room_id)
