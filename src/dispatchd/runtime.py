@@ -150,6 +150,7 @@ class Runtime:
         # What each background job is doing, for /health and /metrics.
         self.jobs = Jobs(self.metrics.job_event)
         self.feed = EventFeed(self.store)
+        self.store.on_written(self.feed.written)
         self.store.on_commit(self.feed.committed)
         # PromptForge / Warren, when configured (docs/providers.md).
         self.external = external = connect(self.settings)
