@@ -19,7 +19,7 @@ from dispatchd.domain.notifications import MAX_ITEMS, Digest, Kind, for_requeste
 from dispatchd.engine.feed import EventFeed
 from dispatchd.errors import ConcurrentUpdate
 from dispatchd.events.notifications import CURSOR, Notifier
-from dispatchd.store.base import AppendEvent, InsertTask
+from dispatchd.store.base import AppendEvent, InsertTask, SaveDigest
 from dispatchd.store.sqlite import SQLiteStore
 from tests.contract.test_store import make_task
 
@@ -306,10 +306,17 @@ async def test_a_restart_before_the_digest_is_saved_gives_the_same_digest(
     assert [i["task_id"] for i in closed[0].data["completed"]] == [t.id for t in tasks]
 
 
-async def test_a_stopped_notifier_shows_the_stored_digest(store: SQLiteStore) -> None:
+async def test_a_notifier_that_stops_saves_its_digest_then_shows_the_stored_one(
+    store: SQLiteStore,
+) -> None:
     notifier = await notifier_on(store)
     await store.commit([AppendEvent(event("task.completed", 0, "t1"))])
     await drain(notifier)
-    assert await notifier.open_digest() is not None
-    await notifier.pause()  # another replica may hold the role now
-    assert await notifier.open_digest() is None  # nothing was saved yet
+    assert await store.open_digest() is None
+    await notifier.pause()
+    stored = await store.open_digest()
+    assert stored is not None and [i["task_id"] for i in stored.completed] == ["t1"]
+    assert await store.get_cursor(CURSOR) == notifier.cursor
+    # Another replica may hold the role now: what is shown is what is stored.
+    await store.commit([SaveDigest(None, utcnow())])
+    assert await notifier.open_digest() is None

@@ -25,6 +25,7 @@ writes nothing twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
@@ -34,6 +35,7 @@ from dispatchd.domain.ids import utcnow
 from dispatchd.domain.models import Event
 from dispatchd.domain.notifications import DIGESTED, IMMEDIATE, Digest, immediate
 from dispatchd.engine.feed import EventFeed
+from dispatchd.errors import DispatchError
 from dispatchd.events.follower import Backoff, Consumer, Follower, stored_cursor
 from dispatchd.store.base import (
     AdvanceCursor,
@@ -116,7 +118,12 @@ class Notifier(Consumer):
         self.following = True
 
     async def pause(self) -> None:
-        # Another replica may take over: answer from the stored digest until loaded again.
+        """Stopping (or an error, or the lease lost): save the digest's unsaved items if
+        the store lets us (else the next notifier replays them), and answer from the
+        stored digest until loaded again, since another replica may take over."""
+        if self.following and self.unsaved:
+            with contextlib.suppress(DispatchError):  # ConcurrentUpdate: not ours any more
+                await self._commit([])
         self.following = False
 
     async def open_digest(self) -> Digest | None:
