@@ -70,6 +70,11 @@ class EventFeed:
         while len(tasks) > self.task_memory:
             tasks.popitem(last=False)
 
+    def task(self, task_id: str) -> Task | None:
+        """The task as a commit of this process last wrote it, if remembered."""
+        known = self._tasks.get(task_id)
+        return known[0] if known is not None else None
+
     async def tasks_of(self, events: Sequence[Event]) -> dict[str, Task]:
         """The tasks of `events`, each as it was at its latest event among them or later:
         from this process's commits when they wrote it at or after that event, otherwise
