@@ -150,7 +150,12 @@ class Runtime:
         # What each background job is doing, for /health and /metrics.
         self.jobs = Jobs(self.metrics.job_event)
         self.feed = EventFeed(self.store)
+        self.store.on_written(self.feed.written)
         self.store.on_commit(self.feed.committed)
+        if self.store.dialect == "sqlite":
+            # This process is the file's only writer: its last write of a task is the row
+            # (a copy that is not, such as one retention deleted, fails the version check).
+            self.tasks.known = self.feed.task
         # PromptForge / Warren, when configured (docs/providers.md).
         self.external = external = connect(self.settings)
         self.directory = Directory(

@@ -277,14 +277,24 @@ class Assigner:
         if touched:
             await self.directory.refresh(touched)
         if tasks:
-            await self.consider(tasks)
+            await self.consider(tasks, events)
         if roomy:
             await self.fill(sorted(roomy))
 
-    async def consider(self, task_ids: Iterable[str]) -> None:
-        """Give each of these tasks, if still waiting, to its best agent, in queue order."""
+    async def consider(
+        self, task_ids: Iterable[str], events: Sequence[Event] | None = None
+    ) -> None:
+        """Give each of these tasks, if still waiting, to its best agent, in queue order.
+        With the `events` that made them assignable, a task this process wrote at or after
+        them is taken as written (`EventFeed.tasks_of`) instead of read back; a copy that
+        is no longer the row fails its version check, and the task is then read."""
         now = utcnow()
-        found = await self.store.get_tasks(sorted(set(task_ids)))
+        wanted = set(task_ids)
+        if events is None:
+            found = await self.store.get_tasks(sorted(wanted))
+        else:
+            of = await self.feed.tasks_of([e for e in events if e.task_id in wanted])
+            found = [of[task_id] for task_id in sorted(wanted) if task_id in of]
         ready = [
             t for t in sorted(found, key=queue_key) if _ready(t, now) and t.id not in self.set_aside
         ]

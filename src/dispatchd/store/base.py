@@ -338,6 +338,8 @@ class ClaimView:
 
 ClaimPlan = Callable[[ClaimView], Sequence["Op"]]
 CommitListener = Callable[[list[Event]], None]
+# Told the writes of every commit with its events (before the commit's `CommitListener`s).
+WriteListener = Callable[[Sequence["Op"], list[Event]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,6 +380,11 @@ class Store(RoomStore, ScheduleReads, ReaderStore, CostReads, Protocol):
 
     def on_commit(self, listener: CommitListener) -> None:
         """Call `listener` with the events of every commit made through this store."""
+        ...
+
+    def on_written(self, listener: WriteListener) -> None:
+        """Call `listener` with the writes and the events of every commit made through
+        this store that appended events, before the `on_commit` listeners are told."""
         ...
 
     async def watch(self, advanced: Callable[[int], None], job: JobStatus | None = None) -> None:

@@ -31,6 +31,7 @@ from dispatchd.store.base import (
     AgentLoad,
     ClaimPlan,
     ClaimQuery,
+    ClaimView,
     CommitListener,
     CostTotal,
     Counts,
@@ -41,6 +42,7 @@ from dispatchd.store.base import (
     Pruned,
     QueueStats,
     TaskFilter,
+    WriteListener,
 )
 from dispatchd.store.connector import Body, Connector, Query, all_rows, execute, one
 from dispatchd.store.queries import Queries
@@ -61,6 +63,7 @@ class SQLStore:
         self.codec = connector.dialect.codec
         self.q = _queries(connector)
         self._listeners: list[CommitListener] = []
+        self._writers: list[WriteListener] = []
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -96,8 +99,13 @@ class SQLStore:
     def on_commit(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
 
-    def _told(self, events: list[Event]) -> list[Event]:
+    def on_written(self, listener: WriteListener) -> None:
+        self._writers.append(listener)
+
+    def _told(self, events: list[Event], ops: Sequence[Op]) -> list[Event]:
         if events:
+            for writer in self._writers:
+                writer(ops, events)
             for listener in self._listeners:
                 listener(events)
         return events
@@ -111,10 +119,18 @@ class SQLStore:
     # --- writes ---------------------------------------------------------------------------
 
     async def commit(self, ops: Sequence[Op]) -> list[Event]:
-        return self._told(await self.connector.transaction(writes.commit(self.q, ops)))
+        return self._told(await self.connector.transaction(writes.commit(self.q, ops)), ops)
 
     async def claim(self, query: ClaimQuery, plan: ClaimPlan) -> list[Event]:
-        return self._told(await self.connector.transaction(writes.claim(self.q, query, plan)))
+        planned: list[Sequence[Op]] = []
+
+        def planning(view: ClaimView) -> Sequence[Op]:
+            ops = plan(view)
+            planned.append(ops)
+            return ops
+
+        events = await self.connector.transaction(writes.claim(self.q, query, planning))
+        return self._told(events, planned[-1] if planned else ())
 
     async def prune(
         self, *, events_before: datetime | None, tasks_before: datetime | None, limit: int
