@@ -60,6 +60,13 @@ ERROR_TEXT = 300
 JobListener = Callable[[str, str], None]
 
 
+def describe_error(exc: BaseException) -> str:
+    """The error in a line; a group (the jobs that run in a task group) by its members."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(describe_error(member) for member in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
+
+
 class JobState(StrEnum):
     STARTING = "starting"
     RUNNING = "running"
@@ -115,7 +122,7 @@ class JobStatus:
     def _error(self, exc: BaseException, doing: str) -> None:
         self.errors += 1
         self.doing = doing
-        self.last_error = f"{type(exc).__name__}: {exc}"[:ERROR_TEXT]
+        self.last_error = describe_error(exc)[:ERROR_TEXT]
         self.last_error_at = datetime.now(UTC)
         self._tell("error")
 
@@ -182,7 +189,7 @@ async def supervise(
         log.critical(
             "%s stopped%s; restarting in %.2fs",
             status.name,
-            f": {error!r}" if error else " without an error",
+            f": {describe_error(error)}" if error else " without an error",
             wait_s,
             exc_info=error,
             extra={"action": "job_restart", "job": status.name},

@@ -150,7 +150,12 @@ class Runtime:
         # What each background job is doing, for /health and /metrics.
         self.jobs = Jobs(self.metrics.job_event)
         self.feed = EventFeed(self.store)
+        self.store.on_written(self.feed.written)
         self.store.on_commit(self.feed.committed)
+        if self.store.dialect == "sqlite":
+            # This process is the file's only writer: its last write of a task is the row
+            # (a copy that is not, such as one retention deleted, fails the version check).
+            self.tasks.known = self.feed.task
         # PromptForge / Warren, when configured (docs/providers.md).
         self.external = external = connect(self.settings)
         self.directory = Directory(
@@ -214,11 +219,13 @@ class Runtime:
         self.notifier = Notifier(self.store, self.feed, self.settings.notifications)
         self.metrics_follower = MetricsFollower(self.store, self.feed, self.metrics.events)
         self.assigner.job = self.jobs.status("assigner")
-        self.sweeper.job = self.jobs.status("sweeper")
+        self.sweeper.job = self.firer.job = self.jobs.status("sweeper")
         self.presence.job = self.jobs.status("presence")
         self.pruner.job = self.jobs.status("retention")
         self.webhook_dispatcher.follower.job = self.jobs.status("webhooks")
         self.webhook_dispatcher.sender_job = self.jobs.status("webhook sender")
+        if self.settings.webhooks.delivery_retention_days > 0:
+            self.webhook_dispatcher.prune_job = self.jobs.status("webhook retention")
         if self.nats is not None:
             self.nats.follower.job = self.jobs.status("nats publisher")
         self.notifier.follower.job = self.jobs.status("notifier")
@@ -256,7 +263,10 @@ class Runtime:
                 self._spawn(self.assigner.run, "assigner")
                 self._spawn(self.sweeper.run, "sweeper")
                 self._spawn(self.presence.run, "presence")
-                self._spawn(lambda: self.store.watch(self.feed.advanced), "commit listener")
+                listener = self.jobs.status("commit listener")
+                self._spawn(
+                    lambda: self.store.watch(self.feed.advanced, listener), "commit listener"
+                )
                 self._spawn(self.pruner.run, "retention")
                 self._spawn(self.webhook_dispatcher.run, "webhooks")
                 if self.nats is not None:

@@ -163,3 +163,42 @@ async def test_the_holder_reporting_its_attempt_needs_no_read_of_past_attempts(
     r = await client.post(f"{url}/complete", json={"attempt": 1}, headers=as_agent("w"))
     assert r.status_code == 200, r.text
     assert calls == Counter(), calls
+
+
+@BOTH
+async def test_the_tasks_a_lifecycle_wrote_are_not_read_back(
+    client: httpx.AsyncClient, register: Callable[..., Any], runtime: Runtime
+) -> None:
+    """The assigner, the metrics and the notifier take the tasks of the events they follow
+    from this process's commits; on SQLite (the file's only writer) a completion starts
+    from the task as last written too."""
+    await register("w", ["code"], max_concurrent=1)
+    await caught_up(runtime)
+    calls = count_calls(runtime, ("get_task", "get_tasks"))
+    first = await create_code_task(client, title="first", priority="high")
+    # No room left: the assigner considers it from the creation's events, and queues it.
+    queued = await create_code_task(client, title="queued", priority="high")
+    assert (first["status"], queued["status"]) == ("assigned", "pending")
+    for task in (first, queued):
+        out = await claim(client, "w")
+        assert [t["id"] for t in out["tasks"]] == [task["id"]]
+        r = await client.post(
+            f"/api/v1/tasks/{task['id']}/complete", json={"result": 1}, headers=as_agent("w")
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "completed"
+    await caught_up(runtime)
+    await eventually(
+        lambda: (
+            runtime.metrics_follower.cursor == runtime.feed.latest
+            and runtime.notifier.cursor == runtime.feed.latest
+        ),
+        "the metrics and the notifier to read every event",
+    )
+    counted = runtime.metrics.events.transitions.labels("completed", "high")._value.get()
+    assert counted == 2  # the priority came from the tasks as written
+    digest = await runtime.notifier.open_digest()
+    assert digest is not None
+    assert [i["title"] for i in digest.completed] == ["first", "queued"]
+    expected = Counter() if runtime.store.dialect == "sqlite" else Counter(get_task=2)
+    assert calls == expected, calls

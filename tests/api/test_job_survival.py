@@ -11,24 +11,19 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from dispatchd.api.ops import create_ops_app
 from dispatchd.domain.models import Event, Task
 from dispatchd.events.follower import Backoff, Follower
 from dispatchd.jobs import Backoff as JobBackoff
 from dispatchd.jobs import Jobs, JobState, supervise
 from dispatchd.runtime import Runtime
 from tests.api.helpers import Register, create_code_task, eventually, wait_assigned
+from tests.api.job_helpers import Boom, health_says, metric, ops_client
 from tests.api.webhook_helpers import create_webhook
 
 pytestmark = pytest.mark.usefixtures("quiet_job_logs")
 
 FAST = Backoff(0.01, 0.05)
-
-
-class Boom(RuntimeError):
-    """The injected failure."""
 
 
 @pytest.fixture
@@ -43,38 +38,8 @@ def settings_overrides() -> dict[str, Any]:
 
 @pytest.fixture
 async def ops(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_ops_app(runtime))
-    async with httpx.AsyncClient(transport=transport, base_url="http://ops.test") as c:
+    async with ops_client(runtime) as c:
         yield c
-
-
-def counter(text: str, name: str, job: str) -> float:
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and s.labels.get("job") == job:
-                return s.value
-    return 0.0
-
-
-async def metric(ops: httpx.AsyncClient, name: str, job: str) -> float:
-    r = await ops.get("/metrics")
-    assert r.status_code == 200
-    return counter(r.text, name, job)
-
-
-async def health_says(ops: httpx.AsyncClient, job: str, *, down: bool) -> dict[str, Any]:
-    """/health once `job` is down (503, named among the jobs down) or up again (200)."""
-
-    async def probe() -> dict[str, Any] | None:
-        r = await ops.get("/health")
-        body: dict[str, Any] = r.json()
-        if down and r.status_code == 503 and job in body["jobs_down"]:
-            return body
-        if not down and r.status_code == 200 and body["jobs"][job]["state"] == "running":
-            return body
-        return None
-
-    return await eventually(probe, f"/health saying {job} is {'down' if down else 'up'}")
 
 
 async def test_health_lists_every_background_job(ops: httpx.AsyncClient) -> None:
@@ -89,6 +54,7 @@ async def test_health_lists_every_background_job(ops: httpx.AsyncClient) -> None
         "retention",
         "webhooks",
         "webhook sender",
+        "webhook retention",
         "notifier",
         "metrics",
         "commit listener",

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dispatchd.api.ops import create_ops_app
 from dispatchd.domain.ids import utcnow
+from dispatchd.engine import stats as stats_module
 from dispatchd.engine.stats import percentile, stats
 from dispatchd.runtime import Runtime
 from tests.api.conftest import as_agent
@@ -185,6 +186,28 @@ async def test_stats_show_the_queue_and_its_flow(
     assert later["throughput"]["5m"]["completed"] == 0
     assert later["throughput"]["15m"]["completed"] == 1
     assert later["queue"]["oldest_pending_age_s"] >= 600
+
+
+async def test_throughput_counts_every_finish_beyond_the_timing_sample(
+    client: httpx.AsyncClient, runtime: Runtime, register: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The wait and run percentiles come from a bounded sample of the latest finishes; the
+    # throughput must not: it counts every task that finished in each window.
+    monkeypatch.setattr(stats_module, "SAMPLE", 2)
+    await register("w1", ["code"], max_concurrent=10)
+    made = [await create(client, capabilities=["code"]) for _ in range(5)]
+    assert {t["id"] for t in await claim_all(client)} == {t["id"] for t in made}
+    for task in made[:4]:
+        await act(client, task["id"], "complete", result=1)
+    await act(client, made[4]["id"], "fail", error="no", retryable=False)
+
+    got = await stats(runtime.store)
+    assert got["sample"] == {"window_s": 900, "tasks": 2, "limit": 2}
+    assert got["wait_s"]["n"] == 2
+    for window in ("1m", "5m", "15m"):
+        assert got["throughput"][window]["completed"] == 4
+        assert got["throughput"][window]["failed"] == 1
+    assert got["throughput"]["1m"]["completed_per_s"] == round(4 / 60, 4)
 
 
 async def test_stats_are_for_admins(client: httpx.AsyncClient) -> None:

@@ -808,6 +808,15 @@ async def test_queue_stats_count_the_unfinished_and_read_the_recently_finished(
     two = await store.queue_stats(now - timedelta(minutes=15), limit=2)
     assert [row[2] for row in two.finished] == [t.finished_at for t in recent[:2]]
 
+    # Counted per window, whatever the sample's limit.
+    windows = {"2.5m": now - timedelta(minutes=2.5), "15m": now - timedelta(minutes=15)}
+    counted = await store.queue_stats(now - timedelta(minutes=15), limit=1, windows=windows)
+    assert len(counted.finished) == 1
+    assert counted.finished_counts == {
+        "2.5m": {"completed": 1, "failed": 1},
+        "15m": {"completed": 1, "failed": 1, "cancelled": 1},
+    }
+
 
 async def test_counts_agents_by_status(store: Store) -> None:
     await store.commit(

@@ -10,8 +10,12 @@ import pytest
 from dispatchd.domain.models import AgentStatus, TaskStatus
 from dispatchd.domain.rooms import Room
 from dispatchd.errors import ConcurrentUpdate, Conflict, DuplicateKey, NotFound
+from dispatchd.store import migrations
 from dispatchd.store.base import AppendEvent, InsertAgent, InsertTask, Store, UpdateTask
 from dispatchd.store.rooms import DeleteRoom, InsertRoom, RequireRoom, UpdateRoom
+from dispatchd.store.rows import to_row
+from dispatchd.store.sqlstore import SQLStore
+from tests.contract.conftest import StoreFactory
 from tests.contract.test_store import T0, all_pages, insert, make_agent, make_event, make_task
 from tests.contract.test_store_engine import query
 
@@ -197,3 +201,109 @@ async def test_claims_see_only_their_rooms_tasks(store: Store) -> None:
 
     await store.claim(query("me", room="infra", now=T0 + timedelta(hours=1)), plan)
     assert seen == [{plain.id, mine.id}]
+
+
+async def test_room_events_are_those_of_its_tasks_and_its_own(store: Store) -> None:
+    # A task and its first event in one commit, as creation writes them.
+    first = make_task(scope="infra")
+    await store.commit([InsertTask(first), AppendEvent(make_event("task.created", first.id))])
+    roomless = make_task()
+    elsewhere = make_task(scope="research")
+    await insert(store, roomless, elsewhere)
+    await store.commit(
+        [
+            AppendEvent(make_event("task.created", roomless.id, room="infra")),
+            AppendEvent(make_event("task.created", elsewhere.id)),
+            AppendEvent(make_event("room.updated", room="research")),
+            AppendEvent(make_event("room.updated")),
+            AppendEvent(make_event("room.updated", room="infra")),
+            AppendEvent(make_event("task.progress", first.id)),
+        ]
+    )
+    infra = await store.room_events("infra", limit=10)
+    assert [(e.type, e.task_id) for e in infra] == [
+        ("task.progress", first.id),
+        ("room.updated", None),
+        ("task.created", first.id),
+    ]
+    assert [e.id for e in infra] == sorted((e.id for e in infra), reverse=True)
+    research = await store.room_events("research", limit=10)
+    assert [(e.type, e.task_id) for e in research] == [
+        ("room.updated", None),
+        ("task.created", elsewhere.id),
+    ]
+    assert await store.room_events("ghost", limit=10) == []
+
+
+async def test_room_events_kept_before_the_room_index_are_found(
+    make_empty_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Events appended before migration 13 carried no room: it fills it in.
+    store = make_empty_store()
+    assert isinstance(store, SQLStore)
+    everything = migrations.pending
+    monkeypatch.setattr(
+        migrations, "pending", lambda d, done: [m for m in everything(d, done) if m.version < 13]
+    )
+    await store.open()
+    try:
+        await store.migrate()
+        mine, theirs = make_task(scope="infra"), make_task(scope="research")
+        await insert(store, mine, theirs)
+        dialect = store.connector.dialect
+        append = dialect.sql(
+            "INSERT INTO events (type, task_id, agent_id, data, created_at) "
+            "VALUES (:type, :task_id, :agent_id, :data, :created_at)"
+        )
+        for event in (
+            make_event("task.created", mine.id),
+            make_event("room.created", room="infra"),
+            make_event("task.created", theirs.id),
+            make_event("room.created", room="research"),
+            make_event("agent.updated", room="infra"),
+        ):
+            await store.connector.execute(append, to_row(event, dialect.codec))
+        monkeypatch.setattr(migrations, "pending", everything)
+        assert 13 in await store.migrate()
+        events = await store.room_events("infra", limit=10)
+        assert [(e.type, e.task_id) for e in events] == [
+            ("room.created", None),
+            ("task.created", mine.id),
+        ]
+    finally:
+        await store.close()
+
+
+async def test_last_finished_is_the_latest_to_finish_of_those_that_ran(store: Store) -> None:
+    for room_id in ("infra", "research"):
+        await store.commit([InsertRoom(make_room(room_id))])
+    # Made newest id first, so that finishing order and id order disagree.
+    infra = [
+        make_task(
+            scope="infra", status=status, finished_at=T0 + n * SECOND, attempt=1, created_at=T0
+        )
+        for n, status in reversed(list(enumerate([S.COMPLETED, S.TIMED_OUT, S.FAILED] * 5)))
+    ]
+    tie_low, tie_high = sorted(
+        (make_task(scope="research", status=s, attempt=3) for s in (S.CANCELLED, S.COMPLETED)),
+        key=lambda t: t.id,
+    )
+    await insert(
+        store,
+        *infra,
+        # Later, but never ran: says nothing of the room's agents.
+        make_task(scope="infra", status=S.CANCELLED, finished_at=T0 + 99 * SECOND),
+        # Running again after finishing once: unfinished.
+        make_task(scope="infra", status=S.RUNNING, attempt=2),
+        tie_low.evolve(finished_at=T0 + 5 * SECOND),
+        tie_high.evolve(finished_at=T0 + 5 * SECOND),
+        make_task(scope="research", status=S.COMPLETED, finished_at=T0, attempt=1),
+        make_task(status=S.CANCELLED, finished_at=T0 + 200 * SECOND, attempt=1),
+    )
+    found = await store.room_activity(["infra", "research", "ghost"])
+    assert found["infra"].last_finished is S.FAILED  # finished at T0 + 14 s
+    # Finished at the same instant: the later id.
+    assert found["research"].last_finished is tie_high.status
+    assert found["ghost"].last_finished is None
+    only = await store.room_activity(["research"])
+    assert only["research"].last_finished is tie_high.status

@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import nats.errors
 import pytest
 
 from dispatchd.api.schemas.events import EventOut
@@ -91,6 +92,23 @@ def test_reconnection_waits_double_up_to_the_cap_with_jitter() -> None:
         waits = [backoff_s(failures, 0.5, 30.0) for _ in range(50)]
         assert all(ceiling / 2 <= w <= ceiling for w in waits), (failures, waits)
     assert len({backoff_s(3, 0.5, 30.0) for _ in range(50)}) > 1  # jittered
+
+
+def test_an_outage_is_waited_out_but_a_message_nats_refuses_may_be_set_aside() -> None:
+    config = HermesConfig(url="nats://127.0.0.1:4222")
+    publisher = NatsPublisher(object(), object(), config, lease=LocalLease())  # type: ignore[arg-type]
+    # An outage: explained, so the follower waits it out and never skips an event over it.
+    for outage in (nats.errors.NoServersError(), ConnectionResetError(), TimeoutError()):
+        assert publisher.explain(outage) is not None, outage
+    # One event's own failure (too large for the server, say): not explained, so the event
+    # that keeps failing is set aside and the ones behind it go out.
+    for refused in (
+        nats.errors.MaxPayloadError(),
+        nats.errors.BadSubjectError(),
+        nats.errors.BadHeaderError(),
+        ValueError("cannot encode"),
+    ):
+        assert publisher.explain(refused) is None, refused
 
 
 def test_the_lease_key_is_stable_and_fits_a_bigint() -> None:

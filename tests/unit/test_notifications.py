@@ -4,6 +4,7 @@ events whose times the test chooses (so windows are exact, with no waiting)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,12 +13,13 @@ from typing import Any
 import pytest
 
 from dispatchd.config import NotificationsConfig
+from dispatchd.domain.ids import utcnow
 from dispatchd.domain.models import Event
 from dispatchd.domain.notifications import MAX_ITEMS, Digest, Kind, for_requester, immediate
 from dispatchd.engine.feed import EventFeed
 from dispatchd.errors import ConcurrentUpdate
 from dispatchd.events.notifications import CURSOR, Notifier
-from dispatchd.store.base import AppendEvent, InsertTask
+from dispatchd.store.base import AppendEvent, InsertTask, SaveDigest
 from dispatchd.store.sqlite import SQLiteStore
 from tests.contract.test_store import make_task
 
@@ -239,3 +241,82 @@ async def test_a_new_notifier_starts_at_the_head_and_resumes_from_its_cursor(
     with pytest.raises(ConcurrentUpdate):
         await drain(first)
     assert len(await store.list_notifications(after=0, limit=10)) == 1
+
+
+async def test_completions_alone_grow_the_digest_in_memory_and_save_it_on_time(
+    store: SQLiteStore,
+) -> None:
+    tasks = [make_task(title=f"job {i}") for i in range(3)]
+    await store.commit([InsertTask(t) for t in tasks])
+    notifier = await notifier_on(store)
+    saved_at = await store.get_cursor(CURSOR)
+    commits: list[int] = []
+    store.on_commit(lambda events: commits.append(len(events)))
+    for task in tasks:  # now, so that the window is still open when the save falls due
+        done = dataclasses.replace(event("task.completed", 0, task.id), created_at=utcnow())
+        await store.commit([AppendEvent(done)])
+    commits.clear()
+    await drain(notifier)
+
+    # Nothing is due: no commit, the stored cursor and digest stay where they were...
+    assert commits == []
+    assert await store.get_cursor(CURSOR) == saved_at
+    assert await store.open_digest() is None
+    # ...but the digest a reader is shown has every item.
+    shown = await notifier.open_digest()
+    assert shown is not None and [i["task_id"] for i in shown.completed] == [t.id for t in tasks]
+
+    # Once the save is due, waiting for more saves it with the cursor.
+    notifier.digest_save_s = 0.0
+    wait_s = await notifier.caught_up()
+    assert 0 < wait_s <= WINDOW.total_seconds()
+    stored = await store.open_digest()
+    assert stored is not None and stored.data() == shown.data()
+    assert await store.get_cursor(CURSOR) == notifier.cursor
+
+
+async def test_a_restart_before_the_digest_is_saved_gives_the_same_digest(
+    store: SQLiteStore,
+) -> None:
+    tasks = [make_task(title=f"job {i}") for i in range(4)]
+    await store.commit([InsertTask(t) for t in tasks])
+    first = await notifier_on(store)
+    await store.commit([AppendEvent(event("task.completed", 0, tasks[0].id))])
+    first.digest_save_s = 0.0
+    await drain(first)  # saved at once
+    first.digest_save_s = 3600.0
+    await store.commit(
+        [AppendEvent(event("task.completed", at, t.id)) for at, t in enumerate(tasks[1:], 1)]
+    )
+    await drain(first)
+    before = await first.open_digest()
+    assert before is not None and before.size == 4
+    stored = await store.open_digest()
+    assert stored is not None and stored.size == 1  # the last three only in memory
+
+    # A crash now: the next notifier replays the events after the saved cursor.
+    second = await notifier_on(store)
+    await drain(second)
+    after = await second.open_digest()
+    assert after is not None and after.data() == before.data()
+    # Its window closes with each task once.
+    await store.commit([AppendEvent(event("task.completed", 500, "late"))])
+    await drain(second)
+    closed = await store.list_notifications(after=0, limit=10)
+    assert [i["task_id"] for i in closed[0].data["completed"]] == [t.id for t in tasks]
+
+
+async def test_a_notifier_that_stops_saves_its_digest_then_shows_the_stored_one(
+    store: SQLiteStore,
+) -> None:
+    notifier = await notifier_on(store)
+    await store.commit([AppendEvent(event("task.completed", 0, "t1"))])
+    await drain(notifier)
+    assert await store.open_digest() is None
+    await notifier.pause()
+    stored = await store.open_digest()
+    assert stored is not None and [i["task_id"] for i in stored.completed] == ["t1"]
+    assert await store.get_cursor(CURSOR) == notifier.cursor
+    # Another replica may hold the role now: what is shown is what is stored.
+    await store.commit([SaveDigest(None, utcnow())])
+    assert await notifier.open_digest() is None

@@ -34,7 +34,14 @@ def plan(database: Path, sql: str) -> list[str]:
 
 @pytest.mark.parametrize(
     ("name", "index"),
-    [("due_ready", "tasks_not_before"), ("due_run_at", "tasks_run_at")],
+    [
+        ("due_ready", "tasks_not_before"),
+        ("due_run_at", "tasks_run_at"),
+        # By status these would read every running (or assigned) task on each sweep.
+        ("due_timed_out", "tasks_deadline"),
+        ("due_lease_lost", "tasks_lease"),
+        ("due_not_started", "tasks_lease"),
+    ],
 )
 def test_a_sweep_reads_through_the_time_index(database: Path, name: str, index: str) -> None:
     steps = plan(database, getattr(Queries(SQLITE), name))
@@ -61,3 +68,33 @@ def test_stats_count_the_unfinished_tasks_without_walking_the_finished(database:
     steps = plan(database, Queries(SQLITE).stats_open)
     assert any("SEARCH tasks USING INDEX tasks_status (status=?)" in step for step in steps), steps
     assert not any(step.startswith("SCAN tasks") for step in steps), steps
+
+
+def test_the_pruner_finds_the_oldest_finished_tasks_by_their_time_index(database: Path) -> None:
+    # By status it would read and sort every finished task kept, on each pass.
+    steps = plan(database, Queries(SQLITE).finished_tasks)
+    assert any("USING INDEX tasks_finished" in step for step in steps), steps
+    assert not any("tasks_status" in step or "TEMP B-TREE" in step for step in steps), steps
+
+
+def test_room_history_reads_the_rooms_events_only(database: Path) -> None:
+    # Newest first, down the room's own entries: never the whole event log, whose size is
+    # that of everything ever done in every room.
+    steps = plan(database, Queries(SQLITE).room_events)
+    assert steps == ["SEARCH events USING INDEX events_room (room=?)"], steps
+
+
+def test_an_event_finds_its_room_by_its_tasks_key(database: Path) -> None:
+    steps = plan(database, Queries(SQLITE).insert_event)
+    assert any("SEARCH tasks USING PRIMARY KEY (id=?)" in step for step in steps), steps
+    assert not any("SCAN" in step for step in steps), steps
+
+
+def test_a_rooms_last_finished_task_is_one_step_down_its_index(database: Path) -> None:
+    # One index probe per room asked for, already in finishing order: not every task the
+    # room ever finished, read and sorted.
+    steps = plan(database, Queries(SQLITE).room_last_finished)
+    on_tasks = [step for step in steps if re.search(r"\b(SEARCH|SCAN) (tasks|t)\b", step)]
+    assert on_tasks, steps
+    assert all("USING INDEX tasks_room_finished (scope=?" in step for step in on_tasks), steps
+    assert not any("TEMP B-TREE" in step for step in steps), steps

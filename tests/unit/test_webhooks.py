@@ -23,6 +23,7 @@ from dispatchd.domain.webhooks import (
     backoff,
     check_url,
     interrupted,
+    mishandled,
     signature_header,
     verify,
 )
@@ -154,6 +155,20 @@ def test_an_interrupted_attempt_does_not_count() -> None:
     assert (out.status, out.attempt, out.claimed_attempt) == (DeliveryStatus.PENDING, 3, 4)
     assert out.next_attempt_at == T0 + timedelta(seconds=1)
     assert out.breaker is None
+
+
+def test_a_failure_of_dispatchd_counts_neither_against_the_receiver_nor_its_circuit() -> None:
+    later = T0 + timedelta(seconds=2)
+    again = mishandled(delivery(4), at=T0, now=T0 + timedelta(seconds=1), error="E", retry_at=later)
+    assert (again.status, again.attempt, again.claimed_attempt) == (DeliveryStatus.PENDING, 3, 4)
+    assert again.next_attempt_at == later and again.breaker is None
+    assert again.response_status is None and again.error == "E"
+    [record] = again.history
+    assert (record.attempt, record.outcome, record.error) == (4, "failed", "E")
+
+    aside = mishandled(delivery(4), at=T0, now=T0, error="set aside: E", retry_at=None)
+    assert (aside.status, aside.attempt, aside.next_attempt_at) == (DeliveryStatus.FAILED, 4, None)
+    assert aside.error == "set aside: E" and aside.breaker is None and aside.delivered_at is None
 
 
 def test_the_circuit_state_follows_open_until() -> None:

@@ -256,6 +256,30 @@ def interrupted(delivery: Delivery, *, at: datetime, now: datetime) -> Outcome:
     )
 
 
+def mishandled(
+    delivery: Delivery, *, at: datetime, now: datetime, error: str, retry_at: datetime | None
+) -> Outcome:
+    """An attempt that failed on dispatchd's side (its request could not be built or
+    signed, its outcome not recorded), not the receiver's: it counts against neither the
+    receiver's attempts nor its circuit. The delivery is due again at `retry_at`; None sets
+    it aside: failed, with `error` as the reason, so the webhook's next deliveries go on."""
+    record = AttemptRecord(delivery.attempt, at, "failed", None, error, None, retry_at)
+    return Outcome(
+        delivery_id=delivery.id,
+        webhook_id=delivery.webhook_id,
+        claimed_attempt=delivery.attempt,
+        status=DeliveryStatus.PENDING if retry_at is not None else DeliveryStatus.FAILED,
+        attempt=delivery.attempt - 1 if retry_at is not None else delivery.attempt,
+        next_attempt_at=retry_at,
+        response_status=None,
+        error=error,
+        delivered_at=None,
+        history=_append(delivery.history, record),
+        at=now,
+        breaker=None,
+    )
+
+
 def _append(history: tuple[AttemptRecord, ...], record: AttemptRecord) -> tuple[AttemptRecord, ...]:
     return (*history, record)[-HISTORY:]
 

@@ -15,7 +15,8 @@ A pass that fails is logged with what it was doing and tried again after a backo
 a fresh start (the agents read again, every agent with room offered the queue), so the
 events of the failed pass lose nothing. A task that cannot be assigned without an error
 POISON_AFTER times in a row is set aside (logged, counted) until it changes, instead of
-blocking the queue behind it.
+blocking the queue behind it; so is an agent whose queue cannot be read for it, so that
+the other agents are still offered theirs.
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ class Assigner:
         # row; and those set aside after POISON_AFTER, with their error.
         self._task_failures: dict[str, int] = {}
         self.set_aside: dict[str, str] = {}
+        # The same for agents whose queue could not be read for them.
+        self._agent_failures: dict[str, int] = {}
+        self.agents_set_aside: dict[str, str] = {}
         self._resync = False
         self._doing = "starting"
 
@@ -251,6 +255,8 @@ class Assigner:
             agent_id = holder if isinstance(holder, str) else event.agent_id
             if event.type.startswith("agent.") and event.agent_id:
                 touched.add(event.agent_id)
+                # It changed: worth trying again if it was set aside.
+                self.agents_set_aside.pop(event.agent_id, None)
             elif event.type in _LOAD and agent_id in known and not self.directory.apply_load(event):
                 # The load on the agent row moved and the event does not say exactly how:
                 # re-read the row (requesters are not agents).
@@ -271,14 +277,24 @@ class Assigner:
         if touched:
             await self.directory.refresh(touched)
         if tasks:
-            await self.consider(tasks)
+            await self.consider(tasks, events)
         if roomy:
             await self.fill(sorted(roomy))
 
-    async def consider(self, task_ids: Iterable[str]) -> None:
-        """Give each of these tasks, if still waiting, to its best agent, in queue order."""
+    async def consider(
+        self, task_ids: Iterable[str], events: Sequence[Event] | None = None
+    ) -> None:
+        """Give each of these tasks, if still waiting, to its best agent, in queue order.
+        With the `events` that made them assignable, a task this process wrote at or after
+        them is taken as written (`EventFeed.tasks_of`) instead of read back; a copy that
+        is no longer the row fails its version check, and the task is then read."""
         now = utcnow()
-        found = await self.store.get_tasks(sorted(set(task_ids)))
+        wanted = set(task_ids)
+        if events is None:
+            found = await self.store.get_tasks(sorted(wanted))
+        else:
+            of = await self.feed.tasks_of([e for e in events if e.task_id in wanted])
+            found = [of[task_id] for task_id in sorted(wanted) if task_id in of]
         ready = [
             t for t in sorted(found, key=queue_key) if _ready(t, now) and t.id not in self.set_aside
         ]
@@ -327,30 +343,64 @@ class Assigner:
             await self._fill_one(agent_id)
 
     async def _fill_one(self, agent_id: str) -> None:
+        if agent_id in self.agents_set_aside:
+            return
         for _ in range(MAX_TRIES):
-            agent = self.directory.agents.get(agent_id)
-            if agent is None or agent.drained or agent.status in _OUT:
+            try:
+                offer = await self._queue_for(agent_id)
+            except DispatchError:
+                raise
+            except Exception as exc:
+                self._agent_failed(agent_id, exc)
                 return
-            free = limit_of(agent, self.rules.default_limit) - agent.active
-            if free <= 0:
+            self._agent_failures.pop(agent_id, None)
+            if offer is None:
                 return
-            query = ClaimQuery(
-                agent_id=agent.id,
-                capabilities=sorted(agent.capabilities),
-                owner=agent.owner,
-                owner_filter=self.rules.owner_filter,
-                now=utcnow(),
-                limit=free + len(self.set_aside),
-                room=agent.room,
-            )
-            tasks = [t for t in await self.store.claimable(query) if t.id not in self.set_aside]
-            tasks = tasks[:free]
+            tasks, free = offer
             before = self.assigned
             # Each task goes to whoever is best for it, which may be another agent that
             # gained room in the same moment; then this one looks further down the queue.
             await self.assign_many(tasks)
             if len(tasks) < free or self.assigned == before:
                 return
+
+    async def _queue_for(self, agent_id: str) -> tuple[list[Task], int] | None:
+        """The best queued tasks the agent may take and its free slots; None when it has
+        no room or is not there."""
+        agent = self.directory.agents.get(agent_id)
+        if agent is None or agent.drained or agent.status in _OUT:
+            return None
+        free = limit_of(agent, self.rules.default_limit) - agent.active
+        if free <= 0:
+            return None
+        query = ClaimQuery(
+            agent_id=agent.id,
+            capabilities=sorted(agent.capabilities),
+            owner=agent.owner,
+            owner_filter=self.rules.owner_filter,
+            now=utcnow(),
+            limit=free + len(self.set_aside),
+            room=agent.room,
+        )
+        tasks = [t for t in await self.store.claimable(query) if t.id not in self.set_aside]
+        return tasks[:free], free
+
+    def _agent_failed(self, agent_id: str, exc: Exception) -> None:
+        """The agent's queue could not be read: the pass fails (and is tried again) until
+        it has failed POISON_AFTER times in a row; then the agent is set aside."""
+        tries = self._agent_failures[agent_id] = self._agent_failures.get(agent_id, 0) + 1
+        if tries < POISON_AFTER:
+            raise exc
+        self._agent_failures.pop(agent_id, None)
+        self.agents_set_aside[agent_id] = f"{type(exc).__name__}: {exc}"
+        log.error(
+            "agent %s set aside: its queue failed to be read %d times in a row",
+            agent_id,
+            tries,
+            exc_info=exc,
+            extra={"action": "assign_set_aside", "agent_id": agent_id},
+        )
+        self.job.set_aside(f"agent {agent_id}", exc)
 
     # --- one assignment -----------------------------------------------------------------
 

@@ -10,13 +10,15 @@ while they are known to be the whole log (consecutive ids); otherwise it reads t
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 
-from dispatchd.domain.models import Event
-from dispatchd.store.base import Store
+from dispatchd.domain.models import Event, Task
+from dispatchd.store.base import InsertTask, Op, Store, UpdateTask
 
 RECENT = 4096
+# Tasks remembered from this process's commits (the least recently written forgotten first).
+TASK_MEMORY = 8192
 
 
 class EventFeed:
@@ -26,6 +28,9 @@ class EventFeed:
         self._recent: deque[Event] = deque(maxlen=recent)
         self._waiters: set[asyncio.Future[None]] = set()
         self._listeners: list[Callable[[int], None]] = []
+        # task id -> (the task as last written here, the last event of it then appended)
+        self._tasks: OrderedDict[str, tuple[Task, int]] = OrderedDict()
+        self.task_memory = TASK_MEMORY
 
     def listen(self, listener: Callable[[int], None]) -> None:
         """Call `listener(last_id)` each time the log grows."""
@@ -46,6 +51,50 @@ class EventFeed:
             self._recent.append(event)
         if events and events[-1].id is not None:
             self.advanced(events[-1].id)
+
+    def written(self, ops: Sequence[Op], events: Sequence[Event]) -> None:
+        """A commit in this process wrote `ops` and appended `events` (`Store.on_written`)."""
+        last: dict[str, int] = {}
+        for event in events:
+            if event.task_id is not None and event.id is not None:
+                last[event.task_id] = event.id
+        tasks = self._tasks
+        for op in ops:
+            if not isinstance(op, InsertTask | UpdateTask):
+                continue
+            task = op.task
+            known = tasks.pop(task.id, None)
+            # A write without an event of its task is newer still than the events before.
+            at = last.get(task.id, known[1] if known is not None else 0)
+            tasks[task.id] = (task, at)
+        while len(tasks) > self.task_memory:
+            tasks.popitem(last=False)
+
+    def task(self, task_id: str) -> Task | None:
+        """The task as a commit of this process last wrote it, if remembered."""
+        known = self._tasks.get(task_id)
+        return known[0] if known is not None else None
+
+    async def tasks_of(self, events: Sequence[Event]) -> dict[str, Task]:
+        """The tasks of `events`, each as it was at its latest event among them or later:
+        from this process's commits when they wrote it at or after that event, otherwise
+        read (a task retention deleted is left out)."""
+        need: dict[str, int] = {}
+        for event in events:
+            if event.task_id is not None and event.id is not None:
+                need[event.task_id] = max(event.id, need.get(event.task_id, 0))
+        found: dict[str, Task] = {}
+        missing: list[str] = []
+        for task_id, at in need.items():
+            known = self._tasks.get(task_id)
+            if known is not None and known[1] >= at:
+                found[task_id] = known[0]
+            else:
+                missing.append(task_id)
+        if missing:
+            for task in await self.store.get_tasks(sorted(missing)):
+                found[task.id] = task
+        return found
 
     def advanced(self, last_id: int) -> None:
         """The log reaches at least `last_id` (a commit here or on another replica)."""

@@ -7,6 +7,11 @@ fire time. The fire record's primary key is what makes a time fire once: a secon
 replica, or a restarted one re-reading the same schedule, fails on it and writes nothing.
 The schedule's version check makes a firing computed from a schedule that changed
 meanwhile (paused, edited, fired) start again from a fresh read.
+
+A schedule whose firing fails with an error of dispatchd's own (not the database's) is
+passed over for that sweep, so the others fire; after POISON_AFTER failures in a row it is
+set aside: paused, with a `schedule.fire_failed` event giving the error (resuming it tries
+again), logged and counted by the sweeper's job.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from dispatchd.errors import (
     StoreError,
     ValidationFailed,
 )
+from dispatchd.jobs import POISON_AFTER, JobStatus
 from dispatchd.store.base import AppendEvent, InsertFire, Store, UpdateSchedule
 
 log = logging.getLogger(__name__)
@@ -54,6 +60,11 @@ class Firer:
         self.store = store
         self.tasks = tasks
         self.fired = 0
+        # Whose errors these are (the sweeper's, which fires the schedules).
+        self.job = JobStatus("sweeper")
+        self._failures: dict[str, int] = {}
+        # Set aside but not paused (the pause itself failed): skipped until a restart.
+        self.set_aside: dict[str, str] = {}
 
     async def fire_due(self, now: datetime | None = None) -> int:
         """Fire every schedule whose next fire time has come; how many tasks were made."""
@@ -63,15 +74,56 @@ class Firer:
             moment = now or utcnow()
             due = await self.store.due_schedules(moment, BATCH)
             for schedule in due:
+                if schedule.id in self.set_aside:
+                    continue
                 try:
                     made += await self._catch_up(schedule.id, moment)
                 except DispatchError as exc:
                     # One schedule that cannot be read or fired must not hold up the
                     # others, nor the task deadlines swept with them.
                     log.warning("schedule %s: %s", schedule.id, exc, extra={"action": "fire"})
+                except Exception as exc:
+                    await self._failed(schedule.id, exc)
+                else:
+                    self._failures.pop(schedule.id, None)
             if len(due) < BATCH:
                 break
         return made
+
+    async def _failed(self, schedule_id: str, exc: Exception) -> None:
+        """Firing the schedule failed with an error of ours: logged with its id, counted;
+        set aside (paused, with an event saying why) after POISON_AFTER in a row."""
+        tries = self._failures[schedule_id] = self._failures.get(schedule_id, 0) + 1
+        extra = {"action": "fire", "schedule_id": schedule_id}
+        if tries < POISON_AFTER:
+            log.error("firing schedule %s failed", schedule_id, exc_info=exc, extra=extra)
+            self.job.failed(exc, f"firing schedule {schedule_id}")
+            return
+        error = f"set aside after {tries} failures to fire it: {type(exc).__name__}: {exc}"
+        try:
+            schedule = await self._reread(schedule_id)
+            now = utcnow()
+            stopped = schedule.evolve(paused=True)
+            await self._advance(stopped, None, now, schedule.next_fire_at or now, error=error[:500])
+            self._failures.pop(schedule_id, None)
+        except DispatchError as pausing:
+            # The database: the pause is tried again when the schedule next fails.
+            self._failures[schedule_id] = tries - 1
+            log.warning("could not pause schedule %s: %s", schedule_id, pausing, extra=extra)
+            return
+        except Exception as pausing:
+            # Not even paused: skipped by this replica until it restarts.
+            self._failures.pop(schedule_id, None)
+            self.set_aside[schedule_id] = error
+            log.error("could not pause schedule %s: %r", schedule_id, pausing, extra=extra)
+        log.error(
+            "schedule %s set aside (paused) after %d failures to fire it",
+            schedule_id,
+            tries,
+            exc_info=exc,
+            extra={**extra, "action": "fire_set_aside"},
+        )
+        self.job.set_aside(f"schedule {schedule_id}", exc)
 
     async def run_now(self, schedule: Schedule, caller: Caller) -> Task:
         """Fire once now, outside the schedule (its next fire time stays as it is); the

@@ -8,6 +8,10 @@ are woken through their `wake_url` or the availability service, not by heartbeat
 offline agent comes back by its next heartbeat or claim. An agent holding tasks is the
 sweeper's business: its leases (renewed by progress too) say whether it is alive, and a
 lost lease marks a silent agent offline with the task's requeue.
+
+An agent that cannot be marked offline for an error of dispatchd's own (not the database's)
+is passed over, so the others are; after POISON_AFTER failures in a row it is set aside
+(logged, counted) until the runtime restarts.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dispatchd.domain.ids import utcnow
 from dispatchd.domain.models import Agent, AgentStatus
 from dispatchd.engine.agents import status_event
 from dispatchd.errors import ConcurrentUpdate, DispatchError
-from dispatchd.jobs import JobStatus, stop_if_cancelled
+from dispatchd.jobs import POISON_AFTER, JobStatus, stop_if_cancelled
 from dispatchd.store.base import AgentFilter, AppendEvent, Store, UpdateAgent
 
 log = logging.getLogger(__name__)
@@ -37,6 +41,8 @@ class Presence:
         self.store = store
         self.offline_after = offline_after
         self.job = JobStatus("presence")
+        self._failures: dict[str, int] = {}
+        self.set_aside: dict[str, str] = {}
 
     @property
     def interval_s(self) -> float:
@@ -67,11 +73,40 @@ class Presence:
         while True:
             page = await self.store.list_agents(flt, limit=PAGE, cursor=cursor)
             for load in page.items:
-                if await self._mark_offline(load.agent):
-                    gone.append(load.agent.id)
+                agent = load.agent
+                if agent.id in self.set_aside:
+                    continue
+                try:
+                    marked = await self._mark_offline(agent)
+                except DispatchError:
+                    raise  # the database: the whole sweep is tried again
+                except Exception as exc:
+                    self._failed(agent.id, exc)
+                    continue
+                self._failures.pop(agent.id, None)
+                if marked:
+                    gone.append(agent.id)
             if page.next_cursor is None:
                 return gone
             cursor = page.next_cursor
+
+    def _failed(self, agent_id: str, exc: Exception) -> None:
+        tries = self._failures[agent_id] = self._failures.get(agent_id, 0) + 1
+        extra = {"action": "presence", "agent_id": agent_id}
+        if tries < POISON_AFTER:
+            log.error("marking agent %s offline failed", agent_id, exc_info=exc, extra=extra)
+            self.job.failed(exc, f"marking agent {agent_id} offline")
+            return
+        self._failures.pop(agent_id, None)
+        self.set_aside[agent_id] = f"{type(exc).__name__}: {exc}"
+        log.error(
+            "agent %s set aside by presence after %d failures to mark it offline",
+            agent_id,
+            tries,
+            exc_info=exc,
+            extra={**extra, "action": "presence_set_aside"},
+        )
+        self.job.set_aside(f"agent {agent_id}", exc)
 
     async def _mark_offline(self, seen: Agent) -> bool:
         now = utcnow()

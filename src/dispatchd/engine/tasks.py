@@ -78,6 +78,9 @@ class TaskService:
         self.store = store
         self.policy = policy
         self.rules = rules or Rules()
+        # The task as this process last wrote it, when no other process writes tasks
+        # (`transact`'s `known`); set by the runtime.
+        self.known: Callable[[str], Task | None] | None = None
         self._random = random.SystemRandom()
         self.creation = TaskCreation(
             store,
@@ -91,7 +94,12 @@ class TaskService:
         self, task_id: str, compute: Callable[[Task], Awaitable[list[Step]]]
     ) -> Task:
         return await transact(
-            self.store, task_id, compute, escalate_to=self.rules.escalate_to, policy=self.policy
+            self.store,
+            task_id,
+            compute,
+            escalate_to=self.rules.escalate_to,
+            policy=self.policy,
+            known=self.known,
         )
 
     # --- creation (engine/creation.py) ---------------------------------------------------

@@ -15,7 +15,7 @@ from dispatchd.domain.ids import utcnow
 from dispatchd.domain.lifecycle import AttemptPatch, Change, Policy
 from dispatchd.domain.models import Attempt, Event, Task
 from dispatchd.engine.followups import follow_ups
-from dispatchd.errors import ConcurrentUpdate, NotFound
+from dispatchd.errors import ConcurrentUpdate, DispatchError, NotFound
 from dispatchd.store.base import (
     AddCost,
     AppendEvent,
@@ -165,20 +165,31 @@ async def transact(
     *,
     escalate_to: str | None = None,
     policy: Policy | None = None,
+    known: Callable[[str], Task | None] | None = None,
 ) -> Task:
     """Load the task, compute its transitions, commit; retry from a fresh read on a race.
 
     `compute` returns the chain of changes to apply (usually one); the last task in the
     chain is returned. Domain errors raised by `compute` propagate untouched.
+
+    `known`, if given, offers the task as this process last wrote it, tried first instead
+    of reading the row: its version must still be the row's for the write to pass, and
+    whatever it leads to other than a committed write (an error, nothing to do) is decided
+    again on the row.
     """
+    copy = known(task_id) if known is not None else None
     for _ in range(MAX_TRIES):
-        task = await store.get_task(task_id)
+        trusted = copy is None
+        task = await store.get_task(task_id) if copy is None else copy
+        copy = None  # a copy is tried once
         if task is None:
             raise NotFound(f"no task {task_id}", task_id=task_id)
-        steps = await compute(task)
         try:
+            steps = await compute(task)
             if not steps:
-                return task
+                if trusted:
+                    return task
+                continue
             done = await commit_changes(
                 store,
                 steps,
@@ -187,6 +198,10 @@ async def transact(
                 policy=policy,
             )
         except ConcurrentUpdate:
+            continue
+        except DispatchError:
+            if trusted:
+                raise
             continue
         return done.tasks[task_id]
     raise ConcurrentUpdate(f"task {task_id} is changing too fast; try again", task_id=task_id)

@@ -195,6 +195,7 @@ class Follower:
                     resumed_at = loop.time()
                     position = await self._resume()
                     if position is None:
+                        self.job.ok()  # nothing to follow is no failure
                         await self._sleep(self.refresh_s or self.idle_s, reload_only=True)
                         continue
                 doing = f"reading after event {position}"

@@ -3,8 +3,9 @@
 Each replica follows the log from where it stood when it started and counts what it reads,
 so its counters cover the whole cluster's activity since its start (Prometheus sums or
 compares replicas as usual). For the labels events do not carry (a task's priority) and
-the durations they imply (run time, time to assignment), the tasks of each batch are read
-from the store in one query; a task already deleted by retention counts as `unknown`.
+the durations they imply (run time, time to assignment), the tasks of each batch come
+from the feed (`EventFeed.tasks_of`: as this process's commits wrote them, else read from
+the store in one query); a task already deleted by retention counts as `unknown`.
 """
 
 from __future__ import annotations
@@ -152,6 +153,7 @@ class MetricsFollower(Consumer):
 
     def __init__(self, store: Store, feed: EventFeed, metrics: EventMetrics) -> None:
         self.store = store
+        self.feed = feed
         self.metrics = metrics
         self.cursor = 0  # the last event counted
         self.follower = Follower(
@@ -166,8 +168,7 @@ class MetricsFollower(Consumer):
         return self.cursor
 
     async def handle(self, events: Sequence[Event]) -> None:
-        ids = sorted({e.task_id for e in events if e.task_id})
-        tasks = {t.id: t for t in await self.store.get_tasks(ids)} if ids else {}
+        tasks = await self.feed.tasks_of(events)
         last = events[-1].id
         assert last is not None
         # Moved before counting: a batch that fails half-way is not counted twice.

@@ -59,6 +59,13 @@ MSG_ID_HEADER = "Nats-Msg-Id"
 
 # What a lost or unreachable NATS server raises.
 NATS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, OSError, TimeoutError)
+# What the client refuses in one message (larger than the server takes, say): not an
+# outage but that event's own failure, so it is set aside rather than waited on for ever.
+MESSAGE_ERRORS: tuple[type[BaseException], ...] = (
+    nats.errors.MaxPayloadError,
+    nats.errors.BadSubjectError,
+    nats.errors.BadHeaderError,
+)
 
 
 def subject_of(prefix: str, event_type: str) -> str:
@@ -142,6 +149,8 @@ class NatsPublisher(Consumer):
         return True
 
     def explain(self, exc: Exception) -> str | None:
+        if isinstance(exc, MESSAGE_ERRORS):
+            return None
         if isinstance(exc, NATS_ERRORS):
             return f"NATS unavailable ({_describe(exc)})"
         if isinstance(exc, DispatchError):

@@ -15,6 +15,12 @@ being retried. `webhooks.breaker_threshold` failed attempts in a row open the we
 circuit for `webhooks.breaker_cooldown_s`; nothing is sent to it meanwhile, then one trial
 (the head delivery) closes it again or reopens it. Deliveries wait, pending, while it is open.
 
+A delivery that dispatchd itself fails on (not the receiver: its request cannot be built
+or signed, its outcome cannot be recorded) is logged with its ids and tried again after a
+backoff, without counting against the receiver; after `POISON_AFTER` such failures in a row
+it is set aside: recorded failed, with the error as its reason, and counted by the sender's
+job, so that the webhook's next deliveries go on.
+
 Delivery is at least once: a server killed between the receiver's answer and the record of
 it sends that attempt again after its claim lapses (`timeout_s` + a margin). Receivers drop
 repeats by the `X-Dispatch-Delivery` id. See docs/webhooks.md.
@@ -27,6 +33,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -47,12 +54,14 @@ from dispatchd.domain.webhooks import (
     Webhook,
     after_attempt,
     interrupted,
+    mishandled,
     signature_header,
 )
 from dispatchd.engine.feed import EventFeed
+from dispatchd.errors import DispatchError
 from dispatchd.events.follower import Backoff, Consumer, Follower
 from dispatchd.events.reader import TypeFilter
-from dispatchd.jobs import JobStatus, stop_if_cancelled
+from dispatchd.jobs import POISON_AFTER, JobStatus, backoff_s, first_of, stop_if_cancelled
 from dispatchd.outbound import Outbound, OutboundRefused
 from dispatchd.store.base import Store
 
@@ -68,6 +77,8 @@ LEASE_MARGIN_S = 5.0
 # The wait after a database error before the sender tries again; the follower's waits.
 RETRY_S = 1.0
 FOLLOW_RETRY = Backoff(RETRY_S, 10.0)
+# The waits before a delivery dispatchd failed on is tried again.
+MISHANDLED_RETRY = Backoff(RETRY_S, 30.0)
 PRUNE_EVERY_S = 300.0
 PRUNE_BATCH = 1000
 # How much of a failing receiver's answer is kept as the delivery's error.
@@ -172,6 +183,11 @@ class WebhookDispatcher:
         self._send_wake = asyncio.Event()
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self.sender_job = JobStatus("webhook sender")
+        self.prune_job = JobStatus("webhook retention")
+        self.mishandled_retry = MISHANDLED_RETRY
+        # Deliveries dispatchd failed on, by id: the failures in a row, and when the one
+        # not claimed yet may be looked at again.
+        self._mishandled: dict[str, tuple[int, datetime]] = {}
         # Made on the first delivery: building one (its TLS context) costs tens of ms,
         # which a runtime that never sends should not pay.
         self._client: httpx.AsyncClient | None = None
@@ -207,12 +223,24 @@ class WebhookDispatcher:
         return self._client
 
     async def run(self) -> None:
-        """Follow the log and send deliveries until cancelled."""
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self.follower.run())
-            group.create_task(self._send_loop(group.create_task))
-            if self.config.delivery_retention_days > 0:
-                group.create_task(self._prune_loop())
+        """Follow the log and send deliveries until cancelled; if one of the loops ever
+        ends, the others are stopped and its error raised (the supervisor restarts them)."""
+        # Not a TaskGroup: on Python 3.11 one whose child fails while it is exiting leaves
+        # its parent task marked as cancelled, and the supervisor would take that for a
+        # stop and never restart the job.
+        loops = [self.follower.run(), self._send_loop(self._spawn)]
+        if self.config.delivery_retention_days > 0:
+            loops.append(self._prune_loop())
+        try:
+            await first_of(*loops)
+        finally:
+            inflight = list(self._inflight.values())
+            for task in inflight:
+                task.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
+
+    def _spawn(self, delivery: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        return asyncio.create_task(delivery, name="dispatchd webhook delivery")
 
     # --- sending ----------------------------------------------------------------------
 
@@ -239,17 +267,27 @@ class WebhookDispatcher:
             hook, delivery = head.webhook, head.delivery
             if hook.id in self._inflight:
                 continue
-            ready = delivery.next_attempt_at or now
-            if hook.open_until is not None and hook.open_until > ready:
-                ready = hook.open_until
-            if ready > now:
-                soonest = min(soonest, (ready - now).total_seconds())
+            try:
+                ready = delivery.next_attempt_at or now
+                if hook.open_until is not None and hook.open_until > ready:
+                    ready = hook.open_until
+                held = self._mishandled.get(delivery.id)
+                if held is not None and held[1] > ready:
+                    ready = held[1]
+                if ready > now:
+                    soonest = min(soonest, (ready - now).total_seconds())
+                    continue
+                if len(self._inflight) >= self.config.max_in_flight:
+                    break  # woken again as soon as one in flight ends
+                claimed = await self.store.claim_delivery(
+                    delivery.id, delivery.attempt, until=now + self.lease, now=now
+                )
+            except DispatchError:
+                raise  # the database: the whole pass is tried again
+            except Exception as exc:
+                # This head alone: the others are still sent.
+                await self._mishandle(hook, delivery, exc, claimed=False)
                 continue
-            if len(self._inflight) >= self.config.max_in_flight:
-                break  # woken again as soon as one in flight ends
-            claimed = await self.store.claim_delivery(
-                delivery.id, delivery.attempt, until=now + self.lease, now=now
-            )
             if claimed is not None:
                 self._inflight[hook.id] = spawn(self._deliver(hook, claimed))
         return soonest
@@ -269,6 +307,7 @@ class WebhookDispatcher:
                 error=error,
             )
             await self._record(hook, outcome)
+            self._mishandled.pop(delivery.id, None)
         except asyncio.CancelledError:
             # Shutting down mid-request: put the delivery back, due at once, so the next
             # start sends it without waiting for the claim to lapse.
@@ -278,16 +317,94 @@ class WebhookDispatcher:
                         interrupted(delivery, at=started, now=self._clock())
                     )
             raise
-        except Exception:
+        except DispatchError as exc:
             # The database is out of reach: the claim lapses and the attempt is made again.
-            log.exception(
-                "could not record webhook delivery %s",
+            log.warning(
+                "could not record webhook delivery %s: %s",
                 delivery.id,
-                extra={"action": "webhook", "webhook_id": hook.id},
+                exc,
+                extra={"action": "webhook", "webhook_id": hook.id, "delivery_id": delivery.id},
             )
+        except Exception as exc:
+            try:
+                await self._mishandle(hook, delivery, exc, claimed=True, at=started)
+            except Exception:
+                # Not even that could be written: the claim lapses, and the next attempt
+                # counts as another failure.
+                log.exception(
+                    "could not put webhook delivery %s back",
+                    delivery.id,
+                    extra={"action": "webhook", "webhook_id": hook.id, "delivery_id": delivery.id},
+                )
         finally:
             self._inflight.pop(hook.id, None)
             self._send_wake.set()
+
+    async def _mishandle(
+        self,
+        hook: Webhook,
+        delivery: Delivery,
+        exc: Exception,
+        *,
+        claimed: bool,
+        at: datetime | None = None,
+    ) -> None:
+        """dispatchd failed on `delivery` (claimed or not yet): log it with its ids, and
+        try it again after a backoff; after POISON_AFTER failures in a row, set it aside."""
+        now = self._clock()
+        tries = self._mishandled.get(delivery.id, (0, now))[0] + 1
+        what = f"delivery {delivery.id} of webhook {hook.id}"
+        extra = {"webhook_id": hook.id, "delivery_id": delivery.id}
+        text = f"{type(exc).__name__}: {exc}"[:EXCERPT]
+        if tries < POISON_AFTER:
+            wait_s = backoff_s(tries, self.mishandled_retry.base_s, self.mishandled_retry.cap_s)
+            later = now + timedelta(seconds=wait_s)
+            self._mishandled[delivery.id] = (tries, later)
+            log.error(
+                "webhook sender failed on %s (%d of %d tries); trying again in %.2fs",
+                what,
+                tries,
+                POISON_AFTER,
+                wait_s,
+                exc_info=exc,
+                extra={"action": "webhook", **extra},
+            )
+            self.sender_job.failed(exc, f"sending {what}")
+            if claimed:
+                # Due again after the wait, rather than when the claim lapses.
+                outcome = mishandled(delivery, at=at or now, now=now, error=text, retry_at=later)
+                await self.store.record_delivery(outcome)
+            return
+        self._mishandled[delivery.id] = (tries, now)
+        if not claimed:
+            taken = await self.store.claim_delivery(
+                delivery.id, delivery.attempt, until=now + self.lease, now=now
+            )
+            if taken is None:
+                return  # it moved on meanwhile
+            delivery = taken
+        reason = f"set aside after {tries} failures to send it: {text}"
+        outcome = mishandled(delivery, at=at or now, now=now, error=reason, retry_at=None)
+        try:
+            written = await self.store.record_delivery(outcome)
+        except DispatchError:
+            raise
+        except Exception:
+            # The history may be what cannot be written: keep this attempt's record alone.
+            bare = replace(outcome, history=outcome.history[-1:])
+            written = await self.store.record_delivery(bare)
+        self._mishandled.pop(delivery.id, None)
+        if not written:
+            return  # the webhook was switched off or deleted meanwhile
+        log.error(
+            "webhook sender set aside %s after %d failures: %s",
+            what,
+            tries,
+            text,
+            exc_info=exc,
+            extra={"action": "webhook_set_aside", **extra},
+        )
+        self.sender_job.set_aside(what, exc)
 
     async def _post(
         self, hook: Webhook, delivery: Delivery, at: datetime
@@ -359,12 +476,15 @@ class WebhookDispatcher:
     # --- retention --------------------------------------------------------------------
 
     async def _prune_loop(self) -> None:
+        self.prune_job.ok()  # running: its first turn is an interval away
         while True:
             await asyncio.sleep(PRUNE_EVERY_S)
             stop_if_cancelled()
             try:
                 await self.prune_once()
-            except Exception:
+                self.prune_job.ok()
+            except Exception as exc:
+                self.prune_job.failed(exc, "deleting finished deliveries")
                 log.exception("webhook delivery retention failed", extra={"action": "prune"})
 
     async def prune_once(self) -> int:

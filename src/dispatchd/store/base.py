@@ -29,6 +29,7 @@ from dispatchd.domain.models import (
 )
 from dispatchd.domain.notifications import Digest, Notification
 from dispatchd.domain.webhooks import Advance, Delivery, DeliveryStatus, Head, Outcome, Webhook
+from dispatchd.jobs import JobStatus
 from dispatchd.store.base_costs import AddCost as AddCost
 from dispatchd.store.base_costs import CostReads
 from dispatchd.store.base_costs import CostTotal as CostTotal
@@ -306,6 +307,8 @@ class QueueStats:
     # Tasks that finished since the window's start, newest first (bounded):
     # (created_at, started_at, finished_at, status).
     finished: Sequence[tuple[datetime, datetime | None, datetime, str]]
+    # Every task finished since each window's start, by window name and final state.
+    finished_counts: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +342,8 @@ class ClaimView:
 
 ClaimPlan = Callable[[ClaimView], Sequence["Op"]]
 CommitListener = Callable[[list[Event]], None]
+# Told the writes of every commit with its events (before the commit's `CommitListener`s).
+WriteListener = Callable[[Sequence["Op"], list[Event]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,9 +386,15 @@ class Store(RoomStore, ScheduleReads, ReaderStore, CostReads, Protocol):
         """Call `listener` with the events of every commit made through this store."""
         ...
 
-    async def watch(self, advanced: Callable[[int], None]) -> None:
+    def on_written(self, listener: WriteListener) -> None:
+        """Call `listener` with the writes and the events of every commit made through
+        this store that appended events, before the `on_commit` listeners are told."""
+        ...
+
+    async def watch(self, advanced: Callable[[int], None], job: JobStatus | None = None) -> None:
         """Call `advanced(last_event_id)` when another process commits; runs until
-        cancelled (a no-op wait where no other process writes)."""
+        cancelled (a no-op wait where no other process writes). `job` is told while the
+        listener is lost and when it is back."""
         ...
 
     def lease(self, name: str, *, check_s: float) -> Lease:
@@ -438,9 +449,12 @@ class Store(RoomStore, ScheduleReads, ReaderStore, CostReads, Protocol):
 
     async def counts(self) -> Counts: ...
 
-    async def queue_stats(self, since: datetime, limit: int) -> QueueStats:
-        """Unfinished tasks by state and priority, the oldest pending task's creation, and
-        up to `limit` tasks finished since `since` (newest first)."""
+    async def queue_stats(
+        self, since: datetime, limit: int, windows: Mapping[str, datetime] | None = None
+    ) -> QueueStats:
+        """Unfinished tasks by state and priority, the oldest pending task's creation, up
+        to `limit` tasks finished since `since` (newest first), and how many tasks finished
+        in each of `windows` (name → start) by final state."""
         ...
 
     async def events_for_task(self, task_id: str) -> list[Event]: ...

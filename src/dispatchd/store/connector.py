@@ -21,6 +21,7 @@ from functools import lru_cache
 from typing import Any, Literal, Protocol, TypeVar
 
 from dispatchd.errors import DuplicateKey
+from dispatchd.jobs import JobStatus
 from dispatchd.store.base import Lease
 from dispatchd.store.rows import Codec
 
@@ -92,7 +93,9 @@ class Connector(Protocol):
         reads beside the writers. An exception from the body or a query rolls it back."""
         ...
 
-    async def watch(self, advanced: Callable[[int], None]) -> None: ...
+    async def watch(
+        self, advanced: Callable[[int], None], job: JobStatus | None = None
+    ) -> None: ...
 
     def lease(self, name: str, *, check_s: float) -> Lease: ...
 

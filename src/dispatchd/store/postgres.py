@@ -24,6 +24,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from dispatchd.errors import ConcurrentUpdate, StoreError, ValidationFailed
+from dispatchd.jobs import Backoff, JobStatus, backoff_s
 from dispatchd.store.base import Lease
 from dispatchd.store.connector import Body, Dialect, Query, Row, duplicate_key
 from dispatchd.store.rows import POSTGRES as POSTGRES_CODEC
@@ -44,6 +45,10 @@ CHECKOUT_TIMEOUT_S = 10.0
 EVENT_ORDER_LOCK = int.from_bytes(b"dsp:evts", "big")
 MIGRATION_LOCK = int.from_bytes(b"dsp:migr", "big")
 NOTIFY_CHANNEL = "dispatchd_events"
+# The commit listener's connection, as pg_stat_activity shows it.
+LISTENER_NAME = "dispatchd commit listener"
+# The waits before the commit listener connects again.
+LISTEN_RETRY = Backoff(0.2, 5.0)
 
 POSTGRES = Dialect(
     name="postgres",
@@ -56,6 +61,8 @@ POSTGRES = Dialect(
         "by_not_before": "",
         "by_run_at": "",
         "by_finished": "",
+        "by_deadline": "",
+        "by_lease": "",
         "queue_order": "priority_rank DESC, due_at NULLS LAST, created_at, id",
         "capable": "tasks.capabilities <@ :caps",
         "lock_event_order": f"SELECT pg_advisory_xact_lock({EVENT_ORDER_LOCK})",
@@ -63,6 +70,8 @@ POSTGRES = Dialect(
         "lock_migrations": f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})",
         "in_ids": " = ANY(:ids)",
         "event_room": "data ->> 'room'",
+        "new_event_room": "CAST(:data AS jsonb) ->> 'room'",
+        "id_rows": "unnest(CAST(:ids AS text[])) AS r(value)",
         "for_share": " FOR SHARE",
         "migration_time": "TIMESTAMPTZ NOT NULL DEFAULT now()",
     },
@@ -170,31 +179,41 @@ class PostgresConnector:
             async with conn.transaction():
                 return await _drive(conn, body)
 
-    async def watch(self, advanced: Callable[[int], None]) -> None:
+    async def watch(self, advanced: Callable[[int], None], job: JobStatus | None = None) -> None:
         """Report other replicas' commits: LISTEN on the channel every commit notifies,
-        reconnecting after a lost connection. Runs until cancelled."""
+        reconnecting after a lost connection (after a backoff, the job down meanwhile).
+        Runs until cancelled."""
+        job = job or JobStatus("commit listener")
+        failures = 0
         while True:
+            doing = "connecting to listen for commits"
             try:
                 conn = await AsyncConnection.connect(
-                    self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+                    self.url,
+                    autocommit=True,
+                    connect_timeout=CONNECT_TIMEOUT_S,
+                    application_name=LISTENER_NAME,
                 )
             except psycopg.Error as exc:
-                logger.warning("cannot listen for commits: %s", exc)
-                await asyncio.sleep(1.0)
+                failures += 1
+                await _listener_failed(job, exc, doing, failures)
                 continue
             try:
+                doing = "listening for commits"
                 await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                 # Commits made while we were not listening: catch up on reconnect.
                 cur = await conn.execute("SELECT coalesce(max(id), 0) FROM events")
                 row = await cur.fetchone()
                 if row is not None:
                     advanced(int(row[0]))
+                failures = 0
+                job.ok()
                 async for note in conn.notifies():
                     if note.payload.isdigit():
                         advanced(int(note.payload))
             except psycopg.Error as exc:
-                logger.warning("lost the commit listener: %s", exc)
-                await asyncio.sleep(0.2)
+                failures += 1
+                await _listener_failed(job, exc, doing, failures)
             finally:
                 await conn.close()
 
@@ -206,6 +225,19 @@ class PostgresStore(SQLStore):
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
         super().__init__(PostgresConnector(url, pool_size=pool_size))
+
+
+async def _listener_failed(job: JobStatus, exc: Exception, doing: str, failures: int) -> None:
+    wait_s = backoff_s(failures, LISTEN_RETRY.base_s, LISTEN_RETRY.cap_s)
+    job.failed(exc, doing)
+    logger.warning(
+        "commit listener failed while %s: %s; retrying in %.2fs",
+        doing,
+        exc,
+        wait_s,
+        extra={"action": "listen"},
+    )
+    await asyncio.sleep(wait_s)
 
 
 async def _drive(conn: Connection, body: Body[T]) -> T:

@@ -40,8 +40,12 @@ INSERT INTO comments (task_id, author, body, created_at)
 VALUES (:task_id, :author, :body, :created_at);
 
 -- name: insert_event
-INSERT INTO events (type, task_id, agent_id, data, created_at)
-VALUES (:type, :task_id, :agent_id, :data, :created_at)
+-- The room the event belongs to is kept with it (what `room_events` reads by): its task's
+-- (a task's scope never changes; the task row is written before its events), or for the
+-- room's own `room.*` events the one named in `data.room`.
+INSERT INTO events (type, task_id, agent_id, data, created_at, room)
+VALUES (:type, :task_id, :agent_id, :data, :created_at, coalesce((SELECT scope FROM tasks
+    WHERE id = :task_id), CASE WHEN :type LIKE 'room.%' THEN {new_event_room} END))
 RETURNING id;
 
 -- name: insert_events
@@ -237,6 +241,12 @@ FROM tasks{by_finished}
 WHERE finished_at >= :since AND status IN {terminal}
 ORDER BY finished_at DESC LIMIT :limit;
 
+-- name: stats_finished_counts
+SELECT status, count(*) AS n
+FROM tasks{by_finished}
+WHERE finished_at >= :since AND status IN {terminal}
+GROUP BY status;
+
 -- name: cost_totals
 SELECT day, requester, agent, usd, input_tokens, output_tokens FROM cost_totals
 WHERE day >= :since
@@ -260,15 +270,15 @@ WHERE d.parent_id = :id AND t.status = 'blocked'
 ORDER BY t.id;
 
 -- name: due_timed_out
-SELECT * FROM tasks
+SELECT * FROM tasks{by_deadline}
 WHERE deadline_at <= :now AND status IN ('running', 'waiting_input') LIMIT :limit;
 
 -- name: due_lease_lost
-SELECT * FROM tasks
+SELECT * FROM tasks{by_lease}
 WHERE lease_expires_at <= :now AND status = 'running' LIMIT :limit;
 
 -- name: due_not_started
-SELECT * FROM tasks
+SELECT * FROM tasks{by_lease}
 WHERE lease_expires_at <= :now AND status = 'assigned' LIMIT :limit;
 
 -- name: due_ready
@@ -310,7 +320,7 @@ DELETE FROM events
 WHERE id <= :through;
 
 -- name: finished_tasks
-SELECT id, status FROM tasks
+SELECT id, status FROM tasks{by_finished}
 WHERE finished_at < :before AND status IN {terminal}
 ORDER BY finished_at LIMIT :limit;
 
@@ -498,19 +508,20 @@ WHERE scope{in_ids} GROUP BY scope;
 -- name: room_last_finished
 -- The last task an agent of the room worked on (attempt > 0) that finished: one that never
 -- ran (failed with a parent, cancelled while queued) says nothing of the room's agents.
-SELECT scope, status FROM (
-    SELECT scope, status, row_number() OVER (PARTITION BY scope ORDER BY finished_at DESC, id
-        DESC) AS n
-    FROM tasks
-    WHERE scope{in_ids} AND status IN {terminal} AND finished_at IS NOT NULL AND attempt > 0
-) AS last
-WHERE n = 1;
+-- One step down `tasks_room_finished` per room asked for, however many tasks it finished;
+-- a room none of whose tasks has finished so answers a NULL status.
+SELECT r.value AS scope, (
+    SELECT t.status FROM tasks AS t
+    WHERE t.scope = r.value AND t.finished_at IS NOT NULL AND t.attempt > 0
+        AND t.status IN {terminal}
+    ORDER BY t.finished_at DESC, t.id DESC LIMIT 1) AS status
+FROM {id_rows};
 
 -- name: room_events
--- The events of the room's tasks, and the room's own (`room.*`, naming it in `data.room`).
+-- The events of the room's tasks, and the room's own (`room.*`, naming it in `data.room`):
+-- those whose `room` is set to it when appended, newest first down `events_room`.
 SELECT * FROM events
-WHERE task_id IN (SELECT id FROM tasks WHERE scope = :room) OR (type LIKE 'room.%' AND
-    {event_room} = :room)
+WHERE room = :room
 ORDER BY id DESC LIMIT :limit;
 
 -- --- schedules (docs/schedules.md) -------------------------------------------------------

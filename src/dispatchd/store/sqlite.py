@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dispatchd.errors import StoreError
+from dispatchd.jobs import JobStatus
 from dispatchd.store.base import Lease, LocalLease
 from dispatchd.store.connector import Body, Dialect, Query, Row, drive, duplicate_key
 from dispatchd.store.rows import SQLITE as SQLITE_CODEC
@@ -49,8 +50,12 @@ SQLITE = Dialect(
         # backoff (run_at) falls in the sweep's window: each sweep would grow with the queue.
         "by_not_before": " INDEXED BY tasks_not_before",
         "by_run_at": " INDEXED BY tasks_run_at",
-        # And /stats would read every finished task ever kept for the last 15 minutes'.
+        # /stats and the pruner would read (and sort) every finished task kept, for the
+        # last 15 minutes' or the oldest few.
         "by_finished": " INDEXED BY tasks_finished",
+        # The sweep's deadlines and leases: by status it would read every running task.
+        "by_deadline": " INDEXED BY tasks_deadline",
+        "by_lease": " INDEXED BY tasks_lease",
         "queue_order": "priority_rank DESC, due_at IS NULL, due_at, created_at, id",
         "capable": "NOT EXISTS (SELECT 1 FROM json_each(tasks.capabilities) c "
         "WHERE c.value NOT IN (SELECT value FROM json_each(:caps)))",
@@ -59,6 +64,10 @@ SQLITE = Dialect(
         "lock_migrations": "",
         "in_ids": " IN (SELECT value FROM json_each(:ids))",
         "event_room": "json_extract(data, '$.room')",
+        # The room a `room.*` event being appended names (`insert_event`).
+        "new_event_room": "json_extract(:data, '$.room')",
+        # The ids bound as `:ids`, one row each (`r.value`).
+        "id_rows": "json_each(:ids) AS r",
         "for_share": "",
         "migration_time": "TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
     },
@@ -275,7 +284,7 @@ class SQLiteConnector:
 
     # --- what only a server database does ------------------------------------------------
 
-    async def watch(self, advanced: Callable[[int], None]) -> None:
+    async def watch(self, advanced: Callable[[int], None], job: JobStatus | None = None) -> None:
         """Other processes do not write this file while we serve it: nothing to watch."""
         await asyncio.Event().wait()
 

@@ -24,12 +24,14 @@ from dispatchd.domain.rooms import Room, RoomActivity
 from dispatchd.domain.schedules import Fire, Schedule
 from dispatchd.domain.webhooks import Advance, Delivery, DeliveryStatus, Head, Outcome, Webhook
 from dispatchd.errors import ConcurrentUpdate
+from dispatchd.jobs import JobStatus
 from dispatchd.store import migrations, writes
 from dispatchd.store.base import (
     AgentFilter,
     AgentLoad,
     ClaimPlan,
     ClaimQuery,
+    ClaimView,
     CommitListener,
     CostTotal,
     Counts,
@@ -40,6 +42,7 @@ from dispatchd.store.base import (
     Pruned,
     QueueStats,
     TaskFilter,
+    WriteListener,
 )
 from dispatchd.store.connector import Body, Connector, Query, all_rows, execute, one
 from dispatchd.store.queries import Queries
@@ -60,6 +63,7 @@ class SQLStore:
         self.codec = connector.dialect.codec
         self.q = _queries(connector)
         self._listeners: list[CommitListener] = []
+        self._writers: list[WriteListener] = []
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -95,14 +99,19 @@ class SQLStore:
     def on_commit(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
 
-    def _told(self, events: list[Event]) -> list[Event]:
+    def on_written(self, listener: WriteListener) -> None:
+        self._writers.append(listener)
+
+    def _told(self, events: list[Event], ops: Sequence[Op]) -> list[Event]:
         if events:
+            for writer in self._writers:
+                writer(ops, events)
             for listener in self._listeners:
                 listener(events)
         return events
 
-    async def watch(self, advanced: Callable[[int], None]) -> None:
-        await self.connector.watch(advanced)
+    async def watch(self, advanced: Callable[[int], None], job: JobStatus | None = None) -> None:
+        await self.connector.watch(advanced, job)
 
     def lease(self, name: str, *, check_s: float) -> Lease:
         return self.connector.lease(name, check_s=check_s)
@@ -110,10 +119,18 @@ class SQLStore:
     # --- writes ---------------------------------------------------------------------------
 
     async def commit(self, ops: Sequence[Op]) -> list[Event]:
-        return self._told(await self.connector.transaction(writes.commit(self.q, ops)))
+        return self._told(await self.connector.transaction(writes.commit(self.q, ops)), ops)
 
     async def claim(self, query: ClaimQuery, plan: ClaimPlan) -> list[Event]:
-        return self._told(await self.connector.transaction(writes.claim(self.q, query, plan)))
+        planned: list[Sequence[Op]] = []
+
+        def planning(view: ClaimView) -> Sequence[Op]:
+            ops = plan(view)
+            planned.append(ops)
+            return ops
+
+        events = await self.connector.transaction(writes.claim(self.q, query, planning))
+        return self._told(events, planned[-1] if planned else ())
 
     async def prune(
         self, *, events_before: datetime | None, tasks_before: datetime | None, limit: int
@@ -216,7 +233,9 @@ class SQLStore:
 
         return await self.connector.transaction(body(), write=False)
 
-    async def queue_stats(self, since: datetime, limit: int) -> QueueStats:
+    async def queue_stats(
+        self, since: datetime, limit: int, windows: Mapping[str, datetime] | None = None
+    ) -> QueueStats:
         q, codec = self.q, self.codec
 
         def body() -> Body[QueueStats]:
@@ -233,7 +252,11 @@ class SQLStore:
                 )
                 for r in (yield all_rows(q.stats_finished, params))
             ]
-            return QueueStats(open_tasks, oldest and codec.load_time(oldest), finished)
+            counts: dict[str, dict[str, int]] = {}
+            for name, start in (windows or {}).items():
+                rows = yield all_rows(q.stats_finished_counts, {"since": codec.dump_time(start)})
+                counts[name] = {r["status"]: int(r["n"]) for r in rows}
+            return QueueStats(open_tasks, oldest and codec.load_time(oldest), finished, counts)
 
         return await self.connector.transaction(body(), write=False)
 
@@ -506,7 +529,11 @@ class SQLStore:
                 task = from_row(Task, row, codec)
                 active.setdefault(task.scope or "", []).append(task)
             counts = {r["scope"]: r for r in (yield all_rows(q.room_counts, params))}
-            last = {r["scope"]: r["status"] for r in (yield all_rows(q.room_last_finished, params))}
+            last = {
+                r["scope"]: r["status"]
+                for r in (yield all_rows(q.room_last_finished, params))
+                if r["status"] is not None
+            }
             found = {}
             for room_id in room_ids:
                 count = counts.get(room_id)

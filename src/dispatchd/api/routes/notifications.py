@@ -91,7 +91,7 @@ async def list_notifications(
         if remaining <= 0 or rt.events.closed:
             break
         await rt.notifier.written(min(remaining, RECHECK_S))
-    digest = await rt.store.open_digest()
+    digest = await rt.notifier.open_digest()
     if digest is not None and reader is not None:
         digest = digest.only(reader)
     return NotificationList(
