@@ -157,3 +157,15 @@ async def test_an_update_of_a_missing_task_is_a_conflict(store: Store) -> None:
     ghost = make_task(id=new_id())
     with pytest.raises(ConcurrentUpdate):
         await store.commit([UpdateTask(ghost.evolve(version=2), S.PENDING, None, ghost)])
+
+
+async def test_a_batch_of_events_keeps_each_ones_room(store: Store) -> None:
+    tasks = [make_task(scope="infra"), make_task(), make_task(scope="infra")]
+    await store.commit(
+        [InsertTask(t) for t in tasks]
+        + [AppendEvent(make_event("task.created", t.id)) for t in tasks]
+        + [AppendEvent(make_event("room.created", room="research"))]
+    )
+    infra = await store.room_events("infra", limit=10)
+    assert [e.task_id for e in infra] == [tasks[2].id, tasks[0].id]
+    assert [e.type for e in await store.room_events("research", limit=10)] == ["room.created"]

@@ -99,6 +99,11 @@ class Queries:
                 + " ON CONFLICT (webhook_id, event_id) DO NOTHING"
             ),
         )
+        # A commit's events go in one executemany (`insert_ids`, which returns their ids):
+        # the one insert of an event, without its RETURNING.
+        one_event = self._sql["insert_event"]
+        assert one_event.endswith("RETURNING id"), "insert_event returns the id it gave"
+        self._sql["insert_events"] = one_event.removesuffix("RETURNING id").rstrip()
         self._updates: dict[tuple[str, ...], str] = {}
         self.due = tuple(self._sql[name] for name in DUE)
         self.drop_task_rows = tuple(

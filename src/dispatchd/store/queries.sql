@@ -48,11 +48,6 @@ VALUES (:type, :task_id, :agent_id, :data, :created_at, coalesce((SELECT scope F
     WHERE id = :task_id), CASE WHEN :type LIKE 'room.%' THEN {new_event_room} END))
 RETURNING id;
 
--- name: insert_events
--- Several at once (`insert_ids`: the connector returns their ids).
-INSERT INTO events (type, task_id, agent_id, data, created_at)
-VALUES (:type, :task_id, :agent_id, :data, :created_at);
-
 -- name: renew_leases
 -- A task waiting for input has no lease (it stops counting until the answer arrives).
 UPDATE tasks
