@@ -25,8 +25,20 @@ def utcnow() -> datetime:
 
 def isoformat(value: datetime) -> str:
     """RFC 3339 in UTC with a Z and microseconds: fixed width, so text order is time order."""
+    global _last_iso
+    # The same moment is written several times in a row (a task's created_at, updated_at
+    # and its event's time): the last one is remembered. One tuple, swapped whole, so a
+    # reader in another thread sees a matching pair.
+    last = _last_iso
+    if last[0] is value:
+        return last[1]
     # isoformat, not strftime: %Y does not pad a year before 1000 to four digits.
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    text = value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    _last_iso = (value, text)
+    return text
+
+
+_last_iso: tuple[datetime | None, str] = (None, "")
 
 
 def parse_iso(value: str) -> datetime:

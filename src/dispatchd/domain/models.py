@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -172,7 +173,20 @@ class Task:
     error_code: str | None = None
 
     def evolve(self, **changes: Any) -> Self:
-        return dataclasses.replace(self, **changes)
+        # As dataclasses.replace, at half its cost (every transition evolves its task):
+        # all fields read at once and passed by position.
+        values = list(_task_values(self))
+        for name, value in changes.items():
+            try:
+                values[_TASK_INDEX[name]] = value
+            except KeyError:
+                raise TypeError(f"Task has no field {name!r}") from None
+        return type(self)(*values)
+
+
+_TASK_FIELDS = tuple(f.name for f in dataclasses.fields(Task))
+_TASK_INDEX = {name: i for i, name in enumerate(_TASK_FIELDS)}
+_task_values = operator.attrgetter(*_TASK_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)

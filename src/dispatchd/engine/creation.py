@@ -202,15 +202,19 @@ class TaskCreation:
             touches=[TouchTask(p.id, p.version) for p in parents.values() if not p.status.terminal]
         )
         steps = births.steps
-        named: dict[str, Agent | None] = {}
+        # The agents the batch names, read at once (manual assignment reserves their slots).
+        wanted = sorted({s.assigned_to for s in specs if s.assigned_to is not None})
+        named: dict[str, Agent] = (
+            {a.id: a for a in await self.store.get_agents(wanted)} if manual and wanted else {}
+        )
         for spec, task_id in zip(specs, ids, strict=True):
             task = self._new_task(spec, task_id, caller, now)
-            deps = [parents[pid] for pid in spec.depends_on]
-            waiting = any(p.status is not TaskStatus.COMPLETED for p in deps)
+            deps = [parents[pid] for pid in spec.depends_on] if spec.depends_on else []
+            waiting = bool(deps) and any(p.status is not TaskStatus.COMPLETED for p in deps)
             deferred = spec.run_at is not None and spec.run_at > now
             born = lifecycle.create(task, now, blocked=waiting or deferred)
             steps.append((born, None))
-            dead = next((p for p in deps if p.status in _DEAD), None)
+            dead = next((p for p in deps if p.status in _DEAD), None) if deps else None
             if dead is not None:
                 steps.append(
                     (
@@ -233,9 +237,7 @@ class TaskCreation:
             elif manual:
                 # Manual assignment skips scoring, not drain or capacity (SPEC §3.6): the
                 # slot is reserved in the commit, which fails if the agent has no room.
-                if spec.assigned_to not in named:
-                    named[spec.assigned_to] = await self.store.get_agent(spec.assigned_to)
-                agent = named[spec.assigned_to]
+                agent = named.get(spec.assigned_to)
                 # Outside the task's room it may not have the task: it waits (explain says).
                 if agent is not None and spec.scope in (None, agent.room):
                     handover = hand_over(

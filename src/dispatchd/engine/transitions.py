@@ -47,7 +47,7 @@ def ops_for(change: Change, previous: Task | None) -> list[Op]:
     ops: list[Op] = [
         InsertTask(change.task)
         if previous is None
-        else UpdateTask(change.task, previous.status, previous.assignee)
+        else UpdateTask(change.task, previous.status, previous.assignee, previous)
     ]
     if change.new_attempt is not None:
         ops.append(SaveAttempt(change.new_attempt))
@@ -126,7 +126,7 @@ def _each(steps: Sequence[tuple[Change, Task | None]]) -> tuple[list[Op], dict[s
 def _task_write(task: Task, previous: Task | None) -> Op:
     if previous is None:
         return InsertTask(task)
-    return UpdateTask(task, previous.status, previous.assignee)
+    return UpdateTask(task, previous.status, previous.assignee, previous)
 
 
 def _patched(attempt: Attempt, patch: AttemptPatch) -> Attempt:

@@ -58,11 +58,15 @@ class UpdateTask:
 
     `previous_assignee` is who held it before: when the task leaves that agent's hands the
     store lowers the agent's load in the same commit (and raises the new holder's).
+    `before` is the task as it was read at that version: then only the columns that differ
+    from it are written (the version check is the same); without it, every column.
     """
 
     task: Task
     previous: TaskStatus
     previous_assignee: str | None = None
+    # How it is written, not what: left out of equality (the row is the same either way).
+    before: Task | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

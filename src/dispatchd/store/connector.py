@@ -27,14 +27,15 @@ from dispatchd.store.rows import Codec
 
 T = TypeVar("T")
 Row = Mapping[str, Any]
-Kind = Literal["execute", "one", "all", "many", "script"]
+Kind = Literal["execute", "one", "all", "many", "ids", "script"]
 
 
 @dataclass(frozen=True, slots=True)
 class Query:
     """One statement of a transaction body. Its result, sent back into the body: the row
-    count (`execute`, `many`), the first row or None (`one`), every row (`all`), nothing
-    (`script`: several statements of a migration, without parameters)."""
+    count (`execute`, `many`), the first row or None (`one`), every row (`all`), the ids
+    the rows were given (`ids`), nothing (`script`: several statements of a migration,
+    without parameters)."""
 
     kind: Kind
     sql: str
@@ -54,7 +55,16 @@ def all_rows(sql: str, params: Mapping[str, Any] | None = None) -> Query:
 
 
 def many(sql: str, params: Sequence[Mapping[str, Any]]) -> Query:
+    """One statement run once per parameter set, in one call to the driver (executemany)."""
     return Query("many", sql, params)
+
+
+def insert_ids(sql: str, params: Sequence[Mapping[str, Any]]) -> Query:
+    """`sql`, an INSERT without RETURNING into a table whose integer `id` the database
+    assigns, run once per parameter set in one call to the driver; the result is the ids
+    of the rows, in the order of `params`. (SQLite, whose one writer inserts them in a
+    row, reads the last id; PostgreSQL returns each one.)"""
+    return Query("ids", sql, params)
 
 
 # A transaction body: yields queries, receives their results, returns its value.

@@ -262,12 +262,30 @@ async def _run(conn: Connection, query: Query) -> Any:
         async with conn.cursor() as cur:
             await cur.executemany(query.sql, query.params)
             return cur.rowcount
+    if query.kind == "ids":
+        return await _insert_ids(conn, query.sql, query.params)
     cur = await conn.execute(query.sql, query.params)
     if query.kind == "execute":
         return cur.rowcount
     if query.kind == "one":
         return await cur.fetchone()
     return await cur.fetchall()
+
+
+async def _insert_ids(conn: Connection, sql: str, params: Any) -> list[int]:
+    """Insert each row (psycopg pipelines them), and the id each one was given."""
+    if not params:
+        return []
+    ids: list[int] = []
+    async with conn.cursor() as cur:
+        await cur.executemany(sql + " RETURNING id", params, returning=True)
+        while True:
+            row = await cur.fetchone()
+            assert row is not None  # RETURNING gives one row per insert
+            ids.append(int(row["id"]))
+            if not cur.nextset():
+                break
+    return ids
 
 
 def lock_key(name: str) -> int:

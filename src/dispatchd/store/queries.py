@@ -99,10 +99,27 @@ class Queries:
                 + " ON CONFLICT (webhook_id, event_id) DO NOTHING"
             ),
         )
+        # A commit's events go in one executemany (`insert_ids`, which returns their ids):
+        # the one insert of an event, without its RETURNING.
+        one_event = self._sql["insert_event"]
+        assert one_event.endswith("RETURNING id"), "insert_event returns the id it gave"
+        self._sql["insert_events"] = one_event.removesuffix("RETURNING id").rstrip()
+        self._updates: dict[tuple[str, ...], str] = {}
         self.due = tuple(self._sql[name] for name in DUE)
         self.drop_task_rows = tuple(
             d.sql(f"DELETE FROM {table} WHERE {column}{{in_ids}}") for table, column in TASK_ROWS
         )
+
+    def update_task_columns(self, columns: Sequence[str]) -> str:
+        """An update of the task's `columns` (`id` and `version` among them) fenced by the
+        same version check as `update_task`; one statement per set of columns, kept."""
+        key = tuple(columns)
+        sql = self._updates.get(key)
+        if sql is None:
+            if len(self._updates) >= 1024:  # the transitions make far fewer sets than this
+                self._updates.clear()
+            sql = self._updates[key] = self.dialect.sql(update_versioned_sql("tasks", key))
+        return sql
 
     def __getattr__(self, name: str) -> str:
         try:

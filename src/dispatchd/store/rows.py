@@ -11,7 +11,9 @@ import base64
 import binascii
 import dataclasses
 import enum
+import functools
 import json
+import operator
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -91,9 +93,8 @@ FIRE_COLUMNS = tuple(f.name for f in dataclasses.fields(Fire))
 # --- records <-> rows ------------------------------------------------------------------------
 
 Convert = Callable[[Any], Any]
-_Plan = tuple[tuple[str, ...], tuple[tuple[str, Convert], ...]]
 _FIELDS: dict[Any, tuple[tuple[str, str, Any], ...]] = {}
-_PLANS: dict[tuple[Any, Codec, bool], _Plan] = {}
+_PLANS: dict[tuple[Any, Codec, bool], Convert] = {}
 
 
 def _kind(hint: Any) -> tuple[str, Any]:
@@ -139,12 +140,33 @@ def _dumper(kind: str, extra: Any, codec: Codec) -> Convert:
             return codec.dump_bool
         case "enum":
             return lambda v: v.value
+        case "json" if extra is list:
+            # Most lists (capabilities, labels, dependencies) are empty or repeat (a batch
+            # of tasks needing the same capabilities): each is dumped once.
+            return _remembered(lambda v: dump_json(list(v)))
+        case "json" if extra is dict:
+            empty = dump_json({})
+            return lambda v: dump_json(dict(v)) if v else empty
         case "json":
-            return (lambda v: dump_json(extra(v))) if extra else dump_json
+            return dump_json
         case "record":
-            return lambda v: dump_json(_plain_record(v))
+            # Records are frozen values and few (a task's cost is most often zero).
+            return functools.lru_cache(maxsize=256)(lambda v: dump_json(_plain_record(v)))
         case _:  # records
             return lambda v: dump_json([_plain_record(r) for r in v])
+
+
+def _remembered(dump: Convert) -> Convert:
+    """`dump`, remembering the last few tuples of text; anything else (where equal values
+    may dump apart: 1 and True) is dumped each time."""
+    cached = functools.lru_cache(maxsize=1024)(dump)
+
+    def convert(value: Any) -> Any:
+        if type(value) is tuple and all(type(item) is str for item in value):
+            return cached(value)
+        return dump(value)
+
+    return convert
 
 
 def _loader(kind: str, extra: Any, codec: Codec) -> Convert:
@@ -156,13 +178,25 @@ def _loader(kind: str, extra: Any, codec: Codec) -> Convert:
             return bool
         case "enum":
             return extra  # type: ignore[no-any-return]
-        case "json":
+        case "json" if extra is list:
             # Tuples in the records, lists in JSON.
-            return (lambda v: tuple(load_json(v))) if extra is list else load_json
+            return lambda v: tuple(load_json(v)) if v != "[]" else ()
+        case "json":
+            return load_json
         case "record":
-            return lambda v: _record_from(extra, load_json(v) or {})
+            return _record_loader(extra, load_json)
         case _:  # records
             return lambda v: tuple(_record_from(extra, item) for item in load_json(v) or ())
+
+
+def _record_loader(cls: Any, load_json: Callable[[Any], Any]) -> Convert:
+    @functools.lru_cache(maxsize=256)
+    def from_text(text: str) -> Any:
+        return _record_from(cls, load_json(text) or {})
+
+    # Text (SQLite) is remembered, the record being a frozen value; a decoded object
+    # (PostgreSQL's jsonb) is converted each time.
+    return lambda v: from_text(v) if isinstance(v, str) else _record_from(cls, load_json(v) or {})
 
 
 def _plain_record(record: Any) -> dict[str, Any]:
@@ -178,40 +212,69 @@ def _record_from(cls: type[R], item: Mapping[str, Any]) -> R:
     return cls(**values)
 
 
-def _plan(cls: Any, codec: Codec, load: bool) -> _Plan:
-    """Which fields pass as they are, and the conversion of the others; worked out once
-    per record type and dialect."""
+def _plan(cls: Any, codec: Codec, load: bool) -> Convert:
+    """The function that turns a record of `cls` into its row (or, `load`, a row into the
+    record); made once per record type and dialect.
+
+    It is generated as one expression naming every field, with each field's conversion
+    (None stays NULL): a loop over fields costs about as much again per row, and every
+    task read and written passes here.
+    """
     key = (cls, codec, load)
-    if key not in _PLANS:
+    plan = _PLANS.get(key)
+    if plan is None:
         make = _loader if load else _dumper
-        fields = _fields(cls)
-        plain = tuple(name for name, kind, _ in fields if kind == "plain")
-        converted = tuple(
-            (name, make(kind, extra, codec)) for name, kind, extra in fields if kind != "plain"
-        )
-        _PLANS[key] = (plain, converted)
-    return _PLANS[key]
+        env: dict[str, Any] = {"cls": cls}
+        parts = []
+        for i, (name, kind, extra) in enumerate(_fields(cls)):
+            value = f"row[{name!r}]" if load else f"record.{name}"
+            if kind != "plain":
+                env[f"c{i}"] = make(kind, extra, codec)
+                value = f"(None if (v := {value}) is None else c{i}(v))"
+            parts.append(value if load else f"{name!r}: {value}")
+        if load:
+            # Positional, in declaration order (every record field is an init field).
+            source = f"def convert(row):\n    return cls({', '.join(parts)})\n"
+        else:
+            source = f"def convert(record):\n    return {{{', '.join(parts)}}}\n"
+        exec(source, env)  # noqa: S102 - made from the record's own field names
+        plan = _PLANS[key] = env["convert"]
+    return plan
 
 
 def to_row(record: Any, codec: Codec) -> dict[str, Any]:
     """A record's fields as statement parameters (None stays NULL)."""
-    plain, converted = _plan(type(record), codec, False)
-    params = {name: getattr(record, name) for name in plain}
-    for name, dump in converted:
-        value = getattr(record, name)
-        params[name] = None if value is None else dump(value)
+    params: dict[str, Any] = _plan(type(record), codec, False)(record)
     if isinstance(record, Task):
         params["priority_rank"] = record.priority.rank
     return params
 
 
+def changed_columns(task: Task, before: Task, codec: Codec) -> dict[str, Any]:
+    """The columns of `task` whose values differ from `before`'s, as statement parameters,
+    with `id` (to find the row) and `version` (always changed: the check's base)."""
+    dumps = _TASK_DUMPS.get(codec)
+    if dumps is None:
+        dumps = _TASK_DUMPS[codec] = [
+            (name, None if kind == "plain" else _dumper(kind, extra, codec))
+            for name, kind, extra in _fields(Task)
+        ]
+    params: dict[str, Any] = {"id": task.id, "version": task.version}
+    for (name, dump), new, old in zip(dumps, _task_values(task), _task_values(before), strict=True):
+        if new is not old and new != old:
+            params[name] = new if dump is None or new is None else dump(new)
+    if "priority" in params:
+        params["priority_rank"] = task.priority.rank
+    return params
+
+
+_TASK_DUMPS: dict[Codec, list[tuple[str, Convert | None]]] = {}
+_task_values = operator.attrgetter(*(f.name for f in dataclasses.fields(Task)))
+
+
 def from_row(cls: type[R], row: Row, codec: Codec) -> R:
-    plain, converted = _plan(cls, codec, True)
-    values = {name: row[name] for name in plain}
-    for name, load in converted:
-        value = row[name]
-        values[name] = None if value is None else load(value)
-    return cls(**values)
+    record: R = _plan(cls, codec, True)(row)
+    return record
 
 
 def digest_params(digest: Digest, at: datetime, codec: Codec) -> dict[str, Any]:

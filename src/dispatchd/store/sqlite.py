@@ -109,7 +109,8 @@ class SQLiteConnector:
         # creating an empty database (`open` creates the file once).
         uri = f"{self.path.resolve().as_uri()}?mode=rw"
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-        conn.row_factory = sqlite3.Row
+        # Rows come as plain tuples and are made dicts by `_rows`: a `sqlite3.Row` looks a
+        # name up by a linear scan, which cost more than the rest of decoding a task row.
         # Another process on the same file (a second `serve`, `db upgrade`) may hold the lock;
         # set the wait first, since switching to WAL itself takes the lock.
         conn.execute("PRAGMA busy_timeout = 10000")
@@ -270,12 +271,10 @@ class SQLiteConnector:
         return await self._write(lambda conn: int(conn.execute(sql, params).rowcount))
 
     async def fetch_one(self, sql: str, params: Mapping[str, Any]) -> Row | None:
-        row: Row | None = await self._read(lambda conn: conn.execute(sql, params).fetchone())
-        return row
+        return await self._read(lambda conn: _first(conn.execute(sql, params)))
 
     async def fetch_all(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
-        rows: list[Row] = await self._read(lambda conn: conn.execute(sql, params).fetchall())
-        return rows
+        return await self._read(lambda conn: _rows(conn.execute(sql, params)))
 
     async def transaction(self, body: Body[T], *, write: bool = True) -> T:
         def run(conn: sqlite3.Connection) -> T:
@@ -326,16 +325,34 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_exception(error)
 
 
+def _rows(cur: sqlite3.Cursor) -> list[Row]:
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def _first(cur: sqlite3.Cursor) -> Row | None:
+    row = cur.fetchone()
+    return None if row is None else dict(zip([d[0] for d in cur.description], row, strict=True))
+
+
 def _run(conn: sqlite3.Connection, query: Query) -> Any:
     kind, sql, params = query.kind, query.sql, query.params
     if kind == "execute":
         return conn.execute(sql, params).rowcount
     if kind == "one":
-        return conn.execute(sql, params).fetchone()
+        return _first(conn.execute(sql, params))
     if kind == "all":
-        return conn.execute(sql, params).fetchall()
+        return _rows(conn.execute(sql, params))
     if kind == "many":
         return conn.executemany(sql, params).rowcount
+    if kind == "ids":
+        if not params:
+            return []
+        conn.executemany(sql, params)
+        # The writer thread is the only writer and an AUTOINCREMENT key counts up by one
+        # per row, so the rows just inserted hold the ids up to the last one, in order.
+        last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+        return list(range(last - len(params) + 1, last + 1))
     # A migration script: split into statements (ours never put `;` inside literals).
     code = "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
     for statement in filter(None, (part.strip() for part in code.split(";"))):

@@ -46,23 +46,43 @@ from dispatchd.store.base import (
     UpdateSchedule,
     UpdateTask,
 )
-from dispatchd.store.connector import Body, all_rows, execute, many, one
+from dispatchd.store.connector import Body, all_rows, execute, insert_ids, many, one
 from dispatchd.store.queries import Queries
 from dispatchd.store.rooms import DeleteRoom, InsertRoom, RequireRoom, UpdateRoom
-from dispatchd.store.rows import OPEN_DIGEST, counter_deltas, digest_params, from_row, to_row
+from dispatchd.store.rows import (
+    OPEN_DIGEST,
+    changed_columns,
+    counter_deltas,
+    digest_params,
+    from_row,
+    to_row,
+)
 
 
 def commit(q: Queries, ops: Sequence[Op]) -> Body[list[Event]]:
-    """Apply `ops`; the appended events with their ids."""
+    """Apply `ops`; the appended events with their ids.
+
+    A run of task inserts (a batch's tasks) or of attempt inserts goes to the database as
+    one statement run for every row (executemany), and so do the events.
+    """
     codec = q.dialect.codec
     counts: dict[str, int] = defaultdict(int)
     loads: dict[str, int] = defaultdict(int)
     to_append: list[Event] = []
+    run: list[InsertTask | SaveAttempt] = []
     for op in ops:
         if isinstance(op, AppendEvent):
             to_append.append(op.event)
+            continue
+        if run and type(op) is not type(run[0]):
+            yield from _apply_run(q, run, counts, loads)
+            run = []
+        if isinstance(op, InsertTask | SaveAttempt):
+            run.append(op)
         else:
             yield from _apply(q, op, counts, loads)
+    if run:
+        yield from _apply_run(q, run, counts, loads)
     for agent_id in sorted(loads):
         if loads[agent_id]:
             yield execute(q.add_load, {"id": agent_id, "delta": loads[agent_id]})
@@ -73,9 +93,12 @@ def commit(q: Queries, ops: Sequence[Op]) -> Body[list[Event]]:
         # single writer gives the same order by itself.)
         if q.lock_event_order:
             yield execute(q.lock_event_order)
-        for event in to_append:
-            row = yield one(q.insert_event, to_row(event, codec))
-            events.append(replace(event, id=int(row["id"])))
+        if len(to_append) == 1:
+            row = yield one(q.insert_event, to_row(to_append[0], codec))
+            ids = [int(row["id"])]
+        else:
+            ids = yield insert_ids(q.insert_events, [to_row(e, codec) for e in to_append])
+        events = [replace(e, id=i) for e, i in zip(to_append, ids, strict=True)]
         if q.notify:
             # Delivered at commit, to every replica's listener.
             yield execute(q.notify, {"last": str(events[-1].id)})
@@ -84,6 +107,31 @@ def commit(q: Queries, ops: Sequence[Op]) -> Body[list[Event]]:
         if counts[status]:
             yield execute(q.bump_count, {"status": status, "delta": counts[status]})
     return events
+
+
+def _apply_run(
+    q: Queries,
+    run: Sequence[InsertTask | SaveAttempt],
+    counts: dict[str, int],
+    loads: dict[str, int],
+) -> Body[None]:
+    """Consecutive inserts of one kind: one executemany (a lone one as a plain insert)."""
+    if len(run) == 1:
+        yield from _apply(q, run[0], counts, loads)
+        return
+    codec = q.dialect.codec
+    attempts = [op.attempt for op in run if isinstance(op, SaveAttempt)]
+    if attempts:
+        yield many(q.insert_attempt, [to_row(attempt, codec) for attempt in attempts])
+        return
+    tasks = [op.task for op in run if isinstance(op, InsertTask)]
+    yield many(q.insert_task, [to_row(task, codec) for task in tasks])
+    deps = [{"parent": p, "child": task.id} for task in tasks for p in task.depends_on]
+    if deps:
+        yield many(q.insert_dep, deps)
+    for task in tasks:
+        counts[task.status.value] += 1
+        _count_load(loads, None, None, task)
 
 
 def _apply(q: Queries, op: Op, counts: dict[str, int], loads: dict[str, int]) -> Body[None]:
@@ -95,8 +143,13 @@ def _apply(q: Queries, op: Op, counts: dict[str, int], loads: dict[str, int]) ->
             if task.depends_on:
                 yield many(q.insert_dep, [{"parent": p, "child": task.id} for p in task.depends_on])
             _count_load(loads, None, None, task)
-        case UpdateTask(task, previous, previous_assignee):
-            if (yield execute(q.update_task, to_row(task, codec))) != 1:
+        case UpdateTask(task, previous, previous_assignee, before):
+            if before is None:
+                sql, params = q.update_task, to_row(task, codec)
+            else:
+                params = changed_columns(task, before, codec)
+                sql = q.update_task_columns(list(params))
+            if (yield execute(sql, params)) != 1:
                 raise ConcurrentUpdate(f"task {task.id} changed meanwhile", task_id=task.id)
             for status, delta in counter_deltas(previous.value, task.status.value):
                 counts[status] += delta

@@ -27,7 +27,15 @@ S = TaskStatus
 def create(task: Task, now: datetime, *, blocked: bool) -> Change:
     """`task` is the new record, status ignored; `blocked` when it waits on deps or run_at."""
     status = S.BLOCKED if blocked else S.PENDING
-    born = task.evolve(status=status, created_at=now, updated_at=now, version=1, attempt=0)
+    born = (
+        task
+        if task.status is status
+        and task.created_at == now
+        and task.updated_at == now
+        and task.version == 1
+        and task.attempt == 0
+        else task.evolve(status=status, created_at=now, updated_at=now, version=1, attempt=0)
+    )
     return Change(born, new_event("task.created", born, now, born.requester, status=status.value))
 
 
