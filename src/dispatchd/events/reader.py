@@ -35,7 +35,15 @@ from dispatchd.store.readers import EventScope
 # Events scanned per store read while looking for ones that match.
 SCAN = 1000
 MAX_WAIT_S = 60.0
-_PATTERN = re.compile(r"^[a-z_*?]+(\.[a-z_*?]+)*$")
+# One event type name or glob: up to three dotted parts of up to 32 characters (so at most
+# 98 in all, which a regular expression in the OpenAPI document can say exactly).
+TYPE_NAME = r"[a-z_*?]{1,32}(?:\.[a-z_*?]{1,32}){0,2}"
+_PATTERN = re.compile(f"^{TYPE_NAME}$")
+# `TypeFilter.parse`'s input: names separated by commas, spaces around them, empty ones
+# skipped.
+TYPE_LIST_PATTERN = f"^ *(?:{TYPE_NAME} *)?(?:, *(?:{TYPE_NAME} *)?)*$"
+# A cursor as `parse_cursor` and `EventReader.start` take it.
+CURSOR_PATTERN = "^(?:[0-9]{0,19}|latest)$"
 
 
 class CursorExpired(Gone):
@@ -54,14 +62,15 @@ class TypeFilter:
 
     @classmethod
     def parse(cls, raw: str | None) -> TypeFilter:
-        if raw is None or not raw.strip():
+        if raw is None or not raw.strip(" "):
             return cls()
         patterns = []
         for part in raw.split(","):
-            name = part.strip()
+            # Spaces only, as TYPE_LIST_PATTERN says.
+            name = part.strip(" ")
             if not name:
                 continue
-            if len(name) > 100 or not _PATTERN.match(name):
+            if not _PATTERN.match(name):
                 raise ValidationFailed(
                     f"bad event type filter {name!r}: use names such as task.completed, "
                     "globs such as task.*, or a family such as agent",
