@@ -22,9 +22,12 @@ from dispatchd.domain.ids import isoformat
 ID_PATTERN = r"^[A-Za-z0-9#@][A-Za-z0-9._:@#/+-]*$"
 # An agent that registers is addressed by its id in paths (/agents/{id}/heartbeat): no slash.
 AGENT_ID_PATTERN = r"^[A-Za-z0-9#@][A-Za-z0-9._:@#+-]*$"
-# No whitespace, control character or comma. Spelled out rather than `\s`, which means a
-# different set in ECMA-262 (the document's regular expressions), Python and Rust (pydantic).
-TAG_PATTERN = r"^[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff,]+$"
+# No whitespace (Python's, `str.isspace`), comma or NUL. Spelled out rather than `\s`, which
+# means a different set in ECMA-262 (the document's regular expressions), Python and Rust
+# (pydantic).
+TAG_PATTERN = (
+    r"^[^\x00\x09-\x0d\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000,]+$"
+)
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]
 # The document says no slash; the route checks it, to answer `invalid_agent_id`.

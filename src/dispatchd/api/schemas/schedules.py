@@ -4,7 +4,6 @@ task template it fires, Mission Control's shape plus the misfire and overlap pol
 from __future__ import annotations
 
 import re
-
 from typing import Annotated, Any
 
 from pydantic import (
@@ -33,6 +32,8 @@ Cron = Annotated[
         mode="validation",
     ),
 ]
+
+
 def _literal(name: str) -> str:
     # Names hold letters, digits and -_/+ (re.escape's `\-` is not valid ECMA-262 in
     # unicode mode).
