@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dispatchd.domain.event_types import TYPE_NAME
 from dispatchd.domain.models import Event
 from dispatchd.engine.feed import EventFeed
 from dispatchd.errors import Gone, ValidationFailed
@@ -35,15 +36,7 @@ from dispatchd.store.readers import EventScope
 # Events scanned per store read while looking for ones that match.
 SCAN = 1000
 MAX_WAIT_S = 60.0
-# One event type name or glob: up to three dotted parts of up to 32 characters (so at most
-# 98 in all, which a regular expression in the OpenAPI document can say exactly).
-TYPE_NAME = r"[a-z_*?]{1,32}(?:\.[a-z_*?]{1,32}){0,2}"
 _PATTERN = re.compile(f"^{TYPE_NAME}$")
-# `TypeFilter.parse`'s input: names separated by commas, spaces around them, empty ones
-# skipped.
-TYPE_LIST_PATTERN = f"^ *(?:{TYPE_NAME} *)?(?:, *(?:{TYPE_NAME} *)?)*$"
-# A cursor as `parse_cursor` and `EventReader.start` take it.
-CURSOR_PATTERN = "^(?:[0-9]{0,19}|latest)$"
 
 
 class CursorExpired(Gone):
@@ -66,7 +59,7 @@ class TypeFilter:
             return cls()
         patterns = []
         for part in raw.split(","):
-            # Spaces only, as TYPE_LIST_PATTERN says.
+            # Spaces only, as domain.event_types.TYPE_LIST_PATTERN says.
             name = part.strip(" ")
             if not name:
                 continue

@@ -13,8 +13,9 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from dispatchd.api.auth import CallerDep, RuntimeDep
 from dispatchd.api.routes.tasks import ERRORS
 from dispatchd.api.schemas.events import EventList, EventOut
+from dispatchd.domain.event_types import CURSOR_PATTERN, TYPE_LIST_PATTERN
 from dispatchd.errors import DispatchError
-from dispatchd.events.reader import CURSOR_PATTERN, TYPE_LIST_PATTERN, TypeFilter
+from dispatchd.events.reader import TypeFilter
 from dispatchd.store.readers import EventScope
 
 router = APIRouter(prefix="/api/v1/events", tags=["events"], responses=ERRORS)

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, StringConstraints, WithJsonSchema, model_
 from pydantic.json_schema import SkipJsonSchema
 
 from dispatchd.api.schemas.common import Flag, Request, opt_isoformat
+from dispatchd.domain.event_types import TYPE_NAME
 from dispatchd.domain.ids import isoformat
 from dispatchd.domain.webhooks import (
     MAX_URL,
@@ -20,7 +21,6 @@ from dispatchd.domain.webhooks import (
     DeliveryStatus,
     Webhook,
 )
-from dispatchd.events.reader import TYPE_NAME
 
 # The document carries the URL rule (`domain.webhooks.check_url`), which answers
 # `invalid_url` for what it refuses.
