@@ -74,13 +74,44 @@ async def test_each_item_answers_for_itself(client: httpx.AsyncClient, register)
     assert (await client.get(f"/api/v1/tasks/{theirs['id']}")).json() == before
 
 
+async def test_a_task_named_twice_answers_as_a_repeat(client: httpx.AsyncClient, register) -> None:
+    """The same completion twice is a retried one: both items answer ok with the task, and
+    it completes once. Another completion of the same task is that item's error alone."""
+    await register("w1", ["twice"], max_concurrent=10)
+    r = await client.post(
+        "/api/v1/tasks/batch",
+        json={"tasks": [{"title": f"t{i}", "capabilities": ["twice"]} for i in range(2)]},
+    )
+    assert r.status_code == 201
+    a, b = await claim(client, "w1", 2)
+    items = [
+        {"task_id": a["id"], "result": {"n": 1}},
+        {"task_id": b["id"], "result": "b"},
+        {"task_id": a["id"], "result": {"n": 1}},
+        {"task_id": b["id"], "result": "other"},
+    ]
+    r = await client.post(
+        "/api/v1/tasks/batch/complete", json={"items": items}, headers=as_agent("w1")
+    )
+    assert r.status_code == 200, r.text
+    out = r.json()["items"]
+    assert [o["task_id"] for o in out] == [a["id"], b["id"], a["id"], b["id"]]
+    assert out[0]["ok"] and out[2]["ok"] and out[0]["task"] == out[2]["task"]
+    assert out[1]["ok"] and out[1]["task"]["result"] == "b"
+    assert not out[3]["ok"] and out[3]["error"]["code"] == "duplicate_task"
+    for task, result in ((a, {"n": 1}), (b, "b")):
+        detail = (await client.get(f"/api/v1/tasks/{task['id']}")).json()
+        assert (detail["status"], detail["result"]) == ("completed", result)
+        events = (await client.get(f"/api/v1/tasks/{task['id']}/events")).json()["events"]
+        assert [e["type"] for e in events].count("task.completed") == 1
+
+
 async def test_bad_batches_are_refused_whole(client: httpx.AsyncClient, register) -> None:
     await register("w1", ["dup"])
     task = (await client.post("/api/v1/tasks", json={"title": "d", "capabilities": ["dup"]})).json()
     assert len(await claim(client, "w1", 1)) == 1
     for body, code in (
         ({"items": []}, "validation_error"),
-        ({"items": [{"task_id": task["id"]}] * 2}, "duplicate_task"),
         ({"items": [{"task_id": task["id"], "bogus": 1}]}, "validation_error"),
         ({"items": [{"task_id": "x"}] * 501}, "validation_error"),
     ):

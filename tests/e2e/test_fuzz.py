@@ -4,12 +4,16 @@ Every route, every check (server errors, responses that break their schema, undo
 status codes, schema-valid requests refused, `Allow` on 405, ...), all phases, the stateful
 one included (it follows the links schemathesis infers between routes, so it reaches real
 tasks, agents, rooms, schedules and webhooks through their ids). A fixed seed makes the run
-repeatable; its size is bounded so that it stays a couple of minutes on two cores.
+repeatable; its size is bounded so that it stays a few minutes on two cores.
+
+What the document cannot say is handled, with reasons, by the hooks (`fuzz_hooks.py`:
+opaque cursors, ids that must name existing tasks, rules across fields) and the settings
+file (`schemathesis.toml`). The server allows every outbound network: which destinations a
+deployment refuses (docs/security.md) is its configuration, not the document's.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,30 +22,24 @@ import pytest
 
 from tests.integration.server import ServerProcess, clean_env
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(1000),
-    # Not clean yet: the run still finds requests the document allows and the server
-    # refuses (opaque cursors, cron fields, time zone names, a batch naming a task twice,
-    # ...). It runs on demand until it passes; then this mark goes.
-    pytest.mark.skipif(
-        os.environ.get("DISPATCHD_FUZZ") != "1",
-        reason="the API fuzz run does not pass yet; DISPATCHD_FUZZ=1 runs it",
-    ),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 HOOKS_DIR = Path(__file__).parent
+CONFIG = HOOKS_DIR / "schemathesis.toml"
 
 SEED = 20261206
-EXAMPLES = 5
-TIMEOUT_S = 900
+EXAMPLES = 3
+TIMEOUT_S = 800
 
 
 def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
     token = "dsp_admin_fuzz_" + "x" * 32
-    with ServerProcess(tmp_path / "server", env={"DISPATCH_ADMIN_TOKEN": token}) as server:
+    env = {"DISPATCH_ADMIN_TOKEN": token, "DISPATCH_OUTBOUND__ALLOW_NETWORKS": "0.0.0.0/0,::/0"}
+    with ServerProcess(tmp_path / "server", env=env) as server:
         run = subprocess.run(
             [
                 str(Path(sys.executable).with_name("st")),
+                "--config-file",
+                str(CONFIG),
                 "run",
                 f"{server.api_url}/openapi.json",
                 "--checks",
@@ -57,6 +55,9 @@ def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
                 "--workers",
                 "1",
                 "--request-timeout",
+                "30",
+                # The machine may be shared: a slow answer is not what this run looks for.
+                "--max-response-time",
                 "30",
                 "--continue-on-failure",
                 "--generation-database",

@@ -7,6 +7,10 @@ fuzzer driven by it, would otherwise send values that the schema allows and the 
 answers with 422. This module adds those rules to the document once, when it is first
 asked for: a pattern on every string without a format or fixed values, and a recursive
 `JsonValue` for free-form objects whose strings follow the same rule.
+
+It also links each creation to what can be done with what it created (OpenAPI links): the
+task, agent, webhook, schedule or room answered, by its id, to the operations on
+`.../{id}`. Clients and tools (a fuzzer's stateful phase) follow them.
 """
 
 from __future__ import annotations
@@ -39,9 +43,38 @@ def install(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+# A collection whose POST creates: the path parameter of its items, and where the new id is
+# in the answer.
+_CREATED = {
+    "/api/v1/tasks": ("task_id", "$response.body#/id"),
+    "/api/v1/agents": ("agent_id", "$response.body#/agent/id"),
+    "/api/v1/webhooks": ("webhook_id", "$response.body#/webhook/id"),
+    "/api/v1/schedules": ("schedule_id", "$response.body#/id"),
+    "/api/v1/rooms": ("room_id", "$response.body#/id"),
+}
+
+
+def _link(paths: dict[str, Any]) -> None:
+    for base, (param, source) in _CREATED.items():
+        created = paths.get(base, {}).get("post")
+        if created is None:
+            continue
+        links = {
+            op["operationId"]: {"operationId": op["operationId"], "parameters": {param: source}}
+            for path, ops in paths.items()
+            if path.startswith(f"{base}/{{{param}}}")
+            for op in ops.values()
+            if isinstance(op, dict) and "operationId" in op
+        }
+        for status in ("200", "201"):
+            if status in created.get("responses", {}) and links:
+                created["responses"][status]["links"] = links
+
+
 def honest(schema: dict[str, Any]) -> dict[str, Any]:
     """`schema` with the guard's rules written into it (see the module's docstring)."""
     _walk(schema)
+    _link(schema.get("paths", {}))
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components[JSON_VALUE] = {
         "description": "any JSON value; strings (and keys) hold no NUL character",

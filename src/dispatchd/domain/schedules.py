@@ -10,12 +10,14 @@ such a time fires once; the second is what we want already.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Self
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import croniter
 from croniter.croniter import CroniterError
@@ -30,6 +32,46 @@ ON_TIME = timedelta(seconds=60)
 MAX_MISSED = 1000
 MAX_PREVIEW = 100
 MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+
+
+# --- what an expression may be, as one regular expression --------------------------------
+# The OpenAPI document carries it (ECMA-262, which has no case-insensitive flag: names are
+# spelled with both cases), and `check_cron` holds expressions to it before croniter reads
+# them, so that the document and the server take the same expressions. croniter's own
+# extensions (L, W, #, ?, H, seconds) are not part of it. What it cannot say is whether a
+# well-formed expression ever fires (`0 0 31 2 *`): that stays `invalid_schedule`.
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" for c in word)
+
+
+def _field(value: str) -> str:
+    item = f"(?:\\*|(?:{value})(?:-(?:{value}))?)(?:/[1-9][0-9]?)?"
+    return f"{item}(?:,{item})*"
+
+
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_CRON_FIELDS = (
+    _field("[0-5]?[0-9]"),
+    _field("[01]?[0-9]|2[0-3]"),
+    _field("0?[1-9]|[12][0-9]|3[01]"),
+    _field("|".join(("0?[1-9]|1[0-2]", *map(_any_case, _MONTHS)))),
+    _field("|".join(("[0-7]", *map(_any_case, _DAYS)))),
+)
+CRON_PATTERN = (
+    "^ *(?:"
+    + " +".join(f"(?:{f})" for f in _CRON_FIELDS)
+    + "|"
+    + "|".join(_any_case(m) for m in MACROS)
+    + ") *$"
+)
+_CRON = re.compile(CRON_PATTERN)
+
+
+@functools.cache
+def time_zones() -> frozenset[str]:
+    """The IANA names this server knows (its tz database): the document lists them."""
+    return frozenset(available_timezones())
 
 
 class Misfire(StrEnum):
@@ -92,10 +134,12 @@ class Plan:
 def check_cron(expr: str) -> str:
     """The expression, trimmed, if it is five cron fields or a macro; else 422 on `schedule`."""
     text = " ".join(expr.split())
-    if text.startswith("@"):
+    if not _CRON.match(expr):
+        ok = False
+    elif text.startswith("@"):
         ok = text.lower() in MACROS
     else:
-        ok = len(text.split(" ")) == 5 and croniter.is_valid(text)
+        ok = len(text.split(" ")) == 5 and croniter.is_valid(text) and _fires(text)
     if not ok:
         raise ValidationFailed(
             f"schedule {expr[:100]!r} is not a cron expression of five fields or a macro "
@@ -106,9 +150,18 @@ def check_cron(expr: str) -> str:
     return text.lower() if text.startswith("@") else text
 
 
+def _fires(text: str) -> bool:
+    """Whether a well-formed expression names a time that exists (not 31 February)."""
+    try:
+        croniter(text, datetime(2000, 1, 1, tzinfo=UTC)).get_next(datetime)
+    except (CroniterError, ValueError):
+        return False
+    return True
+
+
 def check_timezone(name: str) -> ZoneInfo:
     try:
-        if not name or name != name.strip() or ".." in name:
+        if name not in time_zones():
             raise ValueError(name)
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):

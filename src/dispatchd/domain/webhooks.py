@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import re
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -286,12 +287,50 @@ def _append(history: tuple[AttemptRecord, ...], record: AttemptRecord) -> tuple[
 
 # --- validation -------------------------------------------------------------------------
 
+# The URLs `check_url` takes, as one regular expression that reads the same in ECMA-262 (the
+# OpenAPI document carries it) and Python: http(s), an optional user, a host (an ASCII name
+# as RFC 3986 spells one, or a bracketed IPv6 address), an optional port from 1 to 65535,
+# then anything without whitespace or control characters.
+_H16 = "[0-9A-Fa-f]{1,4}"
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_LS32 = f"(?:{_H16}:{_H16}|{_OCTET}(?:\\.{_OCTET}){{3}})"
 
-def check_url(url: str) -> str:
-    """An absolute http(s) URL with a host, no whitespace or control characters."""
+
+def _head(n: int) -> str:
+    """RFC 3986's `[ *n( h16 ":" ) h16 ]` before a `::`."""
+    return "" if n < 0 else f"(?:(?:{_H16}:){{0,{n}}}{_H16})?"
+
+
+# RFC 3986's IPv6address, one alternative per line of its grammar.
+_IPV6 = "|".join(
+    (
+        f"(?:{_H16}:){{6}}{_LS32}",
+        f"::(?:{_H16}:){{5}}{_LS32}",
+        *(f"{_head(n)}::(?:{_H16}:){{{3 - n}}}{_LS32}" for n in range(4)),
+        f"{_head(4)}::{_LS32}",
+        f"{_head(5)}::{_H16}",
+        f"{_head(6)}::",
+    )
+)
+_PORT = "[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]"
+_NAME = "[A-Za-z0-9!$&'()*+,;=._~%-]"
+_UNSAFE = "\\x00-\\x20\\x7f\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+URL_PATTERN = (
+    "^[hH][tT][tT][pP][sS]?://"
+    f"(?:(?:{_NAME}|:)*@)?"
+    f"(?:{_NAME}+|\\[(?:{_IPV6})\\])"
+    f"(?::(?:{_PORT})?)?"
+    f"(?:[/?#][^{_UNSAFE}]*)?$"
+)
+_URL = re.compile(URL_PATTERN)
+
+
+def check_url(url: str, field: str = "url") -> str:
+    """An absolute http(s) URL with a host, no whitespace or control characters; else 422
+    `invalid_url` naming `field`."""
     problem = _url_problem(url)
     if problem:
-        raise ValidationFailed(f"url {problem}", code="invalid_url", url=url[:200])
+        raise ValidationFailed(f"{field} {problem}", code="invalid_url", url=url[:200], field=field)
     return url
 
 
@@ -317,4 +356,6 @@ def _url_problem(url: str) -> str | None:
             ipaddress.IPv6Address(host)
         except ValueError:
             return "has a malformed IPv6 host"
+    if not _URL.match(url):
+        return "must be http(s)://host[:port][/path] with an ASCII host name or [IPv6]"
     return None

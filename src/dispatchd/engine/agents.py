@@ -14,6 +14,7 @@ from dispatchd.domain.access import Caller, require_admin, require_self_or_admin
 from dispatchd.domain.ids import utcnow
 from dispatchd.domain.lifecycle import Change, Policy
 from dispatchd.domain.models import Agent, AgentStatus, Event, Task
+from dispatchd.domain.webhooks import check_url
 from dispatchd.engine.transitions import MAX_TRIES, commit_changes
 from dispatchd.errors import ConcurrentUpdate, DuplicateKey, NotFound, Unauthorized
 from dispatchd.outbound import Outbound
@@ -75,6 +76,8 @@ class AgentService:
 
     def _check(self, fields: Mapping[str, Any]) -> None:
         url = fields.get("wake_url")
+        if url:
+            check_url(url, "wake_url")
         if url and self.outbound is not None:
             self.outbound.check_stored(url, "wake_url")
 

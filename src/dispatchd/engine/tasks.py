@@ -42,7 +42,6 @@ from dispatchd.errors import (
     DispatchError,
     Forbidden,
     NotFound,
-    ValidationFailed,
 )
 from dispatchd.store.base import (
     AppendComment,
@@ -217,10 +216,30 @@ class TaskService:
     ) -> list[Task | DispatchError]:
         """Complete several held tasks in one transaction; an item the caller may not
         complete (not its task, a stale attempt, a wrong state) gets its own error and the
-        others go ahead. The answer follows the order of `items`."""
+        others go ahead. The answer follows the order of `items`.
+
+        A task named again is a repeat, as a retried call is: the same completion answers
+        as its first mention does; another one gets its own `duplicate_task` error."""
+        firsts: dict[str, Completion] = {}
+        for item in items:
+            firsts.setdefault(item.task_id, item)
+        answers = await self._complete_each(list(firsts.values()), caller)
+        return [
+            answers[item.task_id]
+            if item == firsts[item.task_id]
+            else Conflict(
+                f"task {item.task_id} appears earlier in this batch with another completion",
+                code="duplicate_task",
+                task_id=item.task_id,
+            )
+            for item in items
+        ]
+
+    async def _complete_each(
+        self, items: Sequence[Completion], caller: Caller
+    ) -> dict[str, Task | DispatchError]:
+        """`complete_many` for items that name distinct tasks, answers by task id."""
         ids = [item.task_id for item in items]
-        if len(set(ids)) != len(ids):
-            raise ValidationFailed("a task appears twice in the batch", code="duplicate_task")
         for _ in range(MAX_TRIES):
             found = {t.id: t for t in await self.store.get_tasks(ids)}
             steps: list[Step] = []
@@ -247,14 +266,14 @@ class TaskService:
                     continue
                 steps.extend(mine)
             if not steps:
-                return [answers[i] for i in ids]
+                return answers
             try:
                 done = await commit_changes(
                     self.store, steps, escalate_to=self.rules.escalate_to, policy=self.policy
                 )
             except ConcurrentUpdate:
                 continue
-            return [answers[i] if i in answers else done.tasks[i] for i in ids]
+            return {i: answers[i] if i in answers else done.tasks[i] for i in ids}
         raise ConcurrentUpdate("these tasks are changing too fast; try again")
 
     def _completion(

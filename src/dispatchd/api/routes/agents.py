@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response, status
 
 from dispatchd.api.auth import CallerDep, RuntimeDep
+from dispatchd.api.params import PageCursor
 from dispatchd.api.routes.tasks import ERRORS
 from dispatchd.api.schemas.agents import (
     AgentList,
@@ -84,7 +85,7 @@ async def list_agents(
     owner: Annotated[str | None, Query(max_length=128)] = None,
     room: Annotated[str | None, Query(max_length=128)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    cursor: PageCursor = None,
 ) -> AgentList:
     require_admin(caller)
     flt = AgentFilter(

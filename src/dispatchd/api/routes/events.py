@@ -13,6 +13,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from dispatchd.api.auth import CallerDep, RuntimeDep
 from dispatchd.api.routes.tasks import ERRORS
 from dispatchd.api.schemas.events import EventList, EventOut
+from dispatchd.domain.event_types import CURSOR_PATTERN, TYPE_LIST_PATTERN
 from dispatchd.errors import DispatchError
 from dispatchd.events.reader import TypeFilter
 from dispatchd.store.readers import EventScope
@@ -25,6 +26,7 @@ Cursor = Annotated[
         max_length=40,
         description="the id of the last event seen; 0 or absent: from the start; "
         "latest: from the end of the log now",
+        json_schema_extra={"pattern": CURSOR_PATTERN},
     ),
 ]
 Types = Annotated[
@@ -32,6 +34,7 @@ Types = Annotated[
     Query(
         max_length=2000,
         description="comma-separated event types, globs (task.*) or families (agent)",
+        json_schema_extra={"pattern": TYPE_LIST_PATTERN},
     ),
 ]
 

@@ -57,7 +57,12 @@ async def list_notifications(
     caller: CallerDep,
     rt: RuntimeDep,
     after: Annotated[
-        str | None, Query(max_length=40, description="the id of the last notification seen")
+        str | None,
+        Query(
+            max_length=40,
+            description="the id of the last notification seen",
+            json_schema_extra={"pattern": "^[0-9]{0,18}$"},
+        ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     unacknowledged: Annotated[

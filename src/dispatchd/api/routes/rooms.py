@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, status
 
 from dispatchd.api.auth import CallerDep, RuntimeDep
+from dispatchd.api.params import PageCursor
 from dispatchd.api.routes.tasks import ERRORS
 from dispatchd.api.schemas.rooms import (
     InterruptBody,
@@ -30,7 +31,6 @@ router = APIRouter(prefix="/api/v1/rooms", tags=["rooms"], responses=ERRORS)
 
 RoomId = Annotated[str, Path(min_length=1, max_length=128)]
 Limit = Annotated[int, Query(ge=1, le=500)]
-Cursor = Annotated[str | None, Query(max_length=512)]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=RoomOut)
@@ -42,7 +42,7 @@ async def create_room(body: RoomCreate, caller: CallerDep, rt: RuntimeDep) -> Ro
 
 @router.get("", response_model=RoomList)
 async def list_rooms(
-    caller: CallerDep, rt: RuntimeDep, limit: Limit = 100, cursor: Cursor = None
+    caller: CallerDep, rt: RuntimeDep, limit: Limit = 100, cursor: PageCursor = None
 ) -> RoomList:
     """The rooms by id, each with its status derived from its agents and tasks."""
     page = await rt.rooms.page(limit=limit, cursor=cursor)

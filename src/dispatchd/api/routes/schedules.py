@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, status
 
 from dispatchd.api.auth import CallerDep, RuntimeDep
+from dispatchd.api.params import PageCursor
 from dispatchd.api.routes.tasks import ERRORS
 from dispatchd.api.schemas.schedules import (
     ScheduleCreate,
@@ -25,7 +26,6 @@ router = APIRouter(prefix="/api/v1/schedules", tags=["schedules"], responses=ERR
 
 ScheduleId = Annotated[str, Path(min_length=1, max_length=128)]
 Limit = Annotated[int, Query(ge=1, le=500)]
-Cursor = Annotated[str | None, Query(max_length=512)]
 Preview = Annotated[int, Query(ge=0, le=MAX_PREVIEW, description="add the next N fire times")]
 
 
@@ -49,7 +49,7 @@ async def create_schedule(body: ScheduleCreate, caller: CallerDep, rt: RuntimeDe
 
 @router.get("", response_model=ScheduleList)
 async def list_schedules(
-    caller: CallerDep, rt: RuntimeDep, limit: Limit = 100, cursor: Cursor = None
+    caller: CallerDep, rt: RuntimeDep, limit: Limit = 100, cursor: PageCursor = None
 ) -> ScheduleList:
     require_admin(caller)
     page = await rt.schedules.page(limit=limit, cursor=cursor)

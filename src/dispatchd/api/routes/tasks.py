@@ -7,6 +7,7 @@ from typing import Annotated, Literal, TypeVar
 from fastapi import APIRouter, Header, Query, Response, status
 
 from dispatchd.api.auth import CallerDep, RuntimeDep
+from dispatchd.api.params import PageCursor, enum_list
 from dispatchd.api.schemas.claims import (
     ClaimBody,
     ClaimOut,
@@ -110,7 +111,8 @@ def _split_enum(values: list[str] | None, kind: type[E], name: str) -> list[E]:
     out: list[E] = []
     for raw in values or []:
         for part in raw.split(","):
-            part = part.strip()
+            # Spaces only, as the document's pattern says (`api/params.comma_list`).
+            part = part.strip(" ")
             if not part:
                 continue
             try:
@@ -130,8 +132,12 @@ Filter = Annotated[str | None, Query(max_length=128)]
 async def list_tasks(
     caller: CallerDep,
     rt: RuntimeDep,
-    status_: Annotated[list[str] | None, Query(alias="status", max_length=20)] = None,
-    priority: Annotated[list[str] | None, Query(max_length=10)] = None,
+    status_: Annotated[
+        list[Annotated[str, enum_list(TaskStatus)]] | None, Query(alias="status", max_length=20)
+    ] = None,
+    priority: Annotated[
+        list[Annotated[str, enum_list(Priority)]] | None, Query(max_length=10)
+    ] = None,
     requester: Filter = None,
     assignee: Filter = None,
     scope: Filter = None,
@@ -140,7 +146,7 @@ async def list_tasks(
     label: Filter = None,
     review_of: Filter = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    cursor: PageCursor = None,
     order: Literal["asc", "desc"] = "desc",
 ) -> TaskList:
     flt = TaskFilter(

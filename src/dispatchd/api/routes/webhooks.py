@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, status
 
 from dispatchd.api.auth import CallerDep, RuntimeDep
+from dispatchd.api.params import PageCursor
 from dispatchd.api.routes.tasks import ERRORS
 from dispatchd.api.schemas.webhooks import (
     DeliveryList,
@@ -26,7 +27,6 @@ router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"], responses=ERROR
 
 WebhookId = Annotated[str, Path(min_length=1, max_length=128)]
 Limit = Annotated[int, Query(ge=1, le=500)]
-Cursor = Annotated[str | None, Query(max_length=512)]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=WebhookCreated)
@@ -45,7 +45,7 @@ async def create_webhook(body: WebhookCreate, caller: CallerDep, rt: RuntimeDep)
 
 @router.get("", response_model=WebhookList)
 async def list_webhooks(
-    caller: CallerDep, rt: RuntimeDep, limit: Limit = 100, cursor: Cursor = None
+    caller: CallerDep, rt: RuntimeDep, limit: Limit = 100, cursor: PageCursor = None
 ) -> WebhookList:
     require_admin(caller)
     page = await rt.webhooks.page(limit=limit, cursor=cursor)
@@ -89,7 +89,7 @@ async def list_deliveries(
     rt: RuntimeDep,
     status_: Annotated[DeliveryStatus | None, Query(alias="status")] = None,
     limit: Limit = 100,
-    cursor: Cursor = None,
+    cursor: PageCursor = None,
 ) -> DeliveryList:
     """The webhook's deliveries, newest event first, each with its attempts."""
     require_admin(caller)

@@ -34,6 +34,7 @@ from dispatchd.api.schemas.claims import (
     StartBody,
 )
 from dispatchd.api.schemas.common import (
+    AgentId,
     ErrorBody,
     ErrorOut,
     Id,
@@ -44,6 +45,7 @@ from dispatchd.api.schemas.common import (
     Text,
     Title,
     Weight,
+    Weights,
     opt_isoformat,
 )
 from dispatchd.api.schemas.costs import CostIn, CostOut
@@ -119,6 +121,7 @@ from dispatchd.api.schemas.webhooks import (
 __all__ = [
     "AckBody",
     "AckOut",
+    "AgentId",
     "AgentList",
     "AgentOut",
     "AgentPatch",
@@ -203,5 +206,6 @@ __all__ = [
     "WebhookPatch",
     "WebhookRemoved",
     "Weight",
+    "Weights",
     "opt_isoformat",
 ]

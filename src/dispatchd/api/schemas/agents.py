@@ -5,41 +5,57 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, Field, StringConstraints, WithJsonSchema
 
-from dispatchd.api.schemas.common import Id, Request, Short, Tag, Weight, opt_isoformat
+from dispatchd.api.schemas.common import (
+    AgentId,
+    Id,
+    Request,
+    Short,
+    Tag,
+    Weights,
+    opt_isoformat,
+    whole_number,
+)
 from dispatchd.domain.ids import isoformat
 from dispatchd.domain.models import Agent, AgentStatus
+from dispatchd.domain.webhooks import URL_PATTERN
 
 # An agent is offline when it stops heartbeating or deregisters, never by saying so.
 SettableStatus = Literal["ready", "sleeping", "busy", "degraded"]
+MaxConcurrent = Annotated[int, Field(ge=1, le=10_000, strict=True), BeforeValidator(whole_number)]
+# The document carries the URL rule (`domain.webhooks.check_url`, which answers
+# `invalid_url`); the model keeps its looser check for its own error.
+WakeUrl = Annotated[
+    str,
+    StringConstraints(max_length=2000, pattern=r"^[hH][tT][tT][pP][sS]?://"),
+    WithJsonSchema({"type": "string", "maxLength": 2000, "pattern": URL_PATTERN}),
+]
 STATUS_DOC = "Availability; null or absent leaves it as it is (a new agent starts ready)"
 
 
 class AgentRegister(Request):
-    id: Id | None = Field(None, description="Defaults to the caller's X-Agent-ID")
-    capabilities: list[Tag] | dict[Tag, Weight] | None = Field(
+    id: AgentId | None = Field(
+        None, description="Defaults to the caller's X-Agent-ID; no '/' (ids appear in paths)"
+    )
+    capabilities: list[Tag] | Weights | None = Field(
         None, description="Tags, or tags with weights in (0, 1]"
     )
     owner: Id | None = None
-    max_concurrent: int | None = Field(None, ge=1, le=10_000)
+    max_concurrent: MaxConcurrent | None = None
     room: Id | None = None
-    wake_url: Annotated[str, StringConstraints(max_length=2000, pattern=r"^https?://")] | None = (
-        None
-    )
+    wake_url: WakeUrl | None = None
     dispatch_model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     description: Short | None = None
     status: SettableStatus | None = Field(None, description=STATUS_DOC)
 
 
 class AgentPatch(Request):
-    capabilities: list[Tag] | dict[Tag, Weight] | None = None
+    capabilities: list[Tag] | Weights | None = None
     owner: Id | None = None
-    max_concurrent: int | None = Field(None, ge=1, le=10_000)
+    max_concurrent: MaxConcurrent | None = None
     room: Id | None = None
-    wake_url: Annotated[str, StringConstraints(max_length=2000, pattern=r"^https?://")] | None = (
-        None
-    )
+    wake_url: WakeUrl | None = None
     dispatch_model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     description: Short | None = None
     status: SettableStatus | None = Field(None, description=STATUS_DOC)

@@ -5,16 +5,29 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, Field, StringConstraints
 
-from dispatchd.api.schemas.common import Id, ItemError, Request, Short, Tag
+from dispatchd.api.schemas.common import (
+    Flag,
+    Id,
+    ItemError,
+    Number,
+    Request,
+    Short,
+    Tag,
+    whole_number,
+)
 from dispatchd.api.schemas.costs import CostIn
 from dispatchd.api.schemas.tasks import TaskOut
 
+Attempt = Annotated[int, Field(ge=1, le=2**31 - 1, strict=True), BeforeValidator(whole_number)]
+MaxTasks = Annotated[int, Field(ge=1, le=100, strict=True), BeforeValidator(whole_number)]
+
 
 class AttemptFence(Request):
-    attempt: int | None = Field(
-        None, ge=1, description="The attempt the worker is on; a stale one is refused with 409"
+    attempt: Attempt | None = Field(
+        None,
+        description="The attempt the worker is on; a stale one is refused with 409",
     )
 
 
@@ -24,7 +37,7 @@ class StartBody(AttemptFence):
 
 class ProgressBody(AttemptFence):
     message: Short | None = None
-    percent: float | None = Field(None, ge=0, le=100)
+    percent: Number | None = Field(None, ge=0, le=100)
     cost: CostIn | None = Field(
         None, description="The attempt's running cost so far (docs/costs.md)"
     )
@@ -48,7 +61,7 @@ class CompleteBatch(Request):
 
 class FailBody(AttemptFence):
     error: Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
-    retryable: bool = True
+    retryable: Flag = True
     cost: CostIn | None = Field(
         None, description="The attempt's running cost so far (docs/costs.md)"
     )
@@ -70,8 +83,8 @@ class CompleteBatchOut(BaseModel):
 
 
 class ClaimBody(Request):
-    max_tasks: int = Field(1, ge=1, le=100)
-    wait_s: float = Field(0, ge=0, le=60)
+    max_tasks: MaxTasks = 1
+    wait_s: Number = Field(0, ge=0, le=60)
     # Claim on behalf of another agent (admin only); by default the caller claims.
     agent_id: Id | None = None
     capabilities: list[Tag] | None = Field(

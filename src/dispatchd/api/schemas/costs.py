@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
-from dispatchd.api.schemas.common import Request
+from dispatchd.api.schemas.common import Request, whole_number
 from dispatchd.domain.costs import Cost, CostReport
 
 # Numbers as JSON numbers only: a string, a boolean, NaN or an infinity is refused.
 Usd = Annotated[float, Field(ge=0, le=1e9, strict=True, allow_inf_nan=False)]
-Tokens = Annotated[int, Field(ge=0, le=10**15, strict=True)]
+Tokens = Annotated[int, Field(ge=0, le=10**15, strict=True), BeforeValidator(whole_number)]
 
 
 class CostIn(Request):

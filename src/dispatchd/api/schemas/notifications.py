@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
-from dispatchd.api.schemas.common import Request
+from dispatchd.api.schemas.common import Request, exactly_one, whole_number
 from dispatchd.domain.ids import isoformat
 from dispatchd.domain.notifications import Digest, Notification
 
-# Ids fit a signed 64-bit integer in both engines.
-MAX_ID = 2**63 - 1
+# Ids given as numbers stay within the integers JSON carries exactly (and a signed 64-bit
+# integer in both engines); larger ones are given as strings.
+MAX_ID = 2**53 - 1
 NotificationId = (
     Annotated[str, StringConstraints(pattern=r"^[0-9]{1,18}$")]
-    | Annotated[int, Field(strict=True, ge=0, le=MAX_ID)]
+    | Annotated[int, Field(strict=True, ge=0, le=MAX_ID), BeforeValidator(whole_number)]
 )
 
 
@@ -72,7 +73,7 @@ class NotificationList(BaseModel):
 
 class AckBody(Request):
     model_config = ConfigDict(
-        json_schema_extra={"oneOf": [{"required": ["ids"]}, {"required": ["up_to"]}]}
+        json_schema_extra=exactly_one(ids="array", up_to=["string", "integer"])
     )
 
     ids: Annotated[list[NotificationId], Field(min_length=1, max_length=1000)] | None = None

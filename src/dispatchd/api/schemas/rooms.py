@@ -30,8 +30,17 @@ class RoomPatch(Request):
     workspace: Workspace | None = Field(None, description="null clears it")
 
 
+# Not blank (`_not_blank`: Python's whitespace), no NUL (the body guard).
+NOT_BLANK = (
+    "^[^\\x00]*[^\\x00\\x09-\\x0d\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a"
+    "\\u2028\\u2029\\u202f\\u205f\\u3000][^\\x00]*$"
+)
+
+
 class RoomDispatch(Request):
-    prompt: Annotated[Text, StringConstraints(min_length=1)]
+    prompt: Annotated[Text, StringConstraints(min_length=1)] = Field(
+        json_schema_extra={"pattern": NOT_BLANK}
+    )
     title: Title | None = Field(None, description="Defaults to the prompt's first line")
     priority: Priority = Priority.MEDIUM
     depends_on: list[Id] = Field(default_factory=list, max_length=100)

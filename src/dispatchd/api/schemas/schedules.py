@@ -3,10 +3,12 @@ task template it fires, Mission Control's shape plus the misfire and overlap pol
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -15,14 +17,43 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from dispatchd.api.schemas.common import Request, opt_isoformat
+from dispatchd.api.schemas.common import Flag, Request, opt_isoformat, whole_number
 from dispatchd.domain.ids import isoformat
-from dispatchd.domain.schedules import Misfire, Overlap, Schedule
+from dispatchd.domain.schedules import CRON_PATTERN, Misfire, Overlap, Schedule, time_zones
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-Cron = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-Zone = Annotated[str, StringConstraints(min_length=1, max_length=100)]
-CatchUp = Annotated[int, Field(ge=0, le=31 * 24 * 3600)]
+# The document carries the server's rules for both (`domain.schedules`); the server checks
+# them itself, to answer `invalid_schedule` and `invalid_timezone`.
+Cron = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=200),
+    WithJsonSchema(
+        {"type": "string", "minLength": 1, "maxLength": 200, "pattern": CRON_PATTERN},
+        mode="validation",
+    ),
+]
+
+
+def _literal(name: str) -> str:
+    # Names hold letters, digits and -_/+ (re.escape's `\-` is not valid ECMA-262 in
+    # unicode mode).
+    return re.sub(r"([.+*?()\[\]{}|^$\\])", r"\\\1", name)
+
+
+# The names as one alternation rather than an `enum`: the same set, but a tool that tries
+# every value of an enum (schemathesis' coverage phase) would send each of the ~600.
+Zone = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=100),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": "^(?:" + "|".join(map(_literal, sorted(time_zones()))) + ")$",
+        },
+        mode="validation",
+    ),
+]
+CatchUp = Annotated[int, Field(ge=0, le=31 * 24 * 3600, strict=True), BeforeValidator(whole_number)]
 TEMPLATE_DOC = (
     "any task creation body (POST /api/v1/tasks) but its idempotency key, checked at once"
 )
@@ -61,7 +92,7 @@ class ScheduleCreate(Request):
         description="while the task fired last is unfinished: allow, skip, cancel_previous",
     )
     catch_up_s: CatchUp = 3600
-    paused: bool = False
+    paused: Flag = False
 
 
 class SchedulePatch(Request):

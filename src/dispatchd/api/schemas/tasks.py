@@ -5,9 +5,28 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
-from dispatchd.api.schemas.common import Id, Request, Short, Tag, Text, Time, Title, opt_isoformat
+from dispatchd.api.schemas.common import (
+    Flag,
+    Id,
+    Request,
+    Short,
+    Tag,
+    Text,
+    Time,
+    Title,
+    exactly_one,
+    opt_isoformat,
+    whole_number,
+)
 from dispatchd.api.schemas.costs import CostOut, Usd
 from dispatchd.domain.ids import isoformat
 from dispatchd.domain.models import (
@@ -25,11 +44,18 @@ from dispatchd.domain.models import (
 )
 from dispatchd.errors import ValidationFailed
 
+Timeout = Annotated[int, Field(ge=1, le=7 * 24 * 3600, strict=True), BeforeValidator(whole_number)]
+InputTimeout = Annotated[
+    int, Field(ge=1, le=30 * 24 * 3600, strict=True), BeforeValidator(whole_number)
+]
+MaxAttempts = Annotated[int, Field(ge=1, le=100, strict=True), BeforeValidator(whole_number)]
+
 
 class ReviewerRef(Request):
     """Who reviews a task's work: one agent (`agent`), or any agent with a capability
     (`capability`); exactly one of the two."""
 
+    model_config = ConfigDict(json_schema_extra=exactly_one(agent="string", capability="string"))
     agent: Id | None = None
     capability: Tag | None = None
 
@@ -46,6 +72,17 @@ class ReviewerOut(BaseModel):
 
 
 class TaskCreate(Request):
+    # A reviewer needs `review: true` (the engine answers `reviewer_without_review`).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"not": {"required": ["reviewer"]}},
+                {"properties": {"reviewer": {"type": "null"}}},
+                {"required": ["review"], "properties": {"review": {"const": True}}},
+            ]
+        }
+    )
+
     title: Title
     prompt: Text = ""
     description: Text | None = Field(
@@ -59,16 +96,14 @@ class TaskCreate(Request):
     depends_on: list[Id] = Field(default_factory=list, max_length=100)
     run_at: Time | None = None
     due_at: Time | None = None
-    timeout_s: int | None = Field(None, ge=1, le=7 * 24 * 3600)
-    input_timeout_s: int | None = Field(
+    timeout_s: Timeout | None = None
+    input_timeout_s: InputTimeout | None = Field(
         None,
-        ge=1,
-        le=30 * 24 * 3600,
         description="How long a question may wait for its answer before the task fails "
         "(input_timeout); default from assignment.input_timeout_ms, none by default",
     )
-    max_attempts: int | None = Field(None, ge=1, le=100)
-    review: bool = False
+    max_attempts: MaxAttempts | None = None
+    review: Flag = False
     reviewer: Id | ReviewerRef | None = Field(
         None,
         description='An agent id ("aegis", the same as {"agent": "aegis"}) or '
@@ -133,8 +168,14 @@ class TaskBatch(Request):
 
 
 class TaskPatch(Request):
+    # At least one of the three, not null (the document says so: a null is no change).
     model_config = ConfigDict(
-        json_schema_extra={"anyOf": [{"required": [k]} for k in ("status", "context", "priority")]}
+        json_schema_extra={
+            "anyOf": [
+                {"required": [k], "properties": {k: {"not": {"type": "null"}}}}
+                for k in ("status", "context", "priority")
+            ]
+        }
     )
 
     status: Literal["cancelled"] | None = Field(None, description="Set to cancel the task")

@@ -6,12 +6,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StringConstraints, model_validator
+from pydantic import BaseModel, Field, StringConstraints, WithJsonSchema, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
-from dispatchd.api.schemas.common import Request, opt_isoformat
+from dispatchd.api.schemas.common import Flag, Request, opt_isoformat
+from dispatchd.domain.event_types import TYPE_NAME
 from dispatchd.domain.ids import isoformat
 from dispatchd.domain.webhooks import (
     MAX_URL,
+    URL_PATTERN,
     AttemptRecord,
     CircuitState,
     Delivery,
@@ -19,8 +22,23 @@ from dispatchd.domain.webhooks import (
     Webhook,
 )
 
-Url = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URL)]
-TypePattern = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+# The document carries the URL rule (`domain.webhooks.check_url`), which answers
+# `invalid_url` for what it refuses.
+Url = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_URL),
+    WithJsonSchema(
+        {"type": "string", "minLength": 1, "maxLength": MAX_URL, "pattern": URL_PATTERN}
+    ),
+]
+# One name or glob per item (`events.subscriptions.check_types` answers `invalid_types`).
+TypePattern = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=100),
+    WithJsonSchema(
+        {"type": "string", "minLength": 1, "maxLength": 100, "pattern": f"^ *{TYPE_NAME} *$"}
+    ),
+]
 Secret = Annotated[str, StringConstraints(min_length=16, max_length=256, pattern=r"^[\x21-\x7e]+$")]
 Description = Annotated[str, StringConstraints(max_length=2000)]
 Types = Annotated[
@@ -39,15 +57,19 @@ class WebhookCreate(Request):
         None, description="signing secret (printable ASCII, 16+); generated when absent"
     )
     description: Description = ""
-    active: bool = True
+    active: Flag = True
 
 
 class WebhookPatch(Request):
-    url: Url | None = None
-    types: Types | None = None
-    secret: Secret | None = Field(None, description="a new signing secret, used at once")
-    description: Description | None = None
-    active: bool | None = None
+    # Every field may be left out, none may be null: the document says so (SkipJsonSchema
+    # hides the None that only stands for "absent").
+    url: Url | SkipJsonSchema[None] = None
+    types: Types | SkipJsonSchema[None] = None
+    secret: Secret | SkipJsonSchema[None] = Field(
+        None, description="a new signing secret, used at once"
+    )
+    description: Description | SkipJsonSchema[None] = None
+    active: Flag | SkipJsonSchema[None] = None
 
     @model_validator(mode="after")
     def _no_nulls(self) -> WebhookPatch:
