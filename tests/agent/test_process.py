@@ -14,6 +14,7 @@ import sys
 import textwrap
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -283,6 +284,42 @@ async def test_cancelling_run_stops_the_group_then_propagates(tmp_path: Path) ->
     run = asyncio.create_task(proc.run())
     child = await read_pid(pid_file)
     run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert proc.pid is not None
+    assert not running(proc.pid)
+    assert not running(child)
+
+
+async def test_cancelled_while_starting_the_group_is_stopped_not_left_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a busy machine the agent (and its children) can be running before the start has
+    # returned to the runner: a cancel in that moment must still stop the whole group.
+    pid_file = tmp_path / "child.pid"
+    code = f"""
+        import signal, subprocess, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        child = subprocess.Popen(["sleep", "60"])
+        open({str(pid_file)!r}, "w").write(str(child.pid))
+        time.sleep(60)
+    """
+    real = asyncio.create_subprocess_exec
+    gate = asyncio.Event()
+
+    async def slow_start(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        started = await real(*args, **kwargs)
+        await gate.wait()
+        return started
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", slow_start)
+    proc = AgentProcess(ProcessSpec(py(code), grace_s=GRACE))
+    run = asyncio.create_task(proc.run())
+    child = await read_pid(pid_file)
+    assert proc.pid is None  # the start has not returned yet
+    run.cancel()
+    await asyncio.sleep(0.05)
+    gate.set()
     with pytest.raises(asyncio.CancelledError):
         await run
     assert proc.pid is not None

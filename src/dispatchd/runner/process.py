@@ -191,8 +191,8 @@ class AgentProcess:
         try:
             if self._stop_requested.is_set():
                 return self._result(None, started, stopped=True)
-            try:
-                proc = await asyncio.create_subprocess_exec(
+            spawning = asyncio.ensure_future(
+                asyncio.create_subprocess_exec(
                     *self.spec.argv,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE,
@@ -201,6 +201,12 @@ class AgentProcess:
                     cwd=self.spec.cwd,
                     start_new_session=True,
                 )
+            )
+            try:
+                proc = await asyncio.shield(spawning)
+            except asyncio.CancelledError:
+                await self._abandon(spawning)
+                raise
             except OSError as exc:
                 reason = exc.strerror or str(exc)
                 if exc.filename is not None and str(exc.filename) != self.spec.argv[0]:
@@ -211,6 +217,22 @@ class AgentProcess:
             return await self._supervise(proc, started)
         finally:
             self._finished.set()
+
+    async def _abandon(self, spawning: asyncio.Future[asyncio.subprocess.Process]) -> None:
+        """Cancelled while the process was being started: it may be running already, with
+        children of its own. Let the start finish, then stop the whole group as a cancelled
+        run does, instead of leaving it behind (asyncio would kill the leader alone)."""
+        try:
+            proc = await spawning
+        except OSError:
+            return  # nothing started
+        self.pid = proc.pid
+        self._stop_reason = self._stop_reason or "cancelled"
+        try:
+            await self._terminate(proc)
+        finally:
+            if proc.returncode is None or self._group_alive(proc.pid):
+                self._signal(proc.pid, signal.SIGKILL)
 
     def _left(self, started: float) -> float | None:
         """Seconds until the timeout (None: none; while the clock is held, when to look
