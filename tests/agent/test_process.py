@@ -271,16 +271,20 @@ async def test_stop_before_run_never_starts_the_process(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-async def test_cancelling_run_stops_the_group_then_propagates(tmp_path: Path) -> None:
-    pid_file = tmp_path / "child.pid"
-    code = f"""
+def deaf_parent(pid_file: Path) -> str:
+    """An agent that ignores TERM and starts a child, whose pid it writes to `pid_file`."""
+    return f"""
         import signal, subprocess, time
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         child = subprocess.Popen(["sleep", "60"])
         open({str(pid_file)!r}, "w").write(str(child.pid))
         time.sleep(60)
     """
-    proc = AgentProcess(ProcessSpec(py(code), grace_s=GRACE))
+
+
+async def test_cancelling_run_stops_the_group_then_propagates(tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    proc = AgentProcess(ProcessSpec(py(deaf_parent(pid_file)), grace_s=GRACE))
     run = asyncio.create_task(proc.run())
     child = await read_pid(pid_file)
     run.cancel()
@@ -297,13 +301,6 @@ async def test_cancelled_while_starting_the_group_is_stopped_not_left_behind(
     # On a busy machine the agent (and its children) can be running before the start has
     # returned to the runner: a cancel in that moment must still stop the whole group.
     pid_file = tmp_path / "child.pid"
-    code = f"""
-        import signal, subprocess, time
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        child = subprocess.Popen(["sleep", "60"])
-        open({str(pid_file)!r}, "w").write(str(child.pid))
-        time.sleep(60)
-    """
     real = asyncio.create_subprocess_exec
     gate = asyncio.Event()
 
@@ -313,7 +310,7 @@ async def test_cancelled_while_starting_the_group_is_stopped_not_left_behind(
         return started
 
     monkeypatch.setattr(asyncio, "create_subprocess_exec", slow_start)
-    proc = AgentProcess(ProcessSpec(py(code), grace_s=GRACE))
+    proc = AgentProcess(ProcessSpec(py(deaf_parent(pid_file)), grace_s=GRACE))
     run = asyncio.create_task(proc.run())
     child = await read_pid(pid_file)
     assert proc.pid is None  # the start has not returned yet
