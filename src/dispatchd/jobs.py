@@ -142,6 +142,62 @@ class JobStatus:
         }
 
 
+class Strikes:
+    """A background job's failures in a row on each of its records (tasks, agents): a
+    record that fails POISON_AFTER times in a row is set aside (logged with its error and
+    counted on the job) instead of holding up the records behind it. `set_aside` maps each
+    to its error, for as long as this process runs or until `release`."""
+
+    def __init__(
+        self, job: Callable[[], JobStatus], kind: str, action: str, logger: logging.Logger
+    ) -> None:
+        # The owner's job status, looked up each time: the runtime replaces it with the one
+        # it supervises.
+        self.job = job
+        self.kind = kind
+        self.action = action
+        self.log = logger
+        self.set_aside: dict[str, str] = {}
+        self._tries: dict[str, int] = {}
+
+    def ok(self, key: str) -> None:
+        """The record was handled: its count starts again."""
+        self._tries.pop(key, None)
+
+    def release(self, key: str) -> None:
+        """The record changed: it may be tried again."""
+        self._tries.pop(key, None)
+        self.set_aside.pop(key, None)
+
+    def strike(self, key: str, exc: BaseException, doing: str) -> bool:
+        """Count a failure of `doing` the record `key`; True when it is now set aside."""
+        tries = self._tries[key] = self._tries.get(key, 0) + 1
+        if tries < POISON_AFTER:
+            return False
+        self._tries.pop(key, None)
+        self.set_aside[key] = f"{type(exc).__name__}: {exc}"
+        self.log.error(
+            "%s %s set aside after %d failures in a row %s it",
+            self.kind,
+            key,
+            tries,
+            doing,
+            exc_info=exc,
+            extra={"action": f"{self.action}_set_aside", f"{self.kind}_id": key},
+        )
+        self.job().set_aside(f"{self.kind} {key}", exc)
+        return True
+
+    def failed(self, key: str, exc: BaseException, doing: str) -> None:
+        """A failure the job goes on after: logged and reported to the job, or, the
+        POISON_AFTER-th in a row, the record set aside."""
+        if self.strike(key, exc, doing):
+            return
+        extra = {"action": self.action, f"{self.kind}_id": key}
+        self.log.error("%s %s %s failed", doing, self.kind, key, exc_info=exc, extra=extra)
+        self.job().failed(exc, f"{doing} {self.kind} {key}")
+
+
 class Jobs:
     """The status of every background job of a runtime, by name."""
 

@@ -38,7 +38,7 @@ from dispatchd.engine.transitions import MAX_TRIES, writes_for
 from dispatchd.engine.waiters import Waiters
 from dispatchd.engine.wake import Waker
 from dispatchd.errors import AgentUnavailable, ConcurrentUpdate, DispatchError
-from dispatchd.jobs import POISON_AFTER, JobStatus, backoff_s, stop_if_cancelled
+from dispatchd.jobs import JobStatus, Strikes, backoff_s, stop_if_cancelled
 from dispatchd.store.base import ClaimQuery, Op, Store
 
 log = logging.getLogger(__name__)
@@ -114,13 +114,12 @@ class Assigner:
         self._stepping = asyncio.Lock()
         self.assigned = 0
         self.job = JobStatus("assigner")
-        # Tasks that failed to be assigned with an error (not a race): how many times in a
-        # row; and those set aside after POISON_AFTER, with their error.
-        self._task_failures: dict[str, int] = {}
-        self.set_aside: dict[str, str] = {}
-        # The same for agents whose queue could not be read for them.
-        self._agent_failures: dict[str, int] = {}
-        self.agents_set_aside: dict[str, str] = {}
+        # Tasks that keep failing to be assigned with an error (not a race), and agents
+        # whose queue keeps failing to be read, set aside after POISON_AFTER in a row.
+        self.task_strikes = Strikes(lambda: self.job, "task", "assign", log)
+        self.agent_strikes = Strikes(lambda: self.job, "agent", "assign", log)
+        self.set_aside = self.task_strikes.set_aside
+        self.agents_set_aside = self.agent_strikes.set_aside
         self._resync = False
         self._doing = "starting"
 
@@ -256,7 +255,7 @@ class Assigner:
             if event.type.startswith("agent.") and event.agent_id:
                 touched.add(event.agent_id)
                 # It changed: worth trying again if it was set aside.
-                self.agents_set_aside.pop(event.agent_id, None)
+                self.agent_strikes.release(event.agent_id)
             elif event.type in _LOAD and agent_id in known and not self.directory.apply_load(event):
                 # The load on the agent row moved and the event does not say exactly how:
                 # re-read the row (requesters are not agents).
@@ -266,8 +265,7 @@ class Assigner:
             if event.task_id:
                 if event.type in _ASSIGNABLE:
                     # It changed: worth trying again if it was set aside.
-                    self.set_aside.pop(event.task_id, None)
-                    self._task_failures.pop(event.task_id, None)
+                    self.task_strikes.release(event.task_id)
                 if event.type in _ASSIGNABLE and _makes_assignable(event):
                     tasks[event.task_id] = None
                 elif event.type in _SETTLED:
@@ -351,9 +349,11 @@ class Assigner:
             except DispatchError:
                 raise
             except Exception as exc:
-                self._agent_failed(agent_id, exc)
+                # The pass fails (and is tried again) until the agent is set aside.
+                if not self.agent_strikes.strike(agent_id, exc, "reading the queue of"):
+                    raise
                 return
-            self._agent_failures.pop(agent_id, None)
+            self.agent_strikes.ok(agent_id)
             if offer is None:
                 return
             tasks, free = offer
@@ -385,23 +385,6 @@ class Assigner:
         tasks = [t for t in await self.store.claimable(query) if t.id not in self.set_aside]
         return tasks[:free], free
 
-    def _agent_failed(self, agent_id: str, exc: Exception) -> None:
-        """The agent's queue could not be read: the pass fails (and is tried again) until
-        it has failed POISON_AFTER times in a row; then the agent is set aside."""
-        tries = self._agent_failures[agent_id] = self._agent_failures.get(agent_id, 0) + 1
-        if tries < POISON_AFTER:
-            raise exc
-        self._agent_failures.pop(agent_id, None)
-        self.agents_set_aside[agent_id] = f"{type(exc).__name__}: {exc}"
-        log.error(
-            "agent %s set aside: its queue failed to be read %d times in a row",
-            agent_id,
-            tries,
-            exc_info=exc,
-            extra={"action": "assign_set_aside", "agent_id": agent_id},
-        )
-        self.job.set_aside(f"agent {agent_id}", exc)
-
     # --- one assignment -----------------------------------------------------------------
 
     async def assign(self, task: Task) -> Task | None:
@@ -414,21 +397,11 @@ class Assigner:
         except DispatchError:
             raise
         except Exception as exc:
-            tries = self._task_failures[task.id] = self._task_failures.get(task.id, 0) + 1
-            if tries < POISON_AFTER:
+            # The pass fails (and is tried again) until the task is set aside.
+            if not self.task_strikes.strike(task.id, exc, "assigning"):
                 raise
-            self._task_failures.pop(task.id, None)
-            self.set_aside[task.id] = f"{type(exc).__name__}: {exc}"
-            log.error(
-                "task %s set aside: it failed to be assigned %d times in a row",
-                task.id,
-                tries,
-                exc_info=exc,
-                extra={"action": "assign_set_aside", "task_id": task.id},
-            )
-            self.job.set_aside(f"task {task.id}", exc)
             return None
-        self._task_failures.pop(task.id, None)
+        self.task_strikes.ok(task.id)
         return given
 
     async def _assign(self, task: Task) -> Task | None:

@@ -44,7 +44,7 @@ from dispatchd.engine.agents import status_event
 from dispatchd.engine.followups import unblock_due
 from dispatchd.engine.transitions import MAX_TRIES, commit_changes, transact
 from dispatchd.errors import ConcurrentUpdate, DispatchError, NotFound
-from dispatchd.jobs import POISON_AFTER, JobStatus, backoff_s, stop_if_cancelled
+from dispatchd.jobs import JobStatus, Strikes, backoff_s, stop_if_cancelled
 from dispatchd.store.base import AppendEvent, Op, Store, UpdateAgent
 
 log = logging.getLogger(__name__)
@@ -85,10 +85,14 @@ class Sweeper:
         self._random = random.SystemRandom()
         self.actions = 0
         self.job = JobStatus("sweeper")
-        self._task_failures: dict[str, int] = {}
-        self.set_aside: dict[str, str] = {}
+        self.strikes = Strikes(lambda: self.job, "task", "sweep", log)
         # Fires the schedules whose time came (None: schedules are not fired here).
         self.firer: Firing | None = None
+
+    @property
+    def set_aside(self) -> dict[str, str]:
+        """The tasks set aside (until this process restarts), with their error."""
+        return self.strikes.set_aside
 
     def poke(self, _last: int = 0) -> None:
         """New work may carry an earlier deadline than the one slept for."""
@@ -190,25 +194,9 @@ class Sweeper:
         except DispatchError:
             raise
         except Exception as exc:
-            tries = self._task_failures[task_id] = self._task_failures.get(task_id, 0) + 1
-            extra = {"action": "sweep", "task_id": task_id}
-            if tries < POISON_AFTER:
-                log.error("sweep failed %s task %s", doing, task_id, exc_info=exc, extra=extra)
-                self.job.failed(exc, f"{doing} task {task_id}")
-                return
-            self._task_failures.pop(task_id, None)
-            self.set_aside[task_id] = f"{type(exc).__name__}: {exc}"
-            log.error(
-                "task %s set aside by the deadline sweeper after %d failures %s it",
-                task_id,
-                tries,
-                doing,
-                exc_info=exc,
-                extra={**extra, "action": "sweep_set_aside"},
-            )
-            self.job.set_aside(f"task {task_id}", exc)
+            self.strikes.failed(task_id, exc, doing)
         else:
-            self._task_failures.pop(task_id, None)
+            self.strikes.ok(task_id)
 
     async def _act(self, task_id: str, compute: Callable[[Task], Awaitable[list[Step]]]) -> None:
         # Gone, or racing a live writer: the next sweep looks again.

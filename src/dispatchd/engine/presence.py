@@ -26,7 +26,7 @@ from dispatchd.domain.ids import utcnow
 from dispatchd.domain.models import Agent, AgentStatus
 from dispatchd.engine.agents import status_event
 from dispatchd.errors import ConcurrentUpdate, DispatchError
-from dispatchd.jobs import POISON_AFTER, JobStatus, stop_if_cancelled
+from dispatchd.jobs import JobStatus, Strikes, stop_if_cancelled
 from dispatchd.store.base import AgentFilter, AppendEvent, Store, UpdateAgent
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,12 @@ class Presence:
         self.store = store
         self.offline_after = offline_after
         self.job = JobStatus("presence")
-        self._failures: dict[str, int] = {}
-        self.set_aside: dict[str, str] = {}
+        self.strikes = Strikes(lambda: self.job, "agent", "presence", log)
+
+    @property
+    def set_aside(self) -> dict[str, str]:
+        """The agents set aside (until this process restarts), with their error."""
+        return self.strikes.set_aside
 
     @property
     def interval_s(self) -> float:
@@ -81,32 +85,14 @@ class Presence:
                 except DispatchError:
                     raise  # the database: the whole sweep is tried again
                 except Exception as exc:
-                    self._failed(agent.id, exc)
+                    self.strikes.failed(agent.id, exc, "marking offline")
                     continue
-                self._failures.pop(agent.id, None)
+                self.strikes.ok(agent.id)
                 if marked:
                     gone.append(agent.id)
             if page.next_cursor is None:
                 return gone
             cursor = page.next_cursor
-
-    def _failed(self, agent_id: str, exc: Exception) -> None:
-        tries = self._failures[agent_id] = self._failures.get(agent_id, 0) + 1
-        extra = {"action": "presence", "agent_id": agent_id}
-        if tries < POISON_AFTER:
-            log.error("marking agent %s offline failed", agent_id, exc_info=exc, extra=extra)
-            self.job.failed(exc, f"marking agent {agent_id} offline")
-            return
-        self._failures.pop(agent_id, None)
-        self.set_aside[agent_id] = f"{type(exc).__name__}: {exc}"
-        log.error(
-            "agent %s set aside by presence after %d failures to mark it offline",
-            agent_id,
-            tries,
-            exc_info=exc,
-            extra={**extra, "action": "presence_set_aside"},
-        )
-        self.job.set_aside(f"agent {agent_id}", exc)
 
     async def _mark_offline(self, seen: Agent) -> bool:
         now = utcnow()
