@@ -46,6 +46,9 @@ REQUEST_TIMEOUT_S = 10.0
 # A task is back at work this long after its lease lapsed, at the most: the sweeper's tick
 # and the assignment that follows.
 REQUEUE_SLACK_S = 5.0
+# The worker renews its lease this often: its lease lapses this long before `LEASE_S` after
+# its death, at the earliest.
+HEARTBEAT_S = 10.0
 SETTINGS = {
     "DISPATCH_ADMIN_TOKEN": ADMIN,
     "DISPATCH_ASSIGNMENT__LEASE_MS": str(int(LEASE_S * 1000)),
@@ -280,12 +283,27 @@ class Chaos:
                     continue
                 # Orphaned by a killed worker: back at work within its lease (the wake
                 # timeout, if the worker had not started it yet).
+                # A broker killed after the lease may have lapsed (its sweeper or assigner
+                # gone until it is back) delays the recovery by that outage, no more.
                 lease = LEASE_S if lost["started_at"] else WAKE_S
-                after = parse_time(following["assigned_at"]) - self.killed_workers[lost["agent_id"]]
-                self.orphans.append(after)
-                if after > lease + REQUEUE_SLACK_S:
-                    late.append(f"{task['id']}: {after:.1f}s (lease {lease:g}s)")
+                died = self.killed_workers[lost["agent_id"]]
+                back = parse_time(following["assigned_at"])
+                lapsed = died + (lease - HEARTBEAT_S if lost["started_at"] else 0.0)
+                outage = self.outage_between(lapsed, back)
+                self.orphans.append(back - died)
+                if back - died > lease + REQUEUE_SLACK_S + outage:
+                    late.append(
+                        f"{task['id']}: {back - died:.1f}s (lease {lease:g}s, "
+                        f"broker outage meanwhile {outage:.1f}s)"
+                    )
         assert not late, f"orphaned tasks back at work later than their lease: {late[:10]}"
+
+    def outage_between(self, start: float, end: float) -> float:
+        """How long brokers killed between `start` and `end` took to have agents at work
+        again (the recoveries of those kills)."""
+        return sum(
+            r for k, r in zip(self.broker_kills, self.recoveries, strict=True) if start <= k <= end
+        )
 
     def report(self, what: str, tasks: list[dict[str, Any]]) -> None:
         runs = Counter(self.runs.read_text().split())
