@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from dispatchd.runtime import Runtime
+from dispatchd.store.base import TakeSlot, UpdateTask
 from tests.api.conftest import as_agent
 from tests.api.helpers import BOTH, create_code_task, eventually, task_events
 
@@ -202,3 +203,55 @@ async def test_the_tasks_a_lifecycle_wrote_are_not_read_back(
     assert [i["title"] for i in digest.completed] == ["first", "queued"]
     expected = Counter() if runtime.store.dialect == "sqlite" else Counter(get_task=2)
     assert calls == expected, calls
+
+
+@BOTH
+async def test_a_claim_of_several_checks_the_agent_slots_once_and_batch_completion_reads_none(
+    client: httpx.AsyncClient, register: Callable[..., Any], runtime: Runtime
+) -> None:
+    """A claim taking several queued tasks reserves their slots with one check of the
+    agent row; a batch completion by their holder starts from the tasks as this process
+    wrote them (SQLite) instead of reading them back."""
+    tasks = [await create_code_task(client, title=f"t{k}") for k in range(3)]
+    await register("w", ["code"], max_concurrent=3)
+    planned: list[list[Any]] = []
+    claim_in_store = runtime.store.claim
+
+    async def recorded(query: Any, plan: Any) -> Any:
+        def planning(view: Any) -> Any:
+            ops = list(plan(view))
+            planned.append(ops)
+            return ops
+
+        return await claim_in_store(query, planning)
+
+    runtime.store.claim = recorded  # type: ignore[method-assign]
+    out = await claim(client, "w", max_tasks=3)
+    taken = {t["id"] for t in out["tasks"]}
+    # The assigner may have given some of them to "w" already; the claim starts those.
+    assert taken == {t["id"] for t in tasks}, out
+    slots = [op for op in planned[-1] if isinstance(op, TakeSlot)]
+    pending = 3 - sum(
+        1 for op in planned[-1] if isinstance(op, UpdateTask) and op.previous.value == "assigned"
+    )
+    assert [s.count for s in slots] == ([pending] if pending else []), planned[-1]
+    if slots:
+        first_write = next(
+            i
+            for i, op in enumerate(planned[-1])
+            if isinstance(op, UpdateTask) and op.previous.value == "pending"
+        )
+        assert planned[-1].index(slots[0]) < first_write
+
+    calls = count_calls(runtime, ("get_task", "get_tasks"))
+    items = [{"task_id": t["id"], "result": k} for k, t in enumerate(tasks)]
+    r = await client.post(
+        "/api/v1/tasks/batch/complete", json={"items": items}, headers=as_agent("w")
+    )
+    assert r.status_code == 200, r.text
+    assert [i["ok"] for i in r.json()["items"]] == [True, True, True]
+    assert [i["task"]["result"] for i in r.json()["items"]] == [0, 1, 2]
+    if runtime.store.dialect == "sqlite":
+        assert calls == Counter(), calls
+    else:  # other replicas may write these tasks: the batch reads them once
+        assert calls["get_tasks"] == 1, calls

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from dispatchd.domain import lifecycle
@@ -27,7 +27,15 @@ from dispatchd.engine.rules import Rules, hand_over
 from dispatchd.engine.transitions import MAX_TRIES, ops_for
 from dispatchd.engine.waiters import Waiters
 from dispatchd.errors import ConcurrentUpdate, NotFound
-from dispatchd.store.base import AppendEvent, ClaimQuery, ClaimView, Op, Store, UpdateAgent
+from dispatchd.store.base import (
+    AppendEvent,
+    ClaimQuery,
+    ClaimView,
+    Op,
+    Store,
+    TakeSlot,
+    UpdateAgent,
+)
 
 MAX_TASKS = 100
 # A retried claim waits up to this much more on each try, at random, so that colliding
@@ -225,15 +233,23 @@ class ClaimService:
         if seen.status is AgentStatus.DEGRADED:
             agent = agent.evolve(status=AgentStatus.DEGRADED)
         if not agent.drained and agent.status is not AgentStatus.DEGRADED:
+            slot: TakeSlot | None = None
+            handed: list[Op] = []
             for task in view.candidates:
                 if len(taken) >= max_tasks or free <= 0:
                     break
                 handover = hand_over(
                     task, agent, now, self.rules, self.policy, start=True, limit=limit
                 )
-                ops.extend(handover.ops)
+                # One slot check for all the tasks this claim takes, ahead of their writes.
+                first, *writes = handover.ops
+                assert isinstance(first, TakeSlot)
+                slot = first if slot is None else replace(slot, count=slot.count + 1)
+                handed.extend(writes)
                 taken.append(handover.task)
                 free -= 1
+            if slot is not None:
+                ops += [slot, *handed]
         reason = None
         if not taken:
             if agent.drained:

@@ -238,10 +238,20 @@ class TaskService:
     async def _complete_each(
         self, items: Sequence[Completion], caller: Caller
     ) -> dict[str, Task | DispatchError]:
-        """`complete_many` for items that name distinct tasks, answers by task id."""
+        """`complete_many` for items that name distinct tasks, answers by task id.
+
+        As `transact` does for one task, the first try starts from the tasks as this
+        process last wrote them (`known`), reading only the others; an error or a repeat
+        decided on a copy, or a copy behind its row, is decided again from a fresh read."""
         ids = [item.task_id for item in items]
+        copies = self._copies(ids)
         for _ in range(MAX_TRIES):
-            found = {t.id: t for t in await self.store.get_tasks(ids)}
+            if copies:
+                rest = [i for i in ids if i not in copies]
+                read = await self.store.get_tasks(rest) if rest else []
+                found = {**copies, **{t.id: t for t in read}}
+            else:
+                found = {t.id: t for t in await self.store.get_tasks(ids)}
             steps: list[Step] = []
             answers: dict[str, Task | DispatchError] = {}
             now = utcnow()
@@ -265,6 +275,9 @@ class TaskService:
                     answers[item.task_id] = exc
                     continue
                 steps.extend(mine)
+            if copies and any(i in copies for i in answers):
+                copies = {}  # decided on a copy: decide again on the rows
+                continue
             if not steps:
                 return answers
             try:
@@ -272,9 +285,16 @@ class TaskService:
                     self.store, steps, escalate_to=self.rules.escalate_to, policy=self.policy
                 )
             except ConcurrentUpdate:
+                copies = {}
                 continue
             return {i: answers[i] if i in answers else done.tasks[i] for i in ids}
         raise ConcurrentUpdate("these tasks are changing too fast; try again")
+
+    def _copies(self, ids: Sequence[str]) -> dict[str, Task]:
+        """The tasks of `ids` this process last wrote, where it knows them."""
+        if self.known is None:
+            return {}
+        return {i: task for i in ids if (task := self.known(i)) is not None}
 
     def _completion(
         self,

@@ -341,7 +341,10 @@ class TaskOut(BaseModel):
             if t.progress_message is not None or t.progress_percent is not None
             else None
         )
-        return cls(
+        # Built from a stored task, whose fields already have these types: constructed
+        # without validating each field again (FastAPI's check of the answer passes an
+        # instance through, and the serializer warns about any value of another type).
+        return cls.model_construct(
             id=t.id,
             title=t.title,
             prompt=t.prompt,
