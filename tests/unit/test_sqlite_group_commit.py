@@ -42,8 +42,9 @@ async def keys(connector: SQLiteConnector) -> set[str]:
 
 
 async def hold_writer(connector: SQLiteConnector) -> tuple[threading.Event, asyncio.Task[Any]]:
-    """Keep the writer busy in a job of its own until the event is set, so that the jobs
-    sent meanwhile queue up and go as one group."""
+    """Keep the writer thread busy in a job of its own until the event is set, so that the
+    jobs sent meanwhile (the writer connection is taken: none runs inline) queue up and go
+    as one group."""
     release = threading.Event()
     started = threading.Event()
 
@@ -51,7 +52,7 @@ async def hold_writer(connector: SQLiteConnector) -> tuple[threading.Event, asyn
         started.set()
         release.wait(10)
 
-    holder = asyncio.ensure_future(connector._write(blocking))
+    holder = asyncio.ensure_future(connector._on_thread(blocking))
     await asyncio.to_thread(started.wait, 10)
     return release, holder
 

@@ -415,9 +415,19 @@ def follow_live(client: Client, task_id: str, json_: bool) -> TaskDetail:
         return follow(client, task_id, update)
 
 
+# The state an event leaves its task in: shown even when the task has moved on by the time
+# it is read (a review approved at once, a start followed by a quick completion).
+STATE_AFTER = {
+    "task.assigned": TaskStatus.ASSIGNED,
+    "task.started": TaskStatus.RUNNING,
+    "task.waiting_input": TaskStatus.WAITING_INPUT,
+    "task.review_requested": TaskStatus.REVIEW,
+}
+
+
 def follow(client: Client, task_id: str, on_change: Callable[[Task], None]) -> TaskDetail:
     """Read the task's events as they come (long-poll, no polling loop) until it ends;
-    `on_change` sees each new version of it."""
+    `on_change` sees each new version of it, and each state its events passed through."""
     # The log's head before the task: a change between the two reads is then seen.
     cursor = client.read_events("latest", limit=1).next_cursor
     task = client.get_task(task_id)
@@ -426,7 +436,14 @@ def follow(client: Client, task_id: str, on_change: Callable[[Task], None]) -> T
         page = client.read_events(cursor, task=task_id, wait_s=LONG_POLL_S, limit=500)
         cursor = page.next_cursor
         if page.events:
-            task = client.get_task(task_id)
+            latest = client.get_task(task_id)
+            shown = task.status
+            for event in page.events:
+                state = STATE_AFTER.get(event.type)
+                if state is not None and state not in (shown, latest.status):
+                    on_change(latest.model_copy(update={"status": state}))
+                    shown = state
+            task = latest
             on_change(task)
     return task
 

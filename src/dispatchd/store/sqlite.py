@@ -1,16 +1,21 @@
 """The embedded engine: SQLite in WAL mode.
 
-All writes go through one connection owned by one thread, so writers queue in the process
-instead of fighting over the database lock; readers use their own connections in a small
-pool of threads, which WAL lets run beside the writer. A transaction body runs whole inside
-the writer thread, in one hop from the event loop (a hop costs about 0.1 ms; a transaction
-is often several statements of a few microseconds each).
+All writes go through one connection, so writers queue in the process instead of fighting
+over the database lock; readers use their own connections in a small pool of threads, which
+WAL lets run beside the writer.
 
-The writer takes its jobs from a queue. Jobs that wait in that queue while it works share
-one commit (group commit): one BEGIN, a SAVEPOINT per job so that a failing job is undone
-alone, one COMMIT, then every job's answer. No job is answered before the commit that holds
-its writes; if that commit fails, every job in it fails. Under load this turns many small
-commits into a few larger ones; a lone job runs in a transaction of its own as before.
+A write transaction runs whole on the event loop's thread when the writer connection is
+free and the database lock can be had at once (`inline`): a transaction is a few statements
+of some microseconds each, and handing it to a thread and back cost more than running it,
+in hops and in the two threads trading the GIL at every statement. Otherwise (the writer
+thread is busy, another process holds the lock) the job goes to the writer thread, which
+waits for the lock, and a job never waits on the loop. WAL checkpoints, which sync the
+file, run on a thread of their own (`Checkpoints`), never inside a write.
+
+The writer thread takes its jobs from a queue. Jobs that wait in that queue while it works
+share one commit (group commit): one BEGIN, a SAVEPOINT per job so that a failing job is
+undone alone, one COMMIT, then every job's answer. No job is answered before the commit
+that holds its writes; if that commit fails, every job in it fails.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,6 +41,8 @@ from dispatchd.store.rows import SQLITE as SQLITE_CODEC
 from dispatchd.store.sqlstore import SQLStore
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 SQLITE = Dialect(
     name="sqlite",
@@ -83,14 +92,29 @@ _Outcome = tuple[Any, BaseException | None]
 # The most jobs one commit holds: enough to fold a burst of small writes into one commit,
 # few enough that the first of them is not kept waiting long for its answer.
 GROUP_MAX = 64
+# How long the writer thread waits for a database lock another process holds.
+BUSY_TIMEOUT_S = 10.0
+# How often the WAL is checkpointed into the database file, when something was written.
+CHECKPOINT_S = 1.0
 
 
 class SQLiteConnector:
     dialect = SQLITE
 
-    def __init__(self, path: Path, *, readers: int = 4, synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        readers: int = 4,
+        synchronous: str = "NORMAL",
+        inline: bool = True,
+    ) -> None:
         self.path = path
         self._synchronous = synchronous
+        self._inline = inline
+        # Held through each write transaction, by the loop (inline) or the writer thread.
+        self._writing = threading.Lock()
+        self._checkpoints = Checkpoints(self._connect)
         self._reader_pool = ThreadPoolExecutor(
             readers, thread_name_prefix="dispatchd-sqlite-reader"
         )
@@ -139,6 +163,7 @@ class SQLiteConnector:
         if writer is not None:
             self._jobs.put(None)
             writer.join()
+        self._checkpoints.stop()
         self._reader_pool.shutdown(wait=True)
         with self._lock:
             for conn in self._connections:
@@ -158,9 +183,37 @@ class SQLiteConnector:
     # --- the writer thread and the readers -------------------------------------------------
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn` in a transaction of its own on the writer thread."""
+        """Run `fn` in a transaction: here when the writer is free, else on its thread."""
         if self._closed:
             raise StoreError("the store is closed")
+        if self._inline and self._writing.acquire(blocking=False):
+            try:
+                result = _translated(functools.partial(self._try_inline, fn))
+                ran = True
+            except _Busy:
+                ran = False  # another process holds the lock: the writer thread waits for it
+            finally:
+                self._writing.release()
+            if ran:
+                self._checkpoints.wrote()
+                # Let the loop's other work in between writes that follow each other.
+                await asyncio.sleep(0)
+                return result
+        return await self._on_thread(fn)
+
+    def _try_inline(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` in a transaction and commit; `_Busy`, before anything ran, when the
+        database lock is held elsewhere."""
+        conn = self._writer_connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+                raise _Busy from exc
+            raise
+        return self._finish(conn, fn)
+
+    async def _on_thread(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._writer is None:
             with self._lock:
                 if self._writer is None:
@@ -186,10 +239,12 @@ class SQLiteConnector:
                     stop = True
                     break
                 group.append(more)
-            if len(group) == 1:
-                outcomes = [self._run_alone(job[0])]
-            else:
-                outcomes = self._run_group([fn for fn, _, _ in group])
+            with self._writing:
+                if len(group) == 1:
+                    outcomes = [self._run_alone(job[0])]
+                else:
+                    outcomes = self._run_group([fn for fn, _, _ in group])
+            self._checkpoints.wrote()
             for (_, loop, future), (result, error) in zip(group, outcomes, strict=True):
                 # RuntimeError: the caller's loop is closed, nobody is waiting.
                 with contextlib.suppress(RuntimeError):
@@ -202,8 +257,11 @@ class SQLiteConnector:
             return None, exc
 
     def _in_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._writer_connection()
-        conn.execute("BEGIN IMMEDIATE")
+        return self._finish(self._begin(), fn)
+
+    @staticmethod
+    def _finish(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` in the transaction just begun on `conn`, and commit it."""
         try:
             result = fn(conn)
             conn.execute("COMMIT")
@@ -247,15 +305,32 @@ class SQLiteConnector:
         return outcomes
 
     def _begin(self) -> sqlite3.Connection:
+        """BEGIN IMMEDIATE on the writer thread, waiting for a lock another process holds."""
         conn = self._writer_connection()
-        conn.execute("BEGIN IMMEDIATE")
-        return conn
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        pause = 0.001
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return conn
+            except sqlite3.OperationalError as exc:
+                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+                if not busy or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     def _writer_connection(self) -> sqlite3.Connection:
         # The writer's connection is made by its first job (so that its failure is that
-        # job's), and used by the writer thread only.
-        conn = self._writer_conn = self._writer_conn or self._connect()
-        return conn
+        # job's), and used by one thread at a time, under `_writing`. It never waits for
+        # the lock by itself (`_begin` does, on the writer thread) and leaves checkpoints
+        # to `Checkpoints`.
+        if self._writer_conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA busy_timeout = 0")
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+            self._writer_conn = conn
+        return self._writer_conn
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
@@ -292,10 +367,67 @@ class SQLiteConnector:
         return LocalLease()
 
 
+class _Busy(Exception):
+    """The database lock is held by another connection (another process)."""
+
+
+class Checkpoints:
+    """Copies the WAL into the database file on a thread of its own, at most every
+    CHECKPOINT_S while writes go on. PASSIVE: it never waits for the writer or a reader,
+    and what a reader still needs stays in the WAL for a later round. A failure is logged
+    and tried again at the next round; the writes themselves are safe in the WAL."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._connect = connect
+        self._dirty = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.rounds = 0  # checkpoints run (for tests)
+
+    def wrote(self) -> None:
+        if not self._dirty.is_set():
+            self._dirty.set()
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None and not self._stopping.is_set():
+                    self._thread = threading.Thread(
+                        target=self._run, name="dispatchd-sqlite-checkpoints", daemon=True
+                    )
+                    self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping.set()
+            self._dirty.set()
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join()
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        failing = False
+        while self._dirty.wait() and not self._stopping.wait(CHECKPOINT_S):
+            self._dirty.clear()
+            try:
+                conn = conn or self._connect()
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                self.rounds += 1
+                failing = False
+            except sqlite3.Error as exc:
+                if not failing:
+                    logger.warning("sqlite: WAL checkpoint failed (tried again): %s", exc)
+                failing = True
+                self._dirty.set()
+
+
 class SQLiteStore(SQLStore):
-    def __init__(self, path: Path, *, readers: int = 4, synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self, path: Path, *, readers: int = 4, synchronous: str = "NORMAL", inline: bool = True
+    ) -> None:
         self.path = path
-        super().__init__(SQLiteConnector(path, readers=readers, synchronous=synchronous))
+        connector = SQLiteConnector(path, readers=readers, synchronous=synchronous, inline=inline)
+        super().__init__(connector)
 
 
 def _translated(call: Callable[[], T]) -> T:
