@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +14,6 @@ import pytest
 from dispatchd.errors import DuplicateKey, StoreError
 from dispatchd.store.connector import Body, execute, one
 from dispatchd.store.sqlite import SQLiteConnector
-
-
-@pytest.fixture
-async def connector(tmp_path: Path) -> AsyncIterator[SQLiteConnector]:
-    conn = SQLiteConnector(tmp_path / "db.sqlite")
-    await conn.open()
-    await conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)", {})
-    yield conn
-    await conn.close()
 
 
 def insert(key: str, value: int = 1) -> Body[int]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,6 @@ from dispatchd.errors import DuplicateKey, StoreError
 from dispatchd.store import sqlite as sqlite_module
 from dispatchd.store.connector import Body, execute
 from dispatchd.store.sqlite import SQLiteConnector
-
-
-@pytest.fixture
-async def connector(tmp_path: Path) -> AsyncIterator[SQLiteConnector]:
-    conn = SQLiteConnector(tmp_path / "db.sqlite")
-    await conn.open()
-    await conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)", {})
-    yield conn
-    await conn.close()
 
 
 def insert(key: str) -> Body[int]:
