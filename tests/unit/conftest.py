@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dispatchd.store.sqlite import SQLiteConnector
+from dispatchd.store.sqlite import SQLiteConnector, SQLiteStore
 
 
 @pytest.fixture
@@ -18,3 +18,15 @@ async def connector(tmp_path: Path) -> AsyncIterator[SQLiteConnector]:
     await conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)", {})
     yield conn
     await conn.close()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    """A migrated SQLite store on a fresh file."""
+    opened = SQLiteStore(tmp_path / "store.db")
+    await opened.open()
+    await opened.migrate()
+    try:
+        yield opened
+    finally:
+        await opened.close()

@@ -5,9 +5,7 @@ events whose times the test chooses (so windows are exact, with no waiting)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -147,17 +145,6 @@ def test_a_digest_copy_can_change_without_changing_the_original() -> None:
 
 
 # --- the notifier over a store ----------------------------------------------------------------
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    opened = SQLiteStore(tmp_path / "n.db")
-    await opened.open()
-    await opened.migrate()
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def notifier_on(store: SQLiteStore) -> Notifier:

@@ -3,11 +3,6 @@ read when it is the row, and anything else it leads to is decided again on the r
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
-
 from dispatchd.domain import lifecycle
 from dispatchd.domain.ids import utcnow
 from dispatchd.domain.lifecycle import Change
@@ -29,17 +24,6 @@ class Reads:
             return await read(task_id)
 
         store.get_task = counted  # type: ignore[method-assign]
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    opened = SQLiteStore(tmp_path / "t.db")
-    await opened.open()
-    await opened.migrate()
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def created(store: SQLiteStore) -> tuple[EventFeed, Task]:
