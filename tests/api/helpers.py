@@ -170,13 +170,20 @@ async def act(client: httpx.AsyncClient, task_id: str, action: str, agent: str, 
 async def wait_task(
     client: httpx.AsyncClient, task_id: str, check: Callable[[dict[str, Any]], bool], what: str
 ) -> dict[str, Any]:
-    """The task's detail once `check` holds for it."""
+    """The task's detail once `check` holds for it; on a timeout, the error says how the
+    task stood when last read."""
+    last: dict[str, Any] = {}
 
     async def probe() -> dict[str, Any] | None:
         task = await detail(client, task_id)
+        last.update(task)
         return task if check(task) else None
 
-    return await eventually(probe, f"task {task_id}: {what}")
+    try:
+        return await eventually(probe, f"task {task_id}: {what}")
+    except AssertionError as exc:
+        seen = {k: last.get(k) for k in ("status", "assignee", "assigned_to", "attempt")}
+        raise AssertionError(f"{exc}; last read: {seen}") from None
 
 
 async def wait_assigned(

@@ -508,6 +508,31 @@ async def test_equal_scores_and_loads_go_by_idle_time_then_id(
     await wait_assigned(client, third["id"], "a")
 
 
+@BOTH
+async def test_a_task_queued_while_a_fill_reads_waits_for_its_own_event(
+    client: httpx.AsyncClient, register: Any, runtime: Runtime
+) -> None:
+    """A new agent is offered the queue; a task created while that read is under way, after
+    a better agent registered, goes to the better agent, not to the one whose read found
+    it first (the assigner had not yet handled the better agent's registration)."""
+    entered, gate = asyncio.Event(), asyncio.Event()
+    claimable = runtime.store.claimable
+
+    async def held(query: Any) -> Any:
+        if query.agent_id == "a-weak" and not gate.is_set():
+            entered.set()
+            await gate.wait()
+        return await claimable(query)
+
+    runtime.store.claimable = held  # type: ignore[method-assign]
+    await register("a-weak", {"x": 0.5})
+    await asyncio.wait_for(entered.wait(), 5)  # the fill of a-weak is reading the queue
+    await register("b-strong", {"x": 1.0})
+    task = await create_task(client, capabilities=["x"])
+    gate.set()
+    await wait_assigned(client, task["id"], "b-strong")
+
+
 # --- manual assignment ------------------------------------------------------------------
 
 

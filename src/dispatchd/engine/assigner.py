@@ -382,8 +382,17 @@ class Assigner:
             limit=free + len(self.set_aside),
             room=agent.room,
         )
-        tasks = [t for t in await self.store.claimable(query) if t.id not in self.set_aside]
+        queued = await self.store.claimable(query)
+        # A task whose events this assigner has not handled yet (it was queued while the
+        # read was under way) waits for them: its choice is made then, among the agents
+        # those events may have brought, not here by whichever agent read it first.
+        tasks = [t for t in queued if t.id not in self.set_aside and not self._ahead(t.id)]
         return tasks[:free], free
+
+    def _ahead(self, task_id: str) -> bool:
+        """Whether this process wrote an event of the task after the assigner's cursor."""
+        at = self.feed.last_event_of(task_id)
+        return at is not None and at > self.cursor
 
     # --- one assignment -----------------------------------------------------------------
 

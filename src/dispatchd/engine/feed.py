@@ -75,6 +75,11 @@ class EventFeed:
         known = self._tasks.get(task_id)
         return known[0] if known is not None else None
 
+    def last_event_of(self, task_id: str) -> int | None:
+        """The id of the task's last event a commit of this process appended, if remembered."""
+        known = self._tasks.get(task_id)
+        return known[1] if known is not None else None
+
     async def tasks_of(self, events: Sequence[Event]) -> dict[str, Task]:
         """The tasks of `events`, each as it was at its latest event among them or later:
         from this process's commits when they wrote it at or after that event, otherwise
