@@ -5,7 +5,7 @@ over the database lock; readers use their own connections in a small pool of thr
 WAL lets run beside the writer.
 
 A write transaction runs whole on the event loop's thread when the writer connection is
-free and the database lock can be had at once (`inline`): a transaction is a few statements
+free and the database lock can be had at once: a transaction is a few statements
 of some microseconds each, and handing it to a thread and back cost more than running it,
 in hops and in the two threads trading the GIL at every statement. Otherwise (the writer
 thread is busy, another process holds the lock) the job goes to the writer thread, which
@@ -101,17 +101,9 @@ CHECKPOINT_S = 1.0
 class SQLiteConnector:
     dialect = SQLITE
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        readers: int = 4,
-        synchronous: str = "NORMAL",
-        inline: bool = True,
-    ) -> None:
+    def __init__(self, path: Path, *, readers: int = 4, synchronous: str = "NORMAL") -> None:
         self.path = path
         self._synchronous = synchronous
-        self._inline = inline
         # Held through each write transaction, by the loop (inline) or the writer thread.
         self._writing = threading.Lock()
         self._checkpoints = Checkpoints(self._connect)
@@ -186,7 +178,7 @@ class SQLiteConnector:
         """Run `fn` in a transaction: here when the writer is free, else on its thread."""
         if self._closed:
             raise StoreError("the store is closed")
-        if self._inline and self._writing.acquire(blocking=False):
+        if self._writing.acquire(blocking=False):
             try:
                 result = _translated(functools.partial(self._try_inline, fn))
                 ran = True
@@ -422,12 +414,9 @@ class Checkpoints:
 
 
 class SQLiteStore(SQLStore):
-    def __init__(
-        self, path: Path, *, readers: int = 4, synchronous: str = "NORMAL", inline: bool = True
-    ) -> None:
+    def __init__(self, path: Path, *, readers: int = 4, synchronous: str = "NORMAL") -> None:
         self.path = path
-        connector = SQLiteConnector(path, readers=readers, synchronous=synchronous, inline=inline)
-        super().__init__(connector)
+        super().__init__(SQLiteConnector(path, readers=readers, synchronous=synchronous))
 
 
 def _translated(call: Callable[[], T]) -> T:
