@@ -61,9 +61,13 @@ class Stream:
 
     response: httpx.Response
     comments: list[str] = field(default_factory=list)
+    # Frames completed while `line` read on, not yet returned by `frame`.
+    early: list[Frame] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._lines = self.response.aiter_lines()
+        self._fields: dict[str, str] = {}
+        self._data: list[str] = []
 
     async def frame(self, limit_s: float = STEP_S) -> Frame | None:
         """The next frame; None once the server has ended the stream."""
@@ -93,23 +97,45 @@ class Stream:
 
         return await asyncio.wait_for(wait(), limit_s)
 
+    async def line(self, wanted: str, limit_s: float = STEP_S) -> None:
+        """Read on until the line `wanted` arrives, as soon as it arrives: the frame it
+        starts need not be whole (a frame's `id` and `event` lines come before its data)."""
+
+        async def wait() -> None:
+            async for line in self._lines:
+                if (frame := self._take(line)) is not None:
+                    self.early.append(frame)
+                if line == wanted:
+                    return
+            raise AssertionError(f"the stream ended before {wanted!r}")
+
+        await asyncio.wait_for(wait(), limit_s)
+
     async def _frame(self) -> Frame | None:
-        fields: dict[str, str] = {}
-        data: list[str] = []
+        if self.early:
+            return self.early.pop(0)
         async for line in self._lines:
-            if not line:
-                if fields or data:
-                    return Frame(fields.get("id"), fields.get("event"), "\n".join(data))
-                continue
-            if line.startswith(":"):
-                self.comments.append(line)
-                continue
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if name == "data":
-                data.append(value)
-            else:
-                fields[name] = value
+            if (frame := self._take(line)) is not None:
+                return frame
+        return None
+
+    def _take(self, line: str) -> Frame | None:
+        """One line into the frame being read; the frame once a blank line ends it."""
+        if not line:
+            if not (self._fields or self._data):
+                return None
+            frame = Frame(self._fields.get("id"), self._fields.get("event"), "\n".join(self._data))
+            self._fields, self._data = {}, []
+            return frame
+        if line.startswith(":"):
+            self.comments.append(line)
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            self._data.append(value)
+        else:
+            self._fields[name] = value
         return None
 
 
@@ -533,39 +559,39 @@ def held_bytes() -> int:
 async def test_a_stream_that_falls_behind_retention_ends_with_an_error_frame(
     tmp_path: Path, database_url: str | None
 ) -> None:
-    """A slow consumer: the client stops reading while one large event fills the socket,
-    so the server's stream is held mid-batch; meanwhile retention deletes the events after
-    it. When the client reads again it gets what was already sent, then an `error` frame in
-    the error form, and the stream ends."""
+    """A slow consumer: one large event fills the socket, so the server's stream is held
+    mid-batch (a send waits for the client, who stops reading); meanwhile retention deletes
+    the events after that batch. When the client reads again it gets the batch, then an
+    `error` frame in the error form, and the stream ends."""
     size = held_bytes()
-    env = retention_env(database_url, 3.0, DISPATCH_SERVER__MAX_BODY_BYTES=str(2 * size))
+    env = retention_env(database_url, 5.0, DISPATCH_SERVER__MAX_BODY_BYTES=str(2 * size))
     # A fixed receive buffer (setting it turns off the kernel's growing of it), so that
     # what the client side can hold while it does not read is known.
     fixed = httpx.AsyncHTTPTransport(
         socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)]
     )
     with ServerProcess(tmp_path / "data", env=env) as proc:
-        async with (
-            client_for(proc) as api,
-            client_for(proc, transport=fixed) as slow,
-            slow.stream("GET", STREAM, params={"after": "0"}) as response,
-        ):
-            assert response.status_code == 200
+        async with client_for(proc) as api, client_for(proc, transport=fixed) as slow:
             big = await new_task(api, "big")
             # Context keys, listed in the task.updated event: more than the socket buffers
-            # on both ends hold, so the server's next send waits for the client.
+            # on both ends hold, so the server's send after it waits for the client.
             keys = {f"k{i:08d}-{'x' * 90}": 0 for i in range(size // 100)}
             r = await api.patch(f"/api/v1/tasks/{big}", json={"context": keys})
             assert r.status_code == 200, r.text[:500]
-            held = await new_task(api, "held")  # read by the stream, stuck sending
-            unread = await new_task(api, "unread")  # committed behind the held stream
-            unread_id = await created_id(api, unread)
-            await pruned_through(api, unread_id)
+            held = await new_task(api, "held")  # in the stream's first batch, after `big`
+            async with slow.stream("GET", STREAM, params={"after": "0"}) as response:
+                assert response.status_code == 200
+                # The large frame's first lines arrive: the server has read its first batch
+                # (all three tasks) and waits to send `held` until the client reads on.
+                stream = Stream(response)
+                await stream.line("event: task.updated")
+                unread = await new_task(api, "unread")  # committed behind the held stream
+                unread_id = await created_id(api, unread)
+                await pruned_through(api, unread_id)
 
-            stream = Stream(response)
-            frames: list[Frame] = []
-            while (frame := await stream.frame()) is not None:
-                frames.append(frame)
+                frames: list[Frame] = []
+                while (frame := await stream.frame()) is not None:
+                    frames.append(frame)
 
     assert frames, "the stream sent nothing"
     *delivered, last = frames
@@ -575,15 +601,14 @@ async def test_a_stream_that_falls_behind_retention_ends_with_an_error_frame(
     assert error["error"]["code"] == "cursor_expired"
     details = error["error"]["details"]
     assert int(details["oldest_cursor"]) >= unread_id
-    # Mid-stream: events came first, in order, and the error names where the reader stood.
+    # Mid-stream: the batch came first, in order, and the error names where the reader stood.
     events = as_events(delivered)
-    assert [(e["type"], e["task_id"]) for e in events[:2]] == [
+    assert [(e["type"], e["task_id"]) for e in events] == [
         ("task.created", big),
         ("task.updated", big),
+        ("task.created", held),
     ]
     assert details["after"] == events[-1]["id"]
-    assert unread not in {e["task_id"] for e in events}
-    assert {e["task_id"] for e in events} <= {big, held}
 
 
 # --- across replicas ----------------------------------------------------------------------------
