@@ -2,10 +2,14 @@
 
 A transaction body is written once, as a generator: it yields `Query` values and receives
 each one's result (a row count, a row, a list of rows), and returns its own. It does no I/O,
-so each connector drives it as its driver wants: SQLite runs the whole body inside its
-writer thread in one hop, PostgreSQL awaits each query on one pooled connection inside a
-transaction. Besides transactions a connector runs single statements (`execute`,
-`fetch_one`, `fetch_all`), and provides what only its database has (`watch`, `lease`).
+so each connector drives it as its driver wants: SQLite runs the whole body in one go on
+its one writer connection, PostgreSQL pipelines it on one pooled connection inside a
+transaction. A body says which writes it needs no answer from (`send`: their errors still
+fail the transaction) and which must change exactly one row (`checked`: the connector
+raises the body's error otherwise), so that PostgreSQL can send those on without waiting
+and a transaction costs a round trip per result the body reads, plus the commit. Besides
+transactions a connector runs single statements (`execute`, `fetch_one`, `fetch_all`), and
+provides what only its database has (`watch`, `lease`).
 
 Queries are written once with `:name` placeholders and `{fragment}` slots that a `Dialect`
 fills in (row locks, JSON tests, the index pin), and translated to the driver's
@@ -27,23 +31,45 @@ from dispatchd.store.rows import Codec
 
 T = TypeVar("T")
 Row = Mapping[str, Any]
-Kind = Literal["execute", "one", "all", "many", "ids", "script"]
+Kind = Literal["execute", "send", "checked", "one", "all", "many", "ids", "script"]
 
 
 @dataclass(frozen=True, slots=True)
 class Query:
     """One statement of a transaction body. Its result, sent back into the body: the row
-    count (`execute`, `many`), the first row or None (`one`), every row (`all`), the ids
-    the rows were given (`ids`), nothing (`script`: several statements of a migration,
-    without parameters)."""
+    count (`execute`), the first row or None (`one`), every row (`all`), the ids the rows
+    were given (`ids`), nothing (`send`, `checked`, `many`, and `script`: several
+    statements of a migration, without parameters)."""
 
     kind: Kind
     sql: str
     params: Any = None
+    # `checked`: what the transaction fails with when the statement changes no row.
+    fail: Exception | None = None
 
 
 def execute(sql: str, params: Mapping[str, Any] | None = None) -> Query:
     return Query("execute", sql, params or {})
+
+
+def send(sql: str, params: Mapping[str, Any] | None = None) -> Query:
+    """A write whose result the body does not read. The connector may send it on without
+    waiting for the database's answer; an error in it still fails the transaction."""
+    return Query("send", sql, params or {})
+
+
+def checked(sql: str, params: Mapping[str, Any], fail: Exception) -> Query:
+    """A write that must change exactly one row (an update naming the version it was
+    computed from, a slot taken under a limit); otherwise the transaction fails with
+    `fail`. The connector may check later, but before it hands the body any later result
+    and before it commits."""
+    return Query("checked", sql, params, fail)
+
+
+def check(query: Query, rowcount: int) -> None:
+    """Raise a `checked` query's error if it did not change exactly one row."""
+    if rowcount != 1 and query.fail is not None:
+        raise query.fail
 
 
 def one(sql: str, params: Mapping[str, Any] | None = None) -> Query:
@@ -55,7 +81,8 @@ def all_rows(sql: str, params: Mapping[str, Any] | None = None) -> Query:
 
 
 def many(sql: str, params: Sequence[Mapping[str, Any]]) -> Query:
-    """One statement run once per parameter set, in one call to the driver (executemany)."""
+    """A write run once per parameter set, in one call to the driver (executemany); like
+    `send`, the body reads no result."""
     return Query("many", sql, params)
 
 
@@ -147,6 +174,13 @@ def duplicate_key(table: str, constraint: str) -> DuplicateKey:
     return DuplicateKey(
         f"{singular} {key.replace('_', ' ')} already exists", field=key, constraint=constraint
     )
+
+
+def statements(script: str) -> list[str]:
+    """The statements of a migration script, one by one (ours put no `;` inside literals,
+    and comments take whole lines)."""
+    code = "\n".join(line for line in script.splitlines() if not line.strip().startswith("--"))
+    return [part.strip() for part in code.split(";") if part.strip()]
 
 
 def drive(body: Body[T], run: Callable[[Query], Any]) -> T:

@@ -1,24 +1,31 @@
 """The server engine: PostgreSQL through psycopg 3 and an async connection pool.
 
-Each transaction runs on one pooled connection, its body's statements awaited in turn.
+Each write transaction runs on one pooled connection in pipeline mode: BEGIN and the
+body's statements go out without waiting for each other's answers, except where the body
+reads a result (then what was sent is answered in one round trip), and the commit is one
+more. Writes the body only checks (`checked`: one row changed) are verified as their
+answers arrive, before the body reads anything later and before the commit.
 Event ids are handed out under a transaction-scoped advisory lock, taken after the
 commit's other writes and held until it ends, so ids follow commit order: a reader that has
 seen event N never later finds a smaller id appearing behind it. Every commit that appends
-events NOTIFYs the other replicas (`watch`); roles that must run once hold a session
-advisory lock (`lease`).
+events NOTIFYs the other replicas (`watch`: a replica skips its own, which it reported as
+they returned); roles that must run once hold a session advisory lock (`lease`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor, AsyncPipeline
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -26,7 +33,7 @@ from psycopg_pool import AsyncConnectionPool
 from dispatchd.errors import ConcurrentUpdate, StoreError, ValidationFailed
 from dispatchd.jobs import Backoff, JobStatus, backoff_s
 from dispatchd.store.base import Lease
-from dispatchd.store.connector import Body, Dialect, Query, Row, duplicate_key
+from dispatchd.store.connector import Body, Dialect, Query, Row, check, duplicate_key, statements
 from dispatchd.store.rows import POSTGRES as POSTGRES_CODEC
 from dispatchd.store.sqlstore import SQLStore
 
@@ -40,6 +47,10 @@ PING_TIMEOUT_S = 2.0
 CONNECT_TIMEOUT_S = 5
 # How long a caller waits for a pooled connection before the database counts as unavailable.
 CHECKOUT_TIMEOUT_S = 10.0
+# A connection back in the pool for longer than this is tested before it is handed out (a
+# database restart meanwhile leaves it broken); one in steady use is not, which would cost
+# a round trip per checkout.
+IDLE_CHECK_S = 2.0
 
 # Keys of the transaction-scoped advisory locks; fixed, so every process agrees on them.
 EVENT_ORDER_LOCK = int.from_bytes(b"dsp:evts", "big")
@@ -89,6 +100,9 @@ class PostgresConnector:
         self.url = url
         self._pool_size = pool_size
         self._pool: AsyncConnectionPool[Connection] | None = None
+        self._returned: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
+        # The pool's connections, for telling this process's NOTIFYs from other replicas'.
+        self._connections: weakref.WeakSet[Connection] = weakref.WeakSet()
 
     async def open(self) -> None:
         if self._pool is not None:
@@ -113,7 +127,9 @@ class PostgresConnector:
             min_size=1,
             max_size=max(1, self._pool_size),
             # A connection left broken by a database restart is replaced, not handed out.
-            check=AsyncConnectionPool.check_connection,
+            check=self._check,
+            reset=self._reset,
+            configure=self._configure,
             name="dispatchd",
             timeout=CHECKOUT_TIMEOUT_S,
             open=False,
@@ -124,6 +140,21 @@ class PostgresConnector:
             await pool.close()
             raise StoreError(f"cannot reach the database: {exc}") from exc
         self._pool = pool
+
+    async def _configure(self, conn: Connection) -> None:
+        self._connections.add(conn)
+
+    def _own(self, pid: int) -> bool:
+        """Whether `pid` is the server process of one of this pool's open connections."""
+        return any(c.info.backend_pid == pid for c in self._connections if not c.closed)
+
+    async def _check(self, conn: Connection) -> None:
+        returned = self._returned.get(conn)
+        if returned is None or time.monotonic() - returned > IDLE_CHECK_S:
+            await AsyncConnectionPool.check_connection(conn)
+
+    async def _reset(self, conn: Connection) -> None:
+        self._returned[conn] = time.monotonic()
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -175,9 +206,9 @@ class PostgresConnector:
     async def transaction(self, body: Body[T], *, write: bool = True) -> T:
         async with self._connection() as conn:
             if not write:
-                return await _drive(conn, body)
-            async with conn.transaction():
-                return await _drive(conn, body)
+                return await _drive(conn, body, None)
+            async with conn.pipeline() as pipeline, conn.transaction():
+                return await _drive(conn, body, pipeline)
 
     async def watch(self, advanced: Callable[[int], None], job: JobStatus | None = None) -> None:
         """Report other replicas' commits: LISTEN on the channel every commit notifies,
@@ -209,7 +240,10 @@ class PostgresConnector:
                 failures = 0
                 job.ok()
                 async for note in conn.notifies():
-                    if note.payload.isdigit():
+                    # This process's own commits were reported as they returned; hearing
+                    # them again here, perhaps first, would send readers to the database
+                    # for events they are about to have in memory.
+                    if note.payload.isdigit() and not self._own(note.pid):
                         advanced(int(note.payload))
             except psycopg.Error as exc:
                 failures += 1
@@ -240,36 +274,87 @@ async def _listener_failed(job: JobStatus, exc: Exception, doing: str, failures:
     await asyncio.sleep(wait_s)
 
 
-async def _drive(conn: Connection, body: Body[T]) -> T:
+class _Checks:
+    """The `checked` writes sent whose answers the body has not waited for."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Query, AsyncCursor[DictRow]]] = []
+
+    def verify(self) -> None:
+        """Raise the error of the first one that changed no row; call once every answer
+        sent so far has arrived (a later result was read, or the pipeline synced)."""
+        sent, self.sent = self.sent, []
+        for query, cur in sent:
+            check(query, cur.rowcount)
+
+    def verify_answered(self) -> None:
+        """Raise the error of the first answered one that changed no row. When a later
+        statement failed, one that did is the cause: an update that found its row moved
+        on, and then the insert of what it would have added meeting the winner's copy."""
+        for query, cur in self.sent:
+            if cur.pgresult is not None:
+                check(query, cur.rowcount)
+
+
+async def _drive(conn: Connection, body: Body[T], pipeline: AsyncPipeline | None) -> T:
+    checks = _Checks()
     result: Any = None
     try:
         while True:
             try:
                 query = body.send(result)
             except StopIteration as stop:
+                # Before the commit: every check answered, and passed.
+                if pipeline is not None and checks.sent:
+                    await pipeline.sync()
+                checks.verify()
                 return stop.value  # type: ignore[no-any-return]
-            result = await _run(conn, query)
+            result = await _run(conn, query, pipeline, checks)
+    except psycopg.Error:
+        if pipeline is not None:
+            # End the aborted pipeline here, so that the rollback runs as usual.
+            with contextlib.suppress(psycopg.Error):
+                await pipeline.sync()
+        checks.verify_answered()
+        raise
     finally:
         body.close()
 
 
-async def _run(conn: Connection, query: Query) -> Any:
-    if query.kind == "script":
-        # Without parameters a script of several statements runs as one query.
-        await conn.execute(query.sql)
+async def _run(
+    conn: Connection, query: Query, pipeline: AsyncPipeline | None, checks: _Checks
+) -> Any:
+    kind = query.kind
+    if kind == "script":
+        # One statement at a time: a pipeline runs no multi-statement string.
+        for statement in statements(query.sql):
+            await conn.execute(statement)
         return None
-    if query.kind == "many":
+    if kind == "many":
         async with conn.cursor() as cur:
             await cur.executemany(query.sql, query.params)
-            return cur.rowcount
-    if query.kind == "ids":
-        return await _insert_ids(conn, query.sql, query.params)
+        return None
+    if kind == "ids":
+        result: Any = await _insert_ids(conn, query.sql, query.params)
+        checks.verify()
+        return result
     cur = await conn.execute(query.sql, query.params)
-    if query.kind == "execute":
-        return cur.rowcount
-    if query.kind == "one":
-        return await cur.fetchone()
-    return await cur.fetchall()
+    if kind == "send":
+        return None
+    if kind == "checked":
+        checks.sent.append((query, cur))
+        return None
+    if kind == "execute":
+        if pipeline is not None:
+            await pipeline.sync()
+        result = cur.rowcount
+    elif kind == "one":
+        result = await cur.fetchone()
+    else:
+        result = await cur.fetchall()
+    # Answers arrive in order: those of the checks sent before this one are in.
+    checks.verify()
+    return result
 
 
 async def _insert_ids(conn: Connection, sql: str, params: Any) -> list[int]:

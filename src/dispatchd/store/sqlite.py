@@ -36,7 +36,16 @@ from typing import Any, TypeVar
 from dispatchd.errors import StoreError
 from dispatchd.jobs import JobStatus
 from dispatchd.store.base import Lease, LocalLease
-from dispatchd.store.connector import Body, Dialect, Query, Row, drive, duplicate_key
+from dispatchd.store.connector import (
+    Body,
+    Dialect,
+    Query,
+    Row,
+    check,
+    drive,
+    duplicate_key,
+    statements,
+)
 from dispatchd.store.rows import SQLITE as SQLITE_CODEC
 from dispatchd.store.sqlstore import SQLStore
 
@@ -460,12 +469,19 @@ def _run(conn: sqlite3.Connection, query: Query) -> Any:
     kind, sql, params = query.kind, query.sql, query.params
     if kind == "execute":
         return conn.execute(sql, params).rowcount
+    if kind == "send":
+        conn.execute(sql, params)
+        return None
+    if kind == "checked":
+        check(query, conn.execute(sql, params).rowcount)
+        return None
     if kind == "one":
         return _first(conn.execute(sql, params))
     if kind == "all":
         return _rows(conn.execute(sql, params))
     if kind == "many":
-        return conn.executemany(sql, params).rowcount
+        conn.executemany(sql, params)
+        return None
     if kind == "ids":
         if not params:
             return []
@@ -474,8 +490,6 @@ def _run(conn: sqlite3.Connection, query: Query) -> Any:
         # per row, so the rows just inserted hold the ids up to the last one, in order.
         last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
         return list(range(last - len(params) + 1, last + 1))
-    # A migration script: split into statements (ours never put `;` inside literals).
-    code = "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
-    for statement in filter(None, (part.strip() for part in code.split(";"))):
+    for statement in statements(sql):  # a migration script
         conn.execute(statement)
     return None

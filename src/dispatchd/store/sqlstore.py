@@ -44,7 +44,16 @@ from dispatchd.store.base import (
     TaskFilter,
     WriteListener,
 )
-from dispatchd.store.connector import Body, Connector, Query, all_rows, execute, one
+from dispatchd.store.connector import (
+    Body,
+    Connector,
+    Query,
+    all_rows,
+    checked,
+    execute,
+    one,
+    send,
+)
 from dispatchd.store.queries import Queries
 from dispatchd.store.readers import EventScope
 from dispatchd.store.rows import OPEN_DIGEST, digest_from_row, encode_cursor, from_row, to_row
@@ -391,11 +400,11 @@ class SQLStore:
         params.update(reset=codec.dump_bool(reset_breaker), last_event_id=last_event_id)
 
         def body() -> Body[None]:
-            if (yield execute(q.update_webhook, params)) != 1:
-                raise ConcurrentUpdate(f"webhook {webhook.id} changed meanwhile")
+            moved = ConcurrentUpdate(f"webhook {webhook.id} changed meanwhile")
+            yield checked(q.update_webhook, params, moved)
             if not webhook.active:
                 now = codec.dump_time(webhook.updated_at)
-                yield execute(q.abandon_pending, {"id": webhook.id, "now": now})
+                yield send(q.abandon_pending, {"id": webhook.id, "now": now})
 
         await self.connector.transaction(body())
 
@@ -404,7 +413,7 @@ class SQLStore:
 
         def body() -> Body[bool]:
             found: bool = (yield execute(q.delete_webhook, {"id": webhook_id})) == 1
-            yield execute(q.delete_deliveries, {"id": webhook_id})
+            yield send(q.delete_deliveries, {"id": webhook_id})
             return found
 
         return await self.connector.transaction(body())
@@ -428,7 +437,7 @@ class SQLStore:
                         params = to_row(delivery, codec)
                         written += yield execute(q.insert_delivery, params)
                 params = {"id": advance.webhook_id, "last": advance.last_event_id}
-                yield execute(q.advance, params)
+                yield send(q.advance, params)
             return written
 
         return await self.connector.transaction(body())
@@ -475,9 +484,9 @@ class SQLStore:
             if (yield execute(q.record_delivery, params)) != 1:
                 return False
             if outcome.breaker == "success":
-                yield execute(q.breaker_success, params)
+                yield send(q.breaker_success, params)
             elif outcome.breaker == "failure":
-                yield execute(q.breaker_failure, params)
+                yield send(q.breaker_failure, params)
             return True
 
         return await self.connector.transaction(body())
@@ -500,7 +509,7 @@ class SQLStore:
         def body() -> Body[int]:
             ids = [r["id"] for r in (yield all_rows(q.finished_deliveries, params))]
             if ids:
-                yield execute(q.drop_deliveries, {"ids": dialect.dump_list(ids)})
+                yield send(q.drop_deliveries, {"ids": dialect.dump_list(ids)})
             return len(ids)
 
         return await self.connector.transaction(body())
@@ -570,7 +579,7 @@ class SQLStore:
 
         def body() -> Body[bool]:
             found: bool = (yield execute(q.delete_schedule, {"id": schedule_id})) == 1
-            yield execute(q.delete_fires, {"id": schedule_id})
+            yield send(q.delete_fires, {"id": schedule_id})
             return found
 
         return await self.connector.transaction(body())

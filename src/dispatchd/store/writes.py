@@ -46,7 +46,16 @@ from dispatchd.store.base import (
     UpdateSchedule,
     UpdateTask,
 )
-from dispatchd.store.connector import Body, all_rows, execute, insert_ids, many, one
+from dispatchd.store.connector import (
+    Body,
+    all_rows,
+    checked,
+    execute,
+    insert_ids,
+    many,
+    one,
+    send,
+)
 from dispatchd.store.queries import Queries
 from dispatchd.store.rooms import DeleteRoom, InsertRoom, RequireRoom, UpdateRoom
 from dispatchd.store.rows import (
@@ -85,14 +94,14 @@ def commit(q: Queries, ops: Sequence[Op]) -> Body[list[Event]]:
         yield from _apply_run(q, run, counts, loads)
     for agent_id in sorted(loads):
         if loads[agent_id]:
-            yield execute(q.add_load, {"id": agent_id, "delta": loads[agent_id]})
+            yield send(q.add_load, {"id": agent_id, "delta": loads[agent_id]})
     events: list[Event] = []
     if to_append:
         # Events last, under PostgreSQL's event-order lock held until the transaction ends:
         # the next writer's ids come after ours and only once ours are visible. (SQLite's
         # single writer gives the same order by itself.)
         if q.lock_event_order:
-            yield execute(q.lock_event_order)
+            yield send(q.lock_event_order)
         if len(to_append) == 1:
             row = yield one(q.insert_event, to_row(to_append[0], codec))
             ids = [int(row["id"])]
@@ -101,11 +110,11 @@ def commit(q: Queries, ops: Sequence[Op]) -> Body[list[Event]]:
         events = [replace(e, id=i) for e, i in zip(to_append, ids, strict=True)]
         if q.notify:
             # Delivered at commit, to every replica's listener.
-            yield execute(q.notify, {"last": str(events[-1].id)})
+            yield send(q.notify, {"last": str(events[-1].id)})
     # In a fixed order, so that two commits never wait on each other's counter rows.
     for status in sorted(counts):
         if counts[status]:
-            yield execute(q.bump_count, {"status": status, "delta": counts[status]})
+            yield send(q.bump_count, {"status": status, "delta": counts[status]})
     return events
 
 
@@ -138,7 +147,7 @@ def _apply(q: Queries, op: Op, counts: dict[str, int], loads: dict[str, int]) ->
     codec = q.dialect.codec
     match op:
         case InsertTask(task):
-            yield execute(q.insert_task, to_row(task, codec))
+            yield send(q.insert_task, to_row(task, codec))
             counts[task.status.value] += 1
             if task.depends_on:
                 yield many(q.insert_dep, [{"parent": p, "child": task.id} for p in task.depends_on])
@@ -149,14 +158,19 @@ def _apply(q: Queries, op: Op, counts: dict[str, int], loads: dict[str, int]) ->
             else:
                 params = changed_columns(task, before, codec)
                 sql = q.update_task_columns(list(params))
-            if (yield execute(sql, params)) != 1:
-                raise ConcurrentUpdate(f"task {task.id} changed meanwhile", task_id=task.id)
+            yield checked(
+                sql, params, ConcurrentUpdate(f"task {task.id} changed meanwhile", task_id=task.id)
+            )
             for status, delta in counter_deltas(previous.value, task.status.value):
                 counts[status] += delta
             _count_load(loads, previous, previous_assignee, task)
         case TouchTask(task_id, version):
-            if (yield execute(q.touch_task, {"id": task_id, "version": version})) != 1:
-                raise ConcurrentUpdate(f"task {task_id} changed meanwhile", task_id=task_id)
+            params = {"id": task_id, "version": version}
+            yield checked(
+                q.touch_task,
+                params,
+                ConcurrentUpdate(f"task {task_id} changed meanwhile", task_id=task_id),
+            )
         case TakeSlot(agent_id, limit, at, check_status, count):
             params = {
                 "id": agent_id,
@@ -166,18 +180,18 @@ def _apply(q: Queries, op: Op, counts: dict[str, int], loads: dict[str, int]) ->
                 "check": codec.dump_bool(check_status),
                 "count": count,
             }
-            if (yield execute(q.take_slot, params)) != 1:
-                raise AgentUnavailable(
-                    f"agent {agent_id} cannot take a task now", agent_id=agent_id
-                )
+            unavailable = AgentUnavailable(
+                f"agent {agent_id} cannot take a task now", agent_id=agent_id
+            )
+            yield checked(q.take_slot, params, unavailable)
         case SaveAttempt(attempt):
-            yield execute(q.insert_attempt, to_row(attempt, codec))
+            yield send(q.insert_attempt, to_row(attempt, codec))
         case PatchAttempt():
-            yield execute(q.patch_attempt, to_row(op, codec))
+            yield send(q.patch_attempt, to_row(op, codec))
         case AppendProgress(entry):
-            yield execute(q.insert_progress, to_row(entry, codec))
+            yield send(q.insert_progress, to_row(entry, codec))
         case AppendReview(review):
-            yield execute(q.insert_review, to_row(review, codec))
+            yield send(q.insert_review, to_row(review, codec))
         case AddCost(charge):
             cost = charge.cost
             params = {
@@ -188,57 +202,56 @@ def _apply(q: Queries, op: Op, counts: dict[str, int], loads: dict[str, int]) ->
                 "input_tokens": cost.input_tokens,
                 "output_tokens": cost.output_tokens,
             }
-            yield execute(q.add_cost, params)
+            yield send(q.add_cost, params)
         case AppendComment(comment):
-            yield execute(q.insert_comment, to_row(comment, codec))
+            yield send(q.insert_comment, to_row(comment, codec))
         case InsertAgent(agent):
-            yield execute(q.insert_agent, to_row(agent, codec))
+            yield send(q.insert_agent, to_row(agent, codec))
         case UpdateAgent(agent):
-            if (yield execute(q.update_agent, to_row(agent, codec))) != 1:
-                raise ConcurrentUpdate(f"agent {agent.id} changed meanwhile", agent_id=agent.id)
+            moved = ConcurrentUpdate(f"agent {agent.id} changed meanwhile", agent_id=agent.id)
+            yield checked(q.update_agent, to_row(agent, codec), moved)
         case DeleteAgent(agent_id, version):
             yield one(q.lock_agent, {"id": agent_id})
-            if (yield execute(q.delete_agent, {"id": agent_id, "version": version})) != 1:
-                raise ConcurrentUpdate(f"agent {agent_id} changed meanwhile", agent_id=agent_id)
+            moved = ConcurrentUpdate(f"agent {agent_id} changed meanwhile", agent_id=agent_id)
+            yield checked(q.delete_agent, {"id": agent_id, "version": version}, moved)
         case RenewLeases(agent_id, until):
-            yield execute(q.renew_leases, {"agent_id": agent_id, "until": codec.dump_time(until)})
+            yield send(q.renew_leases, {"agent_id": agent_id, "until": codec.dump_time(until)})
         case SaveCursor(name, last_event_id, at):
             params = {"name": name, "last": last_event_id, "at": codec.dump_time(at)}
-            yield execute(q.save_cursor, params)
+            yield send(q.save_cursor, params)
         case AdvanceCursor(name, expected, last, at):
             params = {"name": name, "last": last, "at": codec.dump_time(at)}
+            moved = ConcurrentUpdate(f"cursor {name} moved meanwhile", cursor=name)
             if expected is None:
-                moved = yield execute(q.cursor_insert, params)
+                yield checked(q.cursor_insert, params, moved)
             else:
                 # On PostgreSQL this waits for a concurrent writer of the same cursor, then
                 # finds it moved.
-                moved = yield execute(q.cursor_update, {**params, "expected": expected})
-            if moved != 1:
-                raise ConcurrentUpdate(f"cursor {name} moved meanwhile", cursor=name)
+                yield checked(q.cursor_update, {**params, "expected": expected}, moved)
         case InsertNotification(notification):
-            yield execute(q.insert_notification, to_row(notification, codec))
+            yield send(q.insert_notification, to_row(notification, codec))
         case SaveDigest(digest, at):
             if digest is None:
-                yield execute(q.drop_digest, {"name": OPEN_DIGEST})
+                yield send(q.drop_digest, {"name": OPEN_DIGEST})
             else:
-                yield execute(q.save_digest, digest_params(digest, at, codec))
+                yield send(q.save_digest, digest_params(digest, at, codec))
         case InsertRoom(room):
-            yield execute(q.insert_room, to_row(room, codec))
+            yield send(q.insert_room, to_row(room, codec))
         case UpdateRoom(room):
-            if (yield execute(q.update_room, to_row(room, codec))) != 1:
-                raise ConcurrentUpdate(f"room {room.id} changed meanwhile", room=room.id)
+            moved = ConcurrentUpdate(f"room {room.id} changed meanwhile", room=room.id)
+            yield checked(q.update_room, to_row(room, codec), moved)
         case DeleteRoom(room_id, version):
             yield from _delete_room(q, room_id, version)
         case RequireRoom(room_id):
             if (yield one(q.require_room, {"id": room_id})) is None:
                 raise NotFound(f"no room {room_id}", room=room_id)
         case InsertSchedule(schedule):
-            yield execute(q.insert_schedule, to_row(schedule, codec))
+            yield send(q.insert_schedule, to_row(schedule, codec))
         case UpdateSchedule(schedule):
-            if (yield execute(q.update_schedule, to_row(schedule, codec))) != 1:
-                raise ConcurrentUpdate(f"schedule {schedule.id} changed meanwhile")
+            moved = ConcurrentUpdate(f"schedule {schedule.id} changed meanwhile")
+            yield checked(q.update_schedule, to_row(schedule, codec), moved)
         case InsertFire(fire):
-            yield execute(q.insert_fire, to_row(fire, codec))
+            yield send(q.insert_fire, to_row(fire, codec))
         case AppendEvent():
             raise AssertionError("events are appended by commit, after the other writes")
         case _:
@@ -259,7 +272,7 @@ def _delete_room(q: Queries, room_id: str, version: int) -> Body[None]:
             room=room_id,
             unfinished=unfinished,
         )
-    yield execute(q.delete_room, {"id": room_id, "version": version})
+    yield send(q.delete_room, {"id": room_id, "version": version})
 
 
 def _count_load(
@@ -307,7 +320,7 @@ def prune(
         notifications = yield execute(q.prune_notifications, params)
         # Under the event-order lock: no commit appends while the prefix is cut.
         if q.lock_event_order:
-            yield execute(q.lock_event_order)
+            yield send(q.lock_event_order)
         rows = yield all_rows(q.oldest_events, {"limit": limit})
         # A prefix of the log only (it stops at the first newer event), so that every
         # reader's cursor past it stays whole.
@@ -319,17 +332,17 @@ def prune(
         if through is not None:
             events = yield execute(q.drop_events, {"through": through})
             params = {"name": RETENTION_CURSOR, "last": through, "at": codec.dump_time(utcnow())}
-            yield execute(q.save_cursor, params)
+            yield send(q.save_cursor, params)
     if tasks_before is not None:
         params = {"before": codec.dump_time(tasks_before), "limit": limit}
         found = yield all_rows(q.finished_tasks, params)
         ids = q.dialect.dump_list([r["id"] for r in found])
         for sql in q.drop_task_rows if found else ():
-            yield execute(sql, {"ids": ids})
+            yield send(sql, {"ids": ids})
         by_status: dict[str, int] = defaultdict(int)
         for row in found:
             by_status[row["status"]] -= 1
         for status in sorted(by_status):
-            yield execute(q.bump_count, {"status": status, "delta": by_status[status]})
+            yield send(q.bump_count, {"status": status, "delta": by_status[status]})
         tasks = len(found)
     return Pruned(events=events, tasks=tasks, notifications=notifications)

@@ -1,0 +1,233 @@
+"""The connector's transaction contract, on every engine: what a body may leave unanswered
+(`send`), what it only checks (`checked`), and that a failure anywhere keeps nothing. On
+PostgreSQL a write transaction is pipelined, so these are the cases where an answer the
+body did not wait for arrives late."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import psycopg
+import pytest
+
+from dispatchd.errors import ConcurrentUpdate, DuplicateKey
+from dispatchd.store.base import AppendEvent, InsertTask, TouchTask
+from dispatchd.store.connector import Body, checked, execute, many, one, send
+from dispatchd.store.postgres import PostgresStore
+from dispatchd.store.sqlstore import SQLStore
+from tests.contract.test_store import StoreFactory, insert, make_event, make_task
+
+pytestmark = pytest.mark.asyncio
+
+CREATE = "CREATE TABLE scratch (id TEXT PRIMARY KEY, n INTEGER NOT NULL)"
+INSERT = "INSERT INTO scratch (id, n) VALUES (:id, :n)"
+BUMP = "UPDATE scratch SET n = n + 1 WHERE id = :id"
+READ = "SELECT n FROM scratch WHERE id = :id"
+
+
+def sql(store: SQLStore, text: str) -> str:
+    return store.connector.dialect.sql(text)
+
+
+@pytest.fixture
+async def scratch(store: SQLStore) -> SQLStore:
+    """The store, with a table of its own to write in."""
+
+    def body() -> Body[None]:
+        yield execute(CREATE)
+
+    await store.connector.transaction(body())
+    await rows(store, ("kept", 1))
+    return store
+
+
+async def rows(store: SQLStore, *values: tuple[str, int]) -> None:
+    def body() -> Body[None]:
+        yield many(sql(store, INSERT), [{"id": i, "n": n} for i, n in values])
+
+    await store.connector.transaction(body())
+
+
+async def contents(store: SQLStore) -> dict[str, int]:
+    found = await store.connector.fetch_all("SELECT id, n FROM scratch", {})
+    return {str(r["id"]): int(r["n"]) for r in found}
+
+
+class Moved(ConcurrentUpdate):
+    """The error a test's checked write fails with."""
+
+
+async def test_a_checked_write_that_changes_no_row_fails_with_its_error_and_keeps_nothing(
+    scratch: SQLStore,
+) -> None:
+    def body() -> Body[str]:
+        yield send(sql(scratch, INSERT), {"id": "before", "n": 1})
+        yield checked(sql(scratch, BUMP), {"id": "missing"}, Moved("no such row"))
+        yield send(sql(scratch, INSERT), {"id": "after", "n": 1})
+        yield checked(sql(scratch, BUMP), {"id": "kept"}, Moved("not this one"))
+        return "committed"
+
+    with pytest.raises(Moved, match="no such row"):
+        await scratch.connector.transaction(body())
+    assert await contents(scratch) == {"kept": 1}
+
+
+async def test_checked_writes_that_each_change_a_row_commit(scratch: SQLStore) -> None:
+    def body() -> Body[str]:
+        yield checked(sql(scratch, BUMP), {"id": "kept"}, Moved("first"))
+        yield send(sql(scratch, INSERT), {"id": "new", "n": 5})
+        yield checked(sql(scratch, BUMP), {"id": "new"}, Moved("second"))
+        return "committed"
+
+    assert await scratch.connector.transaction(body()) == "committed"
+    assert await contents(scratch) == {"kept": 2, "new": 6}
+
+
+async def test_a_failed_check_is_raised_before_the_body_reads_a_later_result(
+    scratch: SQLStore,
+) -> None:
+    read: list[Any] = []
+
+    def body() -> Body[None]:
+        yield checked(sql(scratch, BUMP), {"id": "missing"}, Moved("no such row"))
+        read.append((yield one(sql(scratch, READ), {"id": "kept"})))
+
+    with pytest.raises(Moved):
+        await scratch.connector.transaction(body())
+    assert read == []
+
+
+async def test_a_failed_check_is_the_cause_of_a_key_error_behind_it(scratch: SQLStore) -> None:
+    """An update that lost a race, then the insert of what it would have added meeting the
+    winner's copy: the caller hears of the race, which it retries, not of the key."""
+
+    def body() -> Body[None]:
+        yield checked(sql(scratch, BUMP), {"id": "missing"}, Moved("lost the race"))
+        yield send(sql(scratch, INSERT), {"id": "kept", "n": 9})
+        yield one(sql(scratch, READ), {"id": "kept"})
+
+    with pytest.raises(Moved, match="lost the race"):
+        await scratch.connector.transaction(body())
+    assert await contents(scratch) == {"kept": 1}
+
+
+@pytest.mark.parametrize("heard", ["at-commit", "at-read", "in-many"])
+async def test_a_key_error_in_a_write_sent_on_fails_the_transaction_and_keeps_nothing(
+    scratch: SQLStore, caplog: pytest.LogCaptureFixture, heard: str
+) -> None:
+    """Whether the error is heard at the commit, when the body next reads a result, or
+    inside a run of inserts."""
+
+    def body() -> Body[None]:
+        yield send(sql(scratch, INSERT), {"id": "fresh", "n": 1})
+        yield send(sql(scratch, INSERT), {"id": "kept", "n": 2})
+        if heard == "at-read":
+            yield one(sql(scratch, READ), {"id": "fresh"})
+        elif heard == "in-many":
+            yield many(sql(scratch, INSERT), [{"id": "x", "n": 1}, {"id": "y", "n": 1}])
+        yield send(sql(scratch, INSERT), {"id": "later", "n": 3})
+
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(DuplicateKey):
+        await scratch.connector.transaction(body())
+    assert await contents(scratch) == {"kept": 1}
+    # The connection ended its transaction cleanly and is used again as usual.
+    await rows(scratch, ("next", 1))
+    assert await contents(scratch) == {"kept": 1, "next": 1}
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
+
+
+async def test_execute_gives_the_row_count_between_writes_sent_on(scratch: SQLStore) -> None:
+    def body() -> Body[int]:
+        yield send(sql(scratch, INSERT), {"id": "a", "n": 1})
+        yield send(sql(scratch, INSERT), {"id": "b", "n": 1})
+        counted: int = yield execute(sql(scratch, "UPDATE scratch SET n = n * 10"))
+        yield send(sql(scratch, INSERT), {"id": "c", "n": counted})
+        return counted
+
+    assert await scratch.connector.transaction(body()) == 3
+    assert await contents(scratch) == {"kept": 10, "a": 10, "b": 10, "c": 3}
+
+
+async def test_a_commit_whose_stale_write_fails_appends_none_of_its_events(
+    store: SQLStore,
+) -> None:
+    """The store's own write path: a stale write ahead of the events it would log."""
+    task = make_task()
+    await insert(store, task)
+    before = await store.last_event_id()
+    with pytest.raises(ConcurrentUpdate):
+        await store.commit(
+            [TouchTask(task.id, task.version + 5), AppendEvent(make_event("task.updated", task.id))]
+        )
+    assert await store.last_event_id() == before
+
+
+# --- PostgreSQL: the commit listener and the pool ----------------------------------------
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+async def test_the_commit_listener_reports_other_replicas_commits_not_its_own(
+    make_store: StoreFactory,
+) -> None:
+    """Its own commits reach the readers as they return; heard again from the database
+    they would send readers to read what they are about to have in memory."""
+    ours, theirs = make_store(), make_store()
+    assert isinstance(ours, PostgresStore) and isinstance(theirs, PostgresStore)
+    await ours.open()
+    await theirs.open()
+    heard: list[int] = []
+    listening = asyncio.Event()
+
+    def advanced(last: int) -> None:
+        heard.append(last)
+        listening.set()
+
+    watcher = asyncio.create_task(ours.connector.watch(advanced))
+    try:
+        await asyncio.wait_for(listening.wait(), 10)  # the catch-up on connecting
+        heard.clear()
+        task = make_task()
+        own = await ours.commit(
+            [InsertTask(task), AppendEvent(make_event("task.created", task.id))]
+        )
+        other = make_task()
+        foreign = await theirs.commit(
+            [InsertTask(other), AppendEvent(make_event("task.created", other.id))]
+        )
+        deadline = asyncio.get_running_loop().time() + 10
+        while foreign[-1].id not in heard:
+            assert asyncio.get_running_loop().time() < deadline, heard
+            await asyncio.sleep(0.01)
+        assert own[-1].id not in heard
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        await ours.close()
+        await theirs.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+async def test_a_pooled_connection_broken_while_idle_is_replaced_before_use(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection back in the pool for a while is tested before it is handed out, so a
+    database restart meanwhile costs the next caller nothing."""
+    import dispatchd.store.postgres as postgres
+
+    monkeypatch.setattr(postgres, "IDLE_CHECK_S", 0.05)
+    await store.last_event_id()
+    with psycopg.connect(store.url, autocommit=True) as admin:
+        mine = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        ).fetchall()
+        assert mine
+        for (pid,) in mine:
+            admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+    await asyncio.sleep(0.1)
+    assert await store.last_event_id() >= 0
