@@ -170,11 +170,11 @@ async def test_a_commit_whose_stale_write_fails_appends_none_of_its_events(
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("engine", ["postgres"], indirect=True)
-async def test_the_commit_listener_reports_other_replicas_commits_not_its_own(
+async def test_the_commit_listener_reports_every_commit_its_own_after_it_returned(
     make_store: StoreFactory,
 ) -> None:
-    """Its own commits reach the readers as they return; heard again from the database
-    they would send readers to read what they are about to have in memory."""
+    """Another replica's commits and this one's alike; its own only once the committing
+    call has returned (and told this process's readers itself)."""
     ours, theirs = make_store(), make_store()
     assert isinstance(ours, PostgresStore) and isinstance(theirs, PostgresStore)
     await ours.open()
@@ -186,23 +186,27 @@ async def test_the_commit_listener_reports_other_replicas_commits_not_its_own(
         heard.append(last)
         listening.set()
 
+    async def until_heard(event_id: int | None) -> None:
+        deadline = asyncio.get_running_loop().time() + 10
+        while event_id not in heard:
+            assert asyncio.get_running_loop().time() < deadline, (event_id, heard)
+            await asyncio.sleep(0.01)
+
     watcher = asyncio.create_task(ours.connector.watch(advanced))
     try:
         await asyncio.wait_for(listening.wait(), 10)  # the catch-up on connecting
-        heard.clear()
-        task = make_task()
-        own = await ours.commit(
-            [InsertTask(task), AppendEvent(make_event("task.created", task.id))]
-        )
+        for _ in range(20):
+            task = make_task()
+            own = await ours.commit(
+                [InsertTask(task), AppendEvent(make_event("task.created", task.id))]
+            )
+            assert own[-1].id not in heard  # not before the commit returned
+            await until_heard(own[-1].id)
         other = make_task()
         foreign = await theirs.commit(
             [InsertTask(other), AppendEvent(make_event("task.created", other.id))]
         )
-        deadline = asyncio.get_running_loop().time() + 10
-        while foreign[-1].id not in heard:
-            assert asyncio.get_running_loop().time() < deadline, heard
-            await asyncio.sleep(0.01)
-        assert own[-1].id not in heard
+        await until_heard(foreign[-1].id)
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
@@ -228,6 +232,25 @@ async def test_a_pooled_connection_broken_while_idle_is_replaced_before_use(
         ).fetchall()
         assert mine
         for (pid,) in mine:
+            admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+    await asyncio.sleep(0.1)
+    assert await store.last_event_id() >= 0
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+async def test_a_pooled_connection_whose_backend_ended_just_now_is_replaced_before_use(
+    store: PostgresStore,
+) -> None:
+    """Idle for less than the idle check's interval, but its server said goodbye."""
+    await store.last_event_id()
+    with psycopg.connect(store.url, autocommit=True) as admin:
+        pids = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        ).fetchall()
+        assert pids
+        for (pid,) in pids:
             admin.execute("SELECT pg_terminate_backend(%s)", [pid])
     await asyncio.sleep(0.1)
     assert await store.last_event_id() >= 0

@@ -62,7 +62,7 @@ def checked(sql: str, params: Mapping[str, Any], fail: Exception) -> Query:
     """A write that must change exactly one row (an update naming the version it was
     computed from, a slot taken under a limit); otherwise the transaction fails with
     `fail`. The connector may check later, but before it hands the body any later result
-    and before it commits."""
+    it reads (a row count, rows, ids) and before it commits."""
     return Query("checked", sql, params, fail)
 
 

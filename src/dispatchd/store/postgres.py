@@ -4,12 +4,14 @@ Each write transaction runs on one pooled connection in pipeline mode: BEGIN and
 body's statements go out without waiting for each other's answers, except where the body
 reads a result (then what was sent is answered in one round trip), and the commit is one
 more. Writes the body only checks (`checked`: one row changed) are verified as their
-answers arrive, before the body reads anything later and before the commit.
+answers arrive, before the body reads anything later and before the commit (so a
+transaction whose check failed runs on to its next read, or its commit, before it rolls
+back: one round trip more for the loser of a race).
 Event ids are handed out under a transaction-scoped advisory lock, taken after the
 commit's other writes and held until it ends, so ids follow commit order: a reader that has
 seen event N never later finds a smaller id appearing behind it. Every commit that appends
-events NOTIFYs the other replicas (`watch`: a replica skips its own, which it reported as
-they returned); roles that must run once hold a session advisory lock (`lease`).
+events NOTIFYs the other replicas (`watch`, through `CommitNotes`); roles that must run
+once hold a session advisory lock (`lease`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import select
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -100,9 +103,9 @@ class PostgresConnector:
         self.url = url
         self._pool_size = pool_size
         self._pool: AsyncConnectionPool[Connection] | None = None
+        # When each pooled connection was last handed back.
         self._returned: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
-        # The pool's connections, for telling this process's NOTIFYs from other replicas'.
-        self._connections: weakref.WeakSet[Connection] = weakref.WeakSet()
+        self.notes = CommitNotes()
 
     async def open(self) -> None:
         if self._pool is not None:
@@ -128,8 +131,6 @@ class PostgresConnector:
             max_size=max(1, self._pool_size),
             # A connection left broken by a database restart is replaced, not handed out.
             check=self._check,
-            reset=self._reset,
-            configure=self._configure,
             name="dispatchd",
             timeout=CHECKOUT_TIMEOUT_S,
             open=False,
@@ -141,20 +142,14 @@ class PostgresConnector:
             raise StoreError(f"cannot reach the database: {exc}") from exc
         self._pool = pool
 
-    async def _configure(self, conn: Connection) -> None:
-        self._connections.add(conn)
-
-    def _own(self, pid: int) -> bool:
-        """Whether `pid` is the server process of one of this pool's open connections."""
-        return any(c.info.backend_pid == pid for c in self._connections if not c.closed)
-
     async def _check(self, conn: Connection) -> None:
+        """Test a connection before it is handed out when it has been idle a while, or
+        when its socket has something to read: an idle connection is sent nothing, so that
+        is a server gone away (a restart, a terminated backend) saying so."""
         returned = self._returned.get(conn)
-        if returned is None or time.monotonic() - returned > IDLE_CHECK_S:
+        idle = returned is None or time.monotonic() - returned > IDLE_CHECK_S
+        if idle or _readable(conn):
             await AsyncConnectionPool.check_connection(conn)
-
-    async def _reset(self, conn: Connection) -> None:
-        self._returned[conn] = time.monotonic()
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -168,7 +163,10 @@ class PostgresConnector:
             raise StoreError("the store is not open")
         try:
             async with self._pool.connection(timeout=wait_s) as conn:
-                yield conn
+                try:
+                    yield conn
+                finally:
+                    self._returned[conn] = time.monotonic()
         except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
             # The server's text names lock ids and backends: it goes to the log, not the caller.
             logger.info("transaction aborted by a collision: %s", exc, extra={"action": "commit"})
@@ -204,17 +202,26 @@ class PostgresConnector:
             return list(await (await conn.execute(sql, params)).fetchall())
 
     async def transaction(self, body: Body[T], *, write: bool = True) -> T:
-        async with self._connection() as conn:
-            if not write:
+        if not write:
+            async with self._connection() as conn:
                 return await _drive(conn, body, None)
-            async with conn.pipeline() as pipeline, conn.transaction():
+        seq = self.notes.begin()
+        try:
+            async with (
+                self._connection() as conn,
+                conn.pipeline() as pipeline,
+                conn.transaction(),
+            ):
                 return await _drive(conn, body, pipeline)
+        finally:
+            self.notes.end(seq)
 
     async def watch(self, advanced: Callable[[int], None], job: JobStatus | None = None) -> None:
         """Report other replicas' commits: LISTEN on the channel every commit notifies,
         reconnecting after a lost connection (after a backoff, the job down meanwhile).
         Runs until cancelled."""
         job = job or JobStatus("commit listener")
+        self.notes.advanced = advanced
         failures = 0
         while True:
             doing = "connecting to listen for commits"
@@ -236,15 +243,12 @@ class PostgresConnector:
                 cur = await conn.execute("SELECT coalesce(max(id), 0) FROM events")
                 row = await cur.fetchone()
                 if row is not None:
-                    advanced(int(row[0]))
+                    self.notes.heard(int(row[0]))
                 failures = 0
                 job.ok()
                 async for note in conn.notifies():
-                    # This process's own commits were reported as they returned; hearing
-                    # them again here, perhaps first, would send readers to the database
-                    # for events they are about to have in memory.
-                    if note.payload.isdigit() and not self._own(note.pid):
-                        advanced(int(note.payload))
+                    if note.payload.isdigit():
+                        self.notes.heard(int(note.payload))
             except psycopg.Error as exc:
                 failures += 1
                 await _listener_failed(job, exc, doing, failures)
@@ -253,6 +257,61 @@ class PostgresConnector:
 
     def lease(self, name: str, *, check_s: float) -> Lease:
         return AdvisoryLease(self.url, name, check_s=check_s)
+
+
+class CommitNotes:
+    """Commit notifications, each passed on once the write transactions of this process
+    that were in flight when it came have ended.
+
+    A replica hears its own commits too, often before the committing coroutine has told
+    the readers of this process (which it does as its transaction returns); a reader woken
+    by the notification first would find the in-memory feed behind and read the log for
+    events it is about to have. Held back, the notification comes just after. None is
+    dropped: another replica's waits at most for the local transactions already running,
+    and a commit whose answer was lost on the way back still wakes the readers."""
+
+    def __init__(self) -> None:
+        self.advanced: Callable[[int], None] | None = None
+        self._started = 0
+        self._open: set[int] = set()
+        # (the last transaction started when it came, the log's last id it reported)
+        self._held: list[tuple[int, int]] = []
+
+    def begin(self) -> int:
+        """A write transaction starts; the number to `end` it with."""
+        self._started += 1
+        self._open.add(self._started)
+        return self._started
+
+    def end(self, seq: int) -> None:
+        self._open.discard(seq)
+        if not self._held:
+            return
+        floor = min(self._open, default=self._started + 1)
+        ready = [last for bound, last in self._held if bound < floor]
+        if ready:
+            self._held = [(bound, last) for bound, last in self._held if bound >= floor]
+            # After the ending transaction's caller has told the readers, which it does
+            # without yielding once the transaction returns.
+            asyncio.get_running_loop().call_soon(self._pass, max(ready))
+
+    def heard(self, last: int) -> None:
+        """The log reaches `last`, says a notification (or the listener's catch-up)."""
+        if self._open:
+            self._held.append((self._started, last))
+        else:
+            self._pass(last)
+
+    def _pass(self, last: int) -> None:
+        if self.advanced is not None:
+            self.advanced(last)
+
+
+def _readable(conn: Connection) -> bool:
+    try:
+        return bool(select.select([conn.pgconn.socket], [], [], 0)[0])
+    except (OSError, ValueError, psycopg.Error):
+        return True
 
 
 class PostgresStore(SQLStore):
@@ -335,6 +394,8 @@ async def _run(
             await cur.executemany(query.sql, query.params)
         return None
     if kind == "ids":
+        if not query.params:
+            return []
         result: Any = await _insert_ids(conn, query.sql, query.params)
         checks.verify()
         return result
