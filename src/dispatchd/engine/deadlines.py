@@ -102,6 +102,10 @@ class Sweeper:
         failures = 0
         while True:
             stop_if_cancelled()
+            # Cleared before the store is read, not after: work committed while the sweep
+            # or the look for the next deadline reads leaves its poke set, and the wait
+            # below ends at once instead of sleeping past the deadline that work brought.
+            self._poke.clear()
             try:
                 await self.sweep()
                 delay = await self._delay()
@@ -115,7 +119,6 @@ class Sweeper:
                     log.warning("deadline sweep failed: %s", exc, extra={"action": "sweep"})
                 else:
                     log.error("deadline sweep failed", exc_info=exc, extra={"action": "sweep"})
-            self._poke.clear()
             try:
                 async with asyncio.timeout(delay):
                     await self._poke.wait()
