@@ -44,16 +44,7 @@ from dispatchd.store.base import (
     TaskFilter,
     WriteListener,
 )
-from dispatchd.store.connector import (
-    Body,
-    Connector,
-    Query,
-    all_rows,
-    checked,
-    execute,
-    one,
-    send,
-)
+from dispatchd.store.connector import Body, Connector, Query, all_rows, checked, execute, one, send
 from dispatchd.store.queries import Queries
 from dispatchd.store.readers import EventScope
 from dispatchd.store.rows import OPEN_DIGEST, digest_from_row, encode_cursor, from_row, to_row
