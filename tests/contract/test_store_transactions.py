@@ -168,6 +168,20 @@ async def test_a_commit_whose_stale_write_fails_appends_none_of_its_events(
 # --- PostgreSQL: the commit listener and the pool ----------------------------------------
 
 
+async def end_backends(store: PostgresStore) -> None:
+    """Terminate the server processes of the store's pooled connections, as a database
+    restart would, and give their goodbyes time to arrive."""
+    with psycopg.connect(store.url, autocommit=True) as admin:
+        pids = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        ).fetchall()
+        assert pids
+        for (pid,) in pids:
+            admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+    await asyncio.sleep(0.1)
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize("engine", ["postgres"], indirect=True)
 async def test_the_commit_listener_reports_every_commit_its_own_after_it_returned(
@@ -225,15 +239,7 @@ async def test_a_pooled_connection_broken_while_idle_is_replaced_before_use(
 
     monkeypatch.setattr(postgres, "IDLE_CHECK_S", 0.05)
     await store.last_event_id()
-    with psycopg.connect(store.url, autocommit=True) as admin:
-        mine = admin.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-            "AND pid <> pg_backend_pid()"
-        ).fetchall()
-        assert mine
-        for (pid,) in mine:
-            admin.execute("SELECT pg_terminate_backend(%s)", [pid])
-    await asyncio.sleep(0.1)
+    await end_backends(store)
     assert await store.last_event_id() >= 0
 
 
@@ -244,13 +250,5 @@ async def test_a_pooled_connection_whose_backend_ended_just_now_is_replaced_befo
 ) -> None:
     """Idle for less than the idle check's interval, but its server said goodbye."""
     await store.last_event_id()
-    with psycopg.connect(store.url, autocommit=True) as admin:
-        pids = admin.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-            "AND pid <> pg_backend_pid()"
-        ).fetchall()
-        assert pids
-        for (pid,) in pids:
-            admin.execute("SELECT pg_terminate_backend(%s)", [pid])
-    await asyncio.sleep(0.1)
+    await end_backends(store)
     assert await store.last_event_id() >= 0
