@@ -80,6 +80,7 @@ POSTGRES = Dialect(
         "queue_order": "priority_rank DESC, due_at NULLS LAST, created_at, id",
         "capable": "tasks.capabilities <@ :caps",
         "lock_event_order": f"SELECT pg_advisory_xact_lock({EVENT_ORDER_LOCK})",
+        "plan_queue": "SET LOCAL enable_sort = off",
         "notify": f"SELECT pg_notify('{NOTIFY_CHANNEL}', :last)",
         "lock_migrations": f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})",
         "in_ids": " = ANY(:ids)",
@@ -203,7 +204,8 @@ class PostgresConnector:
 
     async def transaction(self, body: Body[T], *, write: bool = True) -> T:
         if not write:
-            async with self._connection() as conn:
+            # One snapshot for all the body reads (and room for its `SET LOCAL`s).
+            async with self._connection() as conn, conn.transaction():
                 return await _drive(conn, body, None)
         seq = self.notes.begin()
         try:

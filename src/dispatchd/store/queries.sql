@@ -253,6 +253,12 @@ WHERE requester = :requester AND day = :day;
 
 -- --- assignment and deadlines ------------------------------------------------------------
 
+-- name: plan_queue
+-- PostgreSQL: the queue is read in its index's order, never gathered whole and sorted. The
+-- planner's estimate of the pending tasks comes from statistics that lag a burst of work (a
+-- new table has none), and one that guesses a handful sorts every pending task per claim.
+{plan_queue};
+
 -- name: assigned
 SELECT * FROM tasks
 WHERE assignee = :agent_id AND status = 'assigned'

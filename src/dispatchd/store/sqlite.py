@@ -78,6 +78,7 @@ SQLITE = Dialect(
         "capable": "NOT EXISTS (SELECT 1 FROM json_each(tasks.capabilities) c "
         "WHERE c.value NOT IN (SELECT value FROM json_each(:caps)))",
         "lock_event_order": "",
+        "plan_queue": "",
         "notify": "",
         "lock_migrations": "",
         "in_ids": " IN (SELECT value FROM json_each(:ids))",

@@ -310,7 +310,13 @@ class SQLStore:
 
     async def claimable(self, query: ClaimQuery) -> list[Task]:
         sql, params = self.q.claimable(query, lock=False)
-        return await self._all(Task, sql, **params)
+
+        def body() -> Body[list[Task]]:
+            if self.q.plan_queue:
+                yield send(self.q.plan_queue)
+            return [from_row(Task, r, self.codec) for r in (yield all_rows(sql, params))]
+
+        return await self.connector.transaction(body(), write=False)
 
     async def children(self, parent_id: str) -> list[Task]:
         return await self._all(Task, self.q.children, id=parent_id)

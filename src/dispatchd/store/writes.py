@@ -305,6 +305,8 @@ def claim(q: Queries, query: ClaimQuery, plan: ClaimPlan) -> Body[list[Event]]:
         params = {"agent_id": query.agent_id, "limit": query.limit}
         assigned = [from_row(Task, r, codec) for r in (yield all_rows(q.assigned, params))]
         sql, params = q.claimable(query, lock=True)
+        if q.plan_queue:
+            yield send(q.plan_queue)
         candidates = [from_row(Task, r, codec) for r in (yield all_rows(sql, params))]
     ops = plan(ClaimView(agent, assigned, candidates))
     return (yield from commit(q, ops)) if ops else []
