@@ -64,6 +64,23 @@ LISTENER_NAME = "dispatchd commit listener"
 # The waits before the commit listener connects again.
 LISTEN_RETRY = Backoff(0.2, 5.0)
 
+# See `append_events` in queries.sql. The lock is joined to the rows and the rows sorted
+# before the insert, so it is taken before any id is drawn; a task's events belong to its
+# room (its scope), a room's own `room.*` events to the room named in their data.
+APPEND_EVENTS = (
+    f"WITH locked AS (SELECT pg_advisory_xact_lock({EVENT_ORDER_LOCK})), "
+    "added AS (INSERT INTO events (type, task_id, agent_id, data, created_at, room) "
+    "SELECT r.type, r.task_id, r.agent_id, r.data, r.created_at, "
+    "coalesce((SELECT scope FROM tasks WHERE id = r.task_id), "
+    "CASE WHEN r.type LIKE 'room.%' THEN r.data ->> 'room' END) "
+    "FROM locked, unnest(CAST(:type AS text[]), CAST(:task_id AS text[]), "
+    "CAST(:agent_id AS text[]), CAST(:data AS jsonb[]), CAST(:created_at AS timestamptz[])) "
+    "WITH ORDINALITY AS r(type, task_id, agent_id, data, created_at, n) "
+    "ORDER BY r.n RETURNING id) "
+    "SELECT array_agg(id ORDER BY id) AS ids, "
+    f"pg_notify('{NOTIFY_CHANNEL}', CAST(max(id) AS text)) FROM added"
+)
+
 POSTGRES = Dialect(
     name="postgres",
     codec=POSTGRES_CODEC,
@@ -81,7 +98,7 @@ POSTGRES = Dialect(
         "capable": "tasks.capabilities <@ :caps",
         "lock_event_order": f"SELECT pg_advisory_xact_lock({EVENT_ORDER_LOCK})",
         "plan_queue": "SET LOCAL enable_sort = off",
-        "notify": f"SELECT pg_notify('{NOTIFY_CHANNEL}', :last)",
+        "append_events": APPEND_EVENTS,
         "lock_migrations": f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})",
         "in_ids": " = ANY(:ids)",
         "event_room": "data ->> 'room'",

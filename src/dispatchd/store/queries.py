@@ -121,6 +121,20 @@ class Queries:
             sql = self._updates[key] = self.dialect.sql(update_versioned_sql("tasks", key))
         return sql
 
+    def bump_counts(self, n: int) -> str:
+        """An upsert adding `:delta_i` to the count of `:status_i` for i < n, in one statement
+        (its rows in the caller's order: sorted, so that two commits never wait on each
+        other's counter rows)."""
+        key = ("task_counts", str(n))
+        sql = self._updates.get(key)
+        if sql is None:
+            rows = ", ".join(f"(:status_{i}, :delta_{i})" for i in range(n))
+            sql = self._updates[key] = self.dialect.sql(
+                f"INSERT INTO task_counts (status, n) VALUES {rows} "
+                "ON CONFLICT (status) DO UPDATE SET n = task_counts.n + excluded.n"
+            )
+        return sql
+
     def __getattr__(self, name: str) -> str:
         try:
             return self._sql[name]

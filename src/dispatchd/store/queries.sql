@@ -86,12 +86,6 @@ DELETE FROM agents
 WHERE id = :id AND version = :version
     AND NOT EXISTS (SELECT 1 FROM tasks WHERE assignee = :id AND status IN {active});
 
--- name: bump_count
-INSERT INTO task_counts (status, n)
-VALUES (:status, :delta)
-ON CONFLICT (status) DO UPDATE
-SET n = task_counts.n + excluded.n;
-
 -- name: save_cursor
 INSERT INTO cursors (name, last_event_id, updated_at)
 VALUES (:name, :last, :at)
@@ -129,9 +123,14 @@ WHERE name = :name;
 -- PostgreSQL: event ids follow commit order (see writes.commit).
 {lock_event_order};
 
--- name: notify
--- PostgreSQL: wakes every replica's `watch` at commit.
-{notify};
+-- name: append_events
+-- PostgreSQL: a commit's events in one statement, bound as one array per column. It takes
+-- the event-order lock before the first id is drawn (held until the transaction ends, so
+-- that the next writer's ids come after these and only once these are visible), inserts
+-- them in the order given, and notifies every replica's `watch` at commit. One row: the
+-- ids, in order. (SQLite, whose one writer gives that order by itself, runs
+-- `insert_event`s.)
+{append_events};
 
 -- --- reads -------------------------------------------------------------------------------
 

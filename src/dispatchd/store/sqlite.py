@@ -79,7 +79,7 @@ SQLITE = Dialect(
         "WHERE c.value NOT IN (SELECT value FROM json_each(:caps)))",
         "lock_event_order": "",
         "plan_queue": "",
-        "notify": "",
+        "append_events": "",
         "lock_migrations": "",
         "in_ids": " IN (SELECT value FROM json_each(:ids))",
         "event_room": "json_extract(data, '$.room')",

@@ -8,7 +8,7 @@ that moved on fails the whole transaction (`ConcurrentUpdate`).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, assert_never
@@ -67,12 +67,17 @@ from dispatchd.store.rows import (
     to_row,
 )
 
+# An event's columns as `append_events` binds them, one array each.
+EVENT_FIELDS = ("type", "task_id", "agent_id", "data", "created_at")
+
 
 def commit(q: Queries, ops: Sequence[Op]) -> Body[list[Event]]:
     """Apply `ops`; the appended events with their ids.
 
     A run of task inserts (a batch's tasks) or of attempt inserts goes to the database as
-    one statement run for every row (executemany), and so do the events.
+    one statement run for every row (executemany). The events go last: on PostgreSQL in one
+    statement that takes the event-order lock (`append_events`), which is then held only
+    for the counters and the commit; on SQLite (one writer) as plain inserts.
     """
     codec = q.dialect.codec
     counts: dict[str, int] = defaultdict(int)
@@ -97,25 +102,29 @@ def commit(q: Queries, ops: Sequence[Op]) -> Body[list[Event]]:
             yield send(q.add_load, {"id": agent_id, "delta": loads[agent_id]})
     events: list[Event] = []
     if to_append:
-        # Events last, under PostgreSQL's event-order lock held until the transaction ends:
-        # the next writer's ids come after ours and only once ours are visible. (SQLite's
-        # single writer gives the same order by itself.)
-        if q.lock_event_order:
-            yield send(q.lock_event_order)
-        if len(to_append) == 1:
-            row = yield one(q.insert_event, to_row(to_append[0], codec))
+        rows = [to_row(e, codec) for e in to_append]
+        if q.append_events:
+            found = yield one(q.append_events, {c: [r[c] for r in rows] for c in EVENT_FIELDS})
+            ids = list(found["ids"]) if found else []
+        elif len(rows) == 1:
+            row = yield one(q.insert_event, rows[0])
             ids = [int(row["id"])]
         else:
-            ids = yield insert_ids(q.insert_events, [to_row(e, codec) for e in to_append])
+            ids = yield insert_ids(q.insert_events, rows)
         events = [replace(e, id=i) for e, i in zip(to_append, ids, strict=True)]
-        if q.notify:
-            # Delivered at commit, to every replica's listener.
-            yield send(q.notify, {"last": str(events[-1].id)})
-    # In a fixed order, so that two commits never wait on each other's counter rows.
-    for status in sorted(counts):
-        if counts[status]:
-            yield send(q.bump_count, {"status": status, "delta": counts[status]})
+    yield from bump_counts(q, counts)
     return events
+
+
+def bump_counts(q: Queries, counts: Mapping[str, int]) -> Body[None]:
+    """Move the tasks-by-state counters by `counts`, in one statement, in a fixed order."""
+    changed = sorted(status for status, delta in counts.items() if delta)
+    if changed:
+        params: dict[str, Any] = {}
+        for i, status in enumerate(changed):
+            params[f"status_{i}"] = status
+            params[f"delta_{i}"] = counts[status]
+        yield send(q.bump_counts(len(changed)), params)
 
 
 def _apply_run(
@@ -344,7 +353,6 @@ def prune(
         by_status: dict[str, int] = defaultdict(int)
         for row in found:
             by_status[row["status"]] -= 1
-        for status in sorted(by_status):
-            yield send(q.bump_count, {"status": status, "delta": by_status[status]})
+        yield from bump_counts(q, by_status)
         tasks = len(found)
     return Pruned(events=events, tasks=tasks, notifications=notifications)
