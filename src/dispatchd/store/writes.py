@@ -81,7 +81,19 @@ def commit(q: Queries, ops: Sequence[Op]) -> Body[list[Event]]:
     """
     codec = q.dialect.codec
     counts: dict[str, int] = defaultdict(int)
-    loads: dict[str, int] = defaultdict(int)
+    # The agents' loads move first, in a fixed order: a commit holds the agent rows it
+    # writes before any task or attempt row, as a claim (which locks its agent first)
+    # does. Otherwise a commit holding an attempt's key could wait for an agent row that
+    # a claim holds while that claim waits for the key (a deadlock, found by PostgreSQL
+    # only after a second).
+    # (An agent this commit registers has no row yet: its load moves last.)
+    registered = {op.agent.id for op in ops if isinstance(op, InsertAgent)}
+    first = {a: d for a, d in _load_deltas(ops).items() if d and a not in registered}
+    for agent_id in sorted(first):
+        yield send(q.add_load, {"id": agent_id, "delta": first[agent_id]})
+    # The loads of the ops applied so far, less what was written above: what a slot check
+    # adds to the agent's load as stored to get its load at that point of the plan.
+    loads: dict[str, int] = defaultdict(int, {a: -d for a, d in first.items()})
     to_append: list[Event] = []
     run: list[InsertTask | SaveAttempt] = []
     for op in ops:
@@ -97,7 +109,7 @@ def commit(q: Queries, ops: Sequence[Op]) -> Body[list[Event]]:
             yield from _apply(q, op, counts, loads)
     if run:
         yield from _apply_run(q, run, counts, loads)
-    for agent_id in sorted(loads):
+    for agent_id in sorted(registered):
         if loads[agent_id]:
             yield send(q.add_load, {"id": agent_id, "delta": loads[agent_id]})
     events: list[Event] = []
@@ -282,6 +294,17 @@ def _delete_room(q: Queries, room_id: str, version: int) -> Body[None]:
             unfinished=unfinished,
         )
     yield send(q.delete_room, {"id": room_id, "version": version})
+
+
+def _load_deltas(ops: Sequence[Op]) -> dict[str, int]:
+    """How `ops` change agents' loads in all (see `_count_load`)."""
+    loads: dict[str, int] = defaultdict(int)
+    for op in ops:
+        if isinstance(op, InsertTask):
+            _count_load(loads, None, None, op.task)
+        elif isinstance(op, UpdateTask):
+            _count_load(loads, op.previous, op.previous_assignee, op.task)
+    return loads
 
 
 def _count_load(
