@@ -221,9 +221,10 @@ class PostgresConnector:
 
     async def transaction(self, body: Body[T], *, write: bool = True) -> T:
         if not write:
-            # One snapshot for all the body reads (and room for its `SET LOCAL`s).
-            async with self._connection() as conn, conn.transaction():
-                return await _drive(conn, body, None)
+            # One snapshot for all the body reads (and room for its `SET LOCAL`s); what
+            # the body does not wait for goes on without waiting, as in a write.
+            async with self._connection() as conn, conn.pipeline() as pipeline, conn.transaction():
+                return await _drive(conn, body, pipeline)
         seq = self.notes.begin()
         try:
             async with (
