@@ -336,6 +336,25 @@ async def test_completed_parents_feed_inputs(client: httpx.AsyncClient, register
     assert child["context"]["inputs"] == {parent["id"]: {"n": 42}}
 
 
+async def test_a_batch_naming_an_agent_twice_respects_its_capacity(
+    client: httpx.AsyncClient, register
+) -> None:
+    await register("w1", max_concurrent=1)
+    response = await client.post(
+        "/api/v1/tasks/batch",
+        json={"tasks": [{"title": f"t{i}", "assigned_to": "w1"} for i in range(2)]},
+    )
+    assert response.status_code == 201, response.text
+    tasks = response.json()["items"]
+    # One slot: the batch's two reservations are checked together, so neither is handed
+    # over in the batch's commit; both wait for the assigner, which gives w1 one.
+    assert [t["assigned_to"] for t in tasks] == ["w1", "w1"]
+    statuses = [t["status"] for t in tasks]
+    assert statuses.count("assigned") <= 1, statuses
+    agent = (await client.get("/api/v1/agents/w1")).json()
+    assert agent["active_tasks"] <= 1, agent
+
+
 async def test_run_at_in_the_future_blocks(client: httpx.AsyncClient) -> None:
     task = await create_task(client, run_at="2099-01-01T00:00:00+00:00")
     assert task["status"] == "blocked"

@@ -8,7 +8,7 @@ out, so the queue index's order is used and a claim reads only the rows it takes
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -49,22 +49,28 @@ def nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-async def misled(make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch) -> PostgresStore:
+async def misled(
+    make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[PostgresStore]:
     """A store with a backlog of pending tasks its statistics know nothing of (none was
     gathered yet, as in a new database), and whose transactions explain the queue read."""
     store = make_store()
     assert isinstance(store, PostgresStore)
     await store.open()
-    await add_agent(store)
-    await insert(store, *(make_task() for _ in range(BACKLOG)))
-    transaction = store.connector.transaction
-    store.plans = []  # type: ignore[attr-defined]
+    try:
+        await add_agent(store)
+        await insert(store, *(make_task() for _ in range(BACKLOG)))
+        transaction = store.connector.transaction
+        store.plans = []  # type: ignore[attr-defined]
 
-    async def explained(body: Body[Any], *, write: bool = True) -> Any:
-        return await transaction(explaining(body, store.plans), write=write)  # type: ignore[attr-defined]
+        async def explained(body: Body[Any], *, write: bool = True) -> Any:
+            plans = store.plans  # type: ignore[attr-defined]
+            return await transaction(explaining(body, plans), write=write)
 
-    monkeypatch.setattr(store.connector, "transaction", explained)
-    return store
+        monkeypatch.setattr(store.connector, "transaction", explained)
+        yield store
+    finally:
+        await store.close()
 
 
 def read_in_index_order(plan: dict[str, Any]) -> None:

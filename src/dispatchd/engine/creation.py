@@ -9,7 +9,7 @@ A task named for an agent (`assigned_to`) reserves that agent's slot the same wa
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -127,7 +127,7 @@ class TaskCreation:
         for _ in range(MAX_TRIES):
             births = await self._births(specs, ids, caller, manual=manual)
             placement = self._place(births) if placing else Placement()
-            slots = sorted([*births.slots, *placement.lead()], key=lambda slot: slot.agent_id)
+            slots = one_per_agent([*births.slots, *placement.lead()])
             try:
                 done = await commit_changes(
                     self.store,
@@ -286,6 +286,26 @@ class TaskCreation:
 
 
 _DEAD = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMED_OUT})
+
+
+def one_per_agent(slots: Sequence[TakeSlot]) -> list[TakeSlot]:
+    """The reservations as one per agent, in agent id order. Two for the same agent would
+    each be checked against its load before either, so a batch naming an agent twice (or
+    naming it and placing work with it) could give it more tasks than it has room for."""
+    merged: dict[str, TakeSlot] = {}
+    for slot in slots:
+        had = merged.get(slot.agent_id)
+        merged[slot.agent_id] = (
+            slot
+            if had is None
+            else replace(
+                had,
+                count=had.count + slot.count,
+                limit=min(had.limit, slot.limit),
+                check_status=had.check_status or slot.check_status,
+            )
+        )
+    return [merged[agent_id] for agent_id in sorted(merged)]
 
 
 def _check_reviewer(spec: TaskSpec) -> ReviewerKind | None:

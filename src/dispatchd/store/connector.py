@@ -117,7 +117,9 @@ class Connector(Protocol):
 
     async def transaction(self, body: Body[T], *, write: bool = True) -> T:
         """Run `body` on one connection: in a write transaction, or (`write` False) as
-        reads beside the writers. An exception from the body or a query rolls it back."""
+        reads beside the writers; a read body may first send a setting for its reads
+        (`SET LOCAL`), which then holds for them alone. An exception from the body or a
+        query rolls it back."""
         ...
 
     async def watch(

@@ -221,10 +221,19 @@ class PostgresConnector:
 
     async def transaction(self, body: Body[T], *, write: bool = True) -> T:
         if not write:
-            # One snapshot for all the body reads (and room for its `SET LOCAL`s); what
-            # the body does not wait for goes on without waiting, as in a write.
-            async with self._connection() as conn, conn.pipeline() as pipeline, conn.transaction():
-                return await _drive(conn, body, pipeline)
+            # Reads alone run each on its own, as they come (no BEGIN, no COMMIT to wait
+            # for). A read body that first sends a setting for its reads (`SET LOCAL`)
+            # runs in a transaction, pipelined, so that the setting holds for them and
+            # goes out with the first.
+            try:
+                first = body.send(None)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            async with self._connection() as conn:
+                if first.kind != "send":
+                    return await _drive(conn, _starting(first, body), None)
+                async with conn.pipeline() as pipeline, conn.transaction():
+                    return await _drive(conn, _starting(first, body), pipeline)
         seq = self.notes.begin()
         try:
             async with (
@@ -373,6 +382,20 @@ class _Checks:
         for query, cur in self.sent:
             if cur.pgresult is not None:
                 check(query, cur.rowcount)
+
+
+def _starting(first: Query, body: Body[T]) -> Body[T]:
+    """`body`, whose first query was already taken from it."""
+    try:
+        result = yield first
+        while True:
+            try:
+                query = body.send(result)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            result = yield query
+    finally:
+        body.close()
 
 
 async def _drive(conn: Connection, body: Body[T], pipeline: AsyncPipeline | None) -> T:
