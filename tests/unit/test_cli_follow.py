@@ -34,7 +34,7 @@ class Scripted:
     def read_events(self, cursor: str, **_: Any) -> EventPage:
         if cursor == "latest":
             return EventPage(events=[], next_cursor="0")
-        kinds = self.pages.pop(0)
+        kinds = self.pages.pop(0) if self.pages else []  # then nothing more happens
         return EventPage(events=[event(k, t) for k, t in enumerate(kinds)], next_cursor="1")
 
     def get_task(self, task_id: str) -> TaskDetailOut:
@@ -61,3 +61,22 @@ def test_a_state_the_read_shows_is_not_shown_twice() -> None:
     seen: list[Task] = []
     follow(client, TASK.id, seen.append)  # type: ignore[arg-type]
     assert [t.status for t in seen] == ["pending", "assigned", "running", "completed"]
+
+
+def test_a_task_that_ended_before_its_events_were_read_shows_the_states_on_its_way() -> None:
+    """The read after a progress report finds the task completed: the review it went
+    through is in events not read yet, which are read before its end is shown."""
+    client = Scripted(
+        reads=[S.ASSIGNED, S.RUNNING, S.COMPLETED],
+        pages=[
+            ["task.started"],
+            ["task.progress"],
+            ["task.comment", "task.review_requested"],
+            ["task.reviewed", "task.completed"],
+        ],
+    )
+    seen: list[Task] = []
+    done = follow(client, TASK.id, seen.append)  # type: ignore[arg-type]
+    assert done.status == TaskStatus.COMPLETED
+    assert [t.status for t in seen] == ["assigned", "running", "review", "completed"]
+    assert client.pages == []

@@ -435,16 +435,26 @@ def follow(client: Client, task_id: str, on_change: Callable[[Task], None]) -> T
     while task.status not in END_STATES:
         page = client.read_events(cursor, task=task_id, wait_s=LONG_POLL_S, limit=500)
         cursor = page.next_cursor
-        if page.events:
-            latest = client.get_task(task_id)
-            shown = task.status
-            for event in page.events:
-                state = STATE_AFTER.get(event.type)
-                if state is not None and state not in (shown, latest.status):
-                    on_change(latest.model_copy(update={"status": state}))
-                    shown = state
-            task = latest
-            on_change(task)
+        if not page.events:
+            continue
+        events = list(page.events)
+        latest = client.get_task(task_id)
+        # Ended since: its events not read yet (a review it went through on the way, say)
+        # are read first, so that the states it passed through come before its end.
+        while latest.status in END_STATES:
+            page = client.read_events(cursor, task=task_id, limit=500)
+            if not page.events:
+                break
+            events.extend(page.events)
+            cursor = page.next_cursor
+        shown = task.status
+        for event in events:
+            state = STATE_AFTER.get(event.type)
+            if state is not None and state not in (shown, latest.status):
+                on_change(latest.model_copy(update={"status": state}))
+                shown = state
+        task = latest
+        on_change(task)
     return task
 
 
