@@ -578,6 +578,38 @@ async def test_assigned_to_respects_capacity(
 
 
 @BOTH
+async def test_a_named_task_counts_once_when_the_assigner_reads_its_event_first(
+    client: httpx.AsyncClient, register: Any, runtime: Runtime, settle: Settle
+) -> None:
+    """The assigner may act on a creation's `task.assigned` (and re-read the agent, now
+    full) before the creating request resumes. The agent's new task must still count
+    once, or it looks full after finishing it and the next task named for it waits."""
+    await register("a-strong", {"code": 1.0})
+    await register("b-named", {"code": 0.5}, max_concurrent=1)
+    await settle()
+    store = runtime.store
+    commit = store.commit
+
+    async def assigner_first(ops: Any) -> Any:
+        events = await commit(ops)
+        if any(e.type == "task.created" for e in events):
+            await settle()  # the assigner has handled the creation's events
+        return events
+
+    store.commit = assigner_first  # type: ignore[method-assign]
+    try:
+        held = await create_task(client, capabilities=["code"], assigned_to="b-named")
+    finally:
+        store.commit = commit  # type: ignore[method-assign]
+    assert (held["status"], held["assignee"]) == ("assigned", "b-named")
+    task = await create_task(client, capabilities=["code"], assigned_to="b-named")
+    await settle()
+    await pending(client, task["id"])
+    await finish(client, held["id"], "b-named")
+    await wait_assigned(client, task["id"], "b-named")
+
+
+@BOTH
 async def test_a_task_named_for_an_unknown_agent_waits_for_it_to_register(
     client: httpx.AsyncClient, register: Any, settle: Settle
 ) -> None:

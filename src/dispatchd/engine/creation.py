@@ -41,6 +41,8 @@ class Births:
     touches: list[Op] = field(default_factory=list)
     # Slots of the agents named by `assigned_to`.
     slots: list[TakeSlot] = field(default_factory=list)
+    # The tasks handed to them, as they will be stored (assigned).
+    named: list[Task] = field(default_factory=list)
     # Tasks pending from the start and named for nobody: for the placer.
     open: list[Task] = field(default_factory=list)
 
@@ -128,6 +130,8 @@ class TaskCreation:
             births = await self._births(specs, ids, caller, manual=manual)
             placement = self._place(births) if placing else Placement()
             slots = one_per_agent([*births.slots, *placement.lead()])
+            if self.placer is not None:
+                self.placer.note_named(births.named)
             try:
                 done = await commit_changes(
                     self.store,
@@ -138,20 +142,20 @@ class TaskCreation:
             except AgentUnavailable:
                 # A chosen or named agent filled up or went away meanwhile: the tasks stay
                 # pending (with `assigned_to` kept) for the assigner, which re-reads it.
-                await self._undo(placement)
+                await self._undo(placement, births)
                 manual = placing = False
                 continue
             except ConcurrentUpdate:
-                await self._undo(placement)
+                await self._undo(placement, births)
                 continue
             except BaseException:
-                await self._undo(placement)
+                await self._undo(placement, births)
                 raise
             if self.placer is not None:
                 self.placer.settle(placement, done.tasks)
-            latest = [done.tasks[task_id] for task_id in ids]
-            self._tell_named(births, placement, latest)
-            return latest
+                for task in births.named:
+                    self.placer.named(done.tasks[task.id])
+            return [done.tasks[task_id] for task_id in ids]
         raise ConcurrentUpdate("the tasks' dependencies are changing too fast; try again")
 
     def _place(self, births: Births) -> Placement:
@@ -166,22 +170,10 @@ class TaskCreation:
         named = {slot.agent_id for slot in births.slots}
         return placer.plan(births.open, births.steps[0][0].task.created_at, skip=named)
 
-    async def _undo(self, placement: Placement) -> None:
-        if self.placer is not None and placement:
+    async def _undo(self, placement: Placement, births: Births) -> None:
+        if self.placer is not None:
             await self.placer.undo(placement)
-
-    def _tell_named(self, births: Births, placement: Placement, latest: list[Task]) -> None:
-        """Tell the assigner of tasks handed to the agent named at creation (to wake it)."""
-        if self.placer is None or not births.slots:
-            return
-        placed = set(placement.task_ids())
-        for task in latest:
-            if (
-                task.id not in placed
-                and task.status is TaskStatus.ASSIGNED
-                and task.assignee is not None
-            ):
-                self.placer.named(task.assignee, task)
+            await self.placer.unnote_named(births.named)
 
     async def _births(
         self, specs: Sequence[TaskSpec], ids: Sequence[str], caller: Caller, *, manual: bool
@@ -246,6 +238,7 @@ class TaskCreation:
                     slot = handover.ops[0]
                     assert isinstance(slot, TakeSlot)
                     births.slots.append(slot)
+                    births.named.append(handover.task)
                     steps.extend(handover.changes)
         return births
 

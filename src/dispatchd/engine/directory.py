@@ -73,8 +73,9 @@ class Directory:
         return self.overlay is _as_is
 
     async def load(self) -> None:
+        at = self.position()
         agents = await self.overlay(await self.store.all_agents())
-        self._loaded_at = self.position()
+        self._loaded_at = at
         self._read_at.clear()
         self.agents.clear()
         self._by_tag.clear()
@@ -88,10 +89,13 @@ class Directory:
         ids = sorted(set(agent_ids))
         if not ids:
             return []
-        fresh = await self.overlay(await self.store.get_agents(ids))
-        # A commit told to the feed after this read began may be in it too; its event is
-        # then skipped, the count a hint either way (the store checks every slot).
+        # Where the log stood before the read: every event up to there is in the rows.
+        # A commit told to the feed while the read runs may be in them too; its event then
+        # moves the count again, too high (which a re-read corrects at the agent's limit)
+        # or too low (which the store's slot check catches), never skipped while the rows
+        # lack it (an agent freed but counted full would wait for work until re-read).
         at = self.position()
+        fresh = await self.overlay(await self.store.get_agents(ids))
         for agent_id in ids:
             self._read_at[agent_id] = at
         for agent_id in set(ids) - {a.id for a in fresh}:

@@ -141,13 +141,28 @@ class Placer:
             if task.status is TaskStatus.ASSIGNED:
                 self.handed(agent, task)
 
-    def named(self, agent_id: str, task: Task) -> None:
-        """`task` was assigned to `agent_id` by name, outside any placement."""
-        agent = self.directory.agents.get(agent_id)
-        if agent is None:
-            self.waiters.wake(agent_id)
+    def note_named(self, tasks: Iterable[Task]) -> None:
+        """Count tasks about to be assigned by name (`assigned_to`), before their commit:
+        the assigner may act on the commit's `task.assigned` before the committer resumes,
+        and must then find the task counted already, not count it a second time."""
+        for task in tasks:
+            if task.assignee is not None:
+                self.directory.note_assigned(task.assignee, task.updated_at, task.id)
+
+    async def unnote_named(self, tasks: Collection[Task]) -> None:
+        """The named tasks were not committed: their agents are read again."""
+        if tasks:
+            self.directory.forget(t.id for t in tasks)
+            await self.directory.refresh({t.assignee for t in tasks if t.assignee is not None})
+
+    def named(self, task: Task) -> None:
+        """`task`, committed, was assigned by name: wake its agent."""
+        if task.status is not TaskStatus.ASSIGNED or task.assignee is None:
             return
-        self.directory.note_assigned(agent_id, task.updated_at, task.id)
+        agent = self.directory.agents.get(task.assignee)
+        if agent is None:
+            self.waiters.wake(task.assignee)
+            return
         self.handed(agent, task)
 
     def handed(self, agent: Agent, task: Task) -> None:
