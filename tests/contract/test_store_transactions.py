@@ -1,7 +1,7 @@
 """The connector's transaction contract, on every engine: what a body may leave unanswered
 (`send`), what it only checks (`checked`), and that a failure anywhere keeps nothing. On
-PostgreSQL a write transaction is pipelined, so these are the cases where an answer the
-body did not wait for arrives late."""
+PostgreSQL the writes of a transaction are held and sent with its next read or its commit,
+so these are the cases where an answer the body did not wait for arrives late."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from dispatchd.errors import ConcurrentUpdate, DuplicateKey
+from dispatchd.errors import ConcurrentUpdate, DuplicateKey, ValidationFailed
 from dispatchd.store.base import AppendEvent, InsertTask, TouchTask
 from dispatchd.store.connector import Body, checked, execute, many, one, send
 from dispatchd.store.postgres import PostgresStore
@@ -252,3 +252,107 @@ async def test_a_pooled_connection_whose_backend_ended_just_now_is_replaced_befo
     await store.last_event_id()
     await end_backends(store)
     assert await store.last_event_id() >= 0
+
+
+# --- PostgreSQL: how a transaction goes to the server ------------------------------------
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+async def test_a_write_transaction_goes_as_one_message_per_answer_it_reads(
+    scratch: SQLStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes are held until the body reads an answer, then sent with that read; the rest
+    goes with the commit. A failed check is found by the server, in the message."""
+    sent: list[str] = []
+    execute_on_server = psycopg.AsyncClientCursor.execute
+
+    async def spy(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(str(query))
+        return await execute_on_server(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncClientCursor, "execute", spy)
+
+    def body() -> Body[int]:
+        yield send(sql(scratch, INSERT), {"id": "a", "n": 1})
+        yield checked(sql(scratch, BUMP), {"id": "kept"}, Moved("kept"))
+        row = yield one(sql(scratch, READ), {"id": "kept"})
+        yield send(sql(scratch, INSERT), {"id": "b", "n": int(row["n"])})
+        yield checked(sql(scratch, BUMP), {"id": "b"}, Moved("b"))
+        return int(row["n"])
+
+    assert await scratch.connector.transaction(body()) == 2
+    assert await contents(scratch) == {"kept": 2, "a": 1, "b": 3}
+    assert len(sent) == 2, sent
+    first, last = (message.split(";\n") for message in sent)
+    assert first[0] == "BEGIN" and first[-1].startswith("SELECT n FROM scratch")
+    assert len(first) == 4 and len(last) == 3 and last[-1] == "COMMIT"
+
+    def stale() -> Body[None]:
+        yield send(sql(scratch, INSERT), {"id": "c", "n": 1})
+        yield checked(sql(scratch, BUMP), {"id": "missing"}, Moved("no such row"))
+        yield send(sql(scratch, INSERT), {"id": "d", "n": 1})
+
+    sent.clear()
+    with pytest.raises(Moved, match="no such row"):
+        await scratch.connector.transaction(stale())
+    assert len(sent) == 1 and sent[0].endswith("COMMIT")
+    assert await contents(scratch) == {"kept": 2, "a": 1, "b": 3}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+async def test_a_cancelled_transaction_keeps_nothing_and_leaves_no_connection_in_it(
+    scratch: SQLStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A caller that gives up while its transaction runs (a client gone, a timeout): what
+    it sent is not kept, and no pooled connection stays inside that transaction (nor is
+    handed back to the pool inside it, for the pool to clean up with a warning)."""
+    assert isinstance(scratch, PostgresStore)
+    caplog.set_level(logging.WARNING)
+
+    def slow() -> Body[None]:
+        yield send(sql(scratch, INSERT), {"id": "gone", "n": 1})
+        yield one("SELECT pg_sleep(30)")
+
+    running = asyncio.create_task(scratch.connector.transaction(slow()))
+    await asyncio.sleep(0.3)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    for _ in range(5):  # every pooled connection in turn
+        await rows(scratch, *[(f"n{i}-{_}", i) for i in range(2)])
+    found = await contents(scratch)
+    assert "gone" not in found and len(found) == 11
+    with psycopg.connect(scratch.url, autocommit=True) as admin:
+        stuck = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND (state LIKE 'idle in transaction%' OR query LIKE '%pg_sleep(30)%') "
+            "AND pid <> pg_backend_pid()"
+        ).fetchone()
+    assert stuck == (0,)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+@pytest.mark.parametrize("fails", ["in-the-body", "on-the-server"])
+async def test_a_failed_transaction_is_rolled_back_before_its_connection_goes_back(
+    scratch: SQLStore, caplog: pytest.LogCaptureFixture, fails: str
+) -> None:
+    """The body raising its own error after writes were sent, or a write failing on the
+    server: the connection goes back to the pool out of the transaction."""
+    caplog.set_level(logging.WARNING)
+
+    def body() -> Body[None]:
+        yield send(sql(scratch, INSERT), {"id": "gone", "n": 1})
+        yield one(sql(scratch, READ), {"id": "kept"})
+        if fails == "in-the-body":
+            raise Moved("the body gives up")
+        yield one("SELECT 1 / 0 AS n")
+
+    with pytest.raises(Moved if fails == "in-the-body" else ValidationFailed):
+        await scratch.connector.transaction(body())
+    await asyncio.sleep(0.2)  # the pool takes a connection back in a task of its own
+    assert await contents(scratch) == {"kept": 1}
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []

@@ -3,11 +3,12 @@
 A transaction body is written once, as a generator: it yields `Query` values and receives
 each one's result (a row count, a row, a list of rows), and returns its own. It does no I/O,
 so each connector drives it as its driver wants: SQLite runs the whole body in one go on
-its one writer connection, PostgreSQL pipelines it on one pooled connection inside a
-transaction. A body says which writes it needs no answer from (`send`: their errors still
-fail the transaction) and which must change exactly one row (`checked`: the connector
-raises the body's error otherwise), so that PostgreSQL can send those on without waiting
-and a transaction costs a round trip per result the body reads, plus the commit. Besides
+its one writer connection, PostgreSQL holds its writes and sends them in one message with
+the next read, the commit with the last (`postgres_messages`). A body says which writes it
+needs no answer from (`send`: their errors still fail the transaction) and which must
+change exactly one row (`checked`: the connector raises the body's error otherwise), so
+that PostgreSQL can send those on without waiting and a transaction costs a round trip
+per result the body reads, plus the commit's. Besides
 transactions a connector runs single statements (`execute`, `fetch_one`, `fetch_all`), and
 provides what only its database has (`watch`, `lease`).
 
@@ -179,10 +180,23 @@ def duplicate_key(table: str, constraint: str) -> DuplicateKey:
 
 
 def statements(script: str) -> list[str]:
-    """The statements of a migration script, one by one (ours put no `;` inside literals,
-    and comments take whole lines)."""
+    """The statements of a migration script, one by one (ours put no `;` inside literals
+    other than a function's `$$`-quoted body, and comments take whole lines)."""
     code = "\n".join(line for line in script.splitlines() if not line.strip().startswith("--"))
-    return [part.strip() for part in code.split(";") if part.strip()]
+    found: list[str] = []
+    pieces = code.split("$$")
+    current = ""
+    for n, piece in enumerate(pieces):
+        if n % 2:  # inside $$ ... $$: kept whole
+            current += f"$${piece}$$"
+            continue
+        first, *rest = piece.split(";")
+        current += first
+        for part in rest:
+            found.append(current)
+            current = part
+    found.append(current)
+    return [part.strip() for part in found if part.strip()]
 
 
 def drive(body: Body[T], run: Callable[[Query], Any]) -> T:

@@ -1,12 +1,9 @@
 """The server engine: PostgreSQL through psycopg 3 and an async connection pool.
 
-Each write transaction runs on one pooled connection in pipeline mode: BEGIN and the
-body's statements go out without waiting for each other's answers, except where the body
-reads a result (then what was sent is answered in one round trip), and the commit is one
-more. Writes the body only checks (`checked`: one row changed) are verified as their
-answers arrive, before the body reads anything later and before the commit (so a
-transaction whose check failed runs on to its next read, or its commit, before it rolls
-back: one round trip more for the loser of a race).
+A write transaction runs on one pooled connection, its statements sent in as few messages
+as its reads allow, the commit with the last (`postgres_messages`). A body of reads runs
+each statement on its own, outside a transaction, unless it first sends a setting for
+them.
 Event ids are handed out under a transaction-scoped advisory lock, taken after the
 commit's other writes and held until it ends, so ids follow commit order: a reader that has
 seen event N never later finds a smaller id appearing behind it. Every commit that appends
@@ -17,7 +14,6 @@ once hold a session advisory lock (`lease`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import select
@@ -28,15 +24,16 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import AsyncConnection, AsyncCursor, AsyncPipeline
+from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from dispatchd.errors import ConcurrentUpdate, StoreError, ValidationFailed
 from dispatchd.jobs import Backoff, JobStatus, backoff_s
+from dispatchd.store import postgres_messages as messages
 from dispatchd.store.base import Lease
-from dispatchd.store.connector import Body, Dialect, Query, Row, check, duplicate_key, statements
+from dispatchd.store.connector import Body, Dialect, Query, Row, duplicate_key
 from dispatchd.store.rows import POSTGRES as POSTGRES_CODEC
 from dispatchd.store.sqlstore import SQLStore
 
@@ -223,25 +220,20 @@ class PostgresConnector:
         if not write:
             # Reads alone run each on its own, as they come (no BEGIN, no COMMIT to wait
             # for). A read body that first sends a setting for its reads (`SET LOCAL`)
-            # runs in a transaction, pipelined, so that the setting holds for them and
-            # goes out with the first.
+            # runs in a transaction, so that the setting holds for them and goes out with
+            # the first.
             try:
                 first = body.send(None)
             except StopIteration as stop:
                 return stop.value  # type: ignore[no-any-return]
             async with self._connection() as conn:
                 if first.kind != "send":
-                    return await _drive(conn, _starting(first, body), None)
-                async with conn.pipeline() as pipeline, conn.transaction():
-                    return await _drive(conn, _starting(first, body), pipeline)
+                    return await _drive(conn, _starting(first, body))
+                return await messages.drive(conn, _starting(first, body))
         seq = self.notes.begin()
         try:
-            async with (
-                self._connection() as conn,
-                conn.pipeline() as pipeline,
-                conn.transaction(),
-            ):
-                return await _drive(conn, body, pipeline)
+            async with self._connection() as conn:
+                return await messages.drive(conn, body)
         finally:
             self.notes.end(seq)
 
@@ -362,28 +354,6 @@ async def _listener_failed(job: JobStatus, exc: Exception, doing: str, failures:
     await asyncio.sleep(wait_s)
 
 
-class _Checks:
-    """The `checked` writes sent whose answers the body has not waited for."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[Query, AsyncCursor[DictRow]]] = []
-
-    def verify(self) -> None:
-        """Raise the error of the first one that changed no row; call once every answer
-        sent so far has arrived (a later result was read, or the pipeline synced)."""
-        sent, self.sent = self.sent, []
-        for query, cur in sent:
-            check(query, cur.rowcount)
-
-    def verify_answered(self) -> None:
-        """Raise the error of the first answered one that changed no row. When a later
-        statement failed, one that did is the cause: an update that found its row moved
-        on, and then the insert of what it would have added meeting the winner's copy."""
-        for query, cur in self.sent:
-            if cur.pgresult is not None:
-                check(query, cur.rowcount)
-
-
 def _starting(first: Query, body: Body[T]) -> Body[T]:
     """`body`, whose first query was already taken from it."""
     try:
@@ -398,83 +368,24 @@ def _starting(first: Query, body: Body[T]) -> Body[T]:
         body.close()
 
 
-async def _drive(conn: Connection, body: Body[T], pipeline: AsyncPipeline | None) -> T:
-    checks = _Checks()
+async def _drive(conn: Connection, body: Body[T]) -> T:
+    """Run a body of reads, each statement on its own."""
     result: Any = None
     try:
         while True:
             try:
                 query = body.send(result)
             except StopIteration as stop:
-                # Before the commit: every check answered, and passed.
-                if pipeline is not None and checks.sent:
-                    await pipeline.sync()
-                checks.verify()
                 return stop.value  # type: ignore[no-any-return]
-            result = await _run(conn, query, pipeline, checks)
-    except psycopg.Error:
-        if pipeline is not None:
-            # End the aborted pipeline here, so that the rollback runs as usual.
-            with contextlib.suppress(psycopg.Error):
-                await pipeline.sync()
-        checks.verify_answered()
-        raise
+            cur = await conn.execute(query.sql, query.params)
+            if query.kind == "one":
+                result = await cur.fetchone()
+            elif query.kind == "all":
+                result = await cur.fetchall()
+            else:
+                raise ValueError(f"a body of reads sent a {query.kind} query")
     finally:
         body.close()
-
-
-async def _run(
-    conn: Connection, query: Query, pipeline: AsyncPipeline | None, checks: _Checks
-) -> Any:
-    kind = query.kind
-    if kind == "script":
-        # One statement at a time: a pipeline runs no multi-statement string.
-        for statement in statements(query.sql):
-            await conn.execute(statement)
-        return None
-    if kind == "many":
-        async with conn.cursor() as cur:
-            await cur.executemany(query.sql, query.params)
-        return None
-    if kind == "ids":
-        if not query.params:
-            return []
-        result: Any = await _insert_ids(conn, query.sql, query.params)
-        checks.verify()
-        return result
-    cur = await conn.execute(query.sql, query.params)
-    if kind == "send":
-        return None
-    if kind == "checked":
-        checks.sent.append((query, cur))
-        return None
-    if kind == "execute":
-        if pipeline is not None:
-            await pipeline.sync()
-        result = cur.rowcount
-    elif kind == "one":
-        result = await cur.fetchone()
-    else:
-        result = await cur.fetchall()
-    # Answers arrive in order: those of the checks sent before this one are in.
-    checks.verify()
-    return result
-
-
-async def _insert_ids(conn: Connection, sql: str, params: Any) -> list[int]:
-    """Insert each row (psycopg pipelines them), and the id each one was given."""
-    if not params:
-        return []
-    ids: list[int] = []
-    async with conn.cursor() as cur:
-        await cur.executemany(sql + " RETURNING id", params, returning=True)
-        while True:
-            row = await cur.fetchone()
-            assert row is not None  # RETURNING gives one row per insert
-            ids.append(int(row["id"]))
-            if not cur.nextset():
-                break
-    return ids
 
 
 def lock_key(name: str) -> int:

@@ -1,0 +1,148 @@
+"""How a PostgreSQL transaction body goes to the server: in as few messages as its reads
+allow.
+
+The statements a body yields are bound on the client (psycopg's client-side cursor quotes
+each value) and held until the body needs an answer from one: a row count, rows or ids.
+Then everything held goes out as one message, `BEGIN` in front of the first, and the
+server runs the statements in order, stopping at the first error (the simple-query
+protocol). The commit goes with the last of them. A transaction thus costs one round trip
+per answer its body reads, plus the last, and its statements cross the driver as one
+string instead of one by one: a statement sent on its own through psycopg costs the
+server process about 0.1 ms of CPU, bound into a string about 0.03 ms.
+
+A `checked` write is checked by the server, in the statement itself:
+
+    WITH done AS (<write> RETURNING 1) SELECT dispatchd_expect(count(*) = 1, '<n>') FROM done
+
+`dispatchd_expect` (migration 0014) raises an error of the code `EXPECT_FAILED` naming
+the statement when it did not change exactly one row. The transaction aborts there: the
+statements behind it, the commit among them, are not run, and the body's error for that
+write is raised. A later write that would have failed for the same reason (the insert of a
+key the winner of a race has just inserted) never runs, so the cause is the error raised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import AsyncClientCursor, AsyncConnection
+from psycopg.rows import DictRow
+
+from dispatchd.store.connector import Body, Query, statements
+
+T = TypeVar("T")
+Connection = AsyncConnection[DictRow]
+
+# The SQLSTATE `dispatchd_expect` raises; its message is the check's number.
+EXPECT_FAILED = "DSP01"
+
+
+class _Held:
+    """The statements held for the next message, and the checks among them."""
+
+    def __init__(self, cur: AsyncClientCursor[DictRow]) -> None:
+        self.cur = cur
+        self.parts: list[str] = []
+        self.begun = False
+        # The `checked` writes of the transaction, by the number their check raises.
+        self.checks: dict[str, Query] = {}
+
+    def hold(self, query: Query) -> int:
+        """Hold the query's statements for the next message; how many there are."""
+        kind = query.kind
+        if kind == "script":
+            found = statements(query.sql)
+            self.parts.extend(found)
+            return len(found)
+        if kind in ("many", "ids"):
+            rows: Sequence[Any] = query.params or ()
+            sql = query.sql + " RETURNING id" if kind == "ids" else query.sql
+            self.parts.extend(self.cur.mogrify(sql, params) for params in rows)
+            return len(rows)
+        bound = self.cur.mogrify(query.sql, query.params or {})
+        if kind == "checked":
+            label = str(len(self.checks))
+            self.checks[label] = query
+            bound = (
+                f"WITH done AS ({bound.rstrip().rstrip(';')} RETURNING 1) "
+                f"SELECT dispatchd_expect(count(*) = 1, '{label}') FROM done"
+            )
+        self.parts.append(bound)
+        return 1
+
+    async def send(self, *, then: str | None = None) -> None:
+        """Send what is held (and `then`, a statement to close the message with) as one
+        message; the cursor is left at the first held statement's result."""
+        parts = self.parts
+        if then is not None:
+            parts.append(then)
+        if not self.begun:
+            parts.insert(0, "BEGIN")
+        self.parts = []
+        if not parts:
+            return
+        try:
+            await self.cur.execute(";\n".join(parts))
+        except psycopg.Error as exc:
+            failed = self.checks.get(exc.diag.message_primary or "")
+            if exc.sqlstate == EXPECT_FAILED and failed is not None and failed.fail is not None:
+                raise failed.fail from exc
+            raise
+        if not self.begun:
+            self.begun = True
+            self.cur.nextset()  # past BEGIN's result
+
+    def skip(self, count: int) -> None:
+        for _ in range(count):
+            self.cur.nextset()
+
+
+async def drive(conn: Connection, body: Body[T]) -> T:
+    """Run `body` in one transaction on `conn`, a pooled connection in autocommit mode:
+    begun and committed here; on an error the pool's connection context rolls it back
+    (or, a query still running, replaces the connection)."""
+    held = _Held(AsyncClientCursor(conn))
+    result: Any = None
+    try:
+        while True:
+            try:
+                query = body.send(result)
+            except StopIteration as stop:
+                if held.begun or held.parts:
+                    await held.send(then="COMMIT")
+                return stop.value  # type: ignore[no-any-return]
+            result = await _answer(held, query)
+    finally:
+        body.close()
+
+
+async def _answer(held: _Held, query: Query) -> Any:
+    """Hold `query`, or when the body waits for its answer, send it with what is held
+    and return the answer."""
+    kind = query.kind
+    if kind in ("send", "checked", "many", "script"):
+        held.hold(query)
+        return None
+    before = len(held.parts)
+    count = held.hold(query)
+    if kind == "ids" and not count:
+        return []
+    await held.send()
+    cur = held.cur
+    held.skip(before)
+    if kind == "execute":
+        return cur.rowcount
+    if kind == "one":
+        return await cur.fetchone()
+    if kind == "all":
+        return await cur.fetchall()
+    ids: list[int] = []
+    for n in range(count):
+        if n:
+            cur.nextset()
+        row = await cur.fetchone()
+        assert row is not None  # RETURNING gives one row per insert
+        ids.append(int(row["id"]))
+    return ids
