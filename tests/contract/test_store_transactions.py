@@ -257,13 +257,8 @@ async def test_a_pooled_connection_whose_backend_ended_just_now_is_replaced_befo
 # --- PostgreSQL: how a transaction goes to the server ------------------------------------
 
 
-@pytest.mark.postgres
-@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
-async def test_a_write_transaction_goes_as_one_message_per_answer_it_reads(
-    scratch: SQLStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Writes are held until the body reads an answer, then sent with that read; the rest
-    goes with the commit. A failed check is found by the server, in the message."""
+def spy_on_messages(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The text of each message a transaction sends, as it is sent."""
     sent: list[str] = []
     execute_on_server = psycopg.AsyncClientCursor.execute
 
@@ -272,6 +267,17 @@ async def test_a_write_transaction_goes_as_one_message_per_answer_it_reads(
         return await execute_on_server(self, query, *args, **kwargs)
 
     monkeypatch.setattr(psycopg.AsyncClientCursor, "execute", spy)
+    return sent
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+async def test_a_write_transaction_goes_as_one_message_per_answer_it_reads(
+    scratch: SQLStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes are held until the body reads an answer, then sent with that read; the rest
+    goes with the commit. A failed check is found by the server, in the message."""
+    sent = spy_on_messages(monkeypatch)
 
     def body() -> Body[int]:
         yield send(sql(scratch, INSERT), {"id": "a", "n": 1})
@@ -298,6 +304,37 @@ async def test_a_write_transaction_goes_as_one_message_per_answer_it_reads(
         await scratch.connector.transaction(stale())
     assert len(sent) == 1 and sent[0].endswith("COMMIT")
     assert await contents(scratch) == {"kept": 2, "a": 1, "b": 3}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+async def test_a_commit_that_reads_only_its_event_ids_is_one_message(
+    store: SQLStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The events' insert is the body's last query: the commit goes with it."""
+    sent = spy_on_messages(monkeypatch)
+    task = make_task()
+    events = await store.commit(
+        [InsertTask(task), AppendEvent(make_event("task.created", task.id))]
+    )
+    assert len(sent) == 1 and sent[0].startswith("BEGIN") and sent[0].endswith("COMMIT")
+    assert [e.id for e in await store.read_events(after=0, limit=10)] == [events[0].id]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+async def test_a_query_after_the_body_said_last_is_refused(scratch: SQLStore) -> None:
+    """A body that goes on after its last query (a mistake in the body): the commit went
+    with that query, so what came before it stays, and what comes after is never run."""
+
+    def too_long() -> Body[None]:
+        yield send(sql(scratch, INSERT), {"id": "before", "n": 1})
+        yield one(sql(scratch, READ), {"id": "kept"}, last=True)
+        yield send(sql(scratch, INSERT), {"id": "after", "n": 1})
+
+    with pytest.raises(RuntimeError, match="after the body's last"):
+        await scratch.connector.transaction(too_long())
+    assert await contents(scratch) == {"kept": 1, "before": 1}
 
 
 @pytest.mark.postgres

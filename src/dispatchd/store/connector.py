@@ -47,6 +47,9 @@ class Query:
     params: Any = None
     # `checked`: what the transaction fails with when the statement changes no row.
     fail: Exception | None = None
+    # The body's last query (it returns once it has the answer): the connector may send
+    # the commit with it.
+    last: bool = False
 
 
 def execute(sql: str, params: Mapping[str, Any] | None = None) -> Query:
@@ -73,12 +76,12 @@ def check(query: Query, rowcount: int) -> None:
         raise query.fail
 
 
-def one(sql: str, params: Mapping[str, Any] | None = None) -> Query:
-    return Query("one", sql, params or {})
+def one(sql: str, params: Mapping[str, Any] | None = None, *, last: bool = False) -> Query:
+    return Query("one", sql, params or {}, last=last)
 
 
-def all_rows(sql: str, params: Mapping[str, Any] | None = None) -> Query:
-    return Query("all", sql, params or {})
+def all_rows(sql: str, params: Mapping[str, Any] | None = None, *, last: bool = False) -> Query:
+    return Query("all", sql, params or {}, last=last)
 
 
 def many(sql: str, params: Sequence[Mapping[str, Any]]) -> Query:

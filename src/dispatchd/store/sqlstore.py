@@ -314,7 +314,8 @@ class SQLStore:
         def body() -> Body[list[Task]]:
             if self.q.plan_queue:
                 yield send(self.q.plan_queue)
-            return [from_row(Task, r, self.codec) for r in (yield all_rows(sql, params))]
+            rows = yield all_rows(sql, params, last=True)
+            return [from_row(Task, r, self.codec) for r in rows]
 
         return await self.connector.transaction(body(), write=False)
 

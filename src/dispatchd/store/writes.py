@@ -77,7 +77,7 @@ def commit(q: Queries, ops: Sequence[Op]) -> Body[list[Event]]:
     A run of task inserts (a batch's tasks) or of attempt inserts goes to the database as
     one statement run for every row (executemany). The events go last: on PostgreSQL in one
     statement that takes the event-order lock (`append_events`), which is then held only
-    for the counters and the commit; on SQLite (one writer) as plain inserts.
+    for the commit; on SQLite (one writer) as plain inserts.
     """
     codec = q.dialect.codec
     counts: dict[str, int] = defaultdict(int)
@@ -112,19 +112,23 @@ def commit(q: Queries, ops: Sequence[Op]) -> Body[list[Event]]:
     for agent_id in sorted(registered):
         if loads[agent_id]:
             yield send(q.add_load, {"id": agent_id, "delta": loads[agent_id]})
+    # The counters before the events: the event-order lock is the last one a commit takes
+    # (`prune` takes them in the same order), and on PostgreSQL the events' insert is the
+    # body's last query, which the commit goes with.
+    yield from bump_counts(q, counts)
     events: list[Event] = []
     if to_append:
         rows = [to_row(e, codec) for e in to_append]
         if q.append_events:
-            found = yield one(q.append_events, {c: [r[c] for r in rows] for c in EVENT_FIELDS})
+            columns = {c: [r[c] for r in rows] for c in EVENT_FIELDS}
+            found = yield one(q.append_events, columns, last=True)
             ids = list(found["ids"]) if found else []
         elif len(rows) == 1:
-            row = yield one(q.insert_event, rows[0])
+            row = yield one(q.insert_event, rows[0], last=True)
             ids = [int(row["id"])]
         else:
             ids = yield insert_ids(q.insert_events, rows)
         events = [replace(e, id=i) for e, i in zip(to_append, ids, strict=True)]
-    yield from bump_counts(q, counts)
     return events
 
 
@@ -349,8 +353,22 @@ def prune(
 ) -> Body[Pruned]:
     codec = q.dialect.codec
     events = tasks = notifications = 0
+    # The tasks and their counters first: a commit takes the counters before the
+    # event-order lock, and so does this.
+    params: dict[str, Any]
+    if tasks_before is not None:
+        params = {"before": codec.dump_time(tasks_before), "limit": limit}
+        found = yield all_rows(q.finished_tasks, params)
+        ids = q.dialect.dump_list([r["id"] for r in found])
+        for sql in q.drop_task_rows if found else ():
+            yield send(sql, {"ids": ids})
+        by_status: dict[str, int] = defaultdict(int)
+        for row in found:
+            by_status[row["status"]] -= 1
+        yield from bump_counts(q, by_status)
+        tasks = len(found)
     if events_before is not None:
-        params: dict[str, Any] = {"before": codec.dump_time(events_before), "limit": limit}
+        params = {"before": codec.dump_time(events_before), "limit": limit}
         notifications = yield execute(q.prune_notifications, params)
         # Under the event-order lock: no commit appends while the prefix is cut.
         if q.lock_event_order:
@@ -367,15 +385,4 @@ def prune(
             events = yield execute(q.drop_events, {"through": through})
             params = {"name": RETENTION_CURSOR, "last": through, "at": codec.dump_time(utcnow())}
             yield send(q.save_cursor, params)
-    if tasks_before is not None:
-        params = {"before": codec.dump_time(tasks_before), "limit": limit}
-        found = yield all_rows(q.finished_tasks, params)
-        ids = q.dialect.dump_list([r["id"] for r in found])
-        for sql in q.drop_task_rows if found else ():
-            yield send(sql, {"ids": ids})
-        by_status: dict[str, int] = defaultdict(int)
-        for row in found:
-            by_status[row["status"]] -= 1
-        yield from bump_counts(q, by_status)
-        tasks = len(found)
     return Pruned(events=events, tasks=tasks, notifications=notifications)
