@@ -610,6 +610,37 @@ async def test_a_named_task_counts_once_when_the_assigner_reads_its_event_first(
 
 
 @BOTH
+async def test_only_the_assigner_reads_agents_again(
+    client: httpx.AsyncClient, register: Any, runtime: Runtime, settle: Settle
+) -> None:
+    """A creation whose named agent turned out full asks the assigner to read it again
+    rather than reading it itself: a read beside the assigner's could put back a row that
+    lacks a completion the assigner has just counted."""
+    await register("b-named", {"code": 0.5}, max_concurrent=1)
+    await settle()
+    assigner = runtime.assigner
+    directory = assigner.directory
+    outside: list[list[str]] = []
+    refresh = directory.refresh
+
+    async def spy(agent_ids: Any) -> Any:
+        ids = sorted(agent_ids)
+        if not assigner._stepping.locked():
+            outside.append(ids)
+        return await refresh(ids)
+
+    directory.refresh = spy  # type: ignore[method-assign]
+    held = await create_task(client, capabilities=["code"], assigned_to="b-named")
+    task = await create_task(client, capabilities=["code"], assigned_to="b-named")
+    await settle()
+    await pending(client, task["id"])
+    assert directory.agents["b-named"].active == 1
+    await finish(client, held["id"], "b-named")
+    await wait_assigned(client, task["id"], "b-named")
+    assert outside == []
+
+
+@BOTH
 async def test_a_task_named_for_an_unknown_agent_waits_for_it_to_register(
     client: httpx.AsyncClient, register: Any, settle: Settle
 ) -> None:

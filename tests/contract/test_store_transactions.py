@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -393,3 +394,29 @@ async def test_a_failed_transaction_is_rolled_back_before_its_connection_goes_ba
     await asyncio.sleep(0.2)  # the pool takes a connection back in a task of its own
     assert await contents(scratch) == {"kept": 1}
     assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_attempts", 2**40),
+        ("title", "nul \x00 inside"),
+        ("context", {"private": "nul \x00 inside"}),
+    ],
+)
+async def test_a_value_the_database_refuses_is_named_without_the_statement(
+    store: SQLStore, field: str, value: Any
+) -> None:
+    """Refused on the server (an integer out of range, a NUL escaped in JSON) or before it
+    is sent (a NUL in text): the error gives the reason, not the statement with the values
+    bound in it."""
+    task = make_task(title="a title that stays private")
+    bad = replace(task, **{field: value})
+    with pytest.raises(ValidationFailed) as refused:
+        await store.commit([InsertTask(bad), AppendEvent(make_event("task.created", task.id))])
+    message = str(refused.value)
+    assert message.startswith("value not storable: ")
+    assert "INSERT" not in message and "private" not in message, message
+    assert await store.get_task(task.id) is None

@@ -91,3 +91,36 @@ async def test_an_assignment_counted_twice_asks_for_a_re_read_at_the_limit() -> 
     await directory.refresh(["a1"])
     assigned = Event("task.assigned", T0, task_id="t1", agent_id="a1", id=11)
     assert not directory.apply_load(assigned)
+
+
+def test_an_assignment_not_committed_comes_off_the_count() -> None:
+    directory = Directory(cast(Store, None), default_limit=3)
+    directory.put(agent(active=0))
+    directory.note_assigned("a1", T0, "t1")
+    assert directory.agents["a1"].active == 1
+    assert directory.unnote(["t1", "never-noted"]) == {"a1"}
+    assert directory.agents["a1"].active == 0
+    # Its event, should one come, is counted as any other.
+    assert not directory.apply_load(Event("task.assigned", T0, task_id="t1", agent_id="a1", id=5))
+    assert directory.agents["a1"].active == 1
+
+
+def test_an_agent_read_since_the_note_keeps_the_row_as_its_count() -> None:
+    directory = Directory(cast(Store, None), default_limit=3)
+    directory.put(agent(active=0))
+    directory.note_assigned("a1", T0, "t1")
+    directory.put(agent(active=0))  # read again meanwhile: the row lacks the task
+    directory.unnote(["t1"])
+    assert directory.agents["a1"].active == 0
+
+
+def test_an_agent_marked_stale_wakes_whoever_reads_it_again() -> None:
+    directory = Directory(cast(Store, None), default_limit=3)
+    woken: list[bool] = []
+    directory.on_stale = lambda: woken.append(True)
+    directory.mark_stale([])
+    assert woken == []
+    directory.mark_stale(["a1", "a2"])
+    assert woken == [True]
+    assert directory.take_stale() == {"a1", "a2"}
+    assert directory.take_stale() == set()

@@ -109,6 +109,7 @@ class Assigner:
         self.refresh_s = refresh_s
         self.cursor = 0
         self._wake = asyncio.Event()
+        directory.on_stale = self._wake.set
         self._tasks_due: set[str] = set()
         # Held while a pass over the events is under way (see `caught_up`).
         self._stepping = asyncio.Lock()
@@ -222,7 +223,16 @@ class Assigner:
             self._wake.set()
 
     async def step(self) -> None:
-        """Act on the events after the cursor and on the tasks kicked meanwhile."""
+        """Act on the agents to read again, the events after the cursor and the tasks
+        kicked meanwhile."""
+        stale = self.directory.take_stale()
+        if stale:
+            self._doing = f"reading {len(stale)} agents again"
+            try:
+                await self.directory.refresh(stale)
+            except BaseException:
+                self.directory.mark_stale(stale)
+                raise
         due, self._tasks_due = self._tasks_due, set()
         if due:
             self._doing = f"considering {len(due)} tasks whose wait ended"
@@ -323,14 +333,14 @@ class Assigner:
         try:
             await self.store.commit(_writes(placement))
         except (AgentUnavailable, ConcurrentUpdate):
-            await self.placer.undo(placement)
+            await self.directory.refresh(self.placer.undo(placement))
             for task in tasks:
                 fresh = await self.store.get_task(task.id)
                 if fresh is not None and _ready(fresh, utcnow()):
                     await self.assign(fresh)
             return
         except BaseException:
-            await self.placer.undo(placement)
+            await self.directory.refresh(self.placer.undo(placement))
             raise
         self.assigned += len(placement.given)
         self.placer.settle(placement)
@@ -425,17 +435,17 @@ class Assigner:
             except AgentUnavailable:
                 # Our copy of the agent was stale: re-read it and choose again.
                 skip.update(placement.slots)
-                await self.placer.undo(placement)
+                await self.directory.refresh(self.placer.undo(placement))
                 continue
             except ConcurrentUpdate:
-                await self.placer.undo(placement)
+                await self.directory.refresh(self.placer.undo(placement))
                 fresh = await self.store.get_task(task.id)
                 if fresh is None or not _ready(fresh, now):
                     return None
                 task = fresh
                 continue
             except BaseException:
-                await self.placer.undo(placement)
+                await self.directory.refresh(self.placer.undo(placement))
                 raise
             self.assigned += 1
             self.placer.settle(placement)

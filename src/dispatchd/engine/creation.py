@@ -142,14 +142,14 @@ class TaskCreation:
             except AgentUnavailable:
                 # A chosen or named agent filled up or went away meanwhile: the tasks stay
                 # pending (with `assigned_to` kept) for the assigner, which re-reads it.
-                await self._undo(placement, births)
+                self._undo(placement, births)
                 manual = placing = False
                 continue
             except ConcurrentUpdate:
-                await self._undo(placement, births)
+                self._undo(placement, births)
                 continue
             except BaseException:
-                await self._undo(placement, births)
+                self._undo(placement, births)
                 raise
             if self.placer is not None:
                 self.placer.settle(placement, done.tasks)
@@ -170,10 +170,9 @@ class TaskCreation:
         named = {slot.agent_id for slot in births.slots}
         return placer.plan(births.open, births.steps[0][0].task.created_at, skip=named)
 
-    async def _undo(self, placement: Placement, births: Births) -> None:
+    def _undo(self, placement: Placement, births: Births) -> None:
         if self.placer is not None:
-            await self.placer.undo(placement)
-            await self.placer.unnote_named(births.named)
+            self.placer.directory.mark_stale(self.placer.undo(placement, births.named))
 
     async def _births(
         self, specs: Sequence[TaskSpec], ids: Sequence[str], caller: Caller, *, manual: bool

@@ -58,8 +58,14 @@ class Directory:
         self._by_room: dict[str, set[str]] = {}
         self._ranked: dict[str, list[RankKey]] = {}
         self._ranks: dict[str, list[tuple[str, RankKey]]] = {}
-        # Tasks whose assignment was counted here before its `task.assigned` event arrives.
-        self._noted: set[str] = set()
+        # Tasks whose assignment was counted here before its `task.assigned` event arrives,
+        # with their agent and how many times its row had been put here then.
+        self._noted: dict[str, tuple[str, int]] = {}
+        self._puts: dict[str, int] = {}
+        # Agents to read again, by the assigner (`take_stale`), which `on_stale` wakes:
+        # only it reads agents, so that no read overwrites a load it moved meanwhile.
+        self._stale: set[str] = set()
+        self.on_stale: Callable[[], None] = lambda: None
         # Where the event log stood when each agent was last read: the events up to there
         # are in the row read, and must not move its load again (`apply_load`). The
         # assigner sets `position` to its feed's head.
@@ -74,6 +80,7 @@ class Directory:
 
     async def load(self) -> None:
         at = self.position()
+        self._stale.clear()  # all are read now
         agents = await self.overlay(await self.store.all_agents())
         self._loaded_at = at
         self._read_at.clear()
@@ -86,6 +93,9 @@ class Directory:
             self.put(agent)
 
     async def refresh(self, agent_ids: Iterable[str]) -> list[Agent]:
+        """Read the agents again. Only the assigner calls this, between the events it
+        applies: a read overlapping `apply_load` would put back a row that lacks the
+        event just applied. Others ask for a re-read (`mark_stale`)."""
         ids = sorted(set(agent_ids))
         if not ids:
             return []
@@ -113,6 +123,7 @@ class Directory:
             if old.room is not None and old.room != agent.room:
                 self._by_room.get(old.room, set()).discard(agent.id)
         self.agents[agent.id] = agent
+        self._puts[agent.id] = self._puts.get(agent.id, 0) + 1
         for tag in agent.capabilities:
             self._by_tag.setdefault(tag, set()).add(agent.id)
         if agent.room is not None:
@@ -130,7 +141,8 @@ class Directory:
 
     def note_assigned(self, agent_id: str, now: datetime, task_id: str | None = None) -> None:
         """Count a task handed to the agent by this process; with `task_id`, its
-        `task.assigned` event is then not counted again (`apply_load`)."""
+        `task.assigned` event is then not counted again (`apply_load`), and `unnote`
+        takes it back if it is not committed."""
         agent = self.agents.get(agent_id)
         if agent is not None:
             self.agents[agent_id] = taken = agent.evolve(
@@ -138,11 +150,33 @@ class Directory:
             )
             self._rank(taken)
             if task_id is not None:
-                self._noted.add(task_id)
+                self._noted[task_id] = (agent_id, self._puts.get(agent_id, 0))
 
-    def forget(self, task_ids: Iterable[str]) -> None:
-        """These noted assignments were not committed (the agents are re-read instead)."""
-        self._noted.difference_update(task_ids)
+    def unnote(self, task_ids: Iterable[str]) -> set[str]:
+        """These noted assignments were not committed: each is taken off its agent's count
+        (unless the agent was read since, the row then being the count); the agents."""
+        agents: set[str] = set()
+        for task_id in task_ids:
+            noted = self._noted.pop(task_id, None)
+            if noted is None:
+                continue
+            agent_id, puts = noted
+            agents.add(agent_id)
+            agent = self.agents.get(agent_id)
+            if agent is not None and self._puts.get(agent_id, 0) == puts and agent.active > 0:
+                self.agents[agent_id] = freed = agent.evolve(active=agent.active - 1)
+                self._rank(freed)
+        return agents
+
+    def mark_stale(self, agent_ids: Iterable[str]) -> None:
+        """Have the assigner read these agents again."""
+        self._stale.update(agent_ids)
+        if self._stale:
+            self.on_stale()
+
+    def take_stale(self) -> set[str]:
+        stale, self._stale = self._stale, set()
+        return stale
 
     def apply_load(self, event: Event) -> bool:
         """Move the agent's load as `event` says, when it says exactly how: an assignment
@@ -154,8 +188,7 @@ class Directory:
         agent = self.agents.get(event.agent_id or "")
         if agent is None or event.task_id is None:
             return False
-        noted = event.task_id in self._noted
-        self._noted.discard(event.task_id)
+        noted = self._noted.pop(event.task_id, None) is not None
         read_at = max(self._read_at.get(agent.id, 0), self._loaded_at)
         if event.id is not None and event.id <= read_at:
             return event.type in ("task.assigned", "task.completed")  # in the row read

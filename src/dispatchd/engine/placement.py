@@ -149,12 +149,6 @@ class Placer:
             if task.assignee is not None:
                 self.directory.note_assigned(task.assignee, task.updated_at, task.id)
 
-    async def unnote_named(self, tasks: Collection[Task]) -> None:
-        """The named tasks were not committed: their agents are read again."""
-        if tasks:
-            self.directory.forget(t.id for t in tasks)
-            await self.directory.refresh({t.assignee for t in tasks if t.assignee is not None})
-
     def named(self, task: Task) -> None:
         """`task`, committed, was assigned by name: wake its agent."""
         if task.status is not TaskStatus.ASSIGNED or task.assignee is None:
@@ -172,10 +166,12 @@ class Placer:
         if agent.status is AgentStatus.SLEEPING:
             self.waker.wake(agent, task)
 
-    async def undo(self, placement: Placement) -> None:
-        """The placement was not committed: the claims taken look for work themselves and
-        the chosen agents are read again (the directory counted their new tasks)."""
+    def undo(self, placement: Placement, named: Iterable[Task] = ()) -> set[str]:
+        """The placement (and the tasks assigned by name beside it) was not committed: the
+        claims taken look for work themselves, and the tasks counted for the chosen agents
+        are taken off their counts. The agents, whose copies may be stale (the commit may
+        have failed on one): the assigner reads them again (`refresh`, or `mark_stale`
+        from outside it)."""
         for waiter, _ in placement.claims.values():
             waiter.release()
-        self.directory.forget(placement.task_ids())
-        await self.directory.refresh({agent.id for agent, _ in placement.given})
+        return self.directory.unnote([*placement.task_ids(), *(t.id for t in named)])

@@ -20,7 +20,7 @@ placeholder style once, when they are built.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal, Protocol, TypeVar
@@ -47,8 +47,8 @@ class Query:
     params: Any = None
     # `checked`: what the transaction fails with when the statement changes no row.
     fail: Exception | None = None
-    # The body's last query (it returns once it has the answer): the connector may send
-    # the commit with it.
+    # The body's last query (it returns once it has the answer, and nothing after it may
+    # fail): the connector may send the commit with it.
     last: bool = False
 
 
@@ -85,8 +85,9 @@ def all_rows(sql: str, params: Mapping[str, Any] | None = None, *, last: bool = 
 
 
 def many(sql: str, params: Sequence[Mapping[str, Any]]) -> Query:
-    """A write run once per parameter set, in one call to the driver (executemany); like
-    `send`, the body reads no result."""
+    """A write run once per parameter set, in one call to the driver (SQLite's
+    executemany; on PostgreSQL one bound statement each, in the message); like `send`, the
+    body reads no result."""
     return Query("many", sql, params)
 
 
@@ -200,6 +201,20 @@ def statements(script: str) -> list[str]:
             current = part
     found.append(current)
     return [part.strip() for part in found if part.strip()]
+
+
+async def drive_async(body: Body[T], run: Callable[[Query], Awaitable[Any]]) -> T:
+    """Run `body`, each query through the coroutine `run`."""
+    result: Any = None
+    try:
+        while True:
+            try:
+                query = body.send(result)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            result = await run(query)
+    finally:
+        body.close()
 
 
 def drive(body: Body[T], run: Callable[[Query], Any]) -> T:

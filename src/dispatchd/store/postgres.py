@@ -33,7 +33,7 @@ from dispatchd.errors import ConcurrentUpdate, StoreError, ValidationFailed
 from dispatchd.jobs import Backoff, JobStatus, backoff_s
 from dispatchd.store import postgres_messages as messages
 from dispatchd.store.base import Lease
-from dispatchd.store.connector import Body, Dialect, Query, Row, duplicate_key
+from dispatchd.store.connector import Body, Dialect, Query, Row, drive_async, duplicate_key
 from dispatchd.store.rows import POSTGRES as POSTGRES_CODEC
 from dispatchd.store.sqlstore import SQLStore
 
@@ -192,7 +192,9 @@ class PostgresConnector:
         except psycopg.DataError as exc:
             # Input the API guard should have refused (NUL characters, out-of-range values);
             # never a server error, and the transaction has rolled back.
-            raise ValidationFailed(f"value not storable: {exc}", code="invalid_value") from exc
+            # The reason alone: the server's text may quote the statement, values and all.
+            reason = exc.diag.message_primary or str(exc).splitlines()[0]
+            raise ValidationFailed(f"value not storable: {reason}", code="invalid_value") from exc
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise StoreError(f"database error: {exc}") from exc
 
@@ -370,22 +372,16 @@ def _starting(first: Query, body: Body[T]) -> Body[T]:
 
 async def _drive(conn: Connection, body: Body[T]) -> T:
     """Run a body of reads, each statement on its own."""
-    result: Any = None
-    try:
-        while True:
-            try:
-                query = body.send(result)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            cur = await conn.execute(query.sql, query.params)
-            if query.kind == "one":
-                result = await cur.fetchone()
-            elif query.kind == "all":
-                result = await cur.fetchall()
-            else:
-                raise ValueError(f"a body of reads sent a {query.kind} query")
-    finally:
-        body.close()
+
+    async def read(query: Query) -> Any:
+        cur = await conn.execute(query.sql, query.params)
+        if query.kind == "one":
+            return await cur.fetchone()
+        if query.kind == "all":
+            return await cur.fetchall()
+        raise ValueError(f"a body of reads sent a {query.kind} query")
+
+    return await drive_async(body, read)
 
 
 def lock_key(name: str) -> int:

@@ -17,10 +17,15 @@ A `checked` write is checked by the server, in the statement itself:
     WITH done AS (<write> RETURNING 1) SELECT dispatchd_expect(count(*) = 1, '<n>') FROM done
 
 `dispatchd_expect` (migration 0014) raises an error of the code `EXPECT_FAILED` naming
-the statement when it did not change exactly one row. The transaction aborts there: the
-statements behind it, the commit among them, are not run, and the body's error for that
-write is raised. A later write that would have failed for the same reason (the insert of a
-key the winner of a race has just inserted) never runs, so the cause is the error raised.
+the statement (in its detail) when it did not change exactly one row. The transaction
+aborts there: the statements behind it, the commit among them, are not run, and the
+body's error for that write is raised. A later write that would have failed for the
+same reason (the insert of a key the winner of a race has just inserted) never runs, so
+the cause is the error raised.
+
+Bound on the client, the statements carry their values: when one fails, PostgreSQL's log
+shows the message with them (`log_min_error_statement`, `error` by default), as it does
+for any client that binds its own values. docs/security.md says how to keep them out.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import psycopg
 from psycopg import AsyncClientCursor, AsyncConnection
 from psycopg.rows import DictRow
 
-from dispatchd.store.connector import Body, Query, statements
+from dispatchd.store.connector import Body, Query, drive_async, statements
 
 T = TypeVar("T")
 Connection = AsyncConnection[DictRow]
@@ -66,11 +71,11 @@ class _Held:
             self.parts.extend(self.cur.mogrify(sql, params) for params in rows)
             return len(rows)
         bound = self.cur.mogrify(query.sql, query.params or {})
-        if kind == "checked":
+        if kind == "checked" and query.fail is not None:
             label = str(len(self.checks))
             self.checks[label] = query
             bound = (
-                f"WITH done AS ({bound.rstrip().rstrip(';')} RETURNING 1) "
+                f"WITH done AS ({bound.rstrip().rstrip(';')}\nRETURNING 1) "
                 f"SELECT dispatchd_expect(count(*) = 1, '{label}') FROM done"
             )
         self.parts.append(bound)
@@ -90,7 +95,7 @@ class _Held:
         try:
             await self.cur.execute(";\n".join(parts))
         except psycopg.Error as exc:
-            failed = self.checks.get(exc.diag.message_primary or "")
+            failed = self.checks.get(exc.diag.message_detail or "")
             if exc.sqlstate == EXPECT_FAILED and failed is not None and failed.fail is not None:
                 raise failed.fail from exc
             raise
@@ -108,20 +113,16 @@ async def drive(conn: Connection, body: Body[T]) -> T:
     begun and committed here; on an error the pool's connection context rolls it back
     (or, a query still running, replaces the connection)."""
     held = _Held(AsyncClientCursor(conn))
-    result: Any = None
-    try:
-        while True:
-            try:
-                query = body.send(result)
-            except StopIteration as stop:
-                if not held.ended and (held.begun or held.parts):
-                    await held.send(then="COMMIT")
-                return stop.value  # type: ignore[no-any-return]
-            if held.ended:
-                raise RuntimeError(f"a query after the body's last: {query.sql[:80]}")
-            result = await _answer(held, query)
-    finally:
-        body.close()
+
+    async def answer(query: Query) -> Any:
+        if held.ended:
+            raise RuntimeError(f"a query after the body's last: {query.sql[:80]}")
+        return await _answer(held, query)
+
+    value = await drive_async(body, answer)
+    if not held.ended and (held.begun or held.parts):
+        await held.send(then="COMMIT")
+    return value
 
 
 async def _answer(held: _Held, query: Query) -> Any:

@@ -99,8 +99,8 @@ class Queries:
                 + " ON CONFLICT (webhook_id, event_id) DO NOTHING"
             ),
         )
-        # A commit's events go in one executemany (`insert_ids`, which returns their ids):
-        # the one insert of an event, without its RETURNING.
+        # A commit's events on SQLite go in one executemany (`insert_ids`, which returns
+        # their ids): the one insert of an event, without its RETURNING.
         one_event = self._sql["insert_event"]
         assert one_event.endswith("RETURNING id"), "insert_event returns the id it gave"
         self._sql["insert_events"] = one_event.removesuffix("RETURNING id").rstrip()

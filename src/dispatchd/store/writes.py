@@ -75,7 +75,7 @@ def commit(q: Queries, ops: Sequence[Op]) -> Body[list[Event]]:
     """Apply `ops`; the appended events with their ids.
 
     A run of task inserts (a batch's tasks) or of attempt inserts goes to the database as
-    one statement run for every row (executemany). The events go last: on PostgreSQL in one
+    one statement run for every row (`many`). The events go last: on PostgreSQL in one
     statement that takes the event-order lock (`append_events`), which is then held only
     for the commit; on SQLite (one writer) as plain inserts.
     """
