@@ -324,6 +324,36 @@ async def test_a_commit_that_reads_only_its_event_ids_is_one_message(
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+async def test_a_run_of_inserts_is_one_statement_of_every_row(
+    store: SQLStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's tasks (and a dependency named twice, which is kept once) go as one INSERT
+    each, parsed once by the server, not one per row."""
+    sent = spy_on_messages(monkeypatch)
+    parent = make_task()
+    await insert(store, parent)
+    children = [
+        replace(make_task(), depends_on=(parent.id, parent.id), title=f"child {n}")
+        for n in range(30)
+    ]
+    sent.clear()
+    await store.commit(
+        [InsertTask(c) for c in children]
+        + [AppendEvent(make_event("task.created", c.id)) for c in children]
+    )
+    assert len(sent) == 1
+    statements = sent[0].split(";\n")
+    assert sum(s.startswith("INSERT INTO tasks") for s in statements) == 1
+    assert sum(s.startswith("INSERT INTO task_deps") for s in statements) == 1
+    stored = await store.get_tasks([c.id for c in children])
+    assert sorted(t.title for t in stored) == sorted(c.title for c in children)
+    count = sql(store, "SELECT count(*) AS n FROM task_deps WHERE parent_id = :id")
+    found = await store.connector.fetch_one(count, {"id": parent.id})
+    assert found is not None and found["n"] == 30
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
 async def test_a_query_after_the_body_said_last_is_refused(scratch: SQLStore) -> None:
     """A body that goes on after its last query (a mistake in the body): the commit went
     with that query, so what came before it stays, and what comes after is never run."""
