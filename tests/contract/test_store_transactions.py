@@ -328,13 +328,13 @@ async def test_a_run_of_inserts_is_one_statement_of_every_row(
     store: SQLStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A batch's tasks (and a dependency named twice, which is kept once) go as one INSERT
-    each, parsed once by the server, not one per row."""
+    each, parsed once by the server, not one per row (below OVERLAP_ROWS rows)."""
     sent = spy_on_messages(monkeypatch)
     parent = make_task()
     await insert(store, parent)
     children = [
         replace(make_task(), depends_on=(parent.id, parent.id), title=f"child {n}")
-        for n in range(30)
+        for n in range(20)
     ]
     sent.clear()
     await store.commit(
@@ -349,7 +349,35 @@ async def test_a_run_of_inserts_is_one_statement_of_every_row(
     assert sorted(t.title for t in stored) == sorted(c.title for c in children)
     count = sql(store, "SELECT count(*) AS n FROM task_deps WHERE parent_id = :id")
     found = await store.connector.fetch_one(count, {"id": parent.id})
-    assert found is not None and found["n"] == 30
+    assert found is not None and found["n"] == 20
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+async def test_a_large_run_of_inserts_is_bound_by_the_server_within_the_transaction(
+    scratch: SQLStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From OVERLAP_ROWS rows a run of inserts goes through executemany, between the
+    messages of the same transaction: a failure after it keeps none of its rows."""
+    from dispatchd.store.postgres_messages import OVERLAP_ROWS
+
+    sent = spy_on_messages(monkeypatch)
+    many_rows = [{"id": f"r{n}", "n": n} for n in range(OVERLAP_ROWS)]
+
+    def body(fail: bool) -> Body[None]:
+        yield send(sql(scratch, BUMP), {"id": "kept"})
+        yield many(sql(scratch, INSERT), many_rows)
+        yield checked(sql(scratch, BUMP), {"id": "missing" if fail else "r0"}, Moved("moved"))
+
+    with pytest.raises(Moved):
+        await scratch.connector.transaction(body(fail=True))
+    assert await contents(scratch) == {"kept": 1}
+    sent.clear()
+    await scratch.connector.transaction(body(fail=False))
+    found = await contents(scratch)
+    assert len(found) == OVERLAP_ROWS + 1 and found["kept"] == 2 and found["r0"] == 1
+    assert len(sent) == 2 and sent[0].startswith("BEGIN") and sent[-1].endswith("COMMIT")
+    assert not any("INSERT INTO scratch" in message for message in sent)
 
 
 @pytest.mark.postgres

@@ -13,7 +13,9 @@ string instead of one by one: a statement sent on its own through psycopg costs 
 server process about 0.1 ms of CPU, bound into a string about 0.03 ms. Values are quoted
 by psycopg's own adapters (`Transformer.as_literal`, as its client-side cursor does) into
 a template made once per statement, a quarter of what `mogrify` costs for a task's row;
-the rows of a run of inserts (`many`) go as one multi-row INSERT.
+the rows of a run of inserts (`many`) go as one multi-row INSERT, or, from `OVERLAP_ROWS`
+rows, through psycopg's `executemany`, which lets the server insert while the client
+binds (a 100-task batch: 20 ms instead of 29 to 32).
 
 A `checked` write is checked by the server, in the statement itself:
 
@@ -50,6 +52,8 @@ Connection = AsyncConnection[DictRow]
 
 # The SQLSTATE `dispatchd_expect` raises; its detail is the check's number.
 EXPECT_FAILED = "DSP01"
+# A run of inserts of this many rows or more goes through executemany (`_answer`).
+OVERLAP_ROWS = 50
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
 _VALUES = re.compile(r"\sVALUES\s*\(", re.IGNORECASE)
 
@@ -194,6 +198,14 @@ async def _answer(held: _Held, query: Query) -> Any:
     """Hold `query`, or when the body waits for its answer, send it with what is held
     and return the answer."""
     kind = query.kind
+    if kind == "many" and len(query.params or ()) >= OVERLAP_ROWS:
+        # Bound by the server and sent row by row (psycopg's executemany), so that the
+        # server inserts while the next rows are bound: a round trip more, but a large
+        # batch's wall time is then the longer of the two, not their sum.
+        await held.send()
+        async with held.cur.connection.cursor() as cur:
+            await cur.executemany(query.sql, query.params)
+        return None
     if kind in ("send", "checked", "many", "script"):
         held.hold(query)
         return None
