@@ -314,8 +314,7 @@ class SQLStore:
         def body() -> Body[list[Task]]:
             if self.q.plan_queue:
                 yield send(self.q.plan_queue)
-            rows = yield all_rows(sql, params, last=True)
-            return [from_row(Task, r, self.codec) for r in rows]
+            return [from_row(Task, r, self.codec) for r in (yield all_rows(sql, params, last=True))]
 
         return await self.connector.transaction(body(), write=False)
 
