@@ -68,8 +68,8 @@ class _Held:
         self.begun = False
         # The commit went with the body's last read.
         self.ended = False
-        # The `checked` writes of the transaction, by the number their check raises.
-        self.checks: dict[str, Query] = {}
+        # The errors of the transaction's `checked` writes, by the number their check raises.
+        self.checks: dict[str, Exception] = {}
 
     def hold(self, query: Query) -> int:
         """Hold the query's statements for the next message; how many there are."""
@@ -93,7 +93,7 @@ class _Held:
         bound = self.bind(query.sql, query.params or {})
         if kind == "checked" and query.fail is not None:
             label = str(len(self.checks))
-            self.checks[label] = query
+            self.checks[label] = query.fail
             bound = (
                 f"WITH done AS ({bound.rstrip().rstrip(';')}\nRETURNING 1) "
                 f"SELECT dispatchd_expect(count(*) = 1, '{label}') FROM done"
@@ -126,8 +126,8 @@ class _Held:
             await self.cur.execute(";\n".join(parts))
         except psycopg.Error as exc:
             failed = self.checks.get(exc.diag.message_detail or "")
-            if exc.sqlstate == EXPECT_FAILED and failed is not None and failed.fail is not None:
-                raise failed.fail from exc
+            if exc.sqlstate == EXPECT_FAILED and failed is not None:
+                raise failed from exc
             raise
         if not self.begun:
             self.begun = True
