@@ -152,10 +152,13 @@ class Runtime:
         self.feed = EventFeed(self.store)
         self.store.on_written(self.feed.written)
         self.store.on_commit(self.feed.committed)
-        if self.store.dialect == "sqlite":
-            # This process is the file's only writer: its last write of a task is the row
-            # (a copy that is not, such as one retention deleted, fails the version check).
-            self.tasks.known = self.feed.task
+        # A transition starts from the task as this process last wrote it. On SQLite this
+        # process is the file's only writer, so that is the row; on PostgreSQL another
+        # replica may have written it since. Either way a copy that is not the row (written
+        # elsewhere, or deleted by retention) fails its version check, and the task is
+        # then read and decided again: one round trip saved on every transition of a task
+        # this replica wrote last, one wasted on a task another replica wrote since.
+        self.tasks.known = self.feed.task
         # PromptForge / Warren, when configured (docs/providers.md).
         self.external = external = connect(self.settings)
         self.directory = Directory(

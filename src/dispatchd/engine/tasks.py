@@ -77,8 +77,8 @@ class TaskService:
         self.store = store
         self.policy = policy
         self.rules = rules or Rules()
-        # The task as this process last wrote it, when no other process writes tasks
-        # (`transact`'s `known`); set by the runtime.
+        # The task as this process last wrote it, if remembered (`transact`'s `known`);
+        # set by the runtime.
         self.known: Callable[[str], Task | None] | None = None
         self._random = random.SystemRandom()
         self.creation = TaskCreation(

@@ -35,8 +35,10 @@ for any client that binds its own values. docs/security.md says how to keep them
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -44,6 +46,7 @@ import psycopg
 from psycopg import AsyncClientCursor, AsyncConnection
 from psycopg.adapt import Transformer
 from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
 
 from dispatchd.store.connector import Body, Query, drive_async, statements
 
@@ -107,9 +110,28 @@ class _Held:
         texts, names = _template(sql)
         out = [texts[0]]
         for name, text in zip(names, texts[1:], strict=True):
-            out.append(self.literal(params[name]).decode())
+            out.append(self.quote(params[name]))
             out.append(text)
         return "".join(out)
+
+    def quote(self, value: Any) -> str:
+        """`value` as a literal. The values rows mostly hold (text, integers, UTC times,
+        JSON, booleans, NULL) are written here, character for character as psycopg's
+        adapters write them (`as_literal`) at a fraction of the cost; the rest by psycopg.
+        An array of such values is `ARRAY[...]` of their literals, typed by them (psycopg
+        writes an array literal, `'{...}'`, which costs more to build than the rest of a
+        commit's events)."""
+        fast = _QUOTE.get(type(value))
+        if fast is not None:
+            text = fast(value)
+            if text is not None:
+                return text
+        elif type(value) is list and value and not any(type(item) is list for item in value):
+            items = [self.quote(item) for item in value]
+            if any(item != "NULL" for item in items):
+                return f"ARRAY[{', '.join(items)}]"
+            return f"'{{{','.join(items)}}}'"  # NULLs alone: no type to give ARRAY[...]
+        return bytes(self.literal(value)).decode()
 
     async def send(self, *, then: str | None = None) -> None:
         """Send what is held (and `then`, a statement to close the message with) as one
@@ -136,6 +158,41 @@ class _Held:
     def skip(self, count: int) -> None:
         for _ in range(count):
             self.cur.nextset()
+
+
+def _quote_text(value: str) -> str | None:
+    # psycopg (libpq's PQescapeLiteral) writes a backslash in an E'' string, refuses NUL
+    # and encodes to the connection's encoding: those, and anything not ASCII, go to it.
+    if not value.isascii() or "\\" in value or "\x00" in value:
+        return None
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _quote_int(value: int) -> str:
+    return str(value) if value >= 0 else f" {value}"
+
+
+def _quote_time(value: datetime) -> str | None:
+    if value.tzinfo is not UTC:
+        return None
+    return f"'{value}'::timestamptz"
+
+
+def _quote_json(value: Jsonb) -> str | None:
+    if value.dumps is not None:
+        return None
+    text = _quote_text(json.dumps(value.obj))
+    return None if text is None else text + "::jsonb"
+
+
+_QUOTE: dict[type, Callable[[Any], str | None]] = {
+    type(None): lambda _: "NULL",
+    bool: lambda value: "true" if value else "false",
+    int: _quote_int,
+    str: _quote_text,
+    datetime: _quote_time,
+    Jsonb: _quote_json,
+}
 
 
 @lru_cache(maxsize=512)
