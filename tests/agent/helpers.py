@@ -67,14 +67,16 @@ def make_task(**fields: Any) -> Task:
     return Task.model_validate(task_json(**fields))
 
 
-async def settled(client: AsyncClient, task_id: str, *states: str) -> TaskDetail:
-    """The task once its status is one of `states` (waiting up to 30 s)."""
+async def settled(
+    client: AsyncClient, task_id: str, *states: str, limit_s: float = 30.0
+) -> TaskDetail:
+    """The task once its status is one of `states` (waiting up to `limit_s`)."""
 
     async def probe() -> TaskDetail | None:
         task = await client.get_task(task_id)
         return task if task.status.value in states else None
 
-    return await eventually(probe, f"task {task_id} to become {'/'.join(states)}", limit_s=30)
+    return await eventually(probe, f"task {task_id} to become {'/'.join(states)}", limit_s=limit_s)
 
 
 class Serving(Protocol):

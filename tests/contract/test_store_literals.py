@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 
 from dispatchd.store import postgres_messages
 from dispatchd.store.base import AppendEvent, InsertTask
-from dispatchd.store.postgres_messages import _Held
+from dispatchd.store.postgres_messages import _Held, _Prepared
 from dispatchd.store.sqlstore import SQLStore
 from tests.contract.test_store import full_task, make_event, make_task
 
@@ -83,7 +83,7 @@ async def held(store: SQLStore) -> AsyncIterator[_Held]:
     url = store.connector.url  # type: ignore[attr-defined]
     conn = await psycopg.AsyncConnection.connect(url, autocommit=True, row_factory=dict_row)
     try:
-        yield _Held(psycopg.AsyncClientCursor(conn))
+        yield _Held(psycopg.AsyncClientCursor(conn), _Prepared())
     finally:
         await conn.close()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 
 from dispatchd.errors import ConcurrentUpdate, DuplicateKey, ValidationFailed
 from dispatchd.store.base import AppendEvent, InsertTask, TouchTask
-from dispatchd.store.connector import Body, checked, execute, many, one, send
+from dispatchd.store.connector import Body, all_rows, checked, execute, many, one, send
 from dispatchd.store.postgres import PostgresStore
 from dispatchd.store.sqlstore import SQLStore
 from tests.contract.test_store import StoreFactory, insert, make_event, make_task
@@ -258,13 +259,27 @@ async def test_a_pooled_connection_whose_backend_ended_just_now_is_replaced_befo
 # --- PostgreSQL: how a transaction goes to the server ------------------------------------
 
 
-def spy_on_messages(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The text of each message a transaction sends, as it is sent."""
+def spy_on_messages(monkeypatch: pytest.MonkeyPatch, *, raw: bool = False) -> list[str]:
+    """The text of each message a transaction sends, as it is sent; unless `raw`, with
+    the `PREPARE`s left out and each `EXECUTE` shown as the statement it runs."""
     sent: list[str] = []
+    prepared: dict[str, str] = {}
     execute_on_server = psycopg.AsyncClientCursor.execute
 
+    def shown(part: str) -> str | None:
+        found = re.match(r"PREPARE (\w+)(?:\([^)]*\))? AS (.*)", part, re.DOTALL)
+        if found:
+            prepared[found[1]] = found[2]
+            return None
+        found = re.match(r"EXECUTE (\w+)", part)
+        return prepared.get(found[1], part) if found else part
+
     async def spy(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-        sent.append(str(query))
+        text = str(query)
+        if not raw:
+            parts = [shown(part) for part in text.split(";\n")]
+            text = ";\n".join(part for part in parts if part is not None)
+        sent.append(text)
         return await execute_on_server(self, query, *args, **kwargs)
 
     monkeypatch.setattr(psycopg.AsyncClientCursor, "execute", spy)
@@ -478,3 +493,126 @@ async def test_a_value_the_database_refuses_is_named_without_the_statement(
     assert message.startswith("value not storable: ")
     assert "INSERT" not in message and "private" not in message, message
     assert await store.get_task(task.id) is None
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+async def test_a_write_is_prepared_once_per_connection_then_executed(
+    scratch: SQLStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server parses and plans a write once per connection: the first transaction
+    that sends it prepares it, the next ones only execute it. Reads of several rows (the
+    queue among them) are planned for their values each time, and statements `PREPARE`
+    does not take (`SET`) go as they are."""
+    store = PostgresStore(scratch.connector.url, pool_size=1)  # type: ignore[attr-defined]
+    await store.open()
+    try:
+        sent = spy_on_messages(monkeypatch, raw=True)
+
+        def body(n: int) -> Body[list[Any]]:
+            yield send("SET LOCAL enable_sort = off")
+            yield checked(sql(store, BUMP), {"id": "kept"}, Moved("kept"))
+            return (yield all_rows(sql(store, READ), {"id": "kept"}, last=True))
+
+        assert await store.connector.transaction(body(1)) == [{"n": 2}]
+        assert await store.connector.transaction(body(2)) == [{"n": 3}]
+        first, second = (message.split(";\n") for message in sent)
+        assert [p.split()[0] for p in first] == [
+            "PREPARE",
+            "BEGIN",
+            "SET",
+            "EXECUTE",
+            "SELECT",
+            "COMMIT",
+        ], first
+        assert [p.split()[0] for p in second] == ["BEGIN", "SET", "EXECUTE", "SELECT", "COMMIT"]
+        assert first[3] == second[2] and first[3].endswith("('kept', '0')")
+        found = await store.connector.fetch_all(
+            "SELECT statement FROM pg_prepared_statements WHERE name LIKE 'dsp%%'", {}
+        )
+        assert len(found) == 1 and "UPDATE scratch" in found[0]["statement"]
+    finally:
+        await store.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+async def test_a_failed_transaction_that_prepared_leaves_the_connection_knowing_its_statements(
+    scratch: SQLStore,
+) -> None:
+    """`PREPARE` outlives the transaction it was sent in: after one that failed, the
+    connection is asked what it has prepared, so that a statement is neither prepared
+    twice (an error) nor executed unprepared."""
+    store = PostgresStore(scratch.connector.url, pool_size=1)  # type: ignore[attr-defined]
+    await store.open()
+    try:
+
+        def stale() -> Body[None]:
+            yield send(sql(store, INSERT), {"id": "x", "n": 1})
+            yield checked(sql(store, BUMP), {"id": "missing"}, Moved("no such row"))
+            yield one("SELECT 1 AS one", last=True)
+
+        with pytest.raises(Moved):
+            await store.connector.transaction(stale())
+
+        def fine() -> Body[None]:
+            yield send(sql(store, INSERT), {"id": "y", "n": 1})
+            yield checked(sql(store, BUMP), {"id": "y"}, Moved("y"))
+
+        await store.connector.transaction(fine())
+        assert await contents(store) == {"kept": 1, "y": 2}
+    finally:
+        await store.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+async def test_statements_psycopg_drops_after_a_rollback_are_prepared_again(
+    scratch: SQLStore,
+) -> None:
+    """psycopg prepares the reads it runs often, and once it has, a rollback makes it
+    drop every prepared statement of the connection (ours among them): the next
+    transaction prepares what it executes again."""
+    store = PostgresStore(scratch.connector.url, pool_size=1)  # type: ignore[attr-defined]
+    await store.open()
+    try:
+
+        def bump(row: str) -> Body[None]:
+            yield checked(sql(store, BUMP), {"id": row}, Moved(row))
+
+        await store.connector.transaction(bump("kept"))
+        for _ in range(6):  # psycopg's own threshold is 5
+            await store.connector.fetch_all(sql(store, READ), {"id": "kept"})
+        with pytest.raises(Moved):
+            await store.connector.transaction(bump("missing"))
+        names = await store.connector.fetch_all("SELECT name FROM pg_prepared_statements", {})
+        assert names == []  # dropped with the rollback
+        await store.connector.transaction(bump("kept"))
+        assert await contents(store) == {"kept": 3}
+    finally:
+        await store.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+async def test_a_transaction_still_runs_after_a_migration_changed_its_tables_columns(
+    scratch: SQLStore,
+) -> None:
+    """A replica keeps running while another one migrates the database: its prepared
+    writes still run, and its reads (never prepared) return the rows' new shape."""
+    store = PostgresStore(scratch.connector.url, pool_size=1)  # type: ignore[attr-defined]
+    await store.open()
+    try:
+
+        def body() -> Body[Any]:
+            yield checked(sql(store, BUMP), {"id": "kept"}, Moved("kept"))
+            yield send(sql(store, INSERT), {"id": f"r{len(seen)}", "n": 0})
+            return (yield one("SELECT * FROM scratch WHERE id = 'kept'", last=True))
+
+        seen: list[Any] = []
+        seen.append(await store.connector.transaction(body()))
+        await scratch.connector.execute("ALTER TABLE scratch ADD COLUMN extra INTEGER", {})
+        seen.append(await store.connector.transaction(body()))
+        assert seen == [{"id": "kept", "n": 2}, {"id": "kept", "n": 3, "extra": None}]
+    finally:
+        await store.close()
