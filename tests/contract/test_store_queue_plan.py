@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from dispatchd.store.base import ClaimView, Op
-from dispatchd.store.connector import Body, Query, all_rows
+from dispatchd.store.connector import Body, Query, all_rows, together
 from dispatchd.store.postgres import PostgresStore
 from tests.contract.test_store import StoreFactory, insert, make_task
 from tests.contract.test_store_engine import add_agent, query
@@ -33,12 +33,29 @@ def explaining(body: Body[Any], plans: list[Any]) -> Body[Any]:
             query_ = body.send(result)
         except StopIteration as stop:
             return stop.value
-        if query_.kind == "all" and "status = 'pending'" in query_.sql:
-            rows = yield all_rows("EXPLAIN (FORMAT JSON) " + query_.sql, query_.params)
+        if _queue_read(query_):
+            rows = yield explained(query_)
             plans.append(rows[0]["QUERY PLAN"][0]["Plan"])
             result = []
+        elif query_.kind == "together":  # reads sent together: the queue's among them
+            parts = list(query_.params)
+            results = yield together(*(explained(q) if _queue_read(q) else q for q in parts))
+            result = []
+            for part, found in zip(parts, results, strict=True):
+                if _queue_read(part):
+                    plans.append(found[0]["QUERY PLAN"][0]["Plan"])
+                    found = []
+                result.append(found)
         else:
             result = yield query_
+
+
+def _queue_read(query_: Query) -> bool:
+    return query_.kind == "all" and "status = 'pending'" in query_.sql
+
+
+def explained(query_: Query) -> Query:
+    return all_rows("EXPLAIN (FORMAT JSON) " + query_.sql, query_.params)
 
 
 def nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:

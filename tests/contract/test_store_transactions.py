@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from dispatchd.errors import ConcurrentUpdate, DuplicateKey, ValidationFailed
-from dispatchd.store.base import AppendEvent, InsertTask, TouchTask
+from dispatchd.store.base import AppendEvent, ClaimView, InsertTask, Op, TouchTask
 from dispatchd.store.connector import Body, all_rows, checked, execute, many, one, send
 from dispatchd.store.postgres import PostgresStore
 from dispatchd.store.sqlstore import SQLStore
@@ -616,3 +616,31 @@ async def test_a_transaction_still_runs_after_a_migration_changed_its_tables_col
         assert seen == [{"id": "kept", "n": 2}, {"id": "kept", "n": 3, "extra": None}]
     finally:
         await store.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+async def test_a_claim_reads_its_agent_and_tasks_in_one_message_and_commits_in_another(
+    store: SQLStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent's row, the tasks assigned to it and the queue it may take from go out
+    together, the agent's lock first; the claim's writes go with the commit."""
+    from tests.contract.test_store_engine import add_agent, query
+
+    await add_agent(store)
+    task = make_task()
+    await store.commit([InsertTask(task)])
+    sent = spy_on_messages(monkeypatch)
+
+    def plan(view: ClaimView) -> list[Op]:
+        assert view.agent is not None and [t.id for t in view.candidates] == [task.id]
+        return [TouchTask(task.id, task.version)]
+
+    assert await store.claim(query(), plan) == []
+    assert len(sent) == 2, sent
+    reads = sent[0].split(";\n")
+    assert reads[0] == "BEGIN" and "FROM agents" in reads[1] and "FOR UPDATE" in reads[1]
+    assert "status = 'assigned'" in reads[2] and reads[3].startswith("SET LOCAL")
+    assert "SKIP LOCKED" in reads[4] and len(reads) == 5
+    writes = sent[1].split(";\n")
+    assert "UPDATE tasks" in writes[0] and writes[1:] == ["COMMIT"], writes

@@ -32,7 +32,7 @@ from dispatchd.store.rows import Codec
 
 T = TypeVar("T")
 Row = Mapping[str, Any]
-Kind = Literal["execute", "send", "checked", "one", "all", "many", "ids", "script"]
+Kind = Literal["execute", "send", "checked", "one", "all", "many", "ids", "script", "together"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +82,14 @@ def one(sql: str, params: Mapping[str, Any] | None = None, *, last: bool = False
 
 def all_rows(sql: str, params: Mapping[str, Any] | None = None, *, last: bool = False) -> Query:
     return Query("all", sql, params or {}, last=last)
+
+
+def together(*queries: Query) -> Query:
+    """Reads a body needs at the same point, with writes between them (`send`), in this
+    order; the result is each one's result (None for a write). The connector may send
+    them in one message: one round trip for all of them."""
+    assert all(q.kind in ("one", "all", "send") for q in queries), "reads and sends only"
+    return Query("together", "", queries)
 
 
 def many(sql: str, params: Sequence[Mapping[str, Any]]) -> Query:

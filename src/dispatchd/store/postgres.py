@@ -374,6 +374,8 @@ async def _drive(conn: Connection, body: Body[T]) -> T:
     """Run a body of reads, each statement on its own."""
 
     async def read(query: Query) -> Any:
+        if query.kind == "together":
+            return [await read(each) for each in query.params]
         cur = await conn.execute(query.sql, query.params)
         if query.kind == "one":
             return await cur.fetchone()

@@ -422,6 +422,8 @@ async def _answer(held: _Held, query: Query) -> Any:
     if kind in ("send", "checked", "many", "script"):
         held.hold(query)
         return None
+    if kind == "together":
+        return await _together(held, query.params)
     before = len(held.parts)
     count = held.hold(query)
     if kind == "ids" and not count:
@@ -444,3 +446,23 @@ async def _answer(held: _Held, query: Query) -> Any:
         assert row is not None  # RETURNING gives one row per insert
         ids.append(int(row["id"]))
     return ids
+
+
+async def _together(held: _Held, queries: Sequence[Query]) -> list[Any]:
+    """Reads (and writes between them) sent in one message; each one's result."""
+    at: list[int | None] = []
+    for query in queries:
+        at.append(None if query.kind == "send" else len(held.parts))
+        held.hold(query)
+    await held.send()
+    cur = held.cur
+    results: list[Any] = []
+    now = 0  # the cursor is at the first held statement's result
+    for query, where in zip(queries, at, strict=True):
+        if where is None:
+            results.append(None)
+            continue
+        held.skip(where - now)
+        now = where
+        results.append(await cur.fetchone() if query.kind == "one" else await cur.fetchall())
+    return results

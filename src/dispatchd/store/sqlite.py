@@ -483,6 +483,8 @@ def _run(conn: sqlite3.Connection, query: Query) -> Any:
     if kind == "many":
         conn.executemany(sql, params)
         return None
+    if kind == "together":
+        return [_run(conn, each) for each in params]
     if kind == "ids":
         if not params:
             return []

@@ -55,6 +55,7 @@ from dispatchd.store.connector import (
     many,
     one,
     send,
+    together,
 )
 from dispatchd.store.queries import Queries
 from dispatchd.store.rooms import DeleteRoom, InsertRoom, RequireRoom, UpdateRoom
@@ -333,17 +334,22 @@ def claim(q: Queries, query: ClaimQuery, plan: ClaimPlan) -> Body[list[Event]]:
     only writer, so nothing read here can change before the commit.
     """
     codec = q.dialect.codec
-    row = yield one(q.lock_agent, {"id": query.agent_id})
+    # The agent, what was assigned to it and what it may take, read in one go (one round
+    # trip on PostgreSQL); the agent's row is locked first, as by every writer of it.
+    sql, params = q.claimable(query, lock=True)
+    reads = [
+        one(q.lock_agent, {"id": query.agent_id}),
+        all_rows(q.assigned, {"agent_id": query.agent_id, "limit": query.limit}),
+        *([send(q.plan_queue)] if q.plan_queue else []),
+        all_rows(sql, params),
+    ]
+    row, assigned_rows, *_, candidate_rows = yield together(*reads)
     agent = from_row(Agent, row, codec) if row else None
     assigned: list[Task] = []
     candidates: list[Task] = []
     if agent is not None:
-        params = {"agent_id": query.agent_id, "limit": query.limit}
-        assigned = [from_row(Task, r, codec) for r in (yield all_rows(q.assigned, params))]
-        sql, params = q.claimable(query, lock=True)
-        if q.plan_queue:
-            yield send(q.plan_queue)
-        candidates = [from_row(Task, r, codec) for r in (yield all_rows(sql, params))]
+        assigned = [from_row(Task, r, codec) for r in assigned_rows]
+        candidates = [from_row(Task, r, codec) for r in candidate_rows]
     ops = plan(ClaimView(agent, assigned, candidates))
     return (yield from commit(q, ops)) if ops else []
 
