@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -43,6 +44,18 @@ async def scratch(store: SQLStore) -> SQLStore:
     await store.connector.transaction(body())
     await rows(store, ("kept", 1))
     return store
+
+
+@pytest.fixture
+async def one_connection(scratch: SQLStore) -> AsyncIterator[PostgresStore]:
+    """A second store on the scratch database, with one connection: each transaction
+    runs on the connection the one before it ran on."""
+    store = PostgresStore(scratch.connector.url, pool_size=1)  # type: ignore[attr-defined]
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 async def rows(store: SQLStore, *values: tuple[str, int]) -> None:
@@ -498,124 +511,109 @@ async def test_a_value_the_database_refuses_is_named_without_the_statement(
 @pytest.mark.postgres
 @pytest.mark.parametrize("engine", ["postgres"], indirect=True)
 async def test_a_write_is_prepared_once_per_connection_then_executed(
-    scratch: SQLStore, monkeypatch: pytest.MonkeyPatch
+    one_connection: PostgresStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The server parses and plans a write once per connection: the first transaction
     that sends it prepares it, the next ones only execute it. Reads of several rows (the
     queue among them) are planned for their values each time, and statements `PREPARE`
     does not take (`SET`) go as they are."""
-    store = PostgresStore(scratch.connector.url, pool_size=1)  # type: ignore[attr-defined]
-    await store.open()
-    try:
-        sent = spy_on_messages(monkeypatch, raw=True)
+    store = one_connection
+    sent = spy_on_messages(monkeypatch, raw=True)
 
-        def body(n: int) -> Body[list[Any]]:
-            yield send("SET LOCAL enable_sort = off")
-            yield checked(sql(store, BUMP), {"id": "kept"}, Moved("kept"))
-            return (yield all_rows(sql(store, READ), {"id": "kept"}, last=True))
+    def body() -> Body[list[Any]]:
+        yield send("SET LOCAL enable_sort = off")
+        yield checked(sql(store, BUMP), {"id": "kept"}, Moved("kept"))
+        return (yield all_rows(sql(store, READ), {"id": "kept"}, last=True))
 
-        assert await store.connector.transaction(body(1)) == [{"n": 2}]
-        assert await store.connector.transaction(body(2)) == [{"n": 3}]
-        first, second = (message.split(";\n") for message in sent)
-        assert [p.split()[0] for p in first] == [
-            "PREPARE",
-            "BEGIN",
-            "SET",
-            "EXECUTE",
-            "SELECT",
-            "COMMIT",
-        ], first
-        assert [p.split()[0] for p in second] == ["BEGIN", "SET", "EXECUTE", "SELECT", "COMMIT"]
-        assert first[3] == second[2] and first[3].endswith("('kept', '0')")
-        found = await store.connector.fetch_all(
-            "SELECT statement FROM pg_prepared_statements WHERE name LIKE 'dsp%%'", {}
-        )
-        assert len(found) == 1 and "UPDATE scratch" in found[0]["statement"]
-    finally:
-        await store.close()
+    assert await store.connector.transaction(body()) == [{"n": 2}]
+    assert await store.connector.transaction(body()) == [{"n": 3}]
+    first, second = (message.split(";\n") for message in sent)
+    assert [p.split()[0] for p in first] == [
+        "PREPARE",
+        "BEGIN",
+        "SET",
+        "EXECUTE",
+        "SELECT",
+        "COMMIT",
+    ], first
+    assert [p.split()[0] for p in second] == ["BEGIN", "SET", "EXECUTE", "SELECT", "COMMIT"]
+    assert first[3] == second[2] and first[3].endswith("('kept', '0')")
+    found = await store.connector.fetch_all(
+        "SELECT statement FROM pg_prepared_statements WHERE name LIKE 'dsp%%'", {}
+    )
+    assert len(found) == 1 and "UPDATE scratch" in found[0]["statement"]
 
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("engine", ["postgres"], indirect=True)
 async def test_a_failed_transaction_that_prepared_leaves_the_connection_knowing_its_statements(
-    scratch: SQLStore,
+    one_connection: PostgresStore,
 ) -> None:
     """`PREPARE` outlives the transaction it was sent in: after one that failed, the
     connection is asked what it has prepared, so that a statement is neither prepared
     twice (an error) nor executed unprepared."""
-    store = PostgresStore(scratch.connector.url, pool_size=1)  # type: ignore[attr-defined]
-    await store.open()
-    try:
+    store = one_connection
 
-        def stale() -> Body[None]:
-            yield send(sql(store, INSERT), {"id": "x", "n": 1})
-            yield checked(sql(store, BUMP), {"id": "missing"}, Moved("no such row"))
-            yield one("SELECT 1 AS one", last=True)
+    def stale() -> Body[None]:
+        yield send(sql(store, INSERT), {"id": "x", "n": 1})
+        yield checked(sql(store, BUMP), {"id": "missing"}, Moved("no such row"))
+        yield one("SELECT 1 AS one", last=True)
 
-        with pytest.raises(Moved):
-            await store.connector.transaction(stale())
+    with pytest.raises(Moved):
+        await store.connector.transaction(stale())
 
-        def fine() -> Body[None]:
-            yield send(sql(store, INSERT), {"id": "y", "n": 1})
-            yield checked(sql(store, BUMP), {"id": "y"}, Moved("y"))
+    def fine() -> Body[None]:
+        yield send(sql(store, INSERT), {"id": "y", "n": 1})
+        yield checked(sql(store, BUMP), {"id": "y"}, Moved("y"))
 
-        await store.connector.transaction(fine())
-        assert await contents(store) == {"kept": 1, "y": 2}
-    finally:
-        await store.close()
+    await store.connector.transaction(fine())
+    assert await contents(store) == {"kept": 1, "y": 2}
 
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("engine", ["postgres"], indirect=True)
 async def test_statements_psycopg_drops_after_a_rollback_are_prepared_again(
-    scratch: SQLStore,
+    one_connection: PostgresStore,
 ) -> None:
     """psycopg prepares the reads it runs often, and once it has, a rollback makes it
     drop every prepared statement of the connection (ours among them): the next
     transaction prepares what it executes again."""
-    store = PostgresStore(scratch.connector.url, pool_size=1)  # type: ignore[attr-defined]
-    await store.open()
-    try:
+    store = one_connection
 
-        def bump(row: str) -> Body[None]:
-            yield checked(sql(store, BUMP), {"id": row}, Moved(row))
+    def bump(row: str) -> Body[None]:
+        yield checked(sql(store, BUMP), {"id": row}, Moved(row))
 
-        await store.connector.transaction(bump("kept"))
-        for _ in range(6):  # psycopg's own threshold is 5
-            await store.connector.fetch_all(sql(store, READ), {"id": "kept"})
-        with pytest.raises(Moved):
-            await store.connector.transaction(bump("missing"))
-        names = await store.connector.fetch_all("SELECT name FROM pg_prepared_statements", {})
-        assert names == []  # dropped with the rollback
-        await store.connector.transaction(bump("kept"))
-        assert await contents(store) == {"kept": 3}
-    finally:
-        await store.close()
+    await store.connector.transaction(bump("kept"))
+    for _ in range(6):  # psycopg's own threshold is 5
+        await store.connector.fetch_all(sql(store, READ), {"id": "kept"})
+    with pytest.raises(Moved):
+        await store.connector.transaction(bump("missing"))
+    names = await store.connector.fetch_all("SELECT name FROM pg_prepared_statements", {})
+    assert names == []  # dropped with the rollback
+    await store.connector.transaction(bump("kept"))
+    assert await contents(store) == {"kept": 3}
 
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("engine", ["postgres"], indirect=True)
 async def test_a_transaction_still_runs_after_a_migration_changed_its_tables_columns(
     scratch: SQLStore,
+    one_connection: PostgresStore,
 ) -> None:
     """A replica keeps running while another one migrates the database: its prepared
     writes still run, and its reads (never prepared) return the rows' new shape."""
-    store = PostgresStore(scratch.connector.url, pool_size=1)  # type: ignore[attr-defined]
-    await store.open()
-    try:
+    store = one_connection
 
-        def body() -> Body[Any]:
-            yield checked(sql(store, BUMP), {"id": "kept"}, Moved("kept"))
-            yield send(sql(store, INSERT), {"id": f"r{len(seen)}", "n": 0})
-            return (yield one("SELECT * FROM scratch WHERE id = 'kept'", last=True))
+    def body() -> Body[Any]:
+        yield checked(sql(store, BUMP), {"id": "kept"}, Moved("kept"))
+        yield send(sql(store, INSERT), {"id": f"r{len(seen)}", "n": 0})
+        return (yield one("SELECT * FROM scratch WHERE id = 'kept'", last=True))
 
-        seen: list[Any] = []
-        seen.append(await store.connector.transaction(body()))
-        await scratch.connector.execute("ALTER TABLE scratch ADD COLUMN extra INTEGER", {})
-        seen.append(await store.connector.transaction(body()))
-        assert seen == [{"id": "kept", "n": 2}, {"id": "kept", "n": 3, "extra": None}]
-    finally:
-        await store.close()
+    seen: list[Any] = []
+    seen.append(await store.connector.transaction(body()))
+    await scratch.connector.execute("ALTER TABLE scratch ADD COLUMN extra INTEGER", {})
+    seen.append(await store.connector.transaction(body()))
+    assert seen == [{"id": "kept", "n": 2}, {"id": "kept", "n": 3, "extra": None}]
 
 
 @pytest.mark.postgres
