@@ -39,8 +39,9 @@ Kind = Literal["execute", "send", "checked", "one", "all", "many", "ids", "scrip
 class Query:
     """One statement of a transaction body. Its result, sent back into the body: the row
     count (`execute`), the first row or None (`one`), every row (`all`), the ids the rows
-    were given (`ids`), nothing (`send`, `checked`, `many`, and `script`: several
-    statements of a migration, without parameters)."""
+    were given (`ids`), each one's result (`together`: several reads, its `params`),
+    nothing (`send`, `checked`, `many`, and `script`: several statements of a migration,
+    without parameters)."""
 
     kind: Kind
     sql: str

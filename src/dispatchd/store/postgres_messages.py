@@ -207,11 +207,10 @@ class _Held:
         preparing, self.preparing = self.preparing, {}
         try:
             await self.cur.execute(";\n".join([*head, *parts]))
-        except BaseException as exc:
-            if isinstance(exc, psycopg.Error):
-                failed = self.checks.get(exc.diag.message_detail or "")
-                if exc.sqlstate == EXPECT_FAILED and failed is not None:
-                    raise failed from exc
+        except psycopg.Error as exc:
+            failed = self.checks.get(exc.diag.message_detail or "")
+            if exc.sqlstate == EXPECT_FAILED and failed is not None:
+                raise failed from exc
             raise
         self.prepared.names.update(preparing)
         self.begun = True
