@@ -421,8 +421,10 @@ async def _answer(held: _Held, query: Query) -> Any:
     if kind in ("send", "checked", "many", "script"):
         held.hold(query)
         return None
-    if kind == "together":
-        return await _together(held, query.params)
+    if kind in ("one", "all", "together"):
+        reads = query.params if kind == "together" else (query,)
+        found = await _reads(held, reads, last=query.last)
+        return found if kind == "together" else found[0]
     before = len(held.parts)
     count = held.hold(query)
     if kind == "ids" and not count:
@@ -433,10 +435,6 @@ async def _answer(held: _Held, query: Query) -> Any:
     held.skip(before)
     if kind == "execute":
         return cur.rowcount
-    if kind == "one":
-        return await cur.fetchone()
-    if kind == "all":
-        return await cur.fetchall()
     ids: list[int] = []
     for n in range(count):
         if n:
@@ -447,13 +445,15 @@ async def _answer(held: _Held, query: Query) -> Any:
     return ids
 
 
-async def _together(held: _Held, queries: Sequence[Query]) -> list[Any]:
-    """Reads (and writes between them) sent in one message; each one's result."""
+async def _reads(held: _Held, queries: Sequence[Query], *, last: bool) -> list[Any]:
+    """Reads (and writes between them) sent in one message with what is held, the commit
+    too when they are the body's `last`; each one's result."""
     at: list[int | None] = []
     for query in queries:
         at.append(None if query.kind == "send" else len(held.parts))
         held.hold(query)
-    await held.send()
+    held.ended = last
+    await held.send(then="COMMIT" if last else None)
     cur = held.cur
     results: list[Any] = []
     now = 0  # the cursor is at the first held statement's result
