@@ -161,7 +161,8 @@ class RollsBackOn:
         return self._conn.in_transaction
 
     def execute(self, sql: str, params: Any = ()) -> Any:
-        if isinstance(params, dict) and params.get("k") == self._key:
+        values = params.values() if isinstance(params, dict) else params
+        if self._key in values:
             self._conn.execute("ROLLBACK")
             raise sqlite3.OperationalError("database or disk is full")
         return self._conn.execute(sql, params)

@@ -144,7 +144,7 @@ class Connector(Protocol):
 
 
 # `:name`, but neither `::type` casts nor a colon inside a word.
-_PLACEHOLDER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+PLACEHOLDER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
 # eq=False: compared and hashed as the one object each dialect is (the query cache's key).
@@ -174,7 +174,7 @@ def _translate(dialect: Dialect, text: str) -> str:
     if dialect.placeholder is None:
         return text
     pattern = dialect.placeholder
-    return _PLACEHOLDER.sub(lambda m: pattern % m.group(1), text.replace("%", "%%"))
+    return PLACEHOLDER.sub(lambda m: pattern % m.group(1), text.replace("%", "%%"))
 
 
 def duplicate_key(table: str, constraint: str) -> DuplicateKey:

@@ -5,7 +5,7 @@ others (filters of lists, the claim's match) are built per call here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -84,7 +84,6 @@ class Queries:
         slots = {**COMMON, **d.fragments}
         self._sql = {name: d.sql(text.format_map(slots)) for name, text in load().items()}
         self._sql.update(
-            insert_task=d.sql(insert_sql("tasks", TASK_COLUMNS)),
             update_task=d.sql(update_versioned_sql("tasks", TASK_COLUMNS)),
             insert_agent=d.sql(insert_sql("agents", AGENT_COLUMNS)),
             update_agent=d.sql(update_versioned_sql("agents", AGENT_COLUMNS)),
@@ -104,7 +103,7 @@ class Queries:
         one_event = self._sql["insert_event"]
         assert one_event.endswith("RETURNING id"), "insert_event returns the id it gave"
         self._sql["insert_events"] = one_event.removesuffix("RETURNING id").rstrip()
-        self._updates: dict[tuple[str, ...], str] = {}
+        self._by_columns: dict[tuple[str, ...], str] = {}
         self.due = tuple(self._sql[name] for name in DUE)
         self.drop_task_rows = tuple(
             d.sql(f"DELETE FROM {table} WHERE {column}{{in_ids}}") for table, column in TASK_ROWS
@@ -113,12 +112,22 @@ class Queries:
     def update_task_columns(self, columns: Sequence[str]) -> str:
         """An update of the task's `columns` (`id` and `version` among them) fenced by the
         same version check as `update_task`; one statement per set of columns, kept."""
-        key = tuple(columns)
-        sql = self._updates.get(key)
+        return self._shaped("update", tuple(columns), update_versioned_sql)
+
+    def insert_task_columns(self, columns: Sequence[str]) -> str:
+        """An insert of a task's `columns`, the others left to their default (NULL): a
+        new task leaves most of its columns empty, and each one bound costs."""
+        return self._shaped("insert", tuple(columns), insert_sql)
+
+    def _shaped(
+        self, kind: str, columns: tuple[str, ...], build: Callable[[str, Sequence[str]], str]
+    ) -> str:
+        key = (kind, *columns)
+        sql = self._by_columns.get(key)
         if sql is None:
-            if len(self._updates) >= 1024:  # the transitions make far fewer sets than this
-                self._updates.clear()
-            sql = self._updates[key] = self.dialect.sql(update_versioned_sql("tasks", key))
+            if len(self._by_columns) >= 1024:  # the transitions make far fewer sets than this
+                self._by_columns.clear()
+            sql = self._by_columns[key] = self.dialect.sql(build("tasks", columns))
         return sql
 
     def bump_counts(self, n: int) -> str:
@@ -126,10 +135,10 @@ class Queries:
         (its rows in the caller's order: sorted, so that two commits never wait on each
         other's counter rows)."""
         key = ("task_counts", str(n))
-        sql = self._updates.get(key)
+        sql = self._by_columns.get(key)
         if sql is None:
             rows = ", ".join(f"(:status_{i}, :delta_{i})" for i in range(n))
-            sql = self._updates[key] = self.dialect.sql(
+            sql = self._by_columns[key] = self.dialect.sql(
                 f"INSERT INTO task_counts (status, n) VALUES {rows} "
                 "ON CONFLICT (status) DO UPDATE SET n = task_counts.n + excluded.n"
             )

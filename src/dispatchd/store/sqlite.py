@@ -25,10 +25,11 @@ import contextlib
 import functools
 import logging
 import queue
+import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +38,7 @@ from dispatchd.errors import StoreError
 from dispatchd.jobs import JobStatus
 from dispatchd.store.base import Lease, LocalLease
 from dispatchd.store.connector import (
+    PLACEHOLDER,
     Body,
     Dialect,
     Query,
@@ -345,13 +347,13 @@ class SQLiteConnector:
     # --- the four operations -------------------------------------------------------------
 
     async def execute(self, sql: str, params: Mapping[str, Any]) -> int:
-        return await self._write(lambda conn: int(conn.execute(sql, params).rowcount))
+        return await self._write(lambda conn: int(_execute(conn, sql, params).rowcount))
 
     async def fetch_one(self, sql: str, params: Mapping[str, Any]) -> Row | None:
-        return await self._read(lambda conn: _first(conn.execute(sql, params)))
+        return await self._read(lambda conn: _first(_execute(conn, sql, params)))
 
     async def fetch_all(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
-        return await self._read(lambda conn: _rows(conn.execute(sql, params)))
+        return await self._read(lambda conn: _rows(_execute(conn, sql, params)))
 
     async def transaction(self, body: Body[T], *, write: bool = True) -> T:
         def run(conn: sqlite3.Connection) -> T:
@@ -469,26 +471,26 @@ def _first(cur: sqlite3.Cursor) -> Row | None:
 def _run(conn: sqlite3.Connection, query: Query) -> Any:
     kind, sql, params = query.kind, query.sql, query.params
     if kind == "execute":
-        return conn.execute(sql, params).rowcount
+        return _execute(conn, sql, params).rowcount
     if kind == "send":
-        conn.execute(sql, params)
+        _execute(conn, sql, params)
         return None
     if kind == "checked":
-        check(query, conn.execute(sql, params).rowcount)
+        check(query, _execute(conn, sql, params).rowcount)
         return None
     if kind == "one":
-        return _first(conn.execute(sql, params))
+        return _first(_execute(conn, sql, params))
     if kind == "all":
-        return _rows(conn.execute(sql, params))
+        return _rows(_execute(conn, sql, params))
     if kind == "many":
-        conn.executemany(sql, params)
+        _execute_many(conn, sql, params)
         return None
     if kind == "together":
         return [_run(conn, each) for each in params]
     if kind == "ids":
         if not params:
             return []
-        conn.executemany(sql, params)
+        _execute_many(conn, sql, params)
         # The writer thread is the only writer and an AUTOINCREMENT key counts up by one
         # per row, so the rows just inserted hold the ids up to the last one, in order.
         last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
@@ -496,3 +498,44 @@ def _run(conn: sqlite3.Connection, query: Query) -> Any:
     for statement in statements(sql):  # a migration script
         conn.execute(statement)
     return None
+
+
+# sqlite3 binds a named parameter by asking SQLite its name and looking it up in the
+# dict, for each parameter of each row; numbered parameters (`?1`) bound from a tuple cost
+# a third less for a task's insert of 56 columns. The statements keep `:name` (one
+# placeholder style for both engines); each is numbered once, here.
+
+
+def _execute(conn: sqlite3.Connection, sql: str, params: Mapping[str, Any]) -> sqlite3.Cursor:
+    numbered, values = _numbered(sql)
+    return conn.execute(numbered, values(params))
+
+
+def _execute_many(
+    conn: sqlite3.Connection, sql: str, rows: Sequence[Mapping[str, Any]]
+) -> sqlite3.Cursor:
+    numbered, values = _numbered(sql)
+    return conn.executemany(numbered, [values(row) for row in rows])
+
+
+@functools.lru_cache(maxsize=4096)
+def _numbered(sql: str) -> tuple[str, Callable[[Mapping[str, Any]], tuple[Any, ...]]]:
+    """`sql` with each `:name` as `?N` (N by first use), and what takes the values in
+    that order from a row of named values."""
+    order: dict[str, int] = {}
+
+    def number(match: re.Match[str]) -> str:
+        return f"?{order.setdefault(match.group(1), len(order) + 1)}"
+
+    numbered = PLACEHOLDER.sub(number, sql)
+    names = tuple(order)
+
+    def values(params: Mapping[str, Any]) -> tuple[Any, ...]:
+        try:
+            return tuple([params[name] for name in names])
+        except KeyError as exc:
+            raise sqlite3.ProgrammingError(
+                f"You did not supply a value for binding parameter :{exc.args[0]}."
+            ) from None
+
+    return numbered, values

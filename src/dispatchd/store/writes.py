@@ -160,7 +160,12 @@ def _apply_run(
         yield many(q.insert_attempt, [to_row(attempt, codec) for attempt in attempts])
         return
     tasks = [op.task for op in run if isinstance(op, InsertTask)]
-    yield many(q.insert_task, [to_row(task, codec) for task in tasks])
+    shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for task in tasks:
+        row = _filled(to_row(task, codec))
+        shapes.setdefault(tuple(row), []).append(row)
+    for columns, rows in shapes.items():
+        yield many(q.insert_task_columns(columns), rows)
     deps = [{"parent": p, "child": task.id} for task in tasks for p in task.depends_on]
     if deps:
         yield many(q.insert_dep, deps)
@@ -169,11 +174,17 @@ def _apply_run(
         _count_load(loads, None, None, task)
 
 
+def _filled(row: dict[str, Any]) -> dict[str, Any]:
+    """The columns of a new row that hold a value: the others are NULL by default."""
+    return {column: value for column, value in row.items() if value is not None}
+
+
 def _apply(q: Queries, op: Op, counts: dict[str, int], loads: dict[str, int]) -> Body[None]:
     codec = q.dialect.codec
     match op:
         case InsertTask(task):
-            yield send(q.insert_task, to_row(task, codec))
+            row = _filled(to_row(task, codec))
+            yield send(q.insert_task_columns(list(row)), row)
             counts[task.status.value] += 1
             if task.depends_on:
                 yield many(q.insert_dep, [{"parent": p, "child": task.id} for p in task.depends_on])
