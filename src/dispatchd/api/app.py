@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dispatchd import __version__
 from dispatchd.api import errors, mcp_http, openapi
 from dispatchd.api.guard import BodyGuard
+from dispatchd.api.hot import HotRoutes
 from dispatchd.api.limits import RateLimit
 from dispatchd.api.routes import (
     agents,
@@ -59,8 +61,26 @@ class RequestMetrics:
             )
 
 
-def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
-    """The API app. Given a runtime, it uses it; otherwise it opens its own at startup."""
+# The routes an agent calls for every task, answered without FastAPI's own layers
+# (`dispatchd.api.hot`).
+HOT_ENDPOINTS = (
+    tasks.claim_tasks,
+    tasks.start_task,
+    tasks.report_progress,
+    tasks.complete_task,
+    tasks.fail_task,
+    tasks.complete_batch,
+    tasks.create_batch,
+    agents.heartbeat,
+)
+
+
+def create_app(
+    settings: Settings | None = None, runtime: Runtime | None = None, *, hot_routes: bool = True
+) -> FastAPI:
+    """The API app. Given a runtime, it uses it; otherwise it opens its own at startup.
+    `hot_routes` False leaves every request to FastAPI (what the hot path is tested
+    against)."""
     if runtime is None and settings is None:
         raise ValueError("create_app needs settings or a runtime")
 
@@ -100,6 +120,12 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     # The dashboard at `/` (its routes are not part of the API's OpenAPI document).
     install_dashboard(app)
     limit = (runtime.settings if runtime else settings or Settings()).server.max_body_bytes
+    if hot_routes:
+        # From the routers themselves: they are included as they are (no prefix or
+        # dependency added at inclusion), so their routes are what FastAPI serves.
+        routes = [*tasks.router.routes, *agents.router.routes]
+        hot = [r for r in routes if isinstance(r, APIRoute) and r.endpoint in HOT_ENDPOINTS]
+        app.add_middleware(HotRoutes, routes=hot)
     app.add_middleware(BodyGuard, max_body_bytes=limit)
     # Outside the body guard: a caller over its limit is refused before its body is read.
     app.add_middleware(RateLimit)
