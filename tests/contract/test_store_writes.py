@@ -7,11 +7,12 @@ from __future__ import annotations
 import pytest
 
 from dispatchd.domain.ids import new_id
-from dispatchd.domain.models import Attempt, Priority, TaskStatus
+from dispatchd.domain.models import Attempt, AttemptOutcome, Priority, TaskStatus
 from dispatchd.errors import ConcurrentUpdate, DuplicateKey
 from dispatchd.store.base import (
     AppendEvent,
     InsertTask,
+    PatchAttempt,
     SaveAttempt,
     Store,
     TouchTask,
@@ -181,6 +182,60 @@ async def test_a_column_update_computed_before_a_touch_is_refused(store: Store) 
     assert await store.get_task(other.id) == other
     assert await store.get_task(task.id) == task.evolve(version=task.version + 1, dependents=1)
     assert await store.last_event_id() == before
+
+
+async def test_a_claims_updates_and_attempts_land_together(store: Store) -> None:
+    """Ten tasks taken at once, each with its attempt, and one of them written twice in a
+    row (started, then completed) with its attempt opened and closed: every row lands."""
+    tasks = [make_task() for _ in range(10)]
+    await insert(store, *tasks)
+    ops = []
+    taken = []
+    for i, task in enumerate(tasks):
+        running = task.evolve(status=S.RUNNING, assignee=f"agent-{i % 3}", attempt=1, version=2)
+        taken.append(running)
+        ops += [
+            UpdateTask(running, S.PENDING, None, task),
+            SaveAttempt(Attempt(task.id, 1, running.assignee or "", assigned_at=T0)),
+        ]
+    done = taken[4].evolve(status=S.COMPLETED, result="ok", version=3)
+    ops += [
+        UpdateTask(done, S.RUNNING, taken[4].assignee, taken[4]),
+        PatchAttempt(done.id, 1, ended_at=T0, outcome=AttemptOutcome.COMPLETED),
+    ]
+    await store.commit(ops)
+    expected = [*taken[:4], done, *taken[5:]]
+    stored = {t.id: t for t in await store.get_tasks([t.id for t in tasks])}
+    assert stored == {t.id: t for t in expected}
+    attempts = await store.attempts(done.id)
+    assert [(a.agent_id, a.ended_at, a.outcome) for a in attempts] == [
+        ("agent-1", T0, AttemptOutcome.COMPLETED)
+    ]
+    assert nonzero((await store.counts()).tasks_by_status) == {"running": 9, "completed": 1}
+
+
+async def test_one_stale_update_among_many_writes_none_of_them(store: Store) -> None:
+    tasks = [make_task() for _ in range(6)]
+    await insert(store, *tasks)
+    await store.commit([TouchTask(tasks[3].id, tasks[3].version)])
+    before = await store.last_event_id()
+    ops = []
+    for task in tasks:
+        running = task.evolve(status=S.RUNNING, assignee="agent-1", attempt=1, version=2)
+        ops += [
+            UpdateTask(running, S.PENDING, None, task),
+            SaveAttempt(Attempt(task.id, 1, "agent-1", assigned_at=T0)),
+            AppendEvent(make_event("task.started", task.id)),
+        ]
+    with pytest.raises(ConcurrentUpdate):
+        await store.commit(ops)
+    stored = {t.id: t for t in await store.get_tasks([t.id for t in tasks])}
+    assert stored == {
+        t.id: t for t in [*tasks[:3], tasks[3].evolve(version=2, dependents=1), *tasks[4:]]
+    }
+    assert [await store.attempts(t.id) for t in tasks] == [[]] * 6
+    assert await store.last_event_id() == before
+    assert nonzero((await store.counts()).tasks_by_status) == {"pending": 6}
 
 
 async def test_an_update_of_a_missing_task_is_a_conflict(store: Store) -> None:

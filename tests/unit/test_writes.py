@@ -9,7 +9,18 @@ from dispatchd.domain import lifecycle
 from dispatchd.domain.lifecycle import Policy
 from dispatchd.domain.models import AttemptOutcome, Priority, Task, TaskStatus
 from dispatchd.engine.transitions import ops_for, writes_for
-from dispatchd.store.base import AppendEvent, InsertTask, PatchAttempt, SaveAttempt, UpdateTask
+from dispatchd.store.base import (
+    AppendEvent,
+    InsertTask,
+    Op,
+    PatchAttempt,
+    SaveAttempt,
+    UpdateTask,
+)
+from dispatchd.store.connector import Query, drive
+from dispatchd.store.queries import Queries
+from dispatchd.store.sqlite import SQLITE
+from dispatchd.store.writes import commit
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 POLICY = Policy()
@@ -85,3 +96,56 @@ def test_single_steps_are_written_as_before() -> None:
     ops, stored = writes_for([(born, None), (other, None)])
     assert ops == [*ops_for(born, None), *ops_for(other, None)]
     assert stored == {"a": born.task, "b": other.task}
+
+
+# --- the statements a commit sends ------------------------------------------------------
+
+
+def statements_of(ops: list[Op]) -> list[tuple[str, str, int]]:
+    """Drive the commit body with no database: each query's kind, its statement's first
+    words, and how many rows it carries."""
+    sent: list[tuple[str, str, int]] = []
+
+    def run(query: Query) -> object:
+        rows = len(query.params) if query.kind in ("many", "ids") else 1
+        sent.append((query.kind, " ".join(query.sql.split()[:3]), rows))
+        return list(range(rows)) if query.kind == "ids" else None
+
+    drive(commit(Queries(SQLITE), ops), run)
+    return sent
+
+
+def test_a_claim_of_ten_is_one_run_of_updates_and_one_of_attempts() -> None:
+    taken = [lifecycle.assign(new_task(f"t{i}"), "w", T0) for i in range(10)]
+    started = [lifecycle.start(change.task, T0, POLICY) for change in taken]
+    steps = [
+        s
+        for a, b in zip(taken, started, strict=True)
+        for s in ((a, new_task(a.task.id)), (b, a.task))
+    ]
+    ops, _ = writes_for(steps)
+    # The agent's load, the ten rows, their attempts, the counters, the twenty events.
+    assert statements_of(ops) == [
+        ("send", "UPDATE agents SET", 1),
+        ("many", "UPDATE tasks SET", 10),
+        ("many", "INSERT INTO attempts", 10),
+        ("send", "INSERT INTO task_counts", 1),
+        ("ids", "INSERT INTO events", 20),
+    ]
+
+
+def test_a_task_written_twice_in_one_commit_is_written_in_order() -> None:
+    first = new_task().evolve(version=2)
+    assigned = lifecycle.assign(first, "w", T0)
+    other = lifecycle.assign(new_task("t2").evolve(version=2), "w", T0)
+    # Steps that do not chain: each is written from the task it was computed from.
+    again = lifecycle.start(assigned.task, T0, POLICY)
+    ops = [
+        UpdateTask(assigned.task, first.status, None, first),
+        UpdateTask(other.task, TaskStatus.PENDING, None, new_task("t2").evolve(version=2)),
+        UpdateTask(again.task, assigned.task.status, "w", assigned.task),
+    ]
+    sent = statements_of(ops)
+    updates = [(kind, rows) for kind, sql, rows in sent if sql == "UPDATE tasks SET"]
+    # The first two share a shape and go together; t1's second write comes after them.
+    assert updates == [("many", 2), ("checked", 1)]

@@ -8,11 +8,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Self
+from typing import Any, Self, TypeVar, dataclass_transform
 
 from dispatchd.domain.costs import Cost
 
 JSON = Any
+R = TypeVar("R")
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(field,))
+def record(cls: type[R]) -> type[R]:
+    """A record made and remade on every transition (a task, its attempt and events).
+
+    Frozen to the type checker (mypy refuses any assignment to a field) but, at run time,
+    a plain slotted dataclass: a frozen one's `__init__` sets each field through
+    `object.__setattr__`, which for a task's 55 fields costs ten times as much, and a
+    claim builds several tasks per task it takes. Equality and hashing are as a frozen
+    dataclass's.
+    """
+    return dataclass(slots=True, unsafe_hash=True)(cls)
 
 
 class TaskStatus(StrEnum):
@@ -98,7 +112,7 @@ class AttemptOutcome(StrEnum):
     REJECTED = "rejected"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Task:
     id: str
     title: str
@@ -189,7 +203,7 @@ _TASK_INDEX = {name: i for i, name in enumerate(_TASK_FIELDS)}
 _task_values = operator.attrgetter(*_TASK_FIELDS)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Agent:
     id: str
     capabilities: Mapping[str, float]
@@ -215,7 +229,7 @@ class Agent:
         return dataclasses.replace(self, **changes)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Attempt:
     task_id: str
     number: int
@@ -250,7 +264,7 @@ class Comment:
     created_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Event:
     """A record of something that happened. `id` is the log position, given by the store."""
 

@@ -93,11 +93,12 @@ def together(*queries: Query) -> Query:
     return Query("together", "", queries)
 
 
-def many(sql: str, params: Sequence[Mapping[str, Any]]) -> Query:
+def many(sql: str, params: Sequence[Mapping[str, Any]], fail: Exception | None = None) -> Query:
     """A write run once per parameter set, in one call to the driver (SQLite's
     executemany; on PostgreSQL one bound statement each, in the message); like `send`, the
-    body reads no result."""
-    return Query("many", sql, params)
+    body reads no result. With `fail`, each run must change exactly one row, as a
+    `checked` write's: otherwise the transaction fails with `fail`."""
+    return Query("many", sql, params, fail)
 
 
 def insert_ids(sql: str, params: Sequence[Mapping[str, Any]]) -> Query:

@@ -116,6 +116,11 @@ class _Held:
             found = statements(query.sql)
             self.parts.extend(found)
             return len(found)
+        if kind == "many" and query.fail is not None:
+            # Each run checked on its own, as a `checked` write is.
+            for params in query.params or ():
+                self.hold(Query("checked", query.sql, params, query.fail))
+            return len(query.params or ())
         if kind in ("many", "ids"):
             rows: Sequence[Any] = query.params or ()
             split = _values(query.sql) if kind == "many" else None
@@ -410,7 +415,7 @@ async def _answer(held: _Held, query: Query) -> Any:
     """Hold `query`, or when the body waits for its answer, send it with what is held
     and return the answer."""
     kind = query.kind
-    if kind == "many" and len(query.params or ()) >= OVERLAP_ROWS:
+    if kind == "many" and query.fail is None and len(query.params or ()) >= OVERLAP_ROWS:
         # Bound by the server and sent row by row (psycopg's executemany), so that the
         # server inserts while the next rows are bound: a round trip more, but a large
         # batch's wall time is then the longer of the two, not their sum.

@@ -483,7 +483,10 @@ def _run(conn: sqlite3.Connection, query: Query) -> Any:
     if kind == "all":
         return _rows(_execute(conn, sql, params))
     if kind == "many":
-        _execute_many(conn, sql, params)
+        # The row count of an executemany is the sum of its runs' counts.
+        changed = _execute_many(conn, sql, params).rowcount
+        if query.fail is not None and changed != len(params):
+            raise query.fail
         return None
     if kind == "together":
         return [_run(conn, each) for each in params]

@@ -48,6 +48,7 @@ from dispatchd.store.base import (
 )
 from dispatchd.store.connector import (
     Body,
+    Query,
     all_rows,
     checked,
     execute,
@@ -68,6 +69,8 @@ from dispatchd.store.rows import (
     to_row,
 )
 
+# The writes of task and attempt rows, which a commit groups (`_apply_stretch`).
+RowWrite = InsertTask | UpdateTask | SaveAttempt | PatchAttempt
 # An event's columns as `append_events` binds them, one array each.
 EVENT_FIELDS = ("type", "task_id", "agent_id", "data", "created_at")
 
@@ -96,20 +99,19 @@ def commit(q: Queries, ops: Sequence[Op]) -> Body[list[Event]]:
     # adds to the agent's load as stored to get its load at that point of the plan.
     loads: dict[str, int] = defaultdict(int, {a: -d for a, d in first.items()})
     to_append: list[Event] = []
-    run: list[InsertTask | SaveAttempt] = []
+    stretch: list[RowWrite] = []
     for op in ops:
         if isinstance(op, AppendEvent):
             to_append.append(op.event)
-            continue
-        if run and type(op) is not type(run[0]):
-            yield from _apply_run(q, run, counts, loads)
-            run = []
-        if isinstance(op, InsertTask | SaveAttempt):
-            run.append(op)
+        elif isinstance(op, InsertTask | UpdateTask | SaveAttempt | PatchAttempt):
+            stretch.append(op)
         else:
+            if stretch:
+                yield from _apply_stretch(q, stretch, counts, loads)
+                stretch = []
             yield from _apply(q, op, counts, loads)
-    if run:
-        yield from _apply_run(q, run, counts, loads)
+    if stretch:
+        yield from _apply_stretch(q, stretch, counts, loads)
     for agent_id in sorted(registered):
         if loads[agent_id]:
             yield send(q.add_load, {"id": agent_id, "delta": loads[agent_id]})
@@ -144,22 +146,72 @@ def bump_counts(q: Queries, counts: Mapping[str, int]) -> Body[None]:
         yield send(q.bump_counts(len(changed)), params)
 
 
-def _apply_run(
-    q: Queries,
-    run: Sequence[InsertTask | SaveAttempt],
-    counts: dict[str, int],
-    loads: dict[str, int],
+def _apply_stretch(
+    q: Queries, stretch: Sequence[RowWrite], counts: dict[str, int], loads: dict[str, int]
 ) -> Body[None]:
-    """Consecutive inserts of one kind: one executemany (a lone one as a plain insert)."""
-    if len(run) == 1:
-        yield from _apply(q, run[0], counts, loads)
-        return
+    """Task and attempt writes with nothing between them that reads what they write (a
+    slot check, a room's lock): the tasks' rows first, then the attempts', each kind in
+    one statement run per shape of row (a claim's ten tasks: one run of updates and one
+    of attempts, not twenty statements). Writes of one row keep their order."""
     codec = q.dialect.codec
-    attempts = [op.attempt for op in run if isinstance(op, SaveAttempt)]
+    inserts = [op.task for op in stretch if isinstance(op, InsertTask)]
+    if inserts:
+        yield from _insert_tasks(q, inserts, counts, loads)
+    updates = [op for op in stretch if isinstance(op, UpdateTask)]
+    if updates:
+        yield from _update_tasks(q, updates, counts, loads)
+    attempts = [to_row(op.attempt, codec) for op in stretch if isinstance(op, SaveAttempt)]
     if attempts:
-        yield many(q.insert_attempt, [to_row(attempt, codec) for attempt in attempts])
-        return
-    tasks = [op.task for op in run if isinstance(op, InsertTask)]
+        yield many(q.insert_attempt, attempts)
+    patches = [to_row(op, codec) for op in stretch if isinstance(op, PatchAttempt)]
+    if patches:
+        yield many(q.patch_attempt, patches)
+
+
+def _update_tasks(
+    q: Queries, updates: Sequence[UpdateTask], counts: dict[str, int], loads: dict[str, int]
+) -> Body[None]:
+    """Version-checked updates, a run of rows of one shape at a time; a task written twice
+    here is written in order (its second update starts the next run)."""
+    codec = q.dialect.codec
+    run: list[dict[str, Any]] = []
+    sql = ""
+    ids: set[str] = set()
+    for op in updates:
+        task, before = op.task, op.before
+        if before is None:
+            statement, params = q.update_task, to_row(task, codec)
+        else:
+            params = changed_columns(task, before, codec)
+            statement = q.update_task_columns(list(params))
+        if run and (statement != sql or task.id in ids):
+            yield _checked_run(sql, run)
+            run, ids = [], set()
+        run.append(params)
+        sql = statement
+        ids.add(task.id)
+        for status, delta in counter_deltas(op.previous.value, task.status.value):
+            counts[status] += delta
+        _count_load(loads, op.previous, op.previous_assignee, task)
+    if run:
+        yield _checked_run(sql, run)
+
+
+def _checked_run(sql: str, rows: list[dict[str, Any]]) -> Query:
+    """Updates of tasks at the versions they were read at: each must find its row."""
+    if len(rows) == 1:
+        task_id = rows[0]["id"]
+        return checked(
+            sql, rows[0], ConcurrentUpdate(f"task {task_id} changed meanwhile", task_id=task_id)
+        )
+    names = ", ".join(row["id"] for row in rows)
+    return many(sql, rows, ConcurrentUpdate(f"one of tasks {names} changed meanwhile"))
+
+
+def _insert_tasks(
+    q: Queries, tasks: Sequence[Task], counts: dict[str, int], loads: dict[str, int]
+) -> Body[None]:
+    codec = q.dialect.codec
     shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for task in tasks:
         row = _filled(to_row(task, codec))
@@ -182,25 +234,8 @@ def _filled(row: dict[str, Any]) -> dict[str, Any]:
 def _apply(q: Queries, op: Op, counts: dict[str, int], loads: dict[str, int]) -> Body[None]:
     codec = q.dialect.codec
     match op:
-        case InsertTask(task):
-            row = _filled(to_row(task, codec))
-            yield send(q.insert_task_columns(list(row)), row)
-            counts[task.status.value] += 1
-            if task.depends_on:
-                yield many(q.insert_dep, [{"parent": p, "child": task.id} for p in task.depends_on])
-            _count_load(loads, None, None, task)
-        case UpdateTask(task, previous, previous_assignee, before):
-            if before is None:
-                sql, params = q.update_task, to_row(task, codec)
-            else:
-                params = changed_columns(task, before, codec)
-                sql = q.update_task_columns(list(params))
-            yield checked(
-                sql, params, ConcurrentUpdate(f"task {task.id} changed meanwhile", task_id=task.id)
-            )
-            for status, delta in counter_deltas(previous.value, task.status.value):
-                counts[status] += delta
-            _count_load(loads, previous, previous_assignee, task)
+        case InsertTask() | UpdateTask() | SaveAttempt() | PatchAttempt():
+            yield from _apply_stretch(q, [op], counts, loads)
         case TouchTask(task_id, version):
             params = {"id": task_id, "version": version}
             yield checked(
@@ -221,10 +256,6 @@ def _apply(q: Queries, op: Op, counts: dict[str, int], loads: dict[str, int]) ->
                 f"agent {agent_id} cannot take a task now", agent_id=agent_id
             )
             yield checked(q.take_slot, params, unavailable)
-        case SaveAttempt(attempt):
-            yield send(q.insert_attempt, to_row(attempt, codec))
-        case PatchAttempt():
-            yield send(q.patch_attempt, to_row(op, codec))
         case AppendProgress(entry):
             yield send(q.insert_progress, to_row(entry, codec))
         case AppendReview(review):
