@@ -5,12 +5,14 @@ assignment to one of their fields, and they compare and hash as frozen dataclass
 from __future__ import annotations
 
 import textwrap
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from mypy import api
 
 from dispatchd.domain.costs import Cost
+from dispatchd.domain.ids import isoformat, parse_iso
 from dispatchd.domain.models import Attempt
 from tests.unit.test_writes import T0, new_task
 
@@ -51,3 +53,35 @@ def test_records_compare_and_hash_by_value() -> None:
     same = Attempt("t1", 1, "w", assigned_at=T0, cost=Cost(0.5, 1, 2))
     assert one == same and hash(one) == hash(same)
     assert len({one, same, one.evolve(number=2)}) == 2
+
+
+@pytest.mark.parametrize(
+    ("moment", "text"),
+    [
+        (datetime(2026, 3, 1, 12, 0, tzinfo=UTC), "2026-03-01T12:00:00.000000Z"),
+        (datetime(5, 1, 2, 3, 4, 5, 6, tzinfo=UTC), "0005-01-02T03:04:05.000006Z"),
+        # Another zone, even one whose offset is zero, is converted to UTC first.
+        (
+            datetime(2026, 3, 1, 12, 0, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+            "2026-03-01T06:30:00.000000Z",
+        ),
+        (
+            datetime(2026, 3, 1, 12, 0, 0, 1, tzinfo=timezone(timedelta(0), "Z0")),
+            "2026-03-01T12:00:00.000001Z",
+        ),
+    ],
+)
+def test_times_are_written_in_utc_at_fixed_width(moment: datetime, text: str) -> None:
+    assert isoformat(moment) == text
+    assert parse_iso(text) == moment
+
+
+def test_evolve_changes_the_named_fields_and_refuses_unknown_ones() -> None:
+    one = Attempt("t1", 1, "w", assigned_at=T0)
+    later = one.evolve(started_at=T0 + timedelta(seconds=1), error="x")
+    assert later == Attempt("t1", 1, "w", T0, T0 + timedelta(seconds=1), error="x")
+    assert one.started_at is None  # the original is left as it was
+    with pytest.raises(TypeError, match="Attempt has no field 'nope'"):
+        one.evolve(nope=1)
+    with pytest.raises(TypeError, match="Task has no field 'nope'"):
+        new_task().evolve(nope=1)

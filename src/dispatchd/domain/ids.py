@@ -32,8 +32,12 @@ def isoformat(value: datetime) -> str:
     last = _last_iso
     if last[0] is value:
         return last[1]
-    # isoformat, not strftime: %Y does not pad a year before 1000 to four digits.
-    text = value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    # isoformat, not strftime: %Y does not pad a year before 1000 to four digits. A UTC
+    # time (what the clock gives) ends in "+00:00", cut off: no datetime made to convert.
+    if value.tzinfo is UTC:
+        text = value.isoformat(timespec="microseconds")[:-6] + "Z"
+    else:
+        text = value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
     _last_iso = (value, text)
     return text
 

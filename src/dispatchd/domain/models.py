@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -14,6 +14,35 @@ from dispatchd.domain.costs import Cost
 
 JSON = Any
 R = TypeVar("R")
+
+
+class Evolving:
+    """`evolve`: a copy with some fields changed, as `dataclasses.replace` makes, at a
+    fraction of its cost (every transition evolves its task, often more than once): all
+    fields are read at once and passed by position (every field is an init field)."""
+
+    __slots__ = ()
+
+    def evolve(self, **changes: Any) -> Self:
+        cls = type(self)
+        layout = _LAYOUTS.get(cls)
+        if layout is None:
+            names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+            layout = _LAYOUTS[cls] = (
+                {n: i for i, n in enumerate(names)},
+                operator.attrgetter(*names),
+            )
+        index, values_of = layout
+        values = list(values_of(self))
+        for name, value in changes.items():
+            try:
+                values[index[name]] = value
+            except KeyError:
+                raise TypeError(f"{cls.__name__} has no field {name!r}") from None
+        return cls(*values)
+
+
+_LAYOUTS: dict[type, tuple[dict[str, int], Callable[[Any], tuple[Any, ...]]]] = {}
 
 
 @dataclass_transform(frozen_default=True, field_specifiers=(field,))
@@ -113,7 +142,7 @@ class AttemptOutcome(StrEnum):
 
 
 @record
-class Task:
+class Task(Evolving):
     id: str
     title: str
     prompt: str
@@ -186,25 +215,9 @@ class Task:
     # Why the task failed, as a code, when the reason has one (`budget_exceeded`).
     error_code: str | None = None
 
-    def evolve(self, **changes: Any) -> Self:
-        # As dataclasses.replace, at half its cost (every transition evolves its task):
-        # all fields read at once and passed by position.
-        values = list(_task_values(self))
-        for name, value in changes.items():
-            try:
-                values[_TASK_INDEX[name]] = value
-            except KeyError:
-                raise TypeError(f"Task has no field {name!r}") from None
-        return type(self)(*values)
-
-
-_TASK_FIELDS = tuple(f.name for f in dataclasses.fields(Task))
-_TASK_INDEX = {name: i for i, name in enumerate(_TASK_FIELDS)}
-_task_values = operator.attrgetter(*_TASK_FIELDS)
-
 
 @record
-class Agent:
+class Agent(Evolving):
     id: str
     capabilities: Mapping[str, float]
     status: AgentStatus
@@ -225,12 +238,9 @@ class Agent:
     active: int = 0
     last_assigned_at: datetime | None = None
 
-    def evolve(self, **changes: Any) -> Self:
-        return dataclasses.replace(self, **changes)
-
 
 @record
-class Attempt:
+class Attempt(Evolving):
     task_id: str
     number: int
     agent_id: str
@@ -241,9 +251,6 @@ class Attempt:
     error: str | None = None
     # The highest running total its agent reported.
     cost: Cost = field(default_factory=Cost)
-
-    def evolve(self, **changes: Any) -> Self:
-        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +272,7 @@ class Comment:
 
 
 @record
-class Event:
+class Event(Evolving):
     """A record of something that happened. `id` is the log position, given by the store."""
 
     type: str

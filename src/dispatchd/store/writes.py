@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from datetime import datetime
 from typing import Any, assert_never
 
@@ -131,7 +130,7 @@ def commit(q: Queries, ops: Sequence[Op]) -> Body[list[Event]]:
             ids = [int(row["id"])]
         else:
             ids = yield insert_ids(q.insert_events, rows)
-        events = [replace(e, id=i) for e, i in zip(to_append, ids, strict=True)]
+        events = [e.evolve(id=i) for e, i in zip(to_append, ids, strict=True)]
     return events
 
 
