@@ -14,6 +14,7 @@ import pytest
 
 from dispatchd.errors import DuplicateKey, StoreError
 from dispatchd.store import sqlite as sqlite_module
+from dispatchd.store import sqlite_commits
 from dispatchd.store.connector import Body, execute
 from dispatchd.store.sqlite import SQLiteConnector
 
@@ -125,7 +126,7 @@ async def test_writes_in_a_row_let_the_loop_run_in_between(connector: SQLiteConn
 async def test_checkpoints_run_off_the_writer_and_keep_the_wal_in_check(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_module, "CHECKPOINT_S", 0.05)
+    monkeypatch.setattr(sqlite_commits, "CHECKPOINT_S", 0.05)
     connector = SQLiteConnector(tmp_path / "db.sqlite")
     await connector.open()
     try:

@@ -7,10 +7,12 @@ WAL lets run beside the writer.
 A write transaction runs whole on the event loop's thread when the writer connection is
 free and the database lock can be had at once: a transaction is a few statements
 of some microseconds each, and handing it to a thread and back cost more than running it,
-in hops and in the two threads trading the GIL at every statement. Otherwise (the writer
-thread is busy, another process holds the lock) the job goes to the writer thread, which
-waits for the lock, and a job never waits on the loop. WAL checkpoints, which sync the
-file, run on a thread of their own (`Checkpoints`), never inside a write.
+in hops and in the two threads trading the GIL at every statement. The writes the loop
+makes in one turn share one transaction and one commit, each in a savepoint, answered once
+the commit is done (`sqlite_commits.LoopCommit`). Otherwise (the writer thread is busy,
+another process holds the lock) the job goes to the writer thread, which waits for the
+lock, and a job never waits on the loop. WAL checkpoints, which sync the file, run on a
+thread of their own (`Checkpoints`), never inside a write.
 
 The writer thread takes its jobs from a queue. Jobs that wait in that queue while it works
 share one commit (group commit): one BEGIN, a SAVEPOINT per job so that a failing job is
@@ -49,6 +51,7 @@ from dispatchd.store.connector import (
     statements,
 )
 from dispatchd.store.rows import SQLITE as SQLITE_CODEC
+from dispatchd.store.sqlite_commits import Checkpoints, LoopCommit
 from dispatchd.store.sqlstore import SQLStore
 
 T = TypeVar("T")
@@ -106,8 +109,6 @@ _Outcome = tuple[Any, BaseException | None]
 GROUP_MAX = 64
 # How long the writer thread waits for a database lock another process holds.
 BUSY_TIMEOUT_S = 10.0
-# How often the WAL is checkpointed into the database file, when something was written.
-CHECKPOINT_S = 1.0
 
 
 class SQLiteConnector:
@@ -128,6 +129,8 @@ class SQLiteConnector:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._writer_conn: sqlite3.Connection | None = None
+        # The transaction the loop's writes share until its next turn, while one is open.
+        self._shared: LoopCommit | None = None
         self._closed = False
 
     # --- connections ----------------------------------------------------------------------
@@ -163,6 +166,8 @@ class SQLiteConnector:
 
     async def close(self) -> None:
         self._closed = True
+        if self._shared is not None:
+            self._commit_shared(self._shared)
         writer, self._writer = self._writer, None
         if writer is not None:
             self._jobs.put(None)
@@ -187,35 +192,50 @@ class SQLiteConnector:
     # --- the writer thread and the readers -------------------------------------------------
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn` in a transaction: here when the writer is free, else on its thread."""
+        """Run `fn` in a transaction: here when the writer is free (in the transaction
+        this turn of the loop shares, `LoopCommit`), else on the writer thread."""
         if self._closed:
             raise StoreError("the store is closed")
-        if self._writing.acquire(blocking=False):
-            try:
-                result = _translated(functools.partial(self._try_inline, fn))
-                ran = True
-            except _Busy:
-                ran = False  # another process holds the lock: the writer thread waits for it
-            finally:
-                self._writing.release()
-            if ran:
-                self._checkpoints.wrote()
-                # Let the loop's other work in between writes that follow each other.
-                await asyncio.sleep(0)
-                return result
-        return await self._on_thread(fn)
+        shared = self._shared
+        if shared is not None and (shared.lost is not None or len(shared.waiting) >= GROUP_MAX):
+            self._commit_shared(shared)  # full, or rolled back by SQLite: start another
+            shared = None
+        if shared is None:
+            shared = self._open_shared()
+        if shared is None:
+            return await self._on_thread(fn)
+        return await shared.run(lambda conn: _translated(functools.partial(fn, conn)))
 
-    def _try_inline(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn` in a transaction and commit; `_Busy`, before anything ran, when the
-        database lock is held elsewhere."""
-        conn = self._writer_connection()
+    def _open_shared(self) -> LoopCommit | None:
+        """Begin the transaction the loop's writes share until its next turn; None when the
+        writer is busy or another process holds the database lock."""
+        if not self._writing.acquire(blocking=False):
+            return None
         try:
+            conn = self._writer_connection()
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
+            self._writing.release()
             if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
-                raise _Busy from exc
+                return None  # another process holds the lock: the writer thread waits for it
+            raise StoreError(f"database error: {exc}") from exc
+        except BaseException:
+            self._writing.release()
             raise
-        return self._finish(conn, fn)
+        loop = asyncio.get_running_loop()
+        shared = self._shared = LoopCommit(conn, loop)
+        loop.call_soon(self._commit_shared, shared)
+        return shared
+
+    def _commit_shared(self, shared: LoopCommit) -> None:
+        if self._shared is not shared:
+            return  # committed already (full, or the store closed)
+        self._shared = None
+        try:
+            shared.commit()
+        finally:
+            self._writing.release()
+            self._checkpoints.wrote()
 
     async def _on_thread(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._writer is None:
@@ -333,6 +353,12 @@ class SQLiteConnector:
             conn = self._connect()
             conn.execute("PRAGMA busy_timeout = 0")
             conn.execute("PRAGMA wal_autocheckpoint = 0")
+            # Each write runs in a savepoint (`LoopCommit`, the writer thread's groups),
+            # whose journal of the pages it changes would otherwise be a temporary file:
+            # written to at each first change of a page, several system calls a write.
+            # The writer's statements are small; readers, which may sort large results,
+            # keep the default.
+            conn.execute("PRAGMA temp_store = MEMORY")
             self._writer_conn = conn
         return self._writer_conn
 
@@ -369,60 +395,6 @@ class SQLiteConnector:
 
     def lease(self, name: str, *, check_s: float) -> Lease:
         return LocalLease()
-
-
-class _Busy(Exception):
-    """The database lock is held by another connection (another process)."""
-
-
-class Checkpoints:
-    """Copies the WAL into the database file on a thread of its own, at most every
-    CHECKPOINT_S while writes go on. PASSIVE: it never waits for the writer or a reader,
-    and what a reader still needs stays in the WAL for a later round. A failure is logged
-    and tried again at the next round; the writes themselves are safe in the WAL."""
-
-    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
-        self._connect = connect
-        self._dirty = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self.rounds = 0  # checkpoints run (for tests)
-
-    def wrote(self) -> None:
-        if not self._dirty.is_set():
-            self._dirty.set()
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None and not self._stopping.is_set():
-                    self._thread = threading.Thread(
-                        target=self._run, name="dispatchd-sqlite-checkpoints", daemon=True
-                    )
-                    self._thread.start()
-
-    def stop(self) -> None:
-        with self._lock:
-            self._stopping.set()
-            self._dirty.set()
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join()
-
-    def _run(self) -> None:
-        conn: sqlite3.Connection | None = None
-        failing = False
-        while self._dirty.wait() and not self._stopping.wait(CHECKPOINT_S):
-            self._dirty.clear()
-            try:
-                conn = conn or self._connect()
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                self.rounds += 1
-                failing = False
-            except sqlite3.Error as exc:
-                if not failing:
-                    logger.warning("sqlite: WAL checkpoint failed (tried again): %s", exc)
-                failing = True
-                self._dirty.set()
 
 
 class SQLiteStore(SQLStore):
