@@ -181,6 +181,18 @@ async def test_a_transaction_lost_midway_fails_the_jobs_before_and_runs_the_rest
     connector._writer_conn = RollsBackOn(real, "fatal")  # type: ignore[assignment]
     release.set()
     await holder
+    await lost_midway(connector, real, before, fatal, after)
+
+
+async def lost_midway(
+    connector: SQLiteConnector,
+    real: sqlite3.Connection,
+    before: asyncio.Future[int],
+    fatal: asyncio.Future[int],
+    after: asyncio.Future[int],
+) -> None:
+    """The writes before the one SQLite rolled the transaction back on fail with the lost
+    transaction, that one with its own error, and the write after it lands on its own."""
     with pytest.raises(StoreError, match="rolled back"):
         await before
     with pytest.raises(StoreError, match="disk is full"):

@@ -1,4 +1,5 @@
-"""Domain records: frozen dataclasses and string enums, free of I/O."""
+"""Domain records: frozen dataclasses (the hot ones frozen to the type checker, see
+`record`) and string enums, free of I/O."""
 
 from __future__ import annotations
 
