@@ -290,6 +290,14 @@ async def test_a_task_another_replica_wrote_since_is_read_and_completed(
         copy = runtime.feed.task(task["id"])
         row = await runtime.store.get_task(task["id"])
         assert copy is not None and row is not None and copy.version < row.version
+    # This replica's followers read the tasks of the other one's events (the metrics
+    # follower all of them): let them have done so before counting the completions' reads.
+    last = await runtime.store.last_event_id()
+    await eventually(
+        lambda: runtime.feed.latest >= last and runtime.metrics_follower.cursor >= last,
+        "this replica to follow the other one's events",
+    )
+    await caught_up(runtime)
     calls = count_calls(runtime, ("get_task", "get_tasks"))
     first, second = tasks
     r = await client.post(
