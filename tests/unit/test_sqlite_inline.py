@@ -149,3 +149,29 @@ async def test_checkpoints_run_off_the_writer_and_keep_the_wal_in_check(
     finally:
         await connector.close()
     assert connector._checkpoints._thread is None  # stopped with the store
+
+
+def test_a_stop_that_comes_as_a_round_begins_still_ends_the_checkpoint_thread(
+    tmp_path: Path,
+) -> None:
+    """`stop` sets both events; if it does so just as a round begins (after the pause,
+    before the round clears `dirty`), the thread must still end: else `close` waits for
+    it for ever."""
+    path = tmp_path / "db.sqlite"
+    sqlite3.connect(path).close()
+    checkpoints = sqlite_commits.Checkpoints(lambda: sqlite3.connect(path))
+    stopping = checkpoints._stopping
+    real_wait = stopping.wait
+
+    def stop_arrives(timeout: float | None = None) -> bool:
+        real_wait(0)
+        stopping.set()  # as `stop` does, between the pause and the round
+        checkpoints._dirty.set()
+        return False
+
+    stopping.wait = stop_arrives  # type: ignore[method-assign]
+    checkpoints.wrote()
+    thread = checkpoints._thread
+    assert thread is not None
+    thread.join(5)
+    assert not thread.is_alive()

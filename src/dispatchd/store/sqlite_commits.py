@@ -151,6 +151,10 @@ class Checkpoints:
         failing = False
         while self._dirty.wait() and not self._stopping.wait(CHECKPOINT_S):
             self._dirty.clear()
+            # `stop` sets both events: had it done so just before the clear, the clear
+            # took its wake-up, and the next `_dirty.wait()` would wait for ever.
+            if self._stopping.is_set():
+                return
             try:
                 conn = conn or self._connect()
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
