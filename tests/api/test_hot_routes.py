@@ -6,6 +6,7 @@ request aside)."""
 from __future__ import annotations
 
 import re
+import types
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,6 +14,7 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 
+from dispatchd.api import hot
 from dispatchd.api.app import HOT_ENDPOINTS, create_app
 from dispatchd.api.hot import HotRoutes, NotHot, hot_route
 from dispatchd.api.routes import tasks
@@ -206,3 +208,23 @@ async def test_a_hot_request_is_counted_under_its_route(
     await hot.post(f"{API}/tasks/claim", headers=as_agent("alice"), json={})
     text = runtime.metrics.render().decode()
     assert 'route="/api/v1/tasks/claim"' in text
+
+
+async def test_a_hot_route_takes_the_body_the_guard_parsed(
+    pair: Any, register: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The body guard parses every JSON body (strictly) before any route: a hot route
+    takes that document instead of parsing the same bytes again."""
+    await register("alice")
+    hot_app, _ = pair
+
+    def no_second_parse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the hot route parsed the body again")
+
+    # The hot module's own `json`, not the module the guard parses with.
+    monkeypatch.setattr(hot, "json", types.SimpleNamespace(loads=no_second_parse))
+    made = await hot_app.post(
+        f"{API}/tasks/batch", headers=as_agent("alice"), json={"tasks": [{"title": "a"}] * 2}
+    )
+    assert made.status_code == 201, made.text
+    assert [item["title"] for item in made.json()["items"]] == ["a", "a"]

@@ -4,6 +4,7 @@ assignment to one of their fields, and they compare and hash as frozen dataclass
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -13,7 +14,7 @@ from mypy import api
 
 from dispatchd.domain.costs import Cost
 from dispatchd.domain.ids import isoformat, parse_iso
-from dispatchd.domain.models import Attempt
+from dispatchd.domain.models import Agent, AgentStatus, Attempt, Event, Task
 from tests.unit.test_writes import T0, new_task
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -85,3 +86,26 @@ def test_evolve_changes_the_named_fields_and_refuses_unknown_ones() -> None:
         one.evolve(nope=1)
     with pytest.raises(TypeError, match="Task has no field 'nope'"):
         new_task().evolve(nope=1)
+
+
+@pytest.mark.parametrize("cls", [Task, Agent, Attempt, Event])
+def test_evolve_copies_every_field_and_the_records_build_nothing_in_init(cls: type) -> None:
+    # evolve copies fields without calling __init__: that is only the same object as
+    # dataclasses.replace makes while __init__ does nothing but set each field.
+    assert not hasattr(cls, "__post_init__")
+    assert all(f.init for f in dataclasses.fields(cls))
+    sample = {
+        Task: new_task(),
+        Agent: Agent("w", {"x": 1.0}, AgentStatus.READY, T0, T0),
+        Attempt: Attempt("t1", 1, "w", assigned_at=T0),
+        Event: Event(type="task.created", created_at=T0, task_id="t1"),
+    }[cls]
+    copied = sample.evolve()
+    assert copied == dataclasses.replace(sample) and copied is not sample
+    for f in dataclasses.fields(cls):
+        assert getattr(copied, f.name) is getattr(sample, f.name), f.name
+    marker = object()
+    for f in dataclasses.fields(cls):
+        changed = sample.evolve(**{f.name: marker})
+        assert getattr(changed, f.name) is marker
+        assert getattr(sample, f.name) is not marker

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from dispatchd.domain import lifecycle
 from dispatchd.domain.lifecycle import Policy
-from dispatchd.domain.models import AttemptOutcome, Priority, Task, TaskStatus
+from dispatchd.domain.models import Attempt, AttemptOutcome, Event, Priority, Task, TaskStatus
 from dispatchd.engine.transitions import ops_for, writes_for
 from dispatchd.store.base import (
     AppendEvent,
@@ -19,8 +21,10 @@ from dispatchd.store.base import (
 )
 from dispatchd.store.connector import Query, drive
 from dispatchd.store.queries import Queries
+from dispatchd.store.rows import POSTGRES, Codec, to_new_row, to_row
 from dispatchd.store.sqlite import SQLITE
 from dispatchd.store.writes import commit
+from tests.contract.test_store import full_task
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 POLICY = Policy()
@@ -149,3 +153,24 @@ def test_a_task_written_twice_in_one_commit_is_written_in_order() -> None:
     updates = [(kind, rows) for kind, sql, rows in sent if sql == "UPDATE tasks SET"]
     # The first two share a shape and go together; t1's second write comes after them.
     assert updates == [("many", 2), ("checked", 1)]
+
+
+def _plain(row: dict[str, object]) -> dict[str, object]:
+    return {k: getattr(v, "obj", v) for k, v in row.items()}  # PostgreSQL's Jsonb wrappers
+
+
+@pytest.mark.parametrize("codec", [SQLITE.codec, POSTGRES], ids=["sqlite", "postgres"])
+def test_an_insert_row_is_the_full_row_without_its_nulls(codec: Codec) -> None:
+    # Falsy values that are not NULL (0, False, "", empty lists and maps) are written.
+    sparse = new_task()
+    dense = new_task("t2").evolve(
+        owner="", attempt=0, review=False, context={}, labels=(), result=0, summary=""
+    )
+    attempt = Attempt("t1", 1, "w", assigned_at=T0)
+    event = Event(type="task.created", created_at=T0, task_id="t1", data={})
+    for record in (sparse, dense, full_task(), attempt, event):
+        full = _plain(to_row(record, codec))
+        new = _plain(to_new_row(record, codec))
+        assert new == {k: v for k, v in full.items() if v is not None}
+        assert list(new) == [k for k, v in full.items() if v is not None]  # one shape
+    assert {"owner", "attempt", "review", "result", "summary"} <= set(to_new_row(dense, codec))

@@ -10,13 +10,38 @@ _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
 def new_id() -> str:
-    """A 26-character id that sorts by creation time (48-bit ms clock, 80 random bits)."""
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    """A 26-character id that sorts by creation time: a 48-bit millisecond clock, then 80
+    random bits, in Crockford's base 32 (lower case), most significant digit first.
+
+    The clock's ten digits are the same for every id of a millisecond and are kept; the
+    random part is read ten bits (two digits) at a time. A bulk create makes thousands of
+    ids in a request, and a digit at a time cost more than the row it names.
+    """
+    global _last_clock
+    ms = time.time_ns() // 1_000_000
+    clock = _last_clock
+    if clock[0] != ms:
+        # 48 bits in ten digits: the first digit holds the top three.
+        clock = _last_clock = (ms, "".join(_PAIRS[(ms >> s) & 1023] for s in (40, 30, 20, 10, 0)))
+    bits = int.from_bytes(os.urandom(10), "big")
+    p = _PAIRS
+    return (
+        clock[1]
+        + p[bits >> 70]
+        + p[(bits >> 60) & 1023]
+        + p[(bits >> 50) & 1023]
+        + p[(bits >> 40) & 1023]
+        + p[(bits >> 30) & 1023]
+        + p[(bits >> 20) & 1023]
+        + p[(bits >> 10) & 1023]
+        + p[bits & 1023]
+    )
+
+
+# Every pair of digits, by the ten bits it writes.
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
+# The last millisecond an id was made in, with its ten digits: one tuple, swapped whole.
+_last_clock: tuple[int, str] = (-1, "")
 
 
 def utcnow() -> datetime:

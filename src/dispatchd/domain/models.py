@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,8 +18,14 @@ R = TypeVar("R")
 
 class Evolving:
     """`evolve`: a copy with some fields changed, as `dataclasses.replace` makes, at a
-    fraction of its cost (every transition evolves its task, often more than once): all
-    fields are read at once and passed by position (every field is an init field)."""
+    fraction of its cost (every transition evolves its task, often more than once).
+
+    The copy is made by a function generated once per class that copies each field, and
+    the changes are then set on it: the records are plain slotted dataclasses at run time
+    (see `record`), so the new object, not yet seen by anyone, takes them directly. It
+    skips `__init__`, which the records do not extend (no `__post_init__`, every field an
+    init field: `tests/unit/test_records.py` checks both).
+    """
 
     __slots__ = ()
 
@@ -28,22 +33,26 @@ class Evolving:
         cls = type(self)
         layout = _LAYOUTS.get(cls)
         if layout is None:
-            names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
-            layout = _LAYOUTS[cls] = (
-                {n: i for i, n in enumerate(names)},
-                operator.attrgetter(*names),
-            )
-        index, values_of = layout
-        values = list(values_of(self))
+            layout = _LAYOUTS[cls] = _layout(cls)
+        names, copy = layout
+        new: Self = copy(self)
         for name, value in changes.items():
-            try:
-                values[index[name]] = value
-            except KeyError:
-                raise TypeError(f"{cls.__name__} has no field {name!r}") from None
-        return cls(*values)
+            if name not in names:
+                raise TypeError(f"{cls.__name__} has no field {name!r}")
+            setattr(new, name, value)
+        return new
 
 
-_LAYOUTS: dict[type, tuple[dict[str, int], Callable[[Any], tuple[Any, ...]]]] = {}
+def _layout(cls: type) -> tuple[frozenset[str], Callable[[Any], Any]]:
+    names = [f.name for f in dataclasses.fields(cls)]
+    lines = [f"    new.{name} = record.{name}\n" for name in names]
+    source = f"def copy(record):\n    new = make(cls)\n{''.join(lines)}    return new\n"
+    env: dict[str, Any] = {"make": object.__new__, "cls": cls}
+    exec(source, env)  # noqa: S102 - made from the record's own field names
+    return frozenset(names), env["copy"]
+
+
+_LAYOUTS: dict[type, tuple[frozenset[str], Callable[[Any], Any]]] = {}
 
 
 @dataclass_transform(frozen_default=True, field_specifiers=(field,))

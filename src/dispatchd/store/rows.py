@@ -45,7 +45,13 @@ class Codec:
 
 
 def _json_text(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(value)
+
+
+# What json.dumps(value, separators=(",", ":"), ensure_ascii=False) writes, without making
+# an encoder per call as json.dumps does for any options but its defaults (a third of the
+# cost of an event's small data).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def _load_json_text(value: Any) -> Any:
@@ -96,7 +102,7 @@ FIRE_COLUMNS = tuple(f.name for f in dataclasses.fields(Fire))
 
 Convert = Callable[[Any], Any]
 _FIELDS: dict[Any, tuple[tuple[str, str, Any], ...]] = {}
-_PLANS: dict[tuple[Any, Codec, bool], Convert] = {}
+_PLANS: dict[tuple[Any, Codec, str], Convert] = {}
 
 
 def _kind(hint: Any) -> tuple[str, Any]:
@@ -214,29 +220,41 @@ def _record_from(cls: type[R], item: Mapping[str, Any]) -> R:
     return cls(**values)
 
 
-def _plan(cls: Any, codec: Codec, load: bool) -> Convert:
-    """The function that turns a record of `cls` into its row (or, `load`, a row into the
-    record); made once per record type and dialect.
+def _plan(cls: Any, codec: Codec, how: str) -> Convert:
+    """The function that turns a record of `cls` into its row (`how` "dump"), into the
+    columns of its row that hold a value ("new": what an insert names, the others being
+    NULL by default), or a row into the record ("load"); made once per record type, dialect
+    and direction.
 
-    It is generated as one expression naming every field, with each field's conversion
-    (None stays NULL): a loop over fields costs about as much again per row, and every
-    task read and written passes here.
+    It is generated as code naming every field, with each field's conversion (None stays
+    NULL): a loop over fields costs about as much again per row, and every task read and
+    written passes here.
     """
-    key = (cls, codec, load)
+    key = (cls, codec, how)
     plan = _PLANS.get(key)
     if plan is None:
-        make = _loader if load else _dumper
+        make = _loader if how == "load" else _dumper
         env: dict[str, Any] = {"cls": cls}
         parts = []
         for i, (name, kind, extra) in enumerate(_fields(cls)):
-            value = f"row[{name!r}]" if load else f"record.{name}"
+            value = f"row[{name!r}]" if how == "load" else f"record.{name}"
+            converted = "v"
             if kind != "plain":
                 env[f"c{i}"] = make(kind, extra, codec)
-                value = f"(None if (v := {value}) is None else c{i}(v))"
-            parts.append(value if load else f"{name!r}: {value}")
-        if load:
+                converted = f"c{i}(v)"
+            if how == "new":
+                parts.append(
+                    f"    if (v := {value}) is not None:\n        row[{name!r}] = {converted}\n"
+                )
+                continue
+            if kind != "plain":
+                value = f"(None if (v := {value}) is None else {converted})"
+            parts.append(f"{name!r}: {value}" if how == "dump" else value)
+        if how == "load":
             # Positional, in declaration order (every record field is an init field).
             source = f"def convert(row):\n    return cls({', '.join(parts)})\n"
+        elif how == "new":
+            source = f"def convert(record):\n    row = {{}}\n{''.join(parts)}    return row\n"
         else:
             source = f"def convert(record):\n    return {{{', '.join(parts)}}}\n"
         exec(source, env)  # noqa: S102 - made from the record's own field names
@@ -246,7 +264,17 @@ def _plan(cls: Any, codec: Codec, load: bool) -> Convert:
 
 def to_row(record: Any, codec: Codec) -> dict[str, Any]:
     """A record's fields as statement parameters (None stays NULL)."""
-    params: dict[str, Any] = _plan(type(record), codec, False)(record)
+    params: dict[str, Any] = _plan(type(record), codec, "dump")(record)
+    if isinstance(record, Task):
+        params["priority_rank"] = record.priority.rank
+    return params
+
+
+def to_new_row(record: Any, codec: Codec) -> dict[str, Any]:
+    """The fields of a record that hold a value, as an insert's parameters: the columns
+    left out are NULL by default (a task's insert names 25 of its 56 columns, most often,
+    and SQLite binds each parameter at a cost)."""
+    params: dict[str, Any] = _plan(type(record), codec, "new")(record)
     if isinstance(record, Task):
         params["priority_rank"] = record.priority.rank
     return params
@@ -281,7 +309,7 @@ _TASK_INDEXES = range(len(dataclasses.fields(Task)))
 
 
 def from_row(cls: type[R], row: Row, codec: Codec) -> R:
-    record: R = _plan(cls, codec, True)(row)
+    record: R = _plan(cls, codec, "load")(row)
     return record
 
 

@@ -65,6 +65,7 @@ from dispatchd.store.rows import (
     counter_deltas,
     digest_params,
     from_row,
+    to_new_row,
     to_row,
 )
 
@@ -213,7 +214,7 @@ def _insert_tasks(
     codec = q.dialect.codec
     shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for task in tasks:
-        row = _filled(to_row(task, codec))
+        row = to_new_row(task, codec)
         shapes.setdefault(tuple(row), []).append(row)
     for columns, rows in shapes.items():
         yield many(q.insert_task_columns(columns), rows)
@@ -223,11 +224,6 @@ def _insert_tasks(
     for task in tasks:
         counts[task.status.value] += 1
         _count_load(loads, None, None, task)
-
-
-def _filled(row: dict[str, Any]) -> dict[str, Any]:
-    """The columns of a new row that hold a value: the others are NULL by default."""
-    return {column: value for column, value in row.items() if value is not None}
 
 
 def _apply(q: Queries, op: Op, counts: dict[str, int], loads: dict[str, int]) -> Body[None]:
