@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
+import tempfile
 import textwrap
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -320,3 +323,43 @@ async def test_claude_code_sessions_resume_after_a_rejected_review(
     assert again.attempt == 2
     assert f"(resumed {session})" in str(again.result)
     assert "also update the docs" in str(again.result)
+
+
+@pytest.fixture
+def killed_runners_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The temporary directory as a runner killed with SIGKILL mid-task left it: its
+    task's folder is still there (an hour old); the path of that folder."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_FOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None
+    left = Path(holder.stdout.readline().strip())
+    holder.kill()
+    holder.wait(10)
+    holder.stdout.close()
+    an_hour_ago = time.time() - 3600
+    os.utime(left, (an_hour_ago, an_hour_ago))
+    assert left.is_dir()
+    return left
+
+
+async def test_a_runner_starting_removes_the_folders_of_killed_runners(
+    live_server: LiveServer,
+    start_runner: StartRunner,
+    agent_script: Path,
+    unique: str,
+    killed_runners_folder: Path,
+) -> None:
+    await start_runner(runner_for(live_server, unique, [sys.executable, str(agent_script)]))
+    assert not await asyncio.to_thread(killed_runners_folder.exists)
+
+
+HOLD_FOLDER = """
+import sys, time
+from pathlib import Path
+from dispatchd.runner.workdirs import task_dir
+with task_dir(Path(sys.argv[1])) as path:
+    print(path, flush=True)
+    time.sleep(120)
+"""

@@ -25,7 +25,6 @@ import contextlib
 import inspect
 import logging
 import socket
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any, TypeVar
 from dispatchd.client import AsyncClient
 from dispatchd.client.errors import ClientError
 from dispatchd.client.models import Task
+from dispatchd.runner import workdirs
 from dispatchd.runner.adapters import AgentAdapter, Invocation, adapter_for, fill
 from dispatchd.runner.board import BoardSync
 from dispatchd.runner.local_api import LocalApi
@@ -248,6 +248,8 @@ class Runner:
     async def serve(self) -> None:
         if not self.routes:
             self.add_route()
+        # Task folders that runners killed on this machine could not remove.
+        await asyncio.to_thread(workdirs.sweep)
         await self.local_api.start()
         boards = [asyncio.create_task(b.run(), name="dispatchd-board") for b in self.boards]
         log.info("local agent API on %s", self.local_api.url)
@@ -271,8 +273,8 @@ class Runner:
             adapter = ReviewAdapter(adapter)
         timeout = route.timeout_s or self.options.agent_timeout
         prompt = adapter.prompt(task, route.build_prompt(task))
-        with tempfile.TemporaryDirectory(prefix="dispatchd-task-") as tmp:
-            invocation = Invocation(task, command, route.args, prompt, Path(tmp) / "result")
+        with workdirs.task_dir() as tmp:
+            invocation = Invocation(task, command, route.args, prompt, tmp / "result")
             scope = self.local_api.open(task)
             env = {
                 **self.options.env,
