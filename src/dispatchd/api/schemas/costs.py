@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, Field
 
-from dispatchd.api.schemas.common import Request, whole_number
+from dispatchd.api.schemas.common import Request, built, whole_number
 from dispatchd.domain.costs import Cost, CostReport
 
 # Numbers as JSON numbers only: a string, a boolean, NaN or an infinity is refused.
@@ -33,7 +33,11 @@ class CostOut(BaseModel):
 
     @classmethod
     def of(cls, c: Cost) -> CostOut:
-        return cls(usd=c.usd, input_tokens=c.input_tokens, output_tokens=c.output_tokens)
+        # In every task's answer: built without validation (a Cost's fields have these types).
+        return built(
+            cls,
+            {"usd": float(c.usd), "input_tokens": c.input_tokens, "output_tokens": c.output_tokens},
+        )
 
 
 def report_of(cost: CostIn | None) -> CostReport | None:
