@@ -27,13 +27,20 @@ def test_the_type_checker_refuses_to_change_a_record(
     snippet.write_text(
         textwrap.dedent(
             """
-            from dispatchd.domain.models import Agent, Attempt, Event, Task
+            from dispatchd.domain.lifecycle import Change
+            from dispatchd.domain.models import Agent, Attempt, Event, Task, TaskSpec
+            from dispatchd.store.base import UpdateTask
 
             def change(task: Task, agent: Agent, attempt: Attempt, event: Event) -> None:
                 task.title = "another"
                 agent.status = agent.status
                 attempt.error = "boom"
                 event.type = "task.other"
+
+            def more(spec: TaskSpec, step: Change, write: UpdateTask) -> None:
+                spec.title = "another"
+                step.task = step.task
+                write.previous = write.previous
             """
         )
     )
@@ -43,7 +50,7 @@ def test_the_type_checker_refuses_to_change_a_record(
     )
     assert status == 1, out
     refused = [line for line in out.splitlines() if "is read-only" in line]
-    assert [line.split(":")[1] for line in refused] == ["5", "6", "7", "8"], out
+    assert [line.split(":")[1] for line in refused] == ["7", "8", "9", "10", "13", "14", "15"], out
 
 
 def test_records_compare_and_hash_by_value() -> None:

@@ -57,7 +57,9 @@ _LAYOUTS: dict[type, tuple[frozenset[str], Callable[[Any], Any]]] = {}
 
 @dataclass_transform(frozen_default=True, field_specifiers=(field,))
 def record(cls: type[R]) -> type[R]:
-    """A record made and remade on every transition (a task, its attempt and events).
+    """A record made and remade on every transition (a task, its attempt and events), or
+    made per task by a transition or a commit (a spec, a change, an attempt's patch, the
+    store's write operations).
 
     Frozen to the type checker (mypy refuses any assignment to a field) but, at run time,
     a plain slotted dataclass: a frozen one's `__init__` sets each field through
@@ -316,7 +318,7 @@ class TaskDetail:
     reviews: tuple[Review, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TaskSpec:
     """What a requester asks for; see SPEC §4 for each field."""
 

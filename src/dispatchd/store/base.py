@@ -26,6 +26,7 @@ from dispatchd.domain.models import (
     Task,
     TaskDetail,
     TaskStatus,
+    record,
 )
 from dispatchd.domain.notifications import Digest, Notification
 from dispatchd.domain.webhooks import Advance, Delivery, DeliveryStatus, Head, Outcome, Webhook
@@ -45,14 +46,14 @@ from dispatchd.store.rooms import DeleteRoom, InsertRoom, RequireRoom, RoomStore
 # --- write operations -----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class InsertTask:
     """Insert a new task, with an edge to each task it depends on."""
 
     task: Task
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class UpdateTask:
     """Write `task` if the stored row is still at `task.version - 1`, which was `previous`.
 
@@ -69,7 +70,7 @@ class UpdateTask:
     before: Task | None = field(default=None, compare=False)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TouchTask:
     """A child is being created against this unfinished task: count it in `dependents` and
     bump the version if it is still at `version`, so the write conflicts with a concurrent
@@ -79,7 +80,7 @@ class TouchTask:
     version: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TakeSlot:
     """Reserve `count` of an agent's slots for tasks being handed to it in this commit.
 
@@ -99,12 +100,12 @@ class TakeSlot:
     count: int = 1
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AppendEvent:
     event: Event
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SaveAttempt:
     """Insert a new attempt record."""
 

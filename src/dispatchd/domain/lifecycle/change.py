@@ -16,6 +16,7 @@ from dispatchd.domain.models import (
     Review,
     Task,
     TaskStatus,
+    record,
 )
 
 
@@ -35,7 +36,7 @@ class Policy:
     input_timeout: timedelta | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AttemptPatch:
     """What a transition changes on an attempt record; fields left None keep their stored
     value. The store applies it as it is (`store.base.PatchAttempt`)."""
@@ -49,7 +50,7 @@ class AttemptPatch:
     cost: Cost | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Change:
     """One transition: what to persist, atomically."""
 
