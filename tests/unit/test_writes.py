@@ -17,6 +17,7 @@ from dispatchd.store.base import (
     Op,
     PatchAttempt,
     SaveAttempt,
+    TakeSlot,
     UpdateTask,
 )
 from dispatchd.store.connector import Query, drive
@@ -174,3 +175,59 @@ def test_an_insert_row_is_the_full_row_without_its_nulls(codec: Codec) -> None:
         assert new == {k: v for k, v in full.items() if v is not None}
         assert list(new) == [k for k, v in full.items() if v is not None]  # one shape
     assert {"owner", "attempt", "review", "result", "summary"} <= set(to_new_row(dense, codec))
+
+
+def agent_statements(ops: list[Op]) -> list[tuple[str, dict[str, object]]]:
+    """The statements the commit of `ops` sends to the agents table, with parameters."""
+    sent: list[tuple[str, dict[str, object]]] = []
+
+    def run(query: Query) -> object:
+        if query.sql.lstrip().startswith("UPDATE agents"):
+            sent.append((" ".join(query.sql.split()), dict(query.params)))
+        rows = len(query.params) if query.kind in ("many", "ids") else 1
+        if query.kind == "one":
+            return {"id": 1}  # an event's id
+        return list(range(rows)) if query.kind == "ids" else None
+
+    drive(commit(Queries(SQLITE), ops), run)
+    return sent
+
+
+def test_a_claims_slot_and_load_are_one_statement_on_the_agent() -> None:
+    taken = [lifecycle.assign(new_task(f"t{i}"), "w", T0) for i in range(10)]
+    ops, _ = writes_for([(c, new_task(c.task.id)) for c in taken])
+    slot = TakeSlot("w", 12, T0, check_status=True, count=10)
+    [(sql, params)] = agent_statements([slot, *ops])
+    assert "SET last_assigned_at" in sql and "active + :delta" in sql
+    assert "active + :count <= :limit" in sql  # checked on the row as it was
+    assert (params["delta"], params["count"], params["limit"]) == (10, 10, 12)
+
+
+def test_a_slot_after_a_write_that_moved_the_load_is_checked_where_it_stands() -> None:
+    # Completed by w, then a new task handed to w: the slot sees the load the completion
+    # left, so it is checked apart, after the load's move (here net zero: no move at all).
+    held = lifecycle.start(lifecycle.assign(new_task("t1"), "w", T0).task, T0, POLICY).task
+    done = lifecycle.complete(held, T0, result=None, summary=None)
+    handed = lifecycle.assign(new_task("t2"), "w", T0)
+    ops = [
+        *ops_for(done, held),
+        TakeSlot("w", 1, T0, check_status=True),
+        *ops_for(handed, new_task("t2")),
+    ]
+    [(sql, params)] = agent_statements(ops)
+    assert "active + :planned + :count <= :limit" in sql and ":delta" not in sql
+    assert params["planned"] == -1  # the completion's release, counted in the check
+    # A hand-over before the slot raised w's load: the check counts it, apart.
+    first = lifecycle.assign(new_task("t3"), "w", T0)
+    before = [
+        *ops_for(first, new_task("t3")),
+        TakeSlot("w", 2, T0),
+        *ops_for(handed, new_task("t2")),
+    ]
+    [(load_sql, load), (slot_sql, slot)] = agent_statements(before)
+    assert load["delta"] == 2 and "last_assigned_at" not in load_sql
+    assert slot["planned"] == -1 and ":planned" in slot_sql  # t2's +1 not yet written
+    # Two slots for one agent: neither goes with the load.
+    twice = [TakeSlot("w", 5, T0), TakeSlot("w", 5, T0), *ops_for(handed, new_task("t2"))]
+    shapes = [(":delta" in sql, ":planned" in sql) for sql, _ in agent_statements(twice)]
+    assert shapes == [(True, False), (False, True), (False, True)]  # the load, two checks

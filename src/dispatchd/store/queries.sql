@@ -75,6 +75,14 @@ UPDATE agents
 SET active = CASE WHEN active + :delta < 0 THEN 0 ELSE active + :delta END
 WHERE id = :id;
 
+-- name: take_slot_and_load
+-- A slot reserved before anything in the commit moved the agent's load (a claim, a
+-- hand-over): the check of `take_slot` on the row as it was, and the load moved, at once.
+UPDATE agents
+SET last_assigned_at = :at, active = CASE WHEN active + :delta < 0 THEN 0 ELSE active + :delta END
+WHERE id = :id AND NOT drained AND (NOT :check OR status NOT IN ('offline', 'degraded')) AND
+    active + :count <= :limit;
+
 -- name: lock_agent
 -- On PostgreSQL the row lock first: an assignment to the agent committing meanwhile
 -- (it holds the lock through take_slot) is then visible to the next statement.

@@ -93,8 +93,17 @@ def commit(q: Queries, ops: Sequence[Op]) -> Body[list[Event]]:
     # (An agent this commit registers has no row yet: its load moves last.)
     registered = {op.agent.id for op in ops if isinstance(op, InsertAgent)}
     first = {a: d for a, d in _load_deltas(ops).items() if d and a not in registered}
+    # A slot checked before any write of the commit moves its agent's load (a claim's)
+    # goes with the load, in one statement on the agent's row.
+    leading = _leading_slots(ops)
+    merged: set[int] = set()
     for agent_id in sorted(first):
-        yield send(q.add_load, {"id": agent_id, "delta": first[agent_id]})
+        slot = leading.get(agent_id)
+        if slot is None:
+            yield send(q.add_load, {"id": agent_id, "delta": first[agent_id]})
+        else:
+            merged.add(id(slot))
+            yield _slot_check(q, slot, planned=0, delta=first[agent_id])
     # The loads of the ops applied so far, less what was written above: what a slot check
     # adds to the agent's load as stored to get its load at that point of the plan.
     loads: dict[str, int] = defaultdict(int, {a: -d for a, d in first.items()})
@@ -103,6 +112,8 @@ def commit(q: Queries, ops: Sequence[Op]) -> Body[list[Event]]:
     for op in ops:
         if isinstance(op, AppendEvent):
             to_append.append(op.event)
+        elif id(op) in merged:
+            continue  # checked with its agent's load, above
         elif isinstance(op, InsertTask | UpdateTask | SaveAttempt | PatchAttempt):
             stretch.append(op)
         else:
@@ -238,19 +249,8 @@ def _apply(q: Queries, op: Op, counts: dict[str, int], loads: dict[str, int]) ->
                 params,
                 ConcurrentUpdate(f"task {task_id} changed meanwhile", task_id=task_id),
             )
-        case TakeSlot(agent_id, limit, at, check_status, count):
-            params = {
-                "id": agent_id,
-                "limit": limit,
-                "at": codec.dump_time(at),
-                "planned": loads[agent_id],
-                "check": codec.dump_bool(check_status),
-                "count": count,
-            }
-            unavailable = AgentUnavailable(
-                f"agent {agent_id} cannot take a task now", agent_id=agent_id
-            )
-            yield checked(q.take_slot, params, unavailable)
+        case TakeSlot(agent_id):
+            yield _slot_check(q, op, planned=loads[agent_id])
         case AppendProgress(entry):
             yield send(q.insert_progress, to_row(entry, codec))
         case AppendReview(review):
@@ -336,6 +336,42 @@ def _delete_room(q: Queries, room_id: str, version: int) -> Body[None]:
             unfinished=unfinished,
         )
     yield send(q.delete_room, {"id": room_id, "version": version})
+
+
+def _slot_check(q: Queries, slot: TakeSlot, *, planned: int, delta: int | None = None) -> Query:
+    """The slot's check: room on the agent for `slot.count` more tasks, beside the stored
+    load and the `planned` load changes of the commit's writes before it; with `delta`,
+    the agent's load moved by it in the same statement."""
+    codec = q.dialect.codec
+    params = {
+        "id": slot.agent_id,
+        "limit": slot.limit,
+        "at": codec.dump_time(slot.at),
+        "check": codec.dump_bool(slot.check_status),
+        "count": slot.count,
+    }
+    unavailable = AgentUnavailable(
+        f"agent {slot.agent_id} cannot take a task now", agent_id=slot.agent_id
+    )
+    if delta is None:
+        return checked(q.take_slot, {**params, "planned": planned}, unavailable)
+    return checked(q.take_slot_and_load, {**params, "delta": delta}, unavailable)
+
+
+def _leading_slots(ops: Sequence[Op]) -> dict[str, TakeSlot]:
+    """The agents whose only slot check comes before any write that moves their load."""
+    slots: dict[str, TakeSlot] = {}
+    moved: set[str] = set()
+    twice: set[str] = set()
+    for op in ops:
+        if isinstance(op, TakeSlot):
+            if op.agent_id in slots or op.agent_id in moved:
+                twice.add(op.agent_id)
+            else:
+                slots[op.agent_id] = op
+        elif isinstance(op, InsertTask | UpdateTask):
+            moved.update(a for a, d in _load_deltas([op]).items() if d)
+    return {a: slot for a, slot in slots.items() if a not in twice}
 
 
 def _load_deltas(ops: Sequence[Op]) -> dict[str, int]:
