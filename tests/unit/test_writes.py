@@ -9,7 +9,16 @@ import pytest
 
 from dispatchd.domain import lifecycle
 from dispatchd.domain.lifecycle import Policy
-from dispatchd.domain.models import Attempt, AttemptOutcome, Event, Priority, Task, TaskStatus
+from dispatchd.domain.models import (
+    Agent,
+    AgentStatus,
+    Attempt,
+    AttemptOutcome,
+    Event,
+    Priority,
+    Task,
+    TaskStatus,
+)
 from dispatchd.engine.transitions import ops_for, writes_for
 from dispatchd.store.base import (
     AppendEvent,
@@ -18,6 +27,7 @@ from dispatchd.store.base import (
     PatchAttempt,
     SaveAttempt,
     TakeSlot,
+    UpdateAgent,
     UpdateTask,
 )
 from dispatchd.store.connector import Query, drive
@@ -231,3 +241,17 @@ def test_a_slot_after_a_write_that_moved_the_load_is_checked_where_it_stands() -
     twice = [TakeSlot("w", 5, T0), TakeSlot("w", 5, T0), *ops_for(handed, new_task("t2"))]
     shapes = [(":delta" in sql, ":planned" in sql) for sql, _ in agent_statements(twice)]
     assert shapes == [(True, False), (False, True), (False, True)]  # the load, two checks
+
+
+def test_a_slot_after_a_write_of_its_agents_row_is_checked_after_that_write() -> None:
+    # A claim bringing an offline agent back: the check must read the status it wrote.
+    back = Agent("w", {"x": 1.0}, AgentStatus.READY, T0, T0, version=2)
+    taken = lifecycle.assign(new_task("t1"), "w", T0)
+    ops = [UpdateAgent(back), TakeSlot("w", 1, T0, check_status=True)]
+    ops += ops_for(taken, new_task("t1"))
+    statements = agent_statements(ops)
+    assert [(":delta" in sql, ":planned" in sql) for sql, _ in statements] == [
+        (True, False),  # the load, moved first
+        (False, False),  # the agent's row, back to ready
+        (False, True),  # the check, after it
+    ]

@@ -359,7 +359,9 @@ def _slot_check(q: Queries, slot: TakeSlot, *, planned: int, delta: int | None =
 
 
 def _leading_slots(ops: Sequence[Op]) -> dict[str, TakeSlot]:
-    """The agents whose only slot check comes before any write that moves their load."""
+    """The agents whose only slot check comes before any write that moves their load, with
+    nothing but writes of tasks and their records before it: a write of an agent's row (a
+    claim bringing an offline agent back) must land before the check reads its status."""
     slots: dict[str, TakeSlot] = {}
     moved: set[str] = set()
     twice: set[str] = set()
@@ -371,7 +373,22 @@ def _leading_slots(ops: Sequence[Op]) -> dict[str, TakeSlot]:
                 slots[op.agent_id] = op
         elif isinstance(op, InsertTask | UpdateTask):
             moved.update(a for a, d in _load_deltas([op]).items() if d)
+        elif not isinstance(op, _TASK_SIDE):
+            break  # later slots are checked where they stand
     return {a: slot for a, slot in slots.items() if a not in twice}
+
+
+# Writes that leave every agent's row as it is.
+_TASK_SIDE = (
+    TouchTask,
+    SaveAttempt,
+    PatchAttempt,
+    AppendEvent,
+    AppendProgress,
+    AppendReview,
+    AppendComment,
+    AddCost,
+)
 
 
 def _load_deltas(ops: Sequence[Op]) -> dict[str, int]:
