@@ -185,9 +185,11 @@ async def test_batches(pair: Any, register: Any) -> None:
     alice = as_agent("alice")
     await both(pair, "POST", f"{API}/tasks/batch", headers=alice, json={"tasks": []})
     await both(pair, "POST", f"{API}/tasks/batch", headers=alice, json={"tasks": [{"title": ""}]})
-    made = await both(
-        pair, "POST", f"{API}/tasks/batch", headers=alice, json={"tasks": [{"title": "a"}] * 3}
-    )
+    # Tasks no agent can take: the first app's answer must not depend on whether the
+    # placer already knows alice (then it would hand her the tasks the second app's
+    # answer then finds taken).
+    tasks = [{"title": "a", "capabilities": ["nobody-has-this"]}] * 3
+    made = await both(pair, "POST", f"{API}/tasks/batch", headers=alice, json={"tasks": tasks})
     assert len(made.json()["items"]) == 3
     items = [{"task_id": "nope"}, {"task_id": made.json()["items"][0]["id"]}]
     await both(pair, "POST", f"{API}/tasks/batch/complete", headers=alice, json={"items": items})
