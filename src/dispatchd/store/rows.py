@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import compress
 from operator import is_not
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from dispatchd.domain.ids import isoformat, parse_iso
 from dispatchd.domain.models import Agent, Task
@@ -102,7 +102,7 @@ FIRE_COLUMNS = tuple(f.name for f in dataclasses.fields(Fire))
 
 Convert = Callable[[Any], Any]
 _FIELDS: dict[Any, tuple[tuple[str, str, Any], ...]] = {}
-_PLANS: dict[tuple[Any, Codec, str], Convert] = {}
+_PLANS: dict[tuple[Any, Codec, Literal["dump", "new", "load"]], Convert] = {}
 
 
 def _kind(hint: Any) -> tuple[str, Any]:
@@ -220,7 +220,7 @@ def _record_from(cls: type[R], item: Mapping[str, Any]) -> R:
     return cls(**values)
 
 
-def _plan(cls: Any, codec: Codec, how: str) -> Convert:
+def _plan(cls: Any, codec: Codec, how: Literal["dump", "new", "load"]) -> Convert:
     """The function that turns a record of `cls` into its row (`how` "dump"), into the
     columns of its row that hold a value ("new": what an insert names, the others being
     NULL by default), or a row into the record ("load"); made once per record type, dialect
@@ -264,17 +264,18 @@ def _plan(cls: Any, codec: Codec, how: str) -> Convert:
 
 def to_row(record: Any, codec: Codec) -> dict[str, Any]:
     """A record's fields as statement parameters (None stays NULL)."""
-    params: dict[str, Any] = _plan(type(record), codec, "dump")(record)
-    if isinstance(record, Task):
-        params["priority_rank"] = record.priority.rank
-    return params
+    return _ranked(record, _plan(type(record), codec, "dump")(record))
 
 
 def to_new_row(record: Any, codec: Codec) -> dict[str, Any]:
     """The fields of a record that hold a value, as an insert's parameters: the columns
     left out are NULL by default (a task's insert names 25 of its 56 columns, most often,
     and SQLite binds each parameter at a cost)."""
-    params: dict[str, Any] = _plan(type(record), codec, "new")(record)
+    return _ranked(record, _plan(type(record), codec, "new")(record))
+
+
+def _ranked(record: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """A task's row with the rank of its priority, which the queue's order reads."""
     if isinstance(record, Task):
         params["priority_rank"] = record.priority.rank
     return params
