@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -140,6 +141,47 @@ def run_dispatchd(args: Any) -> dict[str, Any]:
         )
         out["latency"] = latency_figures(stamps.rows, args.warmup, late, cpu_of(meter))
     _say_latency("dispatchd", out["latency"])
+    return out
+
+
+# --- the floor -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def floor_server(tmp: Path) -> Iterator[tuple[str, int]]:
+    """`floor_app.py` on a fresh SQLite file and a free loopback port: its URL and pid."""
+    port = sv.free_port()
+    data = Path(tempfile.mkdtemp(prefix="floor-", dir=tmp))
+    command = [sys.executable, "floor_app.py", "--db", str(data / "floor.db"), "--port", str(port)]
+    with sv.Proc(f"floor-{port}", command, tmp, cwd=sv.PEERS_DIR) as proc:
+        deadline = time.monotonic() + 30
+        while not _listening(port):
+            if not proc.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the floor server did not start:\n{proc.log_tail()}")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}", proc.pid
+
+
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        return True
+    return False
+
+
+def run_floor(args: Any, tmp: Path) -> dict[str, Any]:
+    """dispatchd's drains against the floor server (`floor_app.py`), by the same agents."""
+    out: dict[str, Any] = {"drain": {}}
+    for name in args.modes:
+        mode = dp.MODES[name]
+        with floor_server(tmp) as (url, pid):
+            create_s = asyncio.run(dp.backlog(url, args.tasks, args.create_batch))
+            meter = _meter(args, server=pid, agents=os.getpid())
+            stamps = asyncio.run(
+                dp.drain(url, args.tasks, args.workers, mode, drain_timeout(args.tasks))
+            )
+            fig = drain_figures(stamps.rows, args.tasks, create_s, cpu_of(meter))
+        out["drain"][name] = fig
+        _say(f"floor {name}", fig)
     return out
 
 
@@ -345,12 +387,34 @@ def _say_latency(who: str, fig: dict[str, Any]) -> None:
     )
 
 
+def drains_of(peer: str, fig: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """A peer's drain figures by mode: dispatchd and the floor drain in each mode, a
+    peer of its own in its one way (mode "")."""
+    return list(fig["drain"].items()) if peer in BY_MODE else [("", fig["drain"])]
+
+
+# The peers that drain in each of dispatchd's modes.
+BY_MODE = ("dispatchd", "floor")
+
+
 def ratios(results: dict[str, Any]) -> dict[str, float]:
     """dispatchd / peer: above 1 dispatchd drains faster, or its latency is longer."""
     out: dict[str, float] = {}
     d = results.get("dispatchd")
     if not d:
         return out
+    floor = results.get("floor")
+    if floor:
+        for mode, fig in d["drain"].items():
+            if mode in floor["drain"]:
+                out[f"drain {mode} / floor"] = round(
+                    fig["drain_per_s"] / floor["drain"][mode]["drain_per_s"], 3
+                )
+        out["create / floor"] = round(
+            max(f["create_per_s"] for f in d["drain"].values())
+            / max(f["create_per_s"] for f in floor["drain"].values()),
+            3,
+        )
     for peer in ("celery", "pgqueuer"):
         p = results.get(peer)
         if not p:
@@ -368,8 +432,7 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
 def report(results: dict[str, Any], args: Any) -> None:
     rows = []
     for peer, fig in results.items():
-        drains = fig["drain"].items() if peer == "dispatchd" else [("", fig["drain"])]
-        for mode, f in drains:
+        for mode, f in drains_of(peer, fig):
             rows.append(
                 [
                     f"{peer} {mode}".strip(),
@@ -389,6 +452,8 @@ def report(results: dict[str, Any], args: Any) -> None:
     print(table(headers, rows))
     rows = []
     for peer, fig in results.items():
+        if not fig.get("latency"):
+            continue  # the floor measures drains only
         ms = fig["latency"]["ms"]
         rows.append(
             [
@@ -400,6 +465,8 @@ def report(results: dict[str, Any], args: Any) -> None:
                 fig["latency"]["cpu_cores"]["others"],
             ]
         )
+    if not rows:
+        return
     print(
         f"\nlatency: create → start at an idle worker, {args.latency_tasks} tasks "
         f"{args.gap * 1000:.0f} ms apart after {args.warmup} warm-up (ms)"
@@ -445,8 +512,8 @@ def main() -> None:
     p.add_argument(
         "--peers",
         default=None,
-        help="of dispatchd, celery, pgqueuer (default: dispatchd,celery; "
-        "on PostgreSQL dispatchd,pgqueuer)",
+        help="of dispatchd, celery, pgqueuer, floor (default: dispatchd,celery; "
+        "on PostgreSQL dispatchd,pgqueuer; floor: floor_app.py, SQLite only)",
     )
     p.add_argument(
         "--postgres",
@@ -516,6 +583,10 @@ def main() -> None:
                 elif peer == "pgqueuer":
                     assert py is not None
                     results[peer] = run_pgqueuer(args, py, tmp)
+                elif peer == "floor":
+                    if on_pg:
+                        p.error("the floor server is SQLite's: run it without --postgres")
+                    results[peer] = run_floor(args, tmp)
                 else:
                     p.error(f"unknown peer {peer!r}")
         report(results, args)
@@ -528,7 +599,7 @@ def main() -> None:
             for key, value in rs.items():
                 print(f"  {key}: {value:.2f}x")
         for peer, fig in results.items():
-            for mode, f in fig["drain"].items() if peer == "dispatchd" else [("", fig["drain"])]:
+            for mode, f in drains_of(peer, fig):
                 label = f"  {peer}{' ' + mode if mode else ''} drain/s"
                 old = dig(
                     before,
