@@ -239,9 +239,20 @@ def _quote_int(value: int) -> str:
 
 
 def _quote_time(value: datetime) -> str | None:
+    global _last_time
+    # A transaction quotes the same moment many times (its tasks', attempts' and events'
+    # times): the last one is remembered. One tuple, swapped whole.
+    last = _last_time
+    if last[0] is value:
+        return last[1]
     if value.tzinfo is not UTC:
         return None
-    return f"'{value}'::timestamptz"
+    text = f"'{value}'::timestamptz"
+    _last_time = (value, text)
+    return text
+
+
+_last_time: tuple[datetime | None, str] = (None, "")
 
 
 def _quote_json(value: Jsonb) -> str | None:

@@ -72,10 +72,18 @@ def _utc(value: datetime) -> datetime:
 
 
 def _jsonb(value: Any) -> Any:
-    # Imported here so that the embedded (SQLite) setup never loads psycopg.
-    from psycopg.types.json import Jsonb
+    global _JSONB
+    wrap = _JSONB
+    if wrap is None:
+        # Imported on first use, so that the embedded (SQLite) setup never loads psycopg
+        # (an import statement per call cost five times the wrapping).
+        from psycopg.types.json import Jsonb
 
-    return Jsonb(value)
+        wrap = _JSONB = Jsonb
+    return wrap(value)
+
+
+_JSONB: Any = None
 
 
 # psycopg hands back timestamptz as aware datetimes in the session's time zone and jsonb
