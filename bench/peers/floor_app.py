@@ -60,7 +60,7 @@ INSERT_TASK = (
     "INSERT INTO tasks (id, title, prompt, status, priority, priority_rank, capabilities, "
     "requester, attempt, max_attempts, context, depends_on, review, escalated, labels, "
     "requeues, review_cycles, created_at, updated_at, version) VALUES (?, ?, ?, 'pending', "
-    "'normal', 2, ?, ?, 0, 3, ?, '[]', 0, 0, '[]', 0, 0, ?, ?, 1)"
+    "'medium', 1, ?, ?, 0, 3, ?, '[]', 0, 0, '[]', 0, 0, ?, ?, 1)"
 )
 INSERT_EVENT = (
     "INSERT INTO events (type, task_id, agent_id, data, created_at) VALUES (?, ?, ?, ?, ?)"
@@ -179,7 +179,7 @@ def make_app(conn: sqlite3.Connection) -> Starlette:
                 title=spec["title"],
                 prompt="",
                 status="pending",
-                priority="normal",
+                priority="medium",
                 capabilities=spec.get("capabilities", []),
                 requester=requester,
                 attempt=0,

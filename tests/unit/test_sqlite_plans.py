@@ -98,3 +98,14 @@ def test_a_rooms_last_finished_task_is_one_step_down_its_index(database: Path) -
     assert on_tasks, steps
     assert all("USING INDEX tasks_room_finished (scope=?" in step for step in on_tasks), steps
     assert not any("TEMP B-TREE" in step for step in steps), steps
+
+
+def test_a_rooms_activity_is_read_down_its_indexes(database: Path) -> None:
+    # Its last change one step down `tasks_room_updated`, its waiting tasks counted in
+    # `tasks_scope_status`: not every task the room ever had, read and grouped.
+    steps = plan(database, Queries(SQLITE).room_counts)
+    on_tasks = [step for step in steps if re.search(r"\b(SEARCH|SCAN) (tasks|t)\b", step)]
+    assert len(on_tasks) == 2, steps
+    assert any("tasks_room_updated (scope=?)" in step for step in on_tasks), steps
+    assert any("tasks_scope_status (scope=? AND status=?)" in step for step in on_tasks), steps
+    assert not any("SCAN" in step or "TEMP B-TREE" in step for step in on_tasks), steps

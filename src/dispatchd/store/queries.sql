@@ -508,10 +508,14 @@ SELECT * FROM tasks
 WHERE scope{in_ids} AND status IN {active};
 
 -- name: room_counts
-SELECT scope, max(updated_at) AS last_at, sum(CASE WHEN status IN ('pending', 'blocked') THEN 1
-    ELSE 0 END) AS pending
-FROM tasks
-WHERE scope{in_ids} GROUP BY scope;
+-- Per room asked for: its last task change, one step down `tasks_room_updated`, and its
+-- waiting tasks counted in `tasks_scope_status`; never the room's finished tasks, which
+-- grow with its age.
+SELECT r.value AS scope,
+    (SELECT max(t.updated_at) FROM tasks AS t WHERE t.scope = r.value) AS last_at,
+    (SELECT count(*) FROM tasks AS t
+     WHERE t.scope = r.value AND t.status IN ('pending', 'blocked')) AS pending
+FROM {id_rows};
 
 -- name: room_last_finished
 -- The last task an agent of the room worked on (attempt > 0) that finished: one that never

@@ -547,7 +547,11 @@ class SQLStore:
                     agents=agents.get(room_id, []),
                     active=active.get(room_id, []),
                     pending=int(count["pending"] or 0) if count else 0,
-                    last_task_at=codec.load_time(count["last_at"]) if count else None,
+                    last_task_at=(
+                        codec.load_time(count["last_at"])
+                        if count and count["last_at"] is not None
+                        else None
+                    ),
                     last_finished=TaskStatus(last[room_id]) if room_id in last else None,
                 )
             return found
