@@ -47,9 +47,26 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # --- command line -------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """Arguments every script takes; `--results-dir` moves where its results file goes."""
+
+    def parse_args(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        global RESULTS
+        parsed = super().parse_args(*args, **kwargs)
+        if parsed.results_dir is not None:
+            RESULTS = parsed.results_dir
+        return parsed
+
+
 def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+    p = _Parser(description=description)
     p.add_argument("--quick", action="store_true", help="a small smoke run (checks it works)")
+    p.add_argument(
+        "--results-dir",
+        type=Path,
+        default=None,
+        help="write the results file here instead of bench/results/ (for tests)",
+    )
     return p
 
 

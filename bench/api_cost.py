@@ -17,10 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-from pathlib import Path
 from typing import Any
 
-import _common
 from _common import compare, database, dig, header, parser, previous, save, self_cpu_s, table
 
 from dispatchd.api.app import create_app
@@ -126,15 +124,7 @@ async def measure(calls: int, warmup: int) -> dict[str, Any]:
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--calls", type=int, default=None, help="calls per way (default 3,000)")
-    p.add_argument(
-        "--results-dir",
-        type=Path,
-        default=None,
-        help="write the results file here instead of bench/results/ (for tests)",
-    )
     args = p.parse_args()
-    if args.results_dir is not None:
-        _common.RESULTS = args.results_dir
     calls = args.calls or (500 if args.quick else 3000)
     before = previous(NAME, args.quick)
     with database(NAME) as db:

@@ -35,7 +35,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/, for _common
 
-import _common
 import dispatchd_peer as dp
 import services as sv
 from _common import (
@@ -540,12 +539,6 @@ def main() -> None:
         default=20,
         help="pgqueuer max_concurrent_tasks per worker (0: none; at least 2x the batch)",
     )
-    p.add_argument(
-        "--results-dir",
-        type=Path,
-        default=None,
-        help="write the results file here instead of bench/results/ (for tests)",
-    )
     args = p.parse_args()
     args.tasks = args.tasks or (2_000 if args.quick else 20_000)
     args.latency_tasks = args.latency_tasks or (100 if args.quick else 500)
@@ -554,8 +547,6 @@ def main() -> None:
     unknown = [m for m in args.modes if m not in dp.MODES]
     if unknown:
         p.error(f"unknown mode(s) {unknown}; known: {list(dp.MODES)}")
-    if args.results_dir is not None:
-        _common.RESULTS = args.results_dir
     _stop_on_sigterm()
     with postgres_if_asked(args.postgres, args.pg_settings) as args.postmaster:
         on_pg = engine() == "postgres"

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,36 +21,33 @@ SCRIPT = ROOT / "bench" / "peers" / "peers.py"
 pytestmark = pytest.mark.slow
 
 
-def test_dispatchd_half_drains_and_measures_latency(tmp_path: Path) -> None:
+def run_peers(results: Path, timeout: float, **options: str) -> tuple[str, dict[str, Any]]:
+    """`peers.py --quick` with `options` (as `--name value`): its output and results file."""
+    arguments = [f"--{name.replace('_', '-')}={value}" for name, value in options.items()]
     run = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--quick",
-            "--peers",
-            "dispatchd",
-            "--modes",
-            "claim10+bc",  # the latency phase runs the one-per-claim agents
-            "--tasks",
-            "50",
-            "--create-batch",
-            "20",
-            "--latency-tasks",
-            "10",
-            "--warmup",
-            "2",
-            "--results-dir",
-            str(tmp_path),
-        ],
+        [sys.executable, str(SCRIPT), "--quick", *arguments, "--results-dir", str(results)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
         stdin=subprocess.DEVNULL,
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "SUMMARY peers:" in run.stdout
-    doc = json.loads((tmp_path / "peers.quick.json").read_text())
+    return run.stdout, json.loads((results / "peers.quick.json").read_text())
+
+
+def test_dispatchd_half_drains_and_measures_latency(tmp_path: Path) -> None:
+    _, doc = run_peers(
+        tmp_path,
+        120,
+        peers="dispatchd",
+        modes="claim10+bc",  # the latency phase runs the one-per-claim agents
+        tasks="50",
+        create_batch="20",
+        latency_tasks="10",
+        warmup="2",
+    )
     assert doc["params"]["tasks"] == 50
     dispatchd = doc["results"]["peers"]["dispatchd"]
     assert set(dispatchd["drain"]) == {"claim10+bc"}
@@ -66,34 +64,16 @@ def test_dispatchd_half_drains_and_measures_latency(tmp_path: Path) -> None:
 
 
 def test_the_floor_drains_beside_dispatchd(tmp_path: Path) -> None:
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--quick",
-            "--peers",
-            "dispatchd,floor",
-            "--modes",
-            "single,claim10+bc",
-            "--tasks",
-            "40",
-            "--create-batch",
-            "20",
-            "--latency-tasks",
-            "5",
-            "--warmup",
-            "1",
-            "--results-dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-        stdin=subprocess.DEVNULL,
+    stdout, doc = run_peers(
+        tmp_path,
+        180,
+        peers="dispatchd,floor",
+        modes="single,claim10+bc",
+        tasks="40",
+        create_batch="20",
+        latency_tasks="5",
+        warmup="1",
     )
-    assert run.returncode == 0, run.stdout + run.stderr
-    doc = json.loads((tmp_path / "peers.quick.json").read_text())
     floor = doc["results"]["peers"]["floor"]
     assert set(floor["drain"]) == {"single", "claim10+bc"}
     assert "latency" not in floor  # the floor measures drains only
@@ -106,7 +86,7 @@ def test_the_floor_drains_beside_dispatchd(tmp_path: Path) -> None:
         expected = dispatchd[mode]["drain_per_s"] / floor["drain"][mode]["drain_per_s"]
         assert ratios[f"drain {mode} / floor"] == pytest.approx(expected, rel=0.01)
     assert "create / floor" in ratios
-    assert "floor single" in run.stdout
+    assert "floor single" in stdout
 
 
 def test_the_floor_writes_what_a_lifecycle_writes(tmp_path: Path) -> None:

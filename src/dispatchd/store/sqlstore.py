@@ -541,17 +541,13 @@ class SQLStore:
                 if r["status"] is not None
             }
             found = {}
-            for room_id in room_ids:
-                count = counts.get(room_id)
+            for room_id in room_ids:  # `room_counts` answers a row for each
+                last_at = counts[room_id]["last_at"]
                 found[room_id] = RoomActivity(
                     agents=agents.get(room_id, []),
                     active=active.get(room_id, []),
-                    pending=int(count["pending"] or 0) if count else 0,
-                    last_task_at=(
-                        codec.load_time(count["last_at"])
-                        if count and count["last_at"] is not None
-                        else None
-                    ),
+                    pending=int(counts[room_id]["pending"]),
+                    last_task_at=None if last_at is None else codec.load_time(last_at),
                     last_finished=TaskStatus(last[room_id]) if room_id in last else None,
                 )
             return found
