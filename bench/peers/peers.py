@@ -29,7 +29,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -120,23 +120,39 @@ def latency_figures(rows: list[Any], warmup: int, late: int, cpu: dict[str, floa
 # --- dispatchd -------------------------------------------------------------------------------
 
 
-def run_dispatchd(args: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"drain": {}, "latency": None}
+def drains(
+    args: Any, who: str, start: Callable[[], contextlib.AbstractContextManager[tuple[str, int]]]
+) -> dict[str, Any]:
+    """A backlog made and drained by dispatchd's agents in each mode, each on a fresh
+    server from `start` (its URL and pid)."""
+    out: dict[str, Any] = {}
     for name in args.modes:
         mode = dp.MODES[name]
-        with database(NAME) as db, server(db) as srv:
-            create_s = asyncio.run(dp.backlog(srv.api_url, args.tasks, args.create_batch))
-            meter = _meter(args, server=server_pid(srv), agents=os.getpid())
+        with start() as (url, pid):
+            create_s = asyncio.run(dp.backlog(url, args.tasks, args.create_batch))
+            meter = _meter(args, server=pid, agents=os.getpid())
             stamps = asyncio.run(
-                dp.drain(srv.api_url, args.tasks, args.workers, mode, drain_timeout(args.tasks))
+                dp.drain(url, args.tasks, args.workers, mode, drain_timeout(args.tasks))
             )
             fig = drain_figures(stamps.rows, args.tasks, create_s, cpu_of(meter))
-        out["drain"][name] = fig
-        _say(f"dispatchd {name}", fig)
+        out[name] = fig
+        _say(f"{who} {name}", fig)
+    return out
+
+
+@contextlib.contextmanager
+def dispatchd_server() -> Iterator[tuple[str, int]]:
+    """`dispatchd serve` on a fresh database: its API URL and pid."""
     with database(NAME) as db, server(db) as srv:
-        meter = _meter(args, server=server_pid(srv), agents=os.getpid())
+        yield srv.api_url, server_pid(srv)
+
+
+def run_dispatchd(args: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"drain": drains(args, "dispatchd", dispatchd_server), "latency": None}
+    with dispatchd_server() as (url, pid):
+        meter = _meter(args, server=pid, agents=os.getpid())
         stamps, late = asyncio.run(
-            dp.latency(srv.api_url, args.latency_tasks, args.warmup, args.gap, args.workers, 120)
+            dp.latency(url, args.latency_tasks, args.warmup, args.gap, args.workers, 120)
         )
         out["latency"] = latency_figures(stamps.rows, args.warmup, late, cpu_of(meter))
     _say_latency("dispatchd", out["latency"])
@@ -169,19 +185,7 @@ def _listening(port: int) -> bool:
 
 def run_floor(args: Any, tmp: Path) -> dict[str, Any]:
     """dispatchd's drains against the floor server (`floor_app.py`), by the same agents."""
-    out: dict[str, Any] = {"drain": {}}
-    for name in args.modes:
-        mode = dp.MODES[name]
-        with floor_server(tmp) as (url, pid):
-            create_s = asyncio.run(dp.backlog(url, args.tasks, args.create_batch))
-            meter = _meter(args, server=pid, agents=os.getpid())
-            stamps = asyncio.run(
-                dp.drain(url, args.tasks, args.workers, mode, drain_timeout(args.tasks))
-            )
-            fig = drain_figures(stamps.rows, args.tasks, create_s, cpu_of(meter))
-        out["drain"][name] = fig
-        _say(f"floor {name}", fig)
-    return out
+    return {"drain": drains(args, "floor", lambda: floor_server(tmp))}
 
 
 # --- Celery ----------------------------------------------------------------------------------
